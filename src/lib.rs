@@ -1,0 +1,1 @@
+//! clip-cluster: streaming face clustering by identity.
