@@ -1,1 +1,17 @@
-//! clip-cluster: streaming face clustering by identity.
+//! clip-cluster: streaming face clustering by identity, after CLIP-Cluster (ICCV 2023).
+//!
+//! Layout, in the order data flows:
+//! - `config`: raw and resolved configuration (`config/default.toml`, file, environment).
+//! - `engine`: the IO-free incremental clustering core (kNN re-linking, intimacy, components).
+//! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
+//! - `store`: durable state and the event outbox in sled.
+//! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
+//! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
+//! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
+
+pub mod clusterer;
+pub mod config;
+pub mod engine;
+pub mod index;
+pub mod store;
+pub mod synth;

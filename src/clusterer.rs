@@ -1,0 +1,186 @@
+//! The durable clusterer: the engine over an HNSW index, its sled store and the index snapshots,
+//! kept consistent with each other. Write-ahead order per batch: engine (memory) -> store commit
+//! (fsync) -> only then may the caller acknowledge; index snapshots follow the store and are only
+//! ever a cache of it (a missing or damaged snapshot is rebuilt from the store).
+//!
+//! Snapshots are taken at fixed face counts (every `snapshot_every_faces`), and the live index
+//! continues on the reloaded dump. hnsw_rs reseeds its layer generator on load, so this keeps a
+//! restarted process, which loads the same dump and replays the same faces, on exactly the index an
+//! uninterrupted run has: restarts change nothing.
+
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, Event, Outcome};
+use crate::index::{HnswIndex, HnswParams, NeighborIndex};
+use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClustererError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HNSW snapshot: {0}")]
+    Index(#[from] crate::index::IndexError),
+}
+
+/// Result of applying one batch.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub applied: usize,
+    pub duplicates: usize,
+    /// (position in the batch, why)
+    pub rejected: Vec<(usize, EngineError)>,
+    pub events: Vec<Event>,
+}
+
+pub struct Clusterer {
+    engine: Engine<HnswIndex>,
+    store: Store,
+    index_dir: PathBuf,
+    hnsw: HnswParams,
+    snapshot_every: u32,
+}
+
+/// The fingerprint a configuration gives its state.
+pub fn fingerprint(cfg: &Config) -> Fingerprint {
+    let e = &cfg.engine;
+    Fingerprint {
+        model: cfg.model.name.clone(),
+        dim: cfg.model.dim,
+        graph: format!(
+            "k={} search_k={} t1={} t2={} proxy=identity score=cosine",
+            e.k, e.search_k, e.t1, e.t2
+        ),
+    }
+}
+
+fn basename(covers: u32) -> String {
+    format!("hnsw-{covers:010}")
+}
+
+impl Clusterer {
+    /// Opens the state at `cfg.store.path`, loading the index snapshot or rebuilding it.
+    pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
+        let path = cfg.store.path.clone();
+        let store = Store::open(&path, &fingerprint(cfg))?;
+        let restored = store.load()?;
+        let n = restored.faces.len() as u32;
+        let index_dir = path.join("index");
+        let hnsw = cfg.hnsw_params();
+        let snapshot_every = cfg.index.snapshot_every_faces;
+        let mut from = 0u32;
+        let mut index = None;
+        if let Some(info) = store.snapshot()? {
+            if info.covers > n {
+                warn!(covers = info.covers, faces = n, "HNSW snapshot covers faces the store does not hold; rebuilding the index from the store");
+            } else {
+                match HnswIndex::load(&index_dir, &info.basename, hnsw, info.covers as usize) {
+                    Ok(i) => {
+                        info!(covers = info.covers, faces = n, "loaded HNSW snapshot");
+                        from = info.covers;
+                        index = Some(i);
+                    }
+                    Err(e) => warn!(error = %e, "HNSW snapshot unusable; rebuilding the index from the store"),
+                }
+            }
+        } else if n > 0 {
+            warn!(faces = n, "no HNSW snapshot; rebuilding the index from the store");
+        }
+        let mut index = index.unwrap_or_else(|| HnswIndex::new(hnsw));
+        let d = cfg.model.dim;
+        for seq in from..n {
+            let v = &restored.proxies[seq as usize * d..(seq as usize + 1) * d];
+            index.insert(seq, v);
+            if (seq + 1) % snapshot_every == 0 {
+                index = snapshot(&store, &index_dir, &index, seq + 1, hnsw)?;
+            }
+        }
+        let engine = Engine::restore(
+            cfg.engine_params(),
+            index,
+            crate::engine::IdentityProxy,
+            crate::engine::CosineScorer,
+            restored,
+        );
+        Ok(Self {
+            engine,
+            store,
+            index_dir,
+            hnsw,
+            snapshot_every,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine<HnswIndex> {
+        &self.engine
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies a batch of faces and makes the result durable before returning. Bad faces are
+    /// reported, not applied; the rest of the batch proceeds. `positions` are written atomically
+    /// with the batch's last commit (source offsets).
+    pub fn apply(
+        &mut self,
+        faces: &[(&str, &[f32])],
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<BatchResult, ClustererError> {
+        let mut res = BatchResult::default();
+        for (i, (id, v)) in faces.iter().enumerate() {
+            match self.engine.insert(id, v) {
+                Ok((Outcome::Applied { seq }, events)) => {
+                    res.applied += 1;
+                    res.events.extend(events);
+                    if (seq + 1) % self.snapshot_every == 0 {
+                        // The snapshot may only cover what is durable.
+                        self.store.commit(&self.engine.take_changes(), &[])?;
+                        let idx = snapshot(
+                            &self.store,
+                            &self.index_dir,
+                            self.engine.index(),
+                            seq + 1,
+                            self.hnsw,
+                        )?;
+                        *self.engine.index_mut() = idx;
+                    }
+                }
+                Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
+                Err(e) => res.rejected.push((i, e)),
+            }
+        }
+        self.store.commit(&self.engine.take_changes(), positions)?;
+        Ok(res)
+    }
+}
+
+/// Dumps the index covering `covers` faces, records it, drops older dumps, and returns the
+/// reloaded index the caller continues on.
+fn snapshot(
+    store: &Store,
+    dir: &Path,
+    index: &HnswIndex,
+    covers: u32,
+    params: HnswParams,
+) -> Result<HnswIndex, ClustererError> {
+    let name = basename(covers);
+    index.dump(dir, &name)?;
+    let reloaded = HnswIndex::load(dir, &name, params, covers as usize)?;
+    store.set_snapshot(&SnapshotInfo {
+        basename: name.clone(),
+        covers,
+    })?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with("hnsw-") && !f.starts_with(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    info!(covers, "HNSW snapshot written");
+    Ok(reloaded)
+}

@@ -1,0 +1,360 @@
+//! Configuration: the built-in `config/default.toml`, an optional file, and environment variables,
+//! merged in that order, checked for unknown keys against the defaults, then typed and validated.
+//!
+//! Raw (merged TOML) and resolved (`Config`) are two types; everything downstream sees only the
+//! resolved, validated one.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::EngineParams;
+use crate::index::HnswParams;
+
+/// The documented defaults, compiled in so the binary runs with no file at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variable prefix; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "CLIP_CLUSTER__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("configuration file {path} is not valid TOML: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("unknown configuration key `{key}` (from {origin}); known keys: {known}")]
+    UnknownKey {
+        key: String,
+        origin: String,
+        known: String,
+    },
+    #[error("configuration key `{key}` (from {origin}) must be a table, e.g. [{key}]")]
+    NotATable { key: String, origin: String },
+    #[error("configuration: {0}")]
+    Type(String),
+    #[error("configuration key `{key}` = {value}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub k: usize,
+    pub search_k: usize,
+    pub t1: f32,
+    pub t2: f32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    pub capacity_hint: usize,
+    pub snapshot_every_faces: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub engine: EngineConfig,
+    pub index: IndexConfig,
+    pub store: StoreConfig,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        Self::load_from(file, &env)
+    }
+
+    /// As `load`, with the environment given explicitly (tests).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Parse {
+                path: PathBuf::from("config/default.toml (built in)"),
+                reason: e.to_string(),
+            }
+        })?;
+        let mut merged = defaults.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
+            overlay(&mut merged, &defaults, table, "", &path.display().to_string())?;
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let value = parse_env_value(raw);
+            let mut table = toml::Table::new();
+            let mut cursor = &mut table;
+            for (i, part) in parts.iter().enumerate() {
+                if i + 1 == parts.len() {
+                    cursor.insert(part.clone(), value.clone());
+                } else {
+                    cursor = cursor
+                        .entry(part.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                        .as_table_mut()
+                        .ok_or_else(|| ConfigError::Type(format!("bad variable {name}")))?;
+                }
+            }
+            overlay(&mut merged, &defaults, table, "", &format!("environment variable {name}"))?;
+        }
+        let cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Type(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that serde's types cannot express, each naming the key and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, value: impl ToString, allowed: &'static str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                allowed,
+            }
+        }
+        let e = &self.engine;
+        if self.model.name.trim().is_empty() {
+            return Err(bad("model.name", "\"\"", "must name the model"));
+        }
+        if !(1..=4096).contains(&self.model.dim) {
+            return Err(bad("model.dim", self.model.dim, "must be in 1..=4096"));
+        }
+        if !(1..=256).contains(&e.k) {
+            return Err(bad("engine.k", e.k, "must be in 1..=256"));
+        }
+        if e.search_k < e.k || e.search_k > 4096 {
+            return Err(bad(
+                "engine.search_k",
+                e.search_k,
+                "must be at least engine.k and at most 4096",
+            ));
+        }
+        if !(e.t1.is_finite() && (-1.0..1.0).contains(&e.t1)) {
+            return Err(bad("engine.t1", e.t1, "must be a cosine similarity in [-1, 1)"));
+        }
+        if !(e.t2.is_finite() && (0.0..1.0).contains(&e.t2)) {
+            return Err(bad("engine.t2", e.t2, "must be in [0, 1); 0 disables the refinement"));
+        }
+        let i = &self.index;
+        if !(4..=64).contains(&i.m) {
+            return Err(bad("index.m", i.m, "must be in 4..=64"));
+        }
+        if i.ef_construction < 8 {
+            return Err(bad("index.ef_construction", i.ef_construction, "must be >= 8"));
+        }
+        if i.ef_search < 1 {
+            return Err(bad("index.ef_search", i.ef_search, "must be >= 1"));
+        }
+        if i.capacity_hint < 1 {
+            return Err(bad("index.capacity_hint", i.capacity_hint, "must be >= 1"));
+        }
+        if i.snapshot_every_faces < 100 {
+            return Err(bad(
+                "index.snapshot_every_faces",
+                i.snapshot_every_faces,
+                "must be >= 100",
+            ));
+        }
+        if self.store.path.as_os_str().is_empty() {
+            return Err(bad("store.path", "\"\"", "must name a directory"));
+        }
+        Ok(())
+    }
+
+    pub fn engine_params(&self) -> EngineParams {
+        EngineParams {
+            dim: self.model.dim,
+            k: self.engine.k,
+            search_k: self.engine.search_k,
+            t1: self.engine.t1,
+            t2: self.engine.t2,
+        }
+    }
+
+    pub fn hnsw_params(&self) -> HnswParams {
+        HnswParams {
+            m: self.index.m,
+            ef_construction: self.index.ef_construction,
+            ef_search: self.index.ef_search,
+            capacity_hint: self.index.capacity_hint,
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Writes `src` over `dst`, refusing any key the defaults do not have.
+fn overlay(
+    dst: &mut toml::Table,
+    defaults: &toml::Table,
+    src: toml::Table,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    for (key, value) in src {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(default) = defaults.get(&key) else {
+            let known: Vec<String> = defaults
+                .keys()
+                .map(|k| {
+                    if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    }
+                })
+                .collect();
+            return Err(ConfigError::UnknownKey {
+                key: path,
+                origin: origin.to_string(),
+                known: known.join(", "),
+            });
+        };
+        match (default, value) {
+            (toml::Value::Table(def_t), toml::Value::Table(src_t)) => {
+                let dst_t = dst
+                    .get_mut(&key)
+                    .and_then(|v| v.as_table_mut())
+                    .ok_or_else(|| ConfigError::NotATable {
+                        key: path.clone(),
+                        origin: origin.to_string(),
+                    })?;
+                overlay(dst_t, def_t, src_t, &path, origin)?;
+            }
+            (toml::Value::Table(_), _) => {
+                return Err(ConfigError::NotATable {
+                    key: path,
+                    origin: origin.to_string(),
+                })
+            }
+            (_, v) => {
+                dst.insert(key, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn every_file_in_config_dir_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load_from(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "[engine]\nk = 7\nt1 = 0.5\n");
+        let env = vec![("CLIP_CLUSTER__ENGINE__T1".to_string(), "0.75".to_string())];
+        let c = Config::load_from(Some(&p), &env).unwrap();
+        assert_eq!(c.engine.k, 7);
+        assert_eq!(c.engine.t1, 0.75);
+        let env = vec![("CLIP_CLUSTER__STORE__PATH".to_string(), "/tmp/x y".to_string())];
+        let c = Config::load_from(None, &env).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/tmp/x y"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "[engine]\nkk = 7\n");
+        let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("engine.kk") && e.contains("engine.search_k"), "{e}");
+        let p = write(d.path(), "[enigne]\nk = 7\n");
+        assert!(Config::load_from(Some(&p), &[]).unwrap_err().to_string().contains("enigne"));
+        let env = vec![("CLIP_CLUSTER__ENGINE__NOPE".to_string(), "1".to_string())];
+        let e = Config::load_from(None, &env).unwrap_err().to_string();
+        assert!(e.contains("engine.nope") && e.contains("CLIP_CLUSTER__ENGINE__NOPE"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("[engine]\nk = 0\n", "engine.k"),
+            ("[engine]\nsearch_k = 2\n", "engine.search_k"),
+            ("[engine]\nt1 = 1.5\n", "engine.t1"),
+            ("[engine]\nt2 = -0.1\n", "engine.t2"),
+            ("[index]\nm = 1000\n", "index.m"),
+            ("[model]\ndim = 0\n", "model.dim"),
+        ] {
+            let p = write(d.path(), text);
+            let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let p = write(d.path(), "[engine]\nk = \"ten\"\n");
+        let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains('k'), "{e}");
+        let p = write(d.path(), "engine = 3\n");
+        assert!(Config::load_from(Some(&p), &[]).is_err());
+        let p = write(d.path(), "[engine\n");
+        let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("c.toml"), "{e}");
+    }
+}

@@ -1,0 +1,313 @@
+//! The nearest-neighbour index over proxies: the `NeighborIndex` seam the engine searches, an exact
+//! brute-force implementation (tests, small sets, the reference for "stream equals batch"), and the
+//! HNSW implementation on hnsw_rs with its on-disk snapshot.
+//!
+//! Similarities are cosine similarities of L2-normalized vectors (dot products). Results are ordered by
+//! similarity descending, ties by the smaller face sequence number, so every caller sees one order.
+
+use std::path::{Path, PathBuf};
+
+use hnsw_rs::api::AnnT;
+use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::prelude::{DistDot, Hnsw};
+
+/// One search hit: the face's sequence number and its cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    pub seq: u32,
+    pub similarity: f32,
+}
+
+/// Total order used everywhere a neighbour list is ranked: higher similarity first, then older face.
+pub fn rank(a: &Neighbor, b: &Neighbor) -> std::cmp::Ordering {
+    b.similarity
+        .total_cmp(&a.similarity)
+        .then_with(|| a.seq.cmp(&b.seq))
+}
+
+/// What the engine needs from an index. Insertions arrive in sequence order (0, 1, 2, ...).
+pub trait NeighborIndex {
+    /// Adds the proxy of face `seq`; `v` is L2-normalized.
+    fn insert(&mut self, seq: u32, v: &[f32]);
+    /// Up to `k` most similar indexed faces, in `rank` order.
+    fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor>;
+    /// Number of indexed faces.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Exact search by scanning every vector. O(n) per query: for tests and small data sets.
+#[derive(Debug, Clone)]
+pub struct ExactIndex {
+    dim: usize,
+    data: Vec<f32>,
+}
+
+impl ExactIndex {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            data: Vec::new(),
+        }
+    }
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Four accumulators let the compiler vectorize without reassociating one long chain.
+    let mut acc = [0.0f32; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        for l in 0..4 {
+            acc[l] += a[c * 4 + l] * b[c * 4 + l];
+        }
+    }
+    let mut sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in chunks * 4..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+impl NeighborIndex for ExactIndex {
+    fn insert(&mut self, seq: u32, v: &[f32]) {
+        debug_assert_eq!(seq as usize, self.len(), "inserts arrive in sequence order");
+        self.data.extend_from_slice(v);
+    }
+
+    fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
+        let mut hits: Vec<Neighbor> = self
+            .data
+            .chunks_exact(self.dim)
+            .enumerate()
+            .map(|(seq, row)| Neighbor {
+                seq: seq as u32,
+                similarity: dot(v, row),
+            })
+            .collect();
+        let k = k.min(hits.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        hits.select_nth_unstable_by(k - 1, rank);
+        hits.truncate(k);
+        hits.sort_by(rank);
+        hits
+    }
+
+    fn len(&self) -> usize {
+        self.data.len() / self.dim
+    }
+}
+
+/// HNSW construction and search settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HnswParams {
+    /// Links per node per layer (hnsw_rs `max_nb_connection`).
+    pub m: usize,
+    /// Candidate list size while inserting.
+    pub ef_construction: usize,
+    /// Candidate list size while searching; raised to `k` when a search asks for more.
+    pub ef_search: usize,
+    /// Expected number of points, a sizing hint only.
+    pub capacity_hint: usize,
+}
+
+/// Errors of the index persistence.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot write the HNSW snapshot into {dir}: {reason}")]
+    Dump { dir: PathBuf, reason: String },
+    #[error("the HNSW snapshot {basename} in {dir} cannot be loaded: {reason}")]
+    Load {
+        dir: PathBuf,
+        basename: String,
+        reason: String,
+    },
+}
+
+/// HNSW index on hnsw_rs with `DistDot` (vectors are normalized; the `simdeez_f` feature makes the
+/// dot product tolerate a self-similarity a hair above 1, which a re-sent face produces).
+///
+/// hnsw_rs draws each point's layer from a generator seeded with a constant when the structure is
+/// created or loaded. A fresh build is therefore deterministic, and a build that is dumped and
+/// reloaded at the same points is deterministic too: the caller snapshots at fixed sequence numbers
+/// and continues on the reloaded structure, so a restart from a snapshot draws the same layers as
+/// an uninterrupted run (see `clusterer`).
+pub struct HnswIndex {
+    hnsw: Hnsw<'static, f32, DistDot>,
+    params: HnswParams,
+    n: usize,
+}
+
+impl HnswIndex {
+    pub fn new(params: HnswParams) -> Self {
+        let hnsw = Hnsw::new(
+            params.m,
+            params.capacity_hint.max(1024),
+            16,
+            params.ef_construction,
+            DistDot,
+        );
+        Self { hnsw, params, n: 0 }
+    }
+
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    /// Writes `<basename>.hnsw.graph` and `<basename>.hnsw.data` into `dir`, replacing files of the
+    /// same name.
+    pub fn dump(&self, dir: &Path, basename: &str) -> Result<(), IndexError> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::Dump {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        // hnsw_rs only picks a fresh name when mmap is active; we never mmap, so the name is ours.
+        let written = self
+            .hnsw
+            .file_dump(dir, basename)
+            .map_err(|e| IndexError::Dump {
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if written != basename {
+            return Err(IndexError::Dump {
+                dir: dir.to_path_buf(),
+                reason: format!("hnsw_rs wrote {written} instead of {basename}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads a snapshot written by `dump`. `expected_points` guards against a snapshot that is
+    /// readable but does not cover what the caller believes it covers.
+    pub fn load(
+        dir: &Path,
+        basename: &str,
+        params: HnswParams,
+        expected_points: usize,
+    ) -> Result<Self, IndexError> {
+        let err = |reason: String| IndexError::Load {
+            dir: dir.to_path_buf(),
+            basename: basename.to_string(),
+            reason,
+        };
+        for ext in ["hnsw.graph", "hnsw.data"] {
+            let p = dir.join(format!("{basename}.{ext}"));
+            if !p.is_file() {
+                return Err(err(format!("{} is missing", p.display())));
+            }
+        }
+        // The loaded structure borrows its loader for life; one small loader per load is leaked on
+        // purpose (loads happen at start-up and at snapshot boundaries, not per face).
+        // hnsw_rs panics on some malformed files instead of returning an error: a damaged snapshot
+        // must be rebuilt, not crash the daemon.
+        let loaded = std::panic::catch_unwind(|| {
+            let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, basename)));
+            io.load_hnsw::<f32, DistDot>()
+        });
+        let hnsw = match loaded {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(err(e.to_string())),
+            Err(_) => return Err(err("hnsw_rs panicked while reading it".to_string())),
+        };
+        let n = hnsw.get_nb_point();
+        if n != expected_points {
+            return Err(err(format!(
+                "it holds {n} points, the state says {expected_points}"
+            )));
+        }
+        let mut hnsw = hnsw;
+        hnsw.set_searching_mode(false);
+        Ok(Self { hnsw, params, n })
+    }
+}
+
+impl NeighborIndex for HnswIndex {
+    fn insert(&mut self, seq: u32, v: &[f32]) {
+        self.hnsw.insert_slice((v, seq as usize));
+        self.n += 1;
+    }
+
+    fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
+        if self.n == 0 || k == 0 {
+            return Vec::new();
+        }
+        let ef = self.params.ef_search.max(k);
+        let mut hits: Vec<Neighbor> = self
+            .hnsw
+            .search(v, k, ef)
+            .into_iter()
+            .map(|n| Neighbor {
+                seq: n.d_id as u32,
+                similarity: 1.0 - n.distance,
+            })
+            .collect();
+        hits.sort_by(rank);
+        hits
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn unit(rng: &mut impl Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect();
+        let n = dot(&v, &v).sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+
+    #[test]
+    fn exact_index_ranks_by_similarity_then_seq() {
+        let mut idx = ExactIndex::new(2);
+        idx.insert(0, &[1.0, 0.0]);
+        idx.insert(1, &[0.0, 1.0]);
+        idx.insert(2, &[1.0, 0.0]);
+        let hits = idx.search(&[1.0, 0.0], 2);
+        assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
+    fn hnsw_snapshot_round_trips_and_keeps_inserting_identically() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let dim = 16;
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 32,
+            ef_search: 32,
+            capacity_hint: 1000,
+        };
+        let vs: Vec<Vec<f32>> = (0..600).map(|_| unit(&mut rng, dim)).collect();
+        let dir = tempfile::tempdir().unwrap();
+
+        // Uninterrupted: dump at 300 and continue on the reloaded structure.
+        let mut a = HnswIndex::new(params);
+        for (i, v) in vs[..300].iter().enumerate() {
+            a.insert(i as u32, v);
+        }
+        a.dump(dir.path(), "a").unwrap();
+        let mut a = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
+        for (i, v) in vs[300..].iter().enumerate() {
+            a.insert(300 + i as u32, v);
+        }
+        // A second process: load the same snapshot and replay the rest.
+        let mut b = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
+        for (i, v) in vs[300..].iter().enumerate() {
+            b.insert(300 + i as u32, v);
+        }
+        for q in vs.iter().take(50) {
+            assert_eq!(a.search(q, 10), b.search(q, 10));
+        }
+        assert!(HnswIndex::load(dir.path(), "a", params, 299).is_err());
+        assert!(HnswIndex::load(dir.path(), "missing", params, 300).is_err());
+    }
+}

@@ -1,0 +1,515 @@
+//! Durable state in sled: faces, their out-lists and components, cluster records, the counters,
+//! the HNSW snapshot pointer, and the event outbox, all in one tree so that one `apply_batch`
+//! writes a state change and the events describing it atomically. `commit` flushes (fsync) before
+//! it returns: nothing is acknowledged before it is durable.
+//!
+//! Key layout (integers big-endian so that prefix scans come out in sequence order):
+//! - `m:schema`, `m:fingerprint`, `m:counters`, `m:snapshot`: metadata
+//! - `f:<face_id>` -> seq (u32)
+//! - `v:<seq>` -> face id, proxy and optional identity vector (written once)
+//! - `r:<seq>` -> component label and out-list (rewritten when either changes)
+//! - `c:<label>` -> cluster id and size
+//! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
+//! - `x:<name>` -> positions owned by the caller (e.g. source offsets), written with the batch
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{ChangeSet, CompRecord, Counters, Event, FaceRecord, Restored};
+
+/// Bumped whenever the key layout or a value encoding changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "state directory {path} is not a clip-cluster state directory ({reason}); \
+         give store.path an empty or new directory"
+    )]
+    Foreign { path: PathBuf, reason: String },
+    #[error("state directory {path} has schema version {found}, this build reads {expected}")]
+    Schema {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
+        "state directory {path} was written by a different model or graph configuration \
+         (stored: {stored}; configured: {configured}); vectors are never mixed: use a new \
+         store.path or restore the configuration"
+    )]
+    Fingerprint {
+        path: PathBuf,
+        stored: String,
+        configured: String,
+    },
+    #[error("state directory {path} is damaged at key {key}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("state directory {path}: write failed: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// What produced the stored vectors and graph; a mismatch at open is refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub model: String,
+    pub dim: usize,
+    /// The graph rules; a state built under other rules would mix two graphs.
+    pub graph: String,
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "model {} dim {} graph {}", self.model, self.dim, self.graph)
+    }
+}
+
+/// Which HNSW dump covers which prefix of the faces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub basename: String,
+    pub covers: u32,
+}
+
+/// One outbox entry: an event with its sequence and the face whose insertion caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub event_seq: u64,
+    pub face_seq: u32,
+    pub event: Event,
+}
+
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    dim: usize,
+}
+
+fn key(prefix: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.push(prefix);
+    k.push(b':');
+    k.extend_from_slice(id);
+    k
+}
+
+fn encode_counters(c: &Counters) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&c.n_faces.to_le_bytes());
+    v.extend_from_slice(&c.next_cluster_id.to_le_bytes());
+    v.extend_from_slice(&c.next_event_seq.to_le_bytes());
+    v.extend_from_slice(&c.next_comp.to_le_bytes());
+    v
+}
+
+fn encode_record(r: &FaceRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + 4 + r.out.len() * 8);
+    v.extend_from_slice(&r.comp.to_le_bytes());
+    v.extend_from_slice(&(r.out.len() as u32).to_le_bytes());
+    for (to, s) in &r.out {
+        v.extend_from_slice(&to.to_le_bytes());
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v
+}
+
+/// A little cursor over a value, with errors that name the key.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        let raw = self.take(n * 4)?;
+        Some(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+    fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+}
+
+fn seq_from_key(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(2..6)?.try_into().ok()?))
+}
+
+impl Store {
+    /// Opens (or creates) the state directory. A directory that holds anything but a clip-cluster
+    /// sled database is refused, as is one written by a different fingerprint or schema.
+    pub fn open(path: &Path, fingerprint: &Fingerprint) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if path.exists() && !path.is_dir() {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                reason: "it is a file".into(),
+            });
+        }
+        if path.is_dir() {
+            let entries: Vec<String> = std::fs::read_dir(path)
+                .map_err(|e| open_err(e.to_string()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let ours = ["conf", "db", "blobs", "snap", "index"];
+            if !entries.is_empty() && !entries.iter().any(|e| e == "db" || e == "conf") {
+                return Err(StoreError::Foreign {
+                    path: path.to_path_buf(),
+                    reason: format!("it holds {} and no sled database", entries.join(", ")),
+                });
+            }
+            if let Some(other) = entries
+                .iter()
+                .find(|e| !ours.iter().any(|o| e.as_str() == *o || e.starts_with("snap.")))
+            {
+                return Err(StoreError::Foreign {
+                    path: path.to_path_buf(),
+                    reason: format!("unexpected entry {other}"),
+                });
+            }
+        }
+        // sled panics on some damaged files rather than returning an error.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_err(format!("sled cannot open it: {e}"))),
+            Err(_) => return Err(open_err("sled panicked while opening it (damaged?)".into())),
+        };
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+            dim: fingerprint.dim,
+        };
+        let schema = store.get(b"m:schema")?;
+        match schema {
+            None => {
+                if store.db.iter().next().is_some() {
+                    return Err(StoreError::Foreign {
+                        path: path.to_path_buf(),
+                        reason: "the sled database has no clip-cluster schema key".into(),
+                    });
+                }
+                let fp = serde_json::to_vec(fingerprint).map_err(|e| open_err(e.to_string()))?;
+                let mut b = sled::Batch::default();
+                b.insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..]);
+                b.insert(&b"m:fingerprint"[..], fp);
+                store.write(b)?;
+            }
+            Some(v) => {
+                let found = v
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| store.corrupt("m:schema", "not a u32"))?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+                let fp = store
+                    .get(b"m:fingerprint")?
+                    .ok_or_else(|| store.corrupt("m:fingerprint", "missing"))?;
+                let stored: Fingerprint = serde_json::from_slice(&fp)
+                    .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
+                if &stored != fingerprint {
+                    return Err(StoreError::Fingerprint {
+                        path: path.to_path_buf(),
+                        stored: stored.to_string(),
+                        configured: fingerprint.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn corrupt(&self, key: &str, reason: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(k)
+            .map(|o| o.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn write(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        let werr = |e: sled::Error| StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        self.db.apply_batch(batch).map_err(werr)?;
+        self.db.flush().map_err(werr)?;
+        Ok(())
+    }
+
+    /// Writes a change set, its events and the caller's positions in one atomic batch, then
+    /// flushes. `positions` are (name, value) pairs stored under `x:<name>`.
+    pub fn commit(&self, cs: &ChangeSet, positions: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for f in &cs.new_faces {
+            let seq = f.seq.to_be_bytes();
+            b.insert(key(b'f', f.face_id.as_bytes()), &f.seq.to_le_bytes()[..]);
+            let mut v = Vec::with_capacity(4 + f.face_id.len() + 1 + 8 * self.dim);
+            v.extend_from_slice(&(f.face_id.len() as u32).to_le_bytes());
+            v.extend_from_slice(f.face_id.as_bytes());
+            v.push(u8::from(f.identity.is_some()));
+            for x in f.proxy.iter().chain(f.identity.iter().flatten()) {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            b.insert(key(b'v', &seq), v);
+        }
+        for (seq, r) in &cs.faces {
+            b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
+        }
+        for (label, c) in &cs.comps {
+            let k = key(b'c', &label.to_be_bytes());
+            match c {
+                Some(c) => {
+                    let mut v = Vec::with_capacity(12);
+                    v.extend_from_slice(&c.cluster_id.to_le_bytes());
+                    v.extend_from_slice(&c.size.to_le_bytes());
+                    b.insert(k, v);
+                }
+                None => b.remove(k),
+            }
+        }
+        for (event_seq, face_seq, event) in &cs.events {
+            let entry = OutboxEntry {
+                event_seq: *event_seq,
+                face_seq: *face_seq,
+                event: event.clone(),
+            };
+            let json = serde_json::to_vec(&entry).map_err(|e| StoreError::Write {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            b.insert(key(b'o', &event_seq.to_be_bytes()), json);
+        }
+        for (name, value) in positions {
+            b.insert(key(b'x', name), value.as_slice());
+        }
+        b.insert(&b"m:counters"[..], encode_counters(&cs.counters));
+        self.write(b)
+    }
+
+    /// A caller position written by `commit`.
+    pub fn position(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(b'x', name))
+    }
+
+    pub fn snapshot(&self) -> Result<Option<SnapshotInfo>, StoreError> {
+        match self.get(b"m:snapshot")? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt("m:snapshot", &e.to_string())),
+        }
+    }
+
+    pub fn set_snapshot(&self, info: &SnapshotInfo) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        let v = serde_json::to_vec(info).map_err(|e| self.corrupt("m:snapshot", &e.to_string()))?;
+        b.insert(&b"m:snapshot"[..], v);
+        self.write(b)
+    }
+
+    /// Reads everything the engine needs to resume. Any inconsistency is fatal: corrupt state is
+    /// never silently repaired.
+    pub fn load(&self) -> Result<Restored, StoreError> {
+        let counters = match self.get(b"m:counters")? {
+            None => Counters {
+                n_faces: 0,
+                next_cluster_id: 1,
+                next_event_seq: 0,
+                next_comp: 0,
+            },
+            Some(v) => {
+                let mut r = Reader { b: &v, at: 0 };
+                let c = (|| {
+                    Some(Counters {
+                        n_faces: r.u32()?,
+                        next_cluster_id: r.u64()?,
+                        next_event_seq: r.u64()?,
+                        next_comp: r.u32()?,
+                    })
+                })()
+                .ok_or_else(|| self.corrupt("m:counters", "truncated"))?;
+                c
+            }
+        };
+        let n = counters.n_faces as usize;
+        let d = self.dim;
+        let mut out = Restored {
+            face_ids: Vec::with_capacity(n),
+            proxies: Vec::with_capacity(n * d),
+            faces: Vec::with_capacity(n),
+            comps: Vec::new(),
+            counters,
+        };
+        let iter_err = |e: sled::Error| StoreError::Open {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        for (i, kv) in self.db.scan_prefix(b"v:").enumerate() {
+            let (k, v) = kv.map_err(iter_err)?;
+            let kname = format!("v:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            if seq_from_key(&k) != Some(i as u32) {
+                return Err(self.corrupt(&kname, &format!("expected face {i} here")));
+            }
+            let mut r = Reader { b: &v, at: 0 };
+            let parsed = (|| {
+                let len = r.u32()? as usize;
+                let id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+                let has_identity = r.take(1)?[0] == 1;
+                let proxy = r.f32s(d)?;
+                if has_identity {
+                    r.f32s(d)?;
+                }
+                r.done().then_some((id, proxy))
+            })();
+            let (id, proxy) = parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            out.face_ids.push(id);
+            out.proxies.extend_from_slice(&proxy);
+        }
+        if out.face_ids.len() != n {
+            return Err(self.corrupt(
+                "v:",
+                &format!("{} faces stored, counters say {n}", out.face_ids.len()),
+            ));
+        }
+        for (i, kv) in self.db.scan_prefix(b"r:").enumerate() {
+            let (k, v) = kv.map_err(iter_err)?;
+            let kname = format!("r:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            if seq_from_key(&k) != Some(i as u32) {
+                return Err(self.corrupt(&kname, &format!("expected face {i} here")));
+            }
+            let mut r = Reader { b: &v, at: 0 };
+            let parsed = (|| {
+                let comp = r.u32()?;
+                let len = r.u32()? as usize;
+                let mut edges = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let to = r.u32()?;
+                    let s = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+                    if to as usize >= n {
+                        return None;
+                    }
+                    edges.push((to, s));
+                }
+                (r.done() && comp < counters.next_comp).then_some(FaceRecord { comp, out: edges })
+            })();
+            out.faces
+                .push(parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?);
+        }
+        if out.faces.len() != n {
+            return Err(self.corrupt(
+                "r:",
+                &format!("{} records stored, counters say {n}", out.faces.len()),
+            ));
+        }
+        for kv in self.db.scan_prefix(b"c:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let label = seq_from_key(&k).ok_or_else(|| self.corrupt("c:", "short key"))?;
+            let mut r = Reader { b: &v, at: 0 };
+            let c = (|| {
+                Some(CompRecord {
+                    cluster_id: r.u64()?,
+                    size: r.u32()?,
+                })
+            })()
+            .filter(|_| label < counters.next_comp)
+            .ok_or_else(|| self.corrupt(&format!("c:{label}"), "bad encoding"))?;
+            out.comps.push((label, c));
+        }
+        // Sizes must agree with the faces: a cheap check that catches a torn or foreign write.
+        let mut sizes = std::collections::HashMap::<u32, u32>::new();
+        for f in &out.faces {
+            *sizes.entry(f.comp).or_default() += 1;
+        }
+        for (label, c) in &out.comps {
+            if sizes.get(label).copied().unwrap_or(0) != c.size {
+                return Err(self.corrupt(
+                    &format!("c:{label}"),
+                    "component size disagrees with its faces",
+                ));
+            }
+        }
+        if sizes.len() != out.comps.len() {
+            return Err(self.corrupt("c:", "a face points at a missing component"));
+        }
+        Ok(out)
+    }
+
+    /// Outbox entries in event order, at most `limit`.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut v = Vec::new();
+        for kv in self.db.scan_prefix(b"o:").take(limit) {
+            let (k, val) = kv.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let entry: OutboxEntry = serde_json::from_slice(&val).map_err(|e| {
+                self.corrupt(&String::from_utf8_lossy(&k), &e.to_string())
+            })?;
+            v.push(entry);
+        }
+        Ok(v)
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.db.scan_prefix(b"o:").count()
+    }
+
+    /// Removes delivered outbox entries (and flushes).
+    pub fn outbox_remove(&self, event_seqs: &[u64]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for s in event_seqs {
+            b.remove(key(b'o', &s.to_be_bytes()));
+        }
+        self.write(b)
+    }
+
+    /// Bytes sled holds on disk (for the benchmarks' accounting).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
