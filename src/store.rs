@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{ChangeSet, CompRecord, Counters, Event, FaceRecord, Restored};
 
+/// A file beside the database that says "this directory holds clip-cluster state", so that a
+/// database that comes back empty after damage is reported instead of silently started afresh.
+const MARKER: &str = "clip-cluster-state.json";
+
 /// Bumped whenever the key layout or a value encoding changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -175,7 +179,7 @@ impl Store {
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect();
-            let ours = ["conf", "db", "blobs", "snap", "index"];
+            let ours = ["conf", "db", "blobs", "snap", "index", MARKER];
             if !entries.is_empty() && !entries.iter().any(|e| e == "db" || e == "conf") {
                 return Err(StoreError::Foreign {
                     path: path.to_path_buf(),
@@ -205,7 +209,15 @@ impl Store {
             dim: fingerprint.dim,
         };
         let schema = store.get(b"m:schema")?;
+        let marker = path.join(MARKER);
         match schema {
+            None if marker.exists() => {
+                return Err(store.corrupt(
+                    "m:schema",
+                    "the directory was initialized as clip-cluster state but its database is \
+                     empty or unreadable; restore it from a backup or start a new store.path",
+                ))
+            }
             None => {
                 if store.db.iter().next().is_some() {
                     return Err(StoreError::Foreign {
@@ -216,8 +228,10 @@ impl Store {
                 let fp = serde_json::to_vec(fingerprint).map_err(|e| open_err(e.to_string()))?;
                 let mut b = sled::Batch::default();
                 b.insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..]);
-                b.insert(&b"m:fingerprint"[..], fp);
+                b.insert(&b"m:fingerprint"[..], fp.clone());
                 store.write(b)?;
+                // Written after the database, so its presence proves the database once held state.
+                std::fs::write(&marker, fp).map_err(|e| open_err(e.to_string()))?;
             }
             Some(v) => {
                 let found = v

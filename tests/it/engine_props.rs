@@ -1,0 +1,126 @@
+//! Properties of the engine over random insertion sequences.
+
+use clip_cluster::engine::{batch, Engine, EngineParams};
+use clip_cluster::index::ExactIndex;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+/// Clustered random vectors in a low dimension, so that edges above t1 are common and evictions,
+/// merges and splits all happen.
+fn data(seed: u64, n: usize, dim: usize, centers: usize, spread: f32) -> Vec<Vec<f32>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let cs: Vec<Vec<f32>> = (0..centers)
+        .map(|_| (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect())
+        .collect();
+    (0..n)
+        .map(|_| {
+            let c = &cs[rng.gen_range(0..centers)];
+            c.iter().map(|x| x + spread * (rng.gen::<f32>() - 0.5)).collect()
+        })
+        .collect()
+}
+
+/// Connected components of the kept edges, as a canonical partition (sorted member lists).
+fn components(n: usize, edges: &[(u32, u32)]) -> Vec<Vec<u32>> {
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    fn find(p: &mut [u32], mut x: u32) -> u32 {
+        while p[x as usize] != x {
+            x = p[x as usize];
+        }
+        x
+    }
+    for &(a, b) in edges {
+        let (ra, rb) = (find(&mut p, a), find(&mut p, b));
+        p[ra.max(rb) as usize] = ra.min(rb);
+    }
+    let labels: Vec<u32> = (0..n as u32).map(|i| find(&mut p, i)).collect();
+    partition(&labels)
+}
+
+fn partition<L: Copy + Ord>(labels: &[L]) -> Vec<Vec<u32>> {
+    let mut m = std::collections::BTreeMap::<L, Vec<u32>>::new();
+    for (i, l) in labels.iter().enumerate() {
+        m.entry(*l).or_default().push(i as u32);
+    }
+    let mut v: Vec<Vec<u32>> = m.into_values().collect();
+    v.sort();
+    v
+}
+
+fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EngineParams {
+    EngineParams {
+        dim,
+        k,
+        search_k,
+        t1,
+        t2,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// After every insertion, clusters are exactly the connected components of the kept edges.
+    #[test]
+    fn clusters_are_components_after_every_insert(
+        seed in 0u64..10_000, n in 2usize..90, k in 1usize..6,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3, 0.6]),
+        centers in 1usize..8,
+    ) {
+        let dim = 4;
+        let mut e = Engine::new(params(dim, k, t1, t2, 1000), ExactIndex::new(dim));
+        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+            e.insert(&format!("f{i}"), v).unwrap();
+            let m = e.n_faces();
+            prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
+            prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
+        }
+    }
+
+    /// With an exact index that shows every face, the stream equals the batch computation.
+    #[test]
+    fn stream_equals_batch(
+        seed in 0u64..10_000, n in 2usize..120, k in 1usize..8,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.4, 0.7]),
+        centers in 1usize..10,
+    ) {
+        let dim = 5;
+        let p = params(dim, k, t1, t2, 1000);
+        let vs = data(seed, n, dim, centers, 0.5);
+        let mut e = Engine::new(p, ExactIndex::new(dim));
+        let mut idx = ExactIndex::new(dim);
+        let mut proxies = Vec::new();
+        for (i, v) in vs.iter().enumerate() {
+            e.insert(&format!("f{i}"), v).unwrap();
+            let pv = e.proxy(i as u32).to_vec();
+            clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
+            proxies.extend_from_slice(&pv);
+        }
+        let b = batch(&p, &proxies, &idx);
+        prop_assert_eq!(partition(&e.assignments()), partition(&b));
+    }
+
+    /// The same input order gives the same events, and re-applying a face id is a no-op.
+    #[test]
+    fn deterministic_and_idempotent(seed in 0u64..10_000, n in 2usize..80, t2 in prop::sample::select(vec![0.0f32, 0.5])) {
+        let dim = 4;
+        let vs = data(seed, n, dim, 4, 0.6);
+        let run = |dups: bool| {
+            let mut e = Engine::new(params(dim, 3, 0.6, t2, 8), ExactIndex::new(dim));
+            let mut events = Vec::new();
+            for (i, v) in vs.iter().enumerate() {
+                events.extend(e.insert(&format!("f{i}"), v).unwrap().1);
+                if dups && i > 0 {
+                    // A redelivery of an earlier face, even with another vector, changes nothing.
+                    let (o, ev) = e.insert(&format!("f{}", i / 2), &vs[0]).unwrap();
+                    assert!(matches!(o, clip_cluster::engine::Outcome::Duplicate { .. }));
+                    assert!(ev.is_empty());
+                }
+            }
+            (events, e.assignments())
+        };
+        let a = run(false);
+        prop_assert_eq!(&a, &run(false));
+        prop_assert_eq!(&a, &run(true));
+    }
+}

@@ -1,0 +1,179 @@
+//! Durable state: restart equivalence, idempotence, snapshot rebuild, and refusal of bad state.
+
+use std::path::Path;
+
+use clip_cluster::clusterer::Clusterer;
+use clip_cluster::config::Config;
+use clip_cluster::synth::{generate, SynthParams};
+
+fn config(dir: &Path, dim: usize) -> Config {
+    let env = vec![
+        ("CLIP_CLUSTER__STORE__PATH".to_string(), dir.display().to_string()),
+        ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
+        ("CLIP_CLUSTER__INDEX__SNAPSHOT_EVERY_FACES".to_string(), "100".to_string()),
+        ("CLIP_CLUSTER__ENGINE__T2".to_string(), "0.3".to_string()),
+    ];
+    Config::load_from(None, &env).unwrap()
+}
+
+fn faces(n: usize, dim: usize) -> (Vec<String>, Vec<Vec<f32>>) {
+    let s = generate(SynthParams::new(n, dim, 11));
+    let ids = (0..n).map(|i| format!("face-{i}")).collect();
+    let vs = s.data.chunks(dim).map(|c| c.to_vec()).collect();
+    (ids, vs)
+}
+
+fn apply(c: &mut Clusterer, ids: &[String], vs: &[Vec<f32>], range: std::ops::Range<usize>, batch: usize) {
+    let mut i = range.start;
+    while i < range.end {
+        let j = (i + batch).min(range.end);
+        let b: Vec<(&str, &[f32])> = (i..j).map(|x| (ids[x].as_str(), vs[x].as_slice())).collect();
+        c.apply(&b, &[]).unwrap();
+        i = j;
+    }
+}
+
+fn outbox(c: &Clusterer) -> Vec<String> {
+    c.store()
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| serde_json::to_string(&e).unwrap())
+        .collect()
+}
+
+#[test]
+fn restart_anywhere_equals_an_uninterrupted_run() {
+    let dim = 32;
+    let n = 450;
+    let (ids, vs) = faces(n, dim);
+    let full = tempfile::tempdir().unwrap();
+    let mut a = Clusterer::open(&config(full.path(), dim)).unwrap();
+    apply(&mut a, &ids, &vs, 0..n, 37);
+    let want = (a.engine().assignments(), outbox(&a));
+    drop(a);
+    // Stop at points before, on and after snapshot boundaries (every 100 faces).
+    for stop in [1, 99, 100, 101, 250, 300, 449] {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Clusterer::open(&config(d.path(), dim)).unwrap();
+        apply(&mut b, &ids, &vs, 0..stop, 37);
+        drop(b);
+        let mut b = Clusterer::open(&config(d.path(), dim)).unwrap();
+        apply(&mut b, &ids, &vs, stop..n, 37);
+        assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
+        assert_eq!(outbox(&b), want.1, "stopped at {stop}");
+    }
+}
+
+#[test]
+fn reapplying_is_a_no_op() {
+    let dim = 16;
+    let (ids, vs) = faces(200, dim);
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+    apply(&mut c, &ids, &vs, 0..200, 50);
+    let before = (c.engine().assignments(), outbox(&c));
+    apply(&mut c, &ids, &vs, 0..200, 50);
+    drop(c);
+    let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+    let r = c
+        .apply(&[(ids[3].as_str(), vs[3].as_slice())], &[])
+        .unwrap();
+    assert_eq!((r.applied, r.duplicates), (0, 1));
+    assert_eq!((c.engine().assignments(), outbox(&c)), before);
+}
+
+#[test]
+fn damaged_or_missing_snapshot_is_rebuilt_from_the_store() {
+    let dim = 16;
+    let n = 350;
+    let (ids, vs) = faces(n, dim);
+    let ref_dir = tempfile::tempdir().unwrap();
+    let mut r = Clusterer::open(&config(ref_dir.path(), dim)).unwrap();
+    apply(&mut r, &ids, &vs, 0..n, 64);
+    let want = r.engine().assignments();
+    drop(r);
+    for damage in ["truncate", "garbage", "delete"] {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+        apply(&mut c, &ids, &vs, 0..250, 64);
+        drop(c);
+        for e in std::fs::read_dir(d.path().join("index")).unwrap() {
+            let p = e.unwrap().path();
+            match damage {
+                "truncate" => {
+                    let len = std::fs::metadata(&p).unwrap().len();
+                    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+                    f.set_len(len / 2).unwrap();
+                }
+                "garbage" => std::fs::write(&p, b"not an hnsw dump at all").unwrap(),
+                _ => std::fs::remove_file(&p).unwrap(),
+            }
+        }
+        let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+        assert_eq!(c.engine().n_faces(), 250);
+        apply(&mut c, &ids, &vs, 250..n, 64);
+        assert_eq!(c.engine().assignments(), want, "after {damage}");
+    }
+}
+
+#[test]
+fn bad_state_directories_are_refused_with_the_reason() {
+    let dim = 16;
+    let d = tempfile::tempdir().unwrap();
+    // A directory holding something else.
+    std::fs::write(d.path().join("notes.txt"), b"hello").unwrap();
+    let e = Clusterer::open(&config(d.path(), dim)).err().unwrap().to_string();
+    assert!(e.contains("not a clip-cluster state directory") && e.contains("notes.txt"), "{e}");
+    // A file instead of a directory.
+    let f = d.path().join("notes.txt");
+    let e = Clusterer::open(&config(&f, dim)).err().unwrap().to_string();
+    assert!(e.contains("is a file"), "{e}");
+    // Another model's vectors.
+    let s = tempfile::tempdir().unwrap();
+    drop(Clusterer::open(&config(s.path(), dim)).unwrap());
+    let e = Clusterer::open(&config(s.path(), dim * 2)).err().unwrap().to_string();
+    assert!(e.contains("different model") && e.contains("dim 32"), "{e}");
+    // A foreign sled database.
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(foreign.path()).unwrap();
+        db.insert(b"hello", b"world").unwrap();
+        db.flush().unwrap();
+    }
+    let e = Clusterer::open(&config(foreign.path(), dim)).err().unwrap().to_string();
+    assert!(e.contains("no clip-cluster schema"), "{e}");
+    // A damaged database file.
+    let broken = tempfile::tempdir().unwrap();
+    drop(Clusterer::open(&config(broken.path(), dim)).unwrap());
+    std::fs::write(broken.path().join("db"), vec![0xA5u8; 4096]).unwrap();
+    std::fs::write(broken.path().join("conf"), b"garbage").unwrap();
+    assert!(Clusterer::open(&config(broken.path(), dim)).is_err());
+}
+
+#[test]
+fn bad_faces_are_rejected_and_the_rest_of_the_batch_applies() {
+    let dim = 8;
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+    let good = vec![0.5f32; dim];
+    let nan = {
+        let mut v = good.clone();
+        v[2] = f32::NAN;
+        v
+    };
+    let zero = vec![0.0f32; dim];
+    let short = vec![1.0f32; dim - 1];
+    let r = c
+        .apply(
+            &[("a", &good), ("b", &nan), ("c", &zero), ("d", &short), ("e", &good)],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.applied, 2);
+    let reasons: Vec<String> = r.rejected.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(r.rejected.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(reasons[0].contains("NaN") && reasons[2].contains("7 dimensions"), "{reasons:?}");
+    drop(c);
+    assert_eq!(Clusterer::open(&config(d.path(), dim)).unwrap().engine().n_faces(), 2);
+}
