@@ -14,4 +14,5 @@ pub mod config;
 pub mod engine;
 pub mod index;
 pub mod store;
+pub mod bench;
 pub mod synth;

@@ -1,1 +1,147 @@
-fn main() {}
+//! The `clip-cluster` command line: parses arguments, resolves configuration, and hands off to
+//! the library. Errors reach the user here, with what to do about them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use clip_cluster::config::Config;
+
+#[derive(Parser)]
+#[command(name = "clip-cluster", version, about = "Streaming face clustering by identity")]
+struct Cli {
+    /// Configuration file (overrides config/default.toml; environment overrides both).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes seeded synthetic identities in learn-to-cluster format (.bin rows + .meta labels).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        labels_out: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Insert benchmark with durable state (throughput, growth, memory per face).
+    Bench {
+        #[arg(long, default_value_t = 100_000)]
+        faces: usize,
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Faces measured at the end of each checkpoint (10K, 100K, 1M, and the end).
+        #[arg(long, default_value_t = 5000)]
+        window: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// State directory (must not exist; removed afterwards unless --keep).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate {
+            out,
+            labels_out,
+            n,
+            dim,
+            seed,
+        } => {
+            let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(n, dim, seed));
+            let bytes: Vec<u8> = s.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            let labels: String = s.labels.iter().map(|l| format!("{l}\n")).collect();
+            std::fs::write(&labels_out, labels)
+                .with_context(|| format!("writing {}", labels_out.display()))?;
+            eprintln!("wrote {n} faces of {} identities", s.labels.iter().max().map_or(0, |m| m + 1));
+            Ok(())
+        }
+        Command::Bench {
+            faces,
+            dim,
+            batch,
+            window,
+            seed,
+            state,
+            keep,
+            json,
+        } => {
+            let tmp;
+            let state = match state {
+                Some(s) => s,
+                None => {
+                    tmp = tempfile_dir()?;
+                    tmp.join("state")
+                }
+            };
+            anyhow::ensure!(!state.exists(), "{} exists; the benchmark needs a fresh state directory", state.display());
+            let env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
+                .chain([
+                    ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
+                    ("CLIP_CLUSTER__STORE__PATH".to_string(), state.display().to_string()),
+                    ("CLIP_CLUSTER__INDEX__CAPACITY_HINT".to_string(), faces.to_string()),
+                ])
+                .collect();
+            let cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            let step = (faces / 20).max(1);
+            let report = clip_cluster::bench::run(&cfg, faces, batch, window, seed, &|i| {
+                if i % step == 0 || i == faces {
+                    eprintln!("  {i} faces");
+                }
+            })?;
+            if !keep {
+                let _ = std::fs::remove_dir_all(&state);
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("clip-cluster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
+}
