@@ -8,11 +8,16 @@
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
+//! - `bench`: the insert benchmark with durable state.
 
+pub mod baselines;
+pub mod bench;
 pub mod clusterer;
 pub mod config;
 pub mod engine;
+pub mod features;
 pub mod index;
+pub mod knn;
+pub mod metrics;
 pub mod store;
-pub mod bench;
 pub mod synth;
