@@ -15,6 +15,7 @@ pub mod bench;
 pub mod clusterer;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod features;
 pub mod index;
 pub mod knn;

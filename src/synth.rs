@@ -47,6 +47,17 @@ fn gaussian_unit(rng: &mut ChaCha8Rng, dim: usize) -> Vec<f32> {
     v
 }
 
+/// A random unit vector orthogonal to `shared`. Without this, chance overlaps with the large
+/// shared component (about 1/sqrt(dim) each) would dominate the spread of similarities.
+fn residual_unit(rng: &mut ChaCha8Rng, shared: &[f32]) -> Vec<f32> {
+    let mut v = gaussian_unit(rng, shared.len());
+    let proj: f32 = v.iter().zip(shared).map(|(a, b)| a * b).sum();
+    v.iter_mut().zip(shared).for_each(|(x, s)| *x -= proj * s);
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
 /// Squared weights of the shared, identity, mode and face components (they sum to 1).
 const SHARED: f32 = 0.87;
 const IDENTITY: f32 = 0.06;
@@ -67,12 +78,12 @@ pub fn generate(p: SynthParams) -> Synthetic {
             size += 1;
         }
         let size = size.min(p.n_faces - rows.len());
-        let id = gaussian_unit(&mut rng, p.dim);
+        let id = residual_unit(&mut rng, &shared);
         let n_modes = rng.gen_range(1..=p.max_modes).min(size);
-        let modes: Vec<Vec<f32>> = (0..n_modes).map(|_| gaussian_unit(&mut rng, p.dim)).collect();
+        let modes: Vec<Vec<f32>> = (0..n_modes).map(|_| residual_unit(&mut rng, &shared)).collect();
         for _ in 0..size {
             let m = &modes[rng.gen_range(0..n_modes)];
-            let noise = gaussian_unit(&mut rng, p.dim);
+            let noise = residual_unit(&mut rng, &shared);
             let mut v: Vec<f32> = (0..p.dim)
                 .map(|d| ws * shared[d] + wi * id[d] + wm * m[d] + wf * noise[d])
                 .collect();
