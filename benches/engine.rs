@@ -18,7 +18,10 @@ const SAMPLES: usize = 10;
 fn config(dim: usize, path: &std::path::Path) -> Config {
     let env = vec![
         ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
-        ("CLIP_CLUSTER__STORE__PATH".to_string(), path.display().to_string()),
+        (
+            "CLIP_CLUSTER__STORE__PATH".to_string(),
+            path.display().to_string(),
+        ),
     ];
     Config::load_from(None, &env).expect("default configuration loads")
 }

@@ -3,10 +3,9 @@
 //! (fsync) -> only then may the caller acknowledge; index snapshots follow the store and are only
 //! ever a cache of it (a missing or damaged snapshot is rebuilt from the store).
 //!
-//! Snapshots are taken at fixed face counts (every `snapshot_every_faces`), and the live index
-//! continues on the reloaded dump. hnsw_rs reseeds its layer generator on load, so this keeps a
-//! restarted process, which loads the same dump and replays the same faces, on exactly the index an
-//! uninterrupted run has: restarts change nothing.
+//! Snapshots are taken every `snapshot_every_faces`. Each point's HNSW layer is a function of its
+//! sequence number (patched hnsw_rs), so a restarted process that loads a dump and replays the
+//! newer faces holds exactly the index an uninterrupted run has: restarts change nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Event, Outcome};
-use crate::index::{HnswIndex, HnswParams, NeighborIndex};
+use crate::index::{HnswIndex, NeighborIndex};
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +38,6 @@ pub struct Clusterer {
     engine: Engine<HnswIndex>,
     store: Store,
     index_dir: PathBuf,
-    hnsw: HnswParams,
     snapshot_every: u32,
 }
 
@@ -82,20 +80,26 @@ impl Clusterer {
                         from = info.covers;
                         index = Some(i);
                     }
-                    Err(e) => warn!(error = %e, "HNSW snapshot unusable; rebuilding the index from the store"),
+                    Err(e) => {
+                        warn!(error = %e, "HNSW snapshot unusable; rebuilding the index from the store")
+                    }
                 }
             }
         } else if n > 0 {
-            warn!(faces = n, "no HNSW snapshot; rebuilding the index from the store");
+            warn!(
+                faces = n,
+                "no HNSW snapshot; rebuilding the index from the store"
+            );
         }
         let mut index = index.unwrap_or_else(|| HnswIndex::new(hnsw));
         let d = cfg.model.dim;
         for seq in from..n {
             let v = &restored.proxies[seq as usize * d..(seq as usize + 1) * d];
             index.insert(seq, v);
-            if (seq + 1) % snapshot_every == 0 {
-                index = snapshot(&store, &index_dir, &index, seq + 1, hnsw)?;
-            }
+        }
+        if n - from >= snapshot_every {
+            // A long replay is not repeated at the next start.
+            snapshot(&store, &index_dir, &index, n)?;
         }
         let engine = Engine::restore(
             cfg.engine_params(),
@@ -108,7 +112,6 @@ impl Clusterer {
             engine,
             store,
             index_dir,
-            hnsw,
             snapshot_every,
         })
     }
@@ -138,14 +141,7 @@ impl Clusterer {
                     if (seq + 1) % self.snapshot_every == 0 {
                         // The snapshot may only cover what is durable.
                         self.store.commit(&self.engine.take_changes(), &[])?;
-                        let idx = snapshot(
-                            &self.store,
-                            &self.index_dir,
-                            self.engine.index(),
-                            seq + 1,
-                            self.hnsw,
-                        )?;
-                        *self.engine.index_mut() = idx;
+                        snapshot(&self.store, &self.index_dir, self.engine.index(), seq + 1)?;
                     }
                 }
                 Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
@@ -157,18 +153,15 @@ impl Clusterer {
     }
 }
 
-/// Dumps the index covering `covers` faces, records it, drops older dumps, and returns the
-/// reloaded index the caller continues on.
+/// Dumps the index covering `covers` faces, records it, and drops older dumps.
 fn snapshot(
     store: &Store,
     dir: &Path,
     index: &HnswIndex,
     covers: u32,
-    params: HnswParams,
-) -> Result<HnswIndex, ClustererError> {
+) -> Result<(), ClustererError> {
     let name = basename(covers);
     index.dump(dir, &name)?;
-    let reloaded = HnswIndex::load(dir, &name, params, covers as usize)?;
     store.set_snapshot(&SnapshotInfo {
         basename: name.clone(),
         covers,
@@ -182,5 +175,5 @@ fn snapshot(
         }
     }
     info!(covers, "HNSW snapshot written");
-    Ok(reloaded)
+    Ok(())
 }

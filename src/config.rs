@@ -94,25 +94,32 @@ impl Config {
 
     /// As `load`, with the environment given explicitly (tests).
     pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
-        let defaults: toml::Table = DEFAULT_TOML.parse().map_err(|e: toml::de::Error| {
-            ConfigError::Parse {
-                path: PathBuf::from("config/default.toml (built in)"),
-                reason: e.to_string(),
-            }
-        })?;
+        let defaults: toml::Table =
+            DEFAULT_TOML
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: PathBuf::from("config/default.toml (built in)"),
+                    reason: e.to_string(),
+                })?;
         let mut merged = defaults.clone();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                }
-            })?;
-            overlay(&mut merged, &defaults, table, "", &path.display().to_string())?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+            overlay(
+                &mut merged,
+                &defaults,
+                table,
+                "",
+                &path.display().to_string(),
+            )?;
         }
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
@@ -133,7 +140,13 @@ impl Config {
                         .ok_or_else(|| ConfigError::Type(format!("bad variable {name}")))?;
                 }
             }
-            overlay(&mut merged, &defaults, table, "", &format!("environment variable {name}"))?;
+            overlay(
+                &mut merged,
+                &defaults,
+                table,
+                "",
+                &format!("environment variable {name}"),
+            )?;
         }
         let cfg: Config = toml::Value::Table(merged)
             .try_into()
@@ -169,17 +182,29 @@ impl Config {
             ));
         }
         if !(e.t1.is_finite() && (-1.0..1.0).contains(&e.t1)) {
-            return Err(bad("engine.t1", e.t1, "must be a cosine similarity in [-1, 1)"));
+            return Err(bad(
+                "engine.t1",
+                e.t1,
+                "must be a cosine similarity in [-1, 1)",
+            ));
         }
         if !(e.t2.is_finite() && (0.0..1.0).contains(&e.t2)) {
-            return Err(bad("engine.t2", e.t2, "must be in [0, 1); 0 disables the refinement"));
+            return Err(bad(
+                "engine.t2",
+                e.t2,
+                "must be in [0, 1); 0 disables the refinement",
+            ));
         }
         let i = &self.index;
         if !(4..=64).contains(&i.m) {
             return Err(bad("index.m", i.m, "must be in 4..=64"));
         }
         if i.ef_construction < 8 {
-            return Err(bad("index.ef_construction", i.ef_construction, "must be >= 8"));
+            return Err(bad(
+                "index.ef_construction",
+                i.ef_construction,
+                "must be >= 8",
+            ));
         }
         if i.ef_search < 1 {
             return Err(bad("index.ef_search", i.ef_search, "must be >= 1"));
@@ -222,7 +247,9 @@ impl Config {
 
 fn parse_env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -315,7 +342,10 @@ mod tests {
         let c = Config::load_from(Some(&p), &env).unwrap();
         assert_eq!(c.engine.k, 7);
         assert_eq!(c.engine.t1, 0.75);
-        let env = vec![("CLIP_CLUSTER__STORE__PATH".to_string(), "/tmp/x y".to_string())];
+        let env = vec![(
+            "CLIP_CLUSTER__STORE__PATH".to_string(),
+            "/tmp/x y".to_string(),
+        )];
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.store.path, PathBuf::from("/tmp/x y"));
     }
@@ -325,12 +355,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "[engine]\nkk = 7\n");
         let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
-        assert!(e.contains("engine.kk") && e.contains("engine.search_k"), "{e}");
+        assert!(
+            e.contains("engine.kk") && e.contains("engine.search_k"),
+            "{e}"
+        );
         let p = write(d.path(), "[enigne]\nk = 7\n");
-        assert!(Config::load_from(Some(&p), &[]).unwrap_err().to_string().contains("enigne"));
+        assert!(Config::load_from(Some(&p), &[])
+            .unwrap_err()
+            .to_string()
+            .contains("enigne"));
         let env = vec![("CLIP_CLUSTER__ENGINE__NOPE".to_string(), "1".to_string())];
         let e = Config::load_from(None, &env).unwrap_err().to_string();
-        assert!(e.contains("engine.nope") && e.contains("CLIP_CLUSTER__ENGINE__NOPE"), "{e}");
+        assert!(
+            e.contains("engine.nope") && e.contains("CLIP_CLUSTER__ENGINE__NOPE"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct EngineParams {
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
 pub trait ProxyGenerator {
+    /// Whether `proxy` looks at anything; when false the proxy is the identity vector and the
+    /// engine saves a search.
+    fn needs_neighbors(&self) -> bool {
+        true
+    }
     /// `neighbors` are the nearest indexed proxies of the identity vector; `proxy_of` reads a
     /// stored proxy. Returns `None` when the proxy is the identity vector itself.
     fn proxy(
@@ -55,6 +60,9 @@ pub trait ProxyGenerator {
 pub struct IdentityProxy;
 
 impl ProxyGenerator for IdentityProxy {
+    fn needs_neighbors(&self) -> bool {
+        false
+    }
     fn proxy(&self, _: &[f32], _: &[Neighbor], _: &dyn Fn(u32) -> Vec<f32>) -> Option<Vec<f32>> {
         None
     }
@@ -214,7 +222,8 @@ pub struct Restored {
 }
 
 /// The engine. `I` is the index, `P` the proxy generator, `S` the edge scorer.
-pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeScorer = CosineScorer> {
+pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeScorer = CosineScorer>
+{
     params: EngineParams,
     index: I,
     proxy_gen: P,
@@ -264,7 +273,11 @@ pub fn normalize(face_id: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, Engin
             position,
         });
     }
-    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
     if norm < 1e-12 || !norm.is_finite() {
         return Err(EngineError::ZeroVector {
             face_id: face_id.to_string(),
@@ -502,7 +515,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
     /// Inserts one face. On error nothing changed. The events this insertion caused are returned
     /// (and recorded in the change set).
-    pub fn insert(&mut self, face_id: &str, vector: &[f32]) -> Result<(Outcome, Vec<Event>), EngineError> {
+    pub fn insert(
+        &mut self,
+        face_id: &str,
+        vector: &[f32],
+    ) -> Result<(Outcome, Vec<Event>), EngineError> {
         if face_id.is_empty() {
             return Err(EngineError::EmptyId {
                 face_id: face_id.to_string(),
@@ -518,17 +535,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let seq = self.faces.len() as u32;
         let p = self.params;
 
-        // Search with the identity vector; a generator may turn it into a different proxy, which
-        // is then searched again for its own candidates.
-        let mut cands = self.index.search(&identity, p.search_k);
-        let dim = p.dim;
-        let proxies = &self.proxies;
-        let proxy_of = |s: u32| proxies[s as usize * dim..(s as usize + 1) * dim].to_vec();
-        let generated = self.proxy_gen.proxy(&identity, &cands, &proxy_of);
-        if let Some(g) = &generated {
-            cands = self.index.search(g, p.search_k);
-        }
+        // A generator that looks at the neighbourhood sees the identity vector's neighbours; the
+        // proxy is then inserted, and its own neighbours come from the insertion's traversal.
+        let generated = if self.proxy_gen.needs_neighbors() {
+            let around = self.index.search(&identity, p.search_k);
+            let dim = p.dim;
+            let proxies = &self.proxies;
+            let proxy_of = |s: u32| proxies[s as usize * dim..(s as usize + 1) * dim].to_vec();
+            self.proxy_gen.proxy(&identity, &around, &proxy_of)
+        } else {
+            None
+        };
         let proxy: Vec<f32> = generated.clone().unwrap_or_else(|| identity.clone());
+        // From here on nothing can fail: the face enters the index now.
+        let cands = self.index.insert_and_search(seq, &proxy, p.search_k);
 
         // Candidate edges above t1, ranked.
         let mut scored: Vec<Edge> = cands
@@ -587,7 +607,6 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
         // Apply the list changes.
         self.proxies.extend_from_slice(&proxy);
-        self.index.insert(seq, &proxy);
         let comp = self.comps.len() as u32;
         self.comps.push(CompRecord {
             cluster_id: PENDING,
@@ -1091,7 +1110,10 @@ mod tests {
             e.insert("a", &[0.0, 0.0, 0.0]),
             Err(EngineError::ZeroVector { .. })
         ));
-        assert!(matches!(e.insert("", &[1.0, 0.0, 0.0]), Err(EngineError::EmptyId { .. })));
+        assert!(matches!(
+            e.insert("", &[1.0, 0.0, 0.0]),
+            Err(EngineError::EmptyId { .. })
+        ));
         assert_eq!(e.n_faces(), 0);
         assert!(e.take_changes().is_empty());
     }
@@ -1141,7 +1163,10 @@ mod tests {
         assert_eq!(e.n_clusters(), 1);
         // d at 1 degree: a adopts d, evicting b; b's list holds c. {a,d} splits from {b,c}.
         let (_, ev) = e.insert("d", &v(1.0)).unwrap();
-        assert!(ev.iter().any(|x| matches!(x, Event::ClusterSplit { .. })), "{ev:?}");
+        assert!(
+            ev.iter().any(|x| matches!(x, Event::ClusterSplit { .. })),
+            "{ev:?}"
+        );
         assert_eq!(e.n_clusters(), 2);
         let a = e.assignments();
         assert_eq!(a[0], a[3]);

@@ -160,7 +160,10 @@ pub fn run(
                 e.set_tracking(false);
                 for i in 0..n {
                     e.insert(&i.to_string(), feats.row(i))
-                        .map_err(|source| EvalError::Engine { row: order[i], source })?;
+                        .map_err(|source| EvalError::Engine {
+                            row: order[i],
+                            source,
+                        })?;
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
                     }

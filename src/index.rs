@@ -31,6 +31,13 @@ pub trait NeighborIndex {
     fn insert(&mut self, seq: u32, v: &[f32]);
     /// Up to `k` most similar indexed faces, in `rank` order.
     fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor>;
+    /// Adds face `seq` and returns the up-to-`k` most similar faces indexed before it, in `rank`
+    /// order: `search` then `insert`, which an index may do in one traversal.
+    fn insert_and_search(&mut self, seq: u32, v: &[f32], k: usize) -> Vec<Neighbor> {
+        let hits = self.search(v, k);
+        self.insert(seq, v);
+        hits
+    }
     /// Number of indexed faces.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -127,14 +134,12 @@ pub enum IndexError {
     },
 }
 
-/// HNSW index on hnsw_rs with `DistDot` (vectors are normalized; the `simdeez_f` feature makes the
+/// HNSW index on hnsw_rs (vendored with two patches, see `vendor/hnsw_rs/PATCHES.md`) with `DistDot` (vectors are normalized; the `simdeez_f` feature makes the
 /// dot product tolerate a self-similarity a hair above 1, which a re-sent face produces).
 ///
-/// hnsw_rs draws each point's layer from a generator seeded with a constant when the structure is
-/// created or loaded. A fresh build is therefore deterministic, and a build that is dumped and
-/// reloaded at the same points is deterministic too: the caller snapshots at fixed sequence numbers
-/// and continues on the reloaded structure, so a restart from a snapshot draws the same layers as
-/// an uninterrupted run (see `clusterer`).
+/// Each point's layer is a hash of its sequence number (patched hnsw_rs), so a structure that is
+/// dumped, reloaded and continued is the structure an uninterrupted run builds: restarts change
+/// nothing.
 pub struct HnswIndex {
     hnsw: Hnsw<'static, f32, DistDot>,
     params: HnswParams,
@@ -231,6 +236,23 @@ impl NeighborIndex for HnswIndex {
         self.n += 1;
     }
 
+    fn insert_and_search(&mut self, seq: u32, v: &[f32], k: usize) -> Vec<Neighbor> {
+        // One traversal: the insertion's own candidate search (ef_construction), see
+        // vendor/hnsw_rs/PATCHES.md.
+        let mut hits: Vec<Neighbor> = self
+            .hnsw
+            .insert_slice_and_search((v, seq as usize), k)
+            .into_iter()
+            .map(|n| Neighbor {
+                seq: n.d_id as u32,
+                similarity: 1.0 - n.distance,
+            })
+            .collect();
+        self.n += 1;
+        hits.sort_by(rank);
+        hits
+    }
+
     fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
         if self.n == 0 || k == 0 {
             return Vec::new();
@@ -277,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn hnsw_snapshot_round_trips_and_keeps_inserting_identically() {
+    fn hnsw_snapshot_round_trips_and_continues_like_an_uninterrupted_index() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let dim = 16;
         let params = HnswParams {
@@ -289,24 +311,33 @@ mod tests {
         let vs: Vec<Vec<f32>> = (0..600).map(|_| unit(&mut rng, dim)).collect();
         let dir = tempfile::tempdir().unwrap();
 
-        // Uninterrupted: dump at 300 and continue on the reloaded structure.
+        // Uninterrupted, dumping at 300 on the way.
         let mut a = HnswIndex::new(params);
-        for (i, v) in vs[..300].iter().enumerate() {
-            a.insert(i as u32, v);
+        let mut a_found = Vec::new();
+        for (i, v) in vs.iter().enumerate() {
+            a_found.push(a.insert_and_search(i as u32, v, 5));
+            if i + 1 == 300 {
+                a.dump(dir.path(), "a").unwrap();
+            }
         }
-        a.dump(dir.path(), "a").unwrap();
-        let mut a = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
-        for (i, v) in vs[300..].iter().enumerate() {
-            a.insert(300 + i as u32, v);
-        }
-        // A second process: load the same snapshot and replay the rest.
+        // A second process: load the dump and continue.
         let mut b = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
         for (i, v) in vs[300..].iter().enumerate() {
-            b.insert(300 + i as u32, v);
+            assert_eq!(b.insert_and_search(300 + i as u32, v, 5), a_found[300 + i]);
         }
         for q in vs.iter().take(50) {
             assert_eq!(a.search(q, 10), b.search(q, 10));
         }
+        // The insertion's neighbours are true similarities, nearest first.
+        let exact = {
+            let mut e = ExactIndex::new(dim);
+            for (i, v) in vs[..599].iter().enumerate() {
+                e.insert(i as u32, v);
+            }
+            e.search(&vs[599], 5)
+        };
+        assert_eq!(a_found[599][0].seq, exact[0].seq);
+        assert!((a_found[599][0].similarity - exact[0].similarity).abs() < 1e-5);
         assert!(HnswIndex::load(dir.path(), "a", params, 299).is_err());
         assert!(HnswIndex::load(dir.path(), "missing", params, 300).is_err());
     }

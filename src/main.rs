@@ -12,7 +12,11 @@ use clip_cluster::eval::{Algorithm, EvalSettings, Order};
 use clip_cluster::features::{check_counts, read_features, read_labels, Features};
 
 #[derive(Parser)]
-#[command(name = "clip-cluster", version, about = "Streaming face clustering by identity")]
+#[command(
+    name = "clip-cluster",
+    version,
+    about = "Streaming face clustering by identity"
+)]
 struct Cli {
     /// Configuration file (overrides config/default.toml; environment overrides both).
     #[arg(long, global = true)]
@@ -137,11 +141,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => {
                     let d = dim.unwrap_or(128);
                     eprintln!("no --features given: evaluating on {synthetic} seeded synthetic faces ({d}-D)");
-                    let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(synthetic, d, seed));
-                    (Features { dim: d, data: s.data }, s.labels)
+                    let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(
+                        synthetic, d, seed,
+                    ));
+                    (
+                        Features {
+                            dim: d,
+                            data: s.data,
+                        },
+                        s.labels,
+                    )
                 }
             };
-            env.push(("CLIP_CLUSTER__MODEL__DIM".to_string(), feats.dim.to_string()));
+            env.push((
+                "CLIP_CLUSTER__MODEL__DIM".to_string(),
+                feats.dim.to_string(),
+            ));
             let cfg = Config::load_from(cli.config.as_deref(), &env)?;
             let settings = EvalSettings {
                 algorithm,
@@ -186,13 +201,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dim,
             seed,
         } => {
-            let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(n, dim, seed));
+            let s =
+                clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(n, dim, seed));
             let bytes: Vec<u8> = s.data.iter().flat_map(|x| x.to_le_bytes()).collect();
             std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
             let labels: String = s.labels.iter().map(|l| format!("{l}\n")).collect();
             std::fs::write(&labels_out, labels)
                 .with_context(|| format!("writing {}", labels_out.display()))?;
-            eprintln!("wrote {n} faces of {} identities", s.labels.iter().max().map_or(0, |m| m + 1));
+            eprintln!(
+                "wrote {n} faces of {} identities",
+                s.labels.iter().max().map_or(0, |m| m + 1)
+            );
             Ok(())
         }
         Command::Bench {
@@ -213,13 +232,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tmp.join("state")
                 }
             };
-            anyhow::ensure!(!state.exists(), "{} exists; the benchmark needs a fresh state directory", state.display());
+            anyhow::ensure!(
+                !state.exists(),
+                "{} exists; the benchmark needs a fresh state directory",
+                state.display()
+            );
             let env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
                 .chain([
                     ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
-                    ("CLIP_CLUSTER__STORE__PATH".to_string(), state.display().to_string()),
-                    ("CLIP_CLUSTER__INDEX__CAPACITY_HINT".to_string(), faces.to_string()),
+                    (
+                        "CLIP_CLUSTER__STORE__PATH".to_string(),
+                        state.display().to_string(),
+                    ),
+                    (
+                        "CLIP_CLUSTER__INDEX__CAPACITY_HINT".to_string(),
+                        faces.to_string(),
+                    ),
                 ])
                 .collect();
             let cfg = Config::load_from(cli.config.as_deref(), &env)?;

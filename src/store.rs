@@ -71,7 +71,11 @@ pub struct Fingerprint {
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "model {} dim {} graph {}", self.model, self.dim, self.graph)
+        write!(
+            f,
+            "model {} dim {} graph {}",
+            self.model, self.dim, self.graph
+        )
     }
 }
 
@@ -186,10 +190,11 @@ impl Store {
                     reason: format!("it holds {} and no sled database", entries.join(", ")),
                 });
             }
-            if let Some(other) = entries
-                .iter()
-                .find(|e| !ours.iter().any(|o| e.as_str() == *o || e.starts_with("snap.")))
-            {
+            if let Some(other) = entries.iter().find(|e| {
+                !ours
+                    .iter()
+                    .any(|o| e.as_str() == *o || e.starts_with("snap."))
+            }) {
                 return Err(StoreError::Foreign {
                     path: path.to_path_buf(),
                     reason: format!("unexpected entry {other}"),
@@ -297,7 +302,11 @@ impl Store {
 
     /// Writes a change set, its events and the caller's positions in one atomic batch, then
     /// flushes. `positions` are (name, value) pairs stored under `x:<name>`.
-    pub fn commit(&self, cs: &ChangeSet, positions: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        cs: &ChangeSet,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for f in &cs.new_faces {
             let seq = f.seq.to_be_bytes();
@@ -501,9 +510,8 @@ impl Store {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-            let entry: OutboxEntry = serde_json::from_slice(&val).map_err(|e| {
-                self.corrupt(&String::from_utf8_lossy(&k), &e.to_string())
-            })?;
+            let entry: OutboxEntry = serde_json::from_slice(&val)
+                .map_err(|e| self.corrupt(&String::from_utf8_lossy(&k), &e.to_string()))?;
             v.push(entry);
         }
         Ok(v)

@@ -80,7 +80,9 @@ pub fn generate(p: SynthParams) -> Synthetic {
         let size = size.min(p.n_faces - rows.len());
         let id = residual_unit(&mut rng, &shared);
         let n_modes = rng.gen_range(1..=p.max_modes).min(size);
-        let modes: Vec<Vec<f32>> = (0..n_modes).map(|_| residual_unit(&mut rng, &shared)).collect();
+        let modes: Vec<Vec<f32>> = (0..n_modes)
+            .map(|_| residual_unit(&mut rng, &shared))
+            .collect();
         for _ in 0..size {
             let m = &modes[rng.gen_range(0..n_modes)];
             let noise = residual_unit(&mut rng, &shared);
@@ -137,6 +139,9 @@ mod tests {
         assert!((0.92..0.97).contains(&same), "same {same}");
         assert!((0.85..0.89).contains(&diff), "diff {diff}");
         // Seeded: the same parameters give the same data.
-        assert_eq!(generate(SynthParams::new(50, 16, 3)).data, generate(SynthParams::new(50, 16, 3)).data);
+        assert_eq!(
+            generate(SynthParams::new(50, 16, 3)).data,
+            generate(SynthParams::new(50, 16, 3)).data
+        );
     }
 }

@@ -15,7 +15,9 @@ fn data(seed: u64, n: usize, dim: usize, centers: usize, spread: f32) -> Vec<Vec
     (0..n)
         .map(|_| {
             let c = &cs[rng.gen_range(0..centers)];
-            c.iter().map(|x| x + spread * (rng.gen::<f32>() - 0.5)).collect()
+            c.iter()
+                .map(|x| x + spread * (rng.gen::<f32>() - 0.5))
+                .collect()
         })
         .collect()
 }
@@ -123,4 +125,38 @@ proptest! {
         prop_assert_eq!(&a, &run(false));
         prop_assert_eq!(&a, &run(true));
     }
+}
+
+/// The HNSW-backed stream agrees with the exact batch result on clustered data: it may differ only
+/// where the approximate search misses a neighbour.
+#[test]
+fn hnsw_stream_agrees_with_exact_batch() {
+    use clip_cluster::index::{HnswIndex, HnswParams, NeighborIndex};
+    use clip_cluster::metrics::evaluate;
+    use clip_cluster::synth::{generate, SynthParams};
+    let dim = 128;
+    let s = generate(SynthParams::new(3000, dim, 9));
+    let p = params(dim, 10, 0.93, 0.0, 32);
+    let hp = HnswParams {
+        m: 16,
+        ef_construction: 48,
+        ef_search: 48,
+        capacity_hint: 3000,
+    };
+    let mut e = Engine::new(p, HnswIndex::new(hp));
+    let mut exact = ExactIndex::new(dim);
+    for (i, v) in s.data.chunks(dim).enumerate() {
+        e.insert(&i.to_string(), v).unwrap();
+        exact.insert(i as u32, v);
+    }
+    let b: Vec<i64> = batch(&p, &s.data, &exact)
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let stream: Vec<Option<u64>> = e.assignments().into_iter().map(Some).collect();
+    let agreement = evaluate(&b, &stream);
+    assert!(agreement.bcubed.f > 0.97, "{agreement:?}");
+    // And both are real clusterings of the synthetic identities, not one blob or all singletons.
+    let truth = evaluate(&s.labels, &stream);
+    assert!(truth.bcubed.f > 0.8, "{truth:?}");
 }

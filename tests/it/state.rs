@@ -8,9 +8,15 @@ use clip_cluster::synth::{generate, SynthParams};
 
 fn config(dir: &Path, dim: usize) -> Config {
     let env = vec![
-        ("CLIP_CLUSTER__STORE__PATH".to_string(), dir.display().to_string()),
+        (
+            "CLIP_CLUSTER__STORE__PATH".to_string(),
+            dir.display().to_string(),
+        ),
         ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
-        ("CLIP_CLUSTER__INDEX__SNAPSHOT_EVERY_FACES".to_string(), "100".to_string()),
+        (
+            "CLIP_CLUSTER__INDEX__SNAPSHOT_EVERY_FACES".to_string(),
+            "100".to_string(),
+        ),
         ("CLIP_CLUSTER__ENGINE__T2".to_string(), "0.3".to_string()),
     ];
     Config::load_from(None, &env).unwrap()
@@ -23,11 +29,19 @@ fn faces(n: usize, dim: usize) -> (Vec<String>, Vec<Vec<f32>>) {
     (ids, vs)
 }
 
-fn apply(c: &mut Clusterer, ids: &[String], vs: &[Vec<f32>], range: std::ops::Range<usize>, batch: usize) {
+fn apply(
+    c: &mut Clusterer,
+    ids: &[String],
+    vs: &[Vec<f32>],
+    range: std::ops::Range<usize>,
+    batch: usize,
+) {
     let mut i = range.start;
     while i < range.end {
         let j = (i + batch).min(range.end);
-        let b: Vec<(&str, &[f32])> = (i..j).map(|x| (ids[x].as_str(), vs[x].as_slice())).collect();
+        let b: Vec<(&str, &[f32])> = (i..j)
+            .map(|x| (ids[x].as_str(), vs[x].as_slice()))
+            .collect();
         c.apply(&b, &[]).unwrap();
         i = j;
     }
@@ -123,8 +137,14 @@ fn bad_state_directories_are_refused_with_the_reason() {
     let d = tempfile::tempdir().unwrap();
     // A directory holding something else.
     std::fs::write(d.path().join("notes.txt"), b"hello").unwrap();
-    let e = Clusterer::open(&config(d.path(), dim)).err().unwrap().to_string();
-    assert!(e.contains("not a clip-cluster state directory") && e.contains("notes.txt"), "{e}");
+    let e = Clusterer::open(&config(d.path(), dim))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("not a clip-cluster state directory") && e.contains("notes.txt"),
+        "{e}"
+    );
     // A file instead of a directory.
     let f = d.path().join("notes.txt");
     let e = Clusterer::open(&config(&f, dim)).err().unwrap().to_string();
@@ -132,7 +152,10 @@ fn bad_state_directories_are_refused_with_the_reason() {
     // Another model's vectors.
     let s = tempfile::tempdir().unwrap();
     drop(Clusterer::open(&config(s.path(), dim)).unwrap());
-    let e = Clusterer::open(&config(s.path(), dim * 2)).err().unwrap().to_string();
+    let e = Clusterer::open(&config(s.path(), dim * 2))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("different model") && e.contains("dim 32"), "{e}");
     // A foreign sled database.
     let foreign = tempfile::tempdir().unwrap();
@@ -141,7 +164,10 @@ fn bad_state_directories_are_refused_with_the_reason() {
         db.insert(b"hello", b"world").unwrap();
         db.flush().unwrap();
     }
-    let e = Clusterer::open(&config(foreign.path(), dim)).err().unwrap().to_string();
+    let e = Clusterer::open(&config(foreign.path(), dim))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("no clip-cluster schema"), "{e}");
     // A damaged database file.
     let broken = tempfile::tempdir().unwrap();
@@ -166,14 +192,32 @@ fn bad_faces_are_rejected_and_the_rest_of_the_batch_applies() {
     let short = vec![1.0f32; dim - 1];
     let r = c
         .apply(
-            &[("a", &good), ("b", &nan), ("c", &zero), ("d", &short), ("e", &good)],
+            &[
+                ("a", &good),
+                ("b", &nan),
+                ("c", &zero),
+                ("d", &short),
+                ("e", &good),
+            ],
             &[],
         )
         .unwrap();
     assert_eq!(r.applied, 2);
     let reasons: Vec<String> = r.rejected.iter().map(|(_, e)| e.to_string()).collect();
-    assert_eq!(r.rejected.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(reasons[0].contains("NaN") && reasons[2].contains("7 dimensions"), "{reasons:?}");
+    assert_eq!(
+        r.rejected.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        reasons[0].contains("NaN") && reasons[2].contains("7 dimensions"),
+        "{reasons:?}"
+    );
     drop(c);
-    assert_eq!(Clusterer::open(&config(d.path(), dim)).unwrap().engine().n_faces(), 2);
+    assert_eq!(
+        Clusterer::open(&config(d.path(), dim))
+            .unwrap()
+            .engine()
+            .n_faces(),
+        2
+    );
 }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing clip-cluster needs on a fresh Debian machine with Rust.
+# Idempotent: a second run finds everything in place and returns quickly.
+set -euo pipefail
+
+need_apt=()
+# Later stages add system packages here (e.g. cmake for librdkafka's bundled build).
+for pkg in "$@"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
