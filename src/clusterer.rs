@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, Event, Outcome};
+use crate::engine::{Engine, EngineError, Event, FaceMeta, Outcome};
 use crate::index::{HnswIndex, NeighborIndex};
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
@@ -132,9 +132,21 @@ impl Clusterer {
         faces: &[(&str, &[f32])],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchResult, ClustererError> {
+        let none = FaceMeta::default();
+        let faces: Vec<(&str, &[f32], &FaceMeta)> =
+            faces.iter().map(|(id, v)| (*id, *v, &none)).collect();
+        self.apply_with_meta(&faces, positions)
+    }
+
+    /// As `apply`, with each face's origin carried into its assignment event.
+    pub fn apply_with_meta(
+        &mut self,
+        faces: &[(&str, &[f32], &FaceMeta)],
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
-        for (i, (id, v)) in faces.iter().enumerate() {
-            match self.engine.insert(id, v) {
+        for (i, (id, v, meta)) in faces.iter().enumerate() {
+            match self.engine.insert_with(id, v, meta) {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);

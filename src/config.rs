@@ -4,6 +4,7 @@
 //! Raw (merged TOML) and resolved (`Config`) are two types; everything downstream sees only the
 //! resolved, validated one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -73,6 +74,65 @@ pub struct StoreConfig {
     pub path: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    All,
+    Cluster,
+    Embed,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub role: Role,
+    pub domain: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    pub group_instance_id: String,
+    pub input_topics: Vec<String>,
+    pub events_topic: String,
+    pub dead_letter_topic: String,
+    /// Free-form librdkafka properties (see `FREE_FORM`).
+    pub properties: BTreeMap<String, String>,
+    pub consumer_properties: BTreeMap<String, String>,
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub max_batch: usize,
+    pub max_batch_wait_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_image_pixels: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub outbox_batch: usize,
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+/// Tables whose keys are librdkafka properties: passed through, validated by librdkafka.
+pub const FREE_FORM: [&str; 3] = [
+    "kafka.properties",
+    "kafka.consumer_properties",
+    "kafka.producer_properties",
+];
+
 /// The resolved configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +141,11 @@ pub struct Config {
     pub engine: EngineConfig,
     pub index: IndexConfig,
     pub store: StoreConfig,
+    pub daemon: DaemonConfig,
+    pub kafka: KafkaConfig,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -222,6 +287,42 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             return Err(bad("store.path", "\"\"", "must name a directory"));
         }
+        if self.daemon.domain.trim().is_empty() {
+            return Err(bad("daemon.domain", "\"\"", "must name the clustering domain"));
+        }
+        let k = &self.kafka;
+        if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(bad("kafka.input_topics", format!("{:?}", k.input_topics), "must list at least one non-empty topic"));
+        }
+        for (key, v) in [
+            ("kafka.bootstrap_servers", &k.bootstrap_servers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.events_topic", &k.events_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if v.trim().is_empty() {
+                return Err(bad(key, "\"\"", "must not be empty"));
+            }
+        }
+        let s = &self.source;
+        if !(1..=100_000).contains(&s.max_batch) {
+            return Err(bad("source.max_batch", s.max_batch, "must be in 1..=100000"));
+        }
+        if s.max_batch_wait_ms > 60_000 {
+            return Err(bad("source.max_batch_wait_ms", s.max_batch_wait_ms, "must be at most 60000"));
+        }
+        if !(1024..=64 << 20).contains(&s.max_message_bytes) {
+            return Err(bad("source.max_message_bytes", s.max_message_bytes, "must be in 1024..=67108864"));
+        }
+        if s.max_image_pixels < 64 * 64 {
+            return Err(bad("source.max_image_pixels", s.max_image_pixels, "must be at least 4096"));
+        }
+        if !(1..=100_000).contains(&self.sink.outbox_batch) {
+            return Err(bad("sink.outbox_batch", self.sink.outbox_batch, "must be in 1..=100000"));
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad("admin.listen", &self.admin.listen, "must be an address like 127.0.0.1:9464"));
+        }
         Ok(())
     }
 
@@ -268,6 +369,23 @@ fn overlay(
         } else {
             format!("{prefix}.{key}")
         };
+        if FREE_FORM.contains(&prefix) {
+            // librdkafka properties: any name, string values (numbers and booleans are written
+            // as librdkafka expects them).
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(ConfigError::Type(format!(
+                        "{path} (from {origin}) must be a string, number or boolean"
+                    )))
+                }
+            };
+            dst.insert(key, toml::Value::String(text));
+            continue;
+        }
         let Some(default) = defaults.get(&key) else {
             let known: Vec<String> = defaults
                 .keys()

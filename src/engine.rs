@@ -83,6 +83,20 @@ impl EdgeScorer for CosineScorer {
     }
 }
 
+/// Where a face came from; carried into its assignment event, not kept in memory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaceMeta {
+    /// The camera, album or feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
+    /// The photo or frame the face was cropped from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Capture time, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+}
+
 /// What happened, in the order it happened. Cluster ids are stable: a merge keeps the older id,
 /// a split leaves the id with the larger part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +107,12 @@ pub enum Event {
         face_id: String,
         cluster_id: u64,
         score: f32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<i64>,
     },
     /// A cluster that did not exist before: a new face with no kept edge.
     ClusterCreated { cluster_id: u64, face_id: String },
@@ -520,6 +540,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         face_id: &str,
         vector: &[f32],
     ) -> Result<(Outcome, Vec<Event>), EngineError> {
+        self.insert_with(face_id, vector, &FaceMeta::default())
+    }
+
+    /// As `insert`, with the face's origin carried into its assignment event.
+    pub fn insert_with(
+        &mut self,
+        face_id: &str,
+        vector: &[f32],
+        meta: &FaceMeta,
+    ) -> Result<(Outcome, Vec<Event>), EngineError> {
         if face_id.is_empty() {
             return Err(EngineError::EmptyId {
                 face_id: face_id.to_string(),
@@ -760,6 +790,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 face_id: face_id.to_string(),
                 cluster_id,
                 score: best,
+                source_id: meta.source_id.clone(),
+                image_id: meta.image_id.clone(),
+                ts: meta.ts,
             },
         ));
         if self.track {
@@ -1138,7 +1171,10 @@ mod tests {
                 Event::FaceAssigned {
                     face_id: "c".into(),
                     cluster_id: 1,
-                    score: 0.70710677
+                    score: 0.70710677,
+                    source_id: None,
+                    image_id: None,
+                    ts: None,
                 }
             ]
         );

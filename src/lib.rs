@@ -9,16 +9,24 @@
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
+//! - `message`: input formats and decoding (pure); `pipeline`: the daemon (Kafka in, events out);
+//!   `telemetry`: Prometheus metrics; `mock`: librdkafka's mock cluster; `demo`, `produce`.
 
 pub mod baselines;
 pub mod bench;
 pub mod clusterer;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod eval;
 pub mod features;
 pub mod index;
 pub mod knn;
+pub mod message;
 pub mod metrics;
+pub mod mock;
+pub mod pipeline;
+pub mod produce;
 pub mod store;
 pub mod synth;
+pub mod telemetry;

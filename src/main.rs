@@ -27,6 +27,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: consume faces from Kafka, cluster them durably, emit events. Stops cleanly on
+    /// SIGTERM or SIGINT.
+    Run,
+    /// The embedded default: an in-process mock Kafka cluster, a stream of faces, the daemon, and
+    /// a summary. Without --features it streams seeded synthetic faces.
+    Demo {
+        #[arg(long, requires = "labels")]
+        features: Option<PathBuf>,
+        #[arg(long, requires = "features")]
+        labels: Option<PathBuf>,
+        /// Stream at most this many faces.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Faces of the synthetic stream used without --features.
+        #[arg(long, default_value_t = 20_000)]
+        synthetic: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print exactly one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publishes faces (a features file, or synthetic ones) as embedding messages to a topic.
+    Produce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "faces")]
+        topic: String,
+        #[arg(long)]
+        features: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        synthetic: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Prefix of the generated face ids (face_id = <prefix><row>).
+        #[arg(long, default_value = "face-")]
+        id_prefix: String,
+    },
     /// Clusters labeled vectors with one algorithm and scores it (pairwise F, BCubed F, NMI).
     /// Without --features it runs on a seeded synthetic data set of 20,000 faces.
     Eval {
@@ -114,6 +152,75 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let summary = rt.block_on(async move {
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("signal received; finishing the batch and shutting down");
+                    let _ = stop_tx.send(true);
+                });
+                clip_cluster::pipeline::run(cfg, clip_cluster::telemetry::Metrics::new(), stop_rx).await
+            })?;
+            tracing::info!(consumed = summary.consumed, applied = summary.applied, dead_letters = summary.dead_letters, outbox_left = summary.outbox_left, "stopped");
+            Ok(())
+        }
+        Command::Demo {
+            features,
+            labels,
+            limit,
+            synthetic,
+            seed,
+            json,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let input = match (features, labels) {
+                (Some(bin), Some(meta)) => clip_cluster::demo::DemoInput::Features { bin, meta },
+                _ => clip_cluster::demo::DemoInput::Synthetic { n: synthetic, seed },
+            };
+            let r = clip_cluster::demo::run(&cfg, input, limit, json)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} faces -> {} clusters ({} merges, {} splits), {} dead letters, {} events in {:.2} s ({:.0} faces/s)",
+                    r.n_faces, r.n_clusters, r.merges, r.splits, r.dead_letters, r.events, r.seconds, r.faces_per_second
+                );
+                if let (Some(p), Some(b), Some(nmi)) = (r.pairwise, r.bcubed, r.nmi) {
+                    println!(
+                        "pairwise F {:.4} (P {:.4} R {:.4}), BCubed F {:.4} (P {:.4} R {:.4}), NMI {:.4}",
+                        p.f, p.precision, p.recall, b.f, b.precision, b.recall, nmi
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Produce {
+            brokers,
+            topic,
+            features,
+            synthetic,
+            seed,
+            id_prefix,
+        } => {
+            let mut env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
+                .collect();
+            env.push(("CLIP_CLUSTER__KAFKA__BOOTSTRAP_SERVERS".into(), brokers));
+            let cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            let feats = match features {
+                Some(f) => read_features(&f, cfg.model.dim)?,
+                None => {
+                    let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(synthetic, cfg.model.dim, seed));
+                    Features { dim: s.dim, data: s.data }
+                }
+            };
+            let n = clip_cluster::produce::publish(&cfg, &topic, &feats, &id_prefix)?;
+            eprintln!("published {n} faces to {topic}");
+            Ok(())
+        }
         Command::Eval {
             features,
             labels,
@@ -267,6 +374,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
             Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

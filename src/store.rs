@@ -94,6 +94,7 @@ pub struct OutboxEntry {
     pub event: Event,
 }
 
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
@@ -234,6 +235,9 @@ impl Store {
                 let mut b = sled::Batch::default();
                 b.insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..]);
                 b.insert(&b"m:fingerprint"[..], fp.clone());
+                // A random id for this state, so event ids stay unique across state directories.
+                let state_id = format!("{:016x}", rand::random::<u64>());
+                b.insert(&b"m:state_id"[..], state_id.as_bytes());
                 store.write(b)?;
                 // Written after the database, so its presence proves the database once held state.
                 std::fs::write(&marker, fp).map_err(|e| open_err(e.to_string()))?;
@@ -270,6 +274,14 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The random id given to this state directory at creation (part of every event id).
+    pub fn state_id(&self) -> Result<String, StoreError> {
+        let v = self
+            .get(b"m:state_id")?
+            .ok_or_else(|| self.corrupt("m:state_id", "missing"))?;
+        String::from_utf8(v).map_err(|_| self.corrupt("m:state_id", "not UTF-8"))
     }
 
     fn corrupt(&self, key: &str, reason: &str) -> StoreError {

@@ -4,8 +4,10 @@
 set -euo pipefail
 
 need_apt=()
-# Later stages add system packages here (e.g. cmake for librdkafka's bundled build).
-for pkg in "$@"; do
+# cmake + curl headers: librdkafka's bundled build (rdkafka's cmake-build feature; the curl
+# headers are needed even with curl off). prometheus: promtool, which checks our metrics
+# exposition and alert rules in the tests.
+for pkg in cmake libcurl4-openssl-dev prometheus "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,0 +1,268 @@
+//! `clip-cluster demo`: the embedded default. Starts librdkafka's mock cluster in-process, publishes
+//! a stream of faces (plus a few bad messages, to show the dead-letter path), runs the real daemon
+//! against it until every face is applied and every event delivered, and reports what happened,
+//! scored against the identities when they are known.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::clusterer::Clusterer;
+use crate::config::Config;
+use crate::engine::FaceMeta;
+use crate::features::{check_counts, read_features, read_labels, Features};
+use crate::message::embedding_envelope;
+use crate::metrics::{evaluate, Prf};
+use crate::mock::MockKafka;
+use crate::telemetry::Metrics;
+
+/// Where the demo's faces come from.
+pub enum DemoInput {
+    Features { bin: PathBuf, meta: PathBuf },
+    Synthetic { n: usize, seed: u64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub n_faces: usize,
+    pub n_clusters: usize,
+    pub merges: u64,
+    pub splits: u64,
+    pub dead_letters: u64,
+    pub events: u64,
+    pub seconds: f64,
+    pub faces_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairwise: Option<Prf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bcubed: Option<Prf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nmi: Option<f64>,
+}
+
+/// The bad messages every demo run includes: (what, bytes).
+fn bad_messages(dim: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let wrong_dim = embedding_envelope("bad-dim", &FaceMeta::default(), &vec![0.5; dim + 1]);
+    let mut overflow = String::from("{\"face_id\":\"bad-inf\",\"embedding\":[1e39");
+    for _ in 1..dim {
+        overflow.push_str(",0");
+    }
+    overflow.push_str("]}");
+    vec![
+        ("garbage bytes", vec![0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef]),
+        ("truncated JSON", b"{\"face_id\":\"bad-json\",\"embedding\":[0.1,0.2".to_vec()),
+        ("wrong dimension", wrong_dim),
+        ("non-finite value", overflow.into_bytes()),
+    ]
+}
+
+/// Runs the demo. `cfg` supplies the engine, index and source settings; Kafka, store and admin
+/// settings are replaced by the demo's own.
+pub fn run(
+    base: &Config,
+    input: DemoInput,
+    limit: Option<usize>,
+    quiet: bool,
+) -> anyhow::Result<DemoReport> {
+    let (features, labels) = match input {
+        DemoInput::Features { bin, meta } => {
+            let f = read_features(&bin, base.model.dim)?;
+            let l = read_labels(&meta)?;
+            check_counts(&f, &l, &bin, &meta)?;
+            (f, l)
+        }
+        DemoInput::Synthetic { n, seed } => {
+            let s = crate::synth::generate(crate::synth::SynthParams::new(n, base.model.dim, seed));
+            (
+                Features {
+                    dim: s.dim,
+                    data: s.data,
+                },
+                s.labels,
+            )
+        }
+    };
+    let n = limit.unwrap_or(usize::MAX).min(features.n());
+    let dim = features.dim;
+
+    let mock = MockKafka::start(3)?;
+    let mut cfg = base.clone();
+    cfg.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
+    let (faces_topic, events_topic, dlq_topic) = ("faces", "face-events", "faces-dlq");
+    cfg.kafka.input_topics = vec![faces_topic.to_string()];
+    cfg.kafka.events_topic = events_topic.to_string();
+    cfg.kafka.dead_letter_topic = dlq_topic.to_string();
+    cfg.kafka.group_id = "clip-cluster-demo".to_string();
+    let state_dir = tempfile_dir()?;
+    cfg.store.path = state_dir.join("state");
+    cfg.admin.listen = "127.0.0.1:0".to_string();
+    mock.create_topic(faces_topic, 3)?;
+    mock.create_topic(events_topic, 3)?;
+    mock.create_topic(dlq_topic, 1)?;
+    eprintln!(
+        "mock Kafka cluster at {} (topics {faces_topic}, {events_topic}, {dlq_topic}); read the events meanwhile with e.g.\n  kcat -b {} -t {events_topic} -C",
+        mock.bootstrap_servers(),
+        mock.bootstrap_servers()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let bad = bad_messages(dim);
+    let total = (n + bad.len()) as u64;
+    rt.block_on(async {
+        let producer: FutureProducer = crate::pipeline::producer(&cfg)?;
+        let mut pending = Vec::with_capacity(n + bad.len());
+        for i in 0..n {
+            let id = format!("face-{i}");
+            let meta = FaceMeta {
+                source_id: Some(format!("camera-{}", i % 7)),
+                image_id: Some(format!("photo-{}", i / 2)),
+                ts: Some(1_700_000_000_000 + i as i64),
+            };
+            let payload = embedding_envelope(&id, &meta, features.row(i));
+            pending.push(send(&producer, faces_topic, &id, &payload).await?);
+            if i == n / 2 {
+                for (what, bytes) in &bad {
+                    pending.push(send(&producer, faces_topic, what, bytes).await?);
+                }
+            }
+        }
+        if n <= n / 2 {
+            for (what, bytes) in &bad {
+                pending.push(send(&producer, faces_topic, what, bytes).await?);
+            }
+        }
+        for p in pending {
+            p.await
+                .map_err(|_| anyhow::anyhow!("producer dropped a message"))?
+                .map_err(|(e, _)| anyhow::anyhow!("publishing faces: {e}"))?;
+        }
+        producer.flush(Duration::from_secs(10))?;
+        anyhow::Ok(())
+    })?;
+    eprintln!("published {n} faces and {} bad messages to {faces_topic}", bad.len());
+
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} messages {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let m = metrics.clone();
+    let progress = bar.clone();
+    let summary = rt.block_on(async move {
+        let daemon = crate::pipeline::run(cfg.clone(), m.clone(), stop_rx);
+        let watcher = async {
+            let mut last = (0u64, Instant::now());
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let done = m.faces_applied.get()
+                    + m.faces_duplicate.get()
+                    + m.dead_letters.get();
+                progress.set_position(done);
+                progress.set_message(format!(
+                    "{} clusters, {} events out",
+                    m.clusters.get(),
+                    m.events_total()
+                ));
+                if done >= total && m.outbox_depth.get() == 0 {
+                    break;
+                }
+                if done != last.0 {
+                    last = (done, Instant::now());
+                } else if last.1.elapsed() > Duration::from_secs(120) {
+                    eprintln!("no progress for 120 s; stopping");
+                    break;
+                }
+            }
+            let _ = stop_tx.send(true);
+        };
+        let (r, ()) = tokio::join!(daemon, watcher);
+        r
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // Score from the durable state, the way a consumer of the events would see it.
+    let state = Clusterer::open(&Config {
+        store: crate::config::StoreConfig {
+            path: state_dir.join("state"),
+        },
+        ..base.clone()
+    })?;
+    let engine = state.engine();
+    let mut predicted = Vec::with_capacity(n);
+    for i in 0..n {
+        predicted.push(
+            engine
+                .seq_of(&format!("face-{i}"))
+                .map(|s| engine.cluster_of(s)),
+        );
+    }
+    let scores = evaluate(&labels[..n], &predicted);
+    let report = DemoReport {
+        n_faces: engine.n_faces(),
+        n_clusters: engine.n_clusters(),
+        merges: metrics.merges.get(),
+        splits: metrics.splits.get(),
+        dead_letters: summary.dead_letters,
+        events: summary.events,
+        seconds,
+        faces_per_second: summary.applied as f64 / seconds.max(1e-9),
+        pairwise: Some(scores.pairwise),
+        bcubed: Some(scores.bcubed),
+        nmi: Some(scores.nmi),
+    };
+    drop(state);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    Ok(report)
+}
+
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(anyhow::anyhow!("publishing to {topic}: {e}")),
+        }
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "clip-cluster-demo-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -1,0 +1,324 @@
+//! Input messages: what a face looks like on the wire, and the decoding that turns bytes into a
+//! face or a typed rejection. Pure functions over bytes, no Kafka types, so every bad-input case is
+//! unit-tested here. Formats (JSON Schema: `schemas/face-message.schema.json`):
+//!
+//! (a) raw JPEG/PNG/WebP bytes with headers `face_id`, `source_id`, `image_id`, `ts`;
+//! (b) a JSON envelope `{face_id, source_id, image_id, ts, image_b64 | embedding}`.
+//!
+//! The face id comes from the envelope or the `face_id` header, else from the message key.
+//! Image payloads are recognized and rejected with `image_unsupported` until the embedder exists.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+pub use crate::engine::FaceMeta;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Embedding(Vec<f32>),
+    Image(Vec<u8>),
+}
+
+/// A decoded input message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceMessage {
+    pub face_id: String,
+    pub meta: FaceMeta,
+    pub payload: Payload,
+}
+
+/// Limits checked before anything is allocated for a message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub dim: usize,
+}
+
+/// Why a message was rejected: a bounded set, used as the metric label and the dead-letter
+/// header `clip_cluster.error.class`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    TooLarge,
+    Empty,
+    UnknownFormat,
+    BadJson,
+    MissingFaceId,
+    BadBase64,
+    BothPayloads,
+    NoPayload,
+    WrongDimension,
+    NotFinite,
+    ZeroVector,
+    BadHeader,
+    ImageUnsupported,
+    Duplicate,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::TooLarge,
+        Reason::Empty,
+        Reason::UnknownFormat,
+        Reason::BadJson,
+        Reason::MissingFaceId,
+        Reason::BadBase64,
+        Reason::BothPayloads,
+        Reason::NoPayload,
+        Reason::WrongDimension,
+        Reason::NotFinite,
+        Reason::ZeroVector,
+        Reason::BadHeader,
+        Reason::ImageUnsupported,
+        Reason::Duplicate,
+    ];
+
+    pub fn class(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::Empty => "empty",
+            Reason::UnknownFormat => "unknown_format",
+            Reason::BadJson => "bad_json",
+            Reason::MissingFaceId => "missing_face_id",
+            Reason::BadBase64 => "bad_base64",
+            Reason::BothPayloads => "both_payloads",
+            Reason::NoPayload => "no_payload",
+            Reason::WrongDimension => "wrong_dimension",
+            Reason::NotFinite => "not_finite",
+            Reason::ZeroVector => "zero_vector",
+            Reason::BadHeader => "bad_header",
+            Reason::ImageUnsupported => "image_unsupported",
+            Reason::Duplicate => "duplicate_in_batch",
+        }
+    }
+}
+
+/// A rejected message: the class and a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {message}", reason.class())]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn reject(reason: Reason, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// The JSON envelope, as written by producers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_id: Option<String>,
+    #[serde(flatten)]
+    pub meta: FaceMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_b64: Option<String>,
+    /// Read as f64 so that a value beyond f32's range is reported as not finite, not as bad JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f64>>,
+}
+
+/// Serializes an embedding message (the format `produce` and `demo` write).
+pub fn embedding_envelope(face_id: &str, meta: &FaceMeta, embedding: &[f32]) -> Vec<u8> {
+    let env = Envelope {
+        face_id: Some(face_id.to_string()),
+        meta: meta.clone(),
+        image_b64: None,
+        embedding: Some(embedding.iter().map(|&x| f64::from(x)).collect()),
+    };
+    serde_json::to_vec(&env).unwrap_or_default()
+}
+
+fn is_image(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xD8, 0xFF])
+        || b.starts_with(b"\x89PNG\r\n\x1a\n")
+        || (b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP")
+}
+
+fn header_str(headers: &[(String, Vec<u8>)], name: &str) -> Result<Option<String>, Rejection> {
+    match headers.iter().find(|(k, _)| k == name) {
+        None => Ok(None),
+        Some((_, v)) => String::from_utf8(v.clone())
+            .map(Some)
+            .map_err(|_| reject(Reason::BadHeader, format!("header {name} is not UTF-8"))),
+    }
+}
+
+/// Decodes one message. `key` is the Kafka message key.
+pub fn decode(
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
+    payload: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<FaceMessage, Rejection> {
+    let bytes = payload.unwrap_or_default();
+    if bytes.len() > limits.max_message_bytes {
+        return Err(reject(
+            Reason::TooLarge,
+            format!(
+                "message of {} bytes exceeds source.max_message_bytes = {}",
+                bytes.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(reject(Reason::Empty, "message has no payload"));
+    }
+    let key_id = key
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| reject(Reason::BadJson, format!("JSON envelope: {e}")))?;
+        let face_id = env
+            .face_id
+            .filter(|s| !s.is_empty())
+            .or(key_id)
+            .ok_or_else(|| reject(Reason::MissingFaceId, "no face_id in the envelope and no message key"))?;
+        let payload = match (env.embedding, env.image_b64) {
+            (Some(_), Some(_)) => {
+                return Err(reject(Reason::BothPayloads, "envelope has both embedding and image_b64"))
+            }
+            (None, None) => return Err(reject(Reason::NoPayload, "envelope has neither embedding nor image_b64")),
+            (Some(v), None) => Payload::Embedding(check_embedding(v, limits.dim)?),
+            (None, Some(b64)) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| reject(Reason::BadBase64, format!("image_b64: {e}")))?;
+                Payload::Image(raw)
+            }
+        };
+        return Ok(FaceMessage {
+            face_id,
+            meta: env.meta,
+            payload,
+        });
+    }
+    if is_image(bytes) {
+        let face_id = header_str(headers, "face_id")?
+            .filter(|s| !s.is_empty())
+            .or(key_id)
+            .ok_or_else(|| reject(Reason::MissingFaceId, "no face_id header and no message key"))?;
+        let ts = match header_str(headers, "ts")? {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| reject(Reason::BadHeader, format!("header ts = {s:?} is not an integer (ms since epoch)")))?,
+            ),
+        };
+        let meta = FaceMeta {
+            source_id: header_str(headers, "source_id")?,
+            image_id: header_str(headers, "image_id")?,
+            ts,
+        };
+        return Ok(FaceMessage {
+            face_id,
+            meta,
+            payload: Payload::Image(bytes.to_vec()),
+        });
+    }
+    Err(reject(
+        Reason::UnknownFormat,
+        "payload is neither a JSON envelope nor a JPEG/PNG/WebP image",
+    ))
+}
+
+fn check_embedding(v: Vec<f64>, dim: usize) -> Result<Vec<f32>, Rejection> {
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    if v.len() != dim {
+        return Err(reject(
+            Reason::WrongDimension,
+            format!("embedding has {} values, model.dim is {dim}", v.len()),
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(reject(Reason::NotFinite, format!("embedding[{i}] is not finite")));
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return Err(reject(Reason::ZeroVector, "embedding is all zeros"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        max_message_bytes: 4096,
+        dim: 3,
+    };
+
+    fn dec(key: Option<&str>, headers: &[(&str, &str)], payload: &[u8]) -> Result<FaceMessage, Rejection> {
+        let h: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        decode(key.map(str::as_bytes), &h, Some(payload), &L)
+    }
+
+    #[test]
+    fn embedding_envelope_round_trips() {
+        let meta = FaceMeta {
+            source_id: Some("cam-1".into()),
+            image_id: Some("frame-9".into()),
+            ts: Some(1700000000000),
+        };
+        let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
+        let m = dec(None, &[], &bytes).unwrap();
+        assert_eq!(m.face_id, "f1");
+        assert_eq!(m.meta, meta);
+        assert_eq!(m.payload, Payload::Embedding(vec![0.1, 0.2, 0.3]));
+    }
+
+    #[test]
+    fn key_is_the_default_face_id() {
+        let m = dec(Some("k7"), &[], br#"{"embedding":[1,0,0]}"#).unwrap();
+        assert_eq!(m.face_id, "k7");
+        let e = dec(None, &[], br#"{"embedding":[1,0,0]}"#).unwrap_err();
+        assert_eq!(e.reason, Reason::MissingFaceId);
+    }
+
+    #[test]
+    fn bad_messages_get_their_reason() {
+        let cases: Vec<(&[u8], Reason)> = vec![
+            (b"", Reason::Empty),
+            (b"\x00\x01garbage", Reason::UnknownFormat),
+            (br#"{"face_id":"a","embedding":[1,0"#, Reason::BadJson),
+            (br#"{"face_id":"a","embedding":[1,0,0],"colour":1}"#, Reason::BadJson),
+            (br#"{"face_id":"a","embedding":[1,0]}"#, Reason::WrongDimension),
+            (br#"{"face_id":"a","embedding":[0,0,0]}"#, Reason::ZeroVector),
+            (br#"{"face_id":"a","embedding":[1,0,0],"image_b64":"AA=="}"#, Reason::BothPayloads),
+            (br#"{"face_id":"a"}"#, Reason::NoPayload),
+            (br#"{"face_id":"a","image_b64":"!!!"}"#, Reason::BadBase64),
+        ];
+        for (bytes, reason) in cases {
+            assert_eq!(dec(Some("k"), &[], bytes).unwrap_err().reason, reason, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        // JSON cannot carry NaN, but a producer may send a huge number that overflows f32.
+        let e = dec(Some("k"), &[], br#"{"embedding":[1e39,0,0]}"#).unwrap_err();
+        assert_eq!(e.reason, Reason::NotFinite, "{e}");
+        let big = vec![b' '; 5000];
+        assert_eq!(dec(Some("k"), &[], &big).unwrap_err().reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn raw_images_take_ids_from_headers() {
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        let m = dec(Some("k"), &[("face_id", "f9"), ("image_id", "p1"), ("ts", "12")], &jpeg).unwrap();
+        assert_eq!(m.face_id, "f9");
+        assert_eq!(m.meta.image_id.as_deref(), Some("p1"));
+        assert_eq!(m.meta.ts, Some(12));
+        assert!(matches!(m.payload, Payload::Image(_)));
+        let e = dec(Some("k"), &[("ts", "noon")], &jpeg).unwrap_err();
+        assert_eq!(e.reason, Reason::BadHeader);
+    }
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics of the daemon. One `Metrics` per process (or per test), owning its own
+//! registry, so tests can run daemons side by side. Names follow
+//! `clip_cluster_<name>_<unit>[_total]`; labels are bounded (a fixed set of reasons and types).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the daemon exports. Dashboards and alert rules may use only these (tested).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages read from the input topics.
+    pub faces_consumed: IntCounter,
+    /// Faces applied to the clustering state (new face ids).
+    pub faces_applied: IntCounter,
+    /// Faces whose id was already applied (redeliveries); nothing changed.
+    pub faces_duplicate: IntCounter,
+    /// Messages rejected, by reason (each also goes to the dead-letter topic).
+    pub faces_rejected: IntCounterVec,
+    /// Messages written to the dead-letter topic.
+    pub dead_letters: IntCounter,
+    /// Events delivered to the events topic (acknowledged by the broker), by type.
+    pub events_emitted: IntCounterVec,
+    /// Events durable in the outbox and not yet acknowledged downstream.
+    pub outbox_depth: IntGauge,
+    /// Time from a batch's first message to its durable commit.
+    pub batch_duration: Histogram,
+    /// Time from consuming a face to the broker acknowledging its FaceAssigned event.
+    pub face_to_event: Histogram,
+    /// Faces in the index.
+    pub index_faces: IntGauge,
+    /// Clusters (connected components), singletons included.
+    pub clusters: IntGauge,
+    pub merges: IntCounter,
+    pub splits: IntCounter,
+    /// Sum over assigned partitions of (high watermark - next offset to read).
+    pub consumer_lag: IntGauge,
+    /// Kafka client errors seen (they are retried), by kind.
+    pub kafka_errors: IntCounterVec,
+    /// 1 once state is loaded and the consumer is running.
+    pub ready: IntGauge,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let ns = "clip_cluster";
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(ns))
+                .expect("static metric definition is valid");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace(ns), &[label])
+                .expect("static metric definition is valid");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(ns))
+                .expect("static metric definition is valid");
+            registry.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .namespace(ns)
+                    .buckets(latency_buckets()),
+            )
+            .expect("static metric definition is valid");
+            registry.register(Box::new(h.clone())).expect("unique metric name");
+            h
+        };
+        Self {
+            faces_consumed: counter("faces_consumed_total", "Messages read from the input topics."),
+            faces_applied: counter("faces_applied_total", "Faces applied to the clustering state."),
+            faces_duplicate: counter(
+                "faces_duplicate_total",
+                "Faces whose id was already applied (redeliveries); no change.",
+            ),
+            faces_rejected: counter_vec(
+                "faces_rejected_total",
+                "Messages rejected, by reason; each is dead-lettered.",
+                "reason",
+            ),
+            dead_letters: counter("dead_letters_total", "Messages written to the dead-letter topic."),
+            events_emitted: counter_vec(
+                "events_emitted_total",
+                "Events acknowledged by the broker on the events topic, by type.",
+                "type",
+            ),
+            outbox_depth: gauge(
+                "outbox_depth_events",
+                "Durable events not yet acknowledged downstream.",
+            ),
+            batch_duration: histogram(
+                "batch_duration_seconds",
+                "Time from a batch's first message to its durable commit.",
+            ),
+            face_to_event: histogram(
+                "face_to_event_seconds",
+                "Time from consuming a face to the acknowledgement of its assignment event.",
+            ),
+            index_faces: gauge("index_faces", "Faces in the HNSW index."),
+            clusters: gauge("clusters", "Clusters, singletons included."),
+            merges: counter("merges_total", "Cluster merges."),
+            splits: counter("splits_total", "Cluster splits."),
+            consumer_lag: gauge(
+                "consumer_lag_messages",
+                "Messages behind the high watermark, summed over assigned partitions.",
+            ),
+            kafka_errors: counter_vec(
+                "kafka_errors_total",
+                "Kafka client errors (retried), by kind.",
+                "kind",
+            ),
+            ready: gauge("ready", "1 once state is loaded and the consumer runs."),
+            registry,
+        }
+    }
+
+    /// Events acknowledged downstream, all types together.
+    pub fn events_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.events_emitted
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Every series name the exposition can contain (histograms with their suffixes).
+    pub fn series_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for mf in self.registry.gather() {
+            let n = mf.name().to_string();
+            if mf.get_field_type() == prometheus::proto::MetricType::HISTOGRAM {
+                for s in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{n}{s}"));
+                }
+            }
+            names.push(n);
+        }
+        names
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

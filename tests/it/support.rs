@@ -1,0 +1,157 @@
+//! Shared helpers for the Kafka tests: a mock cluster with the daemon's topics, a configuration
+//! pointing at it, publishing faces, and reading a topic back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clip_cluster::config::Config;
+use clip_cluster::engine::FaceMeta;
+use clip_cluster::message::embedding_envelope;
+use clip_cluster::mock::MockKafka;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord};
+use rdkafka::{ClientConfig, Message};
+
+pub const FACES: &str = "faces";
+pub const EVENTS: &str = "face-events";
+pub const DLQ: &str = "faces-dlq";
+
+pub fn mock(input_partitions: i32) -> MockKafka {
+    let m = MockKafka::start(3).expect("mock cluster starts");
+    m.create_topic(FACES, input_partitions).unwrap();
+    m.create_topic(EVENTS, 3).unwrap();
+    m.create_topic(DLQ, 1).unwrap();
+    m
+}
+
+/// Configuration for a daemon against `bootstrap`, state in `state`, as environment overrides.
+pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(String, String)> {
+    [
+        ("KAFKA__BOOTSTRAP_SERVERS", bootstrap.to_string()),
+        ("KAFKA__INPUT_TOPICS", format!("[\"{FACES}\"]")),
+        ("KAFKA__EVENTS_TOPIC", EVENTS.to_string()),
+        ("KAFKA__DEAD_LETTER_TOPIC", DLQ.to_string()),
+        ("KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS", "3000".to_string()),
+        ("KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS", "500".to_string()),
+        ("STORE__PATH", state.display().to_string()),
+        ("MODEL__DIM", dim.to_string()),
+        ("ADMIN__LISTEN", admin.to_string()),
+        ("SOURCE__MAX_BATCH", "64".to_string()),
+        ("INDEX__SNAPSHOT_EVERY_FACES", "500".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
+    .collect()
+}
+
+pub fn config(bootstrap: &str, state: &Path, dim: usize) -> Config {
+    Config::load_from(None, &env(bootstrap, state, dim, "127.0.0.1:0")).expect("test configuration")
+}
+
+pub fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer")
+}
+
+pub fn send(p: &BaseProducer, key: &str, payload: &[u8]) {
+    let mut rec = BaseRecord::to(FACES).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn face_payload(i: usize, v: &[f32]) -> Vec<u8> {
+    let meta = FaceMeta {
+        source_id: Some("cam".into()),
+        image_id: Some(format!("img-{}", i / 2)),
+        ts: Some(i as i64),
+    };
+    embedding_envelope(&format!("face-{i}"), &meta, v)
+}
+
+/// Bad messages and the reason class each must be dead-lettered with.
+pub fn bad_messages(dim: usize) -> Vec<(Vec<u8>, &'static str)> {
+    let mut inf = String::from("{\"face_id\":\"bad-inf\",\"embedding\":[1e39");
+    for _ in 1..dim {
+        inf.push_str(",0");
+    }
+    inf.push_str("]}");
+    vec![
+        (vec![0x00, 0x01, 0xfe, 0x77], "unknown_format"),
+        (b"{\"face_id\":\"bad-json\",\"embedding\":[0.1".to_vec(), "bad_json"),
+        (
+            embedding_envelope("bad-dim", &FaceMeta::default(), &vec![1.0; dim - 1]),
+            "wrong_dimension",
+        ),
+        (inf.into_bytes(), "not_finite"),
+    ]
+}
+
+/// A record read back from a topic.
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    want: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}-{}", topic, std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end && !want(&out) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(Record {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// Event ids and bodies (without the send time, which differs between deliveries).
+pub fn events(records: &[Record]) -> Vec<(String, serde_json::Value)> {
+    records
+        .iter()
+        .map(|r| {
+            let mut v: serde_json::Value = serde_json::from_slice(&r.payload).expect("event JSON");
+            let id = v["event_id"].as_str().expect("event_id").to_string();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("emitted_at_ms");
+            }
+            (id, v)
+        })
+        .collect()
+}
