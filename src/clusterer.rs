@@ -172,8 +172,7 @@ fn snapshot(
     index: &HnswIndex,
     covers: u32,
 ) -> Result<(), ClustererError> {
-    let name = basename(covers);
-    index.dump(dir, &name)?;
+    let name = index.dump(dir, &basename(covers))?;
     store.set_snapshot(&SnapshotInfo {
         basename: name.clone(),
         covers,

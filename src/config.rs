@@ -288,11 +288,19 @@ impl Config {
             return Err(bad("store.path", "\"\"", "must name a directory"));
         }
         if self.daemon.domain.trim().is_empty() {
-            return Err(bad("daemon.domain", "\"\"", "must name the clustering domain"));
+            return Err(bad(
+                "daemon.domain",
+                "\"\"",
+                "must name the clustering domain",
+            ));
         }
         let k = &self.kafka;
         if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
-            return Err(bad("kafka.input_topics", format!("{:?}", k.input_topics), "must list at least one non-empty topic"));
+            return Err(bad(
+                "kafka.input_topics",
+                format!("{:?}", k.input_topics),
+                "must list at least one non-empty topic",
+            ));
         }
         for (key, v) in [
             ("kafka.bootstrap_servers", &k.bootstrap_servers),
@@ -306,22 +314,46 @@ impl Config {
         }
         let s = &self.source;
         if !(1..=100_000).contains(&s.max_batch) {
-            return Err(bad("source.max_batch", s.max_batch, "must be in 1..=100000"));
+            return Err(bad(
+                "source.max_batch",
+                s.max_batch,
+                "must be in 1..=100000",
+            ));
         }
         if s.max_batch_wait_ms > 60_000 {
-            return Err(bad("source.max_batch_wait_ms", s.max_batch_wait_ms, "must be at most 60000"));
+            return Err(bad(
+                "source.max_batch_wait_ms",
+                s.max_batch_wait_ms,
+                "must be at most 60000",
+            ));
         }
         if !(1024..=64 << 20).contains(&s.max_message_bytes) {
-            return Err(bad("source.max_message_bytes", s.max_message_bytes, "must be in 1024..=67108864"));
+            return Err(bad(
+                "source.max_message_bytes",
+                s.max_message_bytes,
+                "must be in 1024..=67108864",
+            ));
         }
         if s.max_image_pixels < 64 * 64 {
-            return Err(bad("source.max_image_pixels", s.max_image_pixels, "must be at least 4096"));
+            return Err(bad(
+                "source.max_image_pixels",
+                s.max_image_pixels,
+                "must be at least 4096",
+            ));
         }
         if !(1..=100_000).contains(&self.sink.outbox_batch) {
-            return Err(bad("sink.outbox_batch", self.sink.outbox_batch, "must be in 1..=100000"));
+            return Err(bad(
+                "sink.outbox_batch",
+                self.sink.outbox_batch,
+                "must be in 1..=100000",
+            ));
         }
         if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad("admin.listen", &self.admin.listen, "must be an address like 127.0.0.1:9464"));
+            return Err(bad(
+                "admin.listen",
+                &self.admin.listen,
+                "must be an address like 127.0.0.1:9464",
+            ));
         }
         Ok(())
     }

@@ -52,8 +52,14 @@ fn bad_messages(dim: usize) -> Vec<(&'static str, Vec<u8>)> {
     }
     overflow.push_str("]}");
     vec![
-        ("garbage bytes", vec![0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef]),
-        ("truncated JSON", b"{\"face_id\":\"bad-json\",\"embedding\":[0.1,0.2".to_vec()),
+        (
+            "garbage bytes",
+            vec![0x00, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef],
+        ),
+        (
+            "truncated JSON",
+            b"{\"face_id\":\"bad-json\",\"embedding\":[0.1,0.2".to_vec(),
+        ),
         ("wrong dimension", wrong_dim),
         ("non-finite value", overflow.into_bytes()),
     ]
@@ -144,7 +150,10 @@ pub fn run(
         producer.flush(Duration::from_secs(10))?;
         anyhow::Ok(())
     })?;
-    eprintln!("published {n} faces and {} bad messages to {faces_topic}", bad.len());
+    eprintln!(
+        "published {n} faces and {} bad messages to {faces_topic}",
+        bad.len()
+    );
 
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -168,9 +177,7 @@ pub fn run(
             let mut last = (0u64, Instant::now());
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let done = m.faces_applied.get()
-                    + m.faces_duplicate.get()
-                    + m.dead_letters.get();
+                let done = m.faces_applied.get() + m.faces_duplicate.get() + m.dead_letters.get();
                 progress.set_position(done);
                 progress.set_message(format!(
                     "{} clusters, {} events out",

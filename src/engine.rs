@@ -12,6 +12,7 @@
 //! - a directed edge i->j is kept when node intimacy passes `t2` (METHOD.md (b)), with self-loops
 //!   counted so that a mutual pair with no third neighbour is not dropped; `t2 = 0` keeps every edge;
 //! - the undirected graph has {i,j} when i->j or j->i is kept; clusters are its connected components.
+//!
 //! A new face enters the out-list of every searched neighbour whose list it improves, evicting that
 //! neighbour's weakest entry; the stream therefore equals the batch result whenever the search finds
 //! every face that would rank the new one in its top `k` (always with an exact index and
@@ -628,9 +629,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for &s in &sources {
             for e in &self.faces[s as usize].out {
                 let pr = pair(s, e.to);
-                if !before.contains_key(&pr) {
-                    let st = self.undirected_kept(s, e.to);
-                    before.insert(pr, st);
+                if let std::collections::hash_map::Entry::Vacant(v) = before.entry(pr) {
+                    v.insert(self.undirected_kept(s, e.to));
                 }
             }
         }
@@ -1159,7 +1159,7 @@ mod tests {
         e.insert("b", &[0.0, 1.0]).unwrap();
         assert_eq!(e.cluster_of(1), 2);
         // c is within t1 of both a and b: cluster 2 merges into the older cluster 1.
-        let (_, ev) = e.insert("c", &[0.7071, 0.7071]).unwrap();
+        let (_, ev) = e.insert("c", &[1.0, 1.0]).unwrap();
         assert_eq!(
             ev,
             vec![

@@ -158,12 +158,9 @@ pub fn run(
             if s.algorithm == Algorithm::Stream {
                 let mut e = Engine::new(p, HnswIndex::new(h));
                 e.set_tracking(false);
-                for i in 0..n {
+                for (i, &row) in order.iter().enumerate() {
                     e.insert(&i.to_string(), feats.row(i))
-                        .map_err(|source| EvalError::Engine {
-                            row: order[i],
-                            source,
-                        })?;
+                        .map_err(|source| EvalError::Engine { row, source })?;
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
                     }

@@ -162,28 +162,24 @@ impl HnswIndex {
         self.params
     }
 
-    /// Writes `<basename>.hnsw.graph` and `<basename>.hnsw.data` into `dir`, replacing files of the
-    /// same name.
-    pub fn dump(&self, dir: &Path, basename: &str) -> Result<(), IndexError> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::Dump {
+    /// Writes `<name>.hnsw.graph` and `<name>.hnsw.data` into `dir` and returns `<name>`:
+    /// `basename`, or a variant of it that hnsw_rs picks when it will not overwrite a file (it
+    /// refuses for a structure it loaded). Stale files under `basename` are removed first.
+    pub fn dump(&self, dir: &Path, basename: &str) -> Result<String, IndexError> {
+        let err = |reason: String| IndexError::Dump {
             dir: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        // hnsw_rs only picks a fresh name when mmap is active; we never mmap, so the name is ours.
-        let written = self
-            .hnsw
-            .file_dump(dir, basename)
-            .map_err(|e| IndexError::Dump {
-                dir: dir.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        if written != basename {
-            return Err(IndexError::Dump {
-                dir: dir.to_path_buf(),
-                reason: format!("hnsw_rs wrote {written} instead of {basename}"),
-            });
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        for ext in ["hnsw.graph", "hnsw.data"] {
+            let p = dir.join(format!("{basename}.{ext}"));
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| err(e.to_string()))?;
+            }
         }
-        Ok(())
+        self.hnsw
+            .file_dump(dir, basename)
+            .map_err(|e| err(e.to_string()))
     }
 
     /// Loads a snapshot written by `dump`. `expected_points` guards against a snapshot that is

@@ -154,7 +154,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => {
             let cfg = Config::load(cli.config.as_deref())?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let summary = rt.block_on(async move {
                 tokio::spawn(async move {
@@ -162,9 +164,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!("signal received; finishing the batch and shutting down");
                     let _ = stop_tx.send(true);
                 });
-                clip_cluster::pipeline::run(cfg, clip_cluster::telemetry::Metrics::new(), stop_rx).await
+                clip_cluster::pipeline::run(cfg, clip_cluster::telemetry::Metrics::new(), stop_rx)
+                    .await
             })?;
-            tracing::info!(consumed = summary.consumed, applied = summary.applied, dead_letters = summary.dead_letters, outbox_left = summary.outbox_left, "stopped");
+            tracing::info!(
+                consumed = summary.consumed,
+                applied = summary.applied,
+                dead_letters = summary.dead_letters,
+                outbox_left = summary.outbox_left,
+                "stopped"
+            );
             Ok(())
         }
         Command::Demo {
@@ -210,13 +219,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             env.push(("CLIP_CLUSTER__KAFKA__BOOTSTRAP_SERVERS".into(), brokers));
             let cfg = Config::load_from(cli.config.as_deref(), &env)?;
-            let feats = match features {
-                Some(f) => read_features(&f, cfg.model.dim)?,
-                None => {
-                    let s = clip_cluster::synth::generate(clip_cluster::synth::SynthParams::new(synthetic, cfg.model.dim, seed));
-                    Features { dim: s.dim, data: s.data }
-                }
-            };
+            let feats =
+                match features {
+                    Some(f) => read_features(&f, cfg.model.dim)?,
+                    None => {
+                        let s = clip_cluster::synth::generate(
+                            clip_cluster::synth::SynthParams::new(synthetic, cfg.model.dim, seed),
+                        );
+                        Features {
+                            dim: s.dim,
+                            data: s.data,
+                        }
+                    }
+                };
             let n = clip_cluster::produce::publish(&cfg, &topic, &feats, &id_prefix)?;
             eprintln!("published {n} faces to {topic}");
             Ok(())
@@ -380,7 +395,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -181,12 +181,25 @@ pub fn decode(
             .face_id
             .filter(|s| !s.is_empty())
             .or(key_id)
-            .ok_or_else(|| reject(Reason::MissingFaceId, "no face_id in the envelope and no message key"))?;
+            .ok_or_else(|| {
+                reject(
+                    Reason::MissingFaceId,
+                    "no face_id in the envelope and no message key",
+                )
+            })?;
         let payload = match (env.embedding, env.image_b64) {
             (Some(_), Some(_)) => {
-                return Err(reject(Reason::BothPayloads, "envelope has both embedding and image_b64"))
+                return Err(reject(
+                    Reason::BothPayloads,
+                    "envelope has both embedding and image_b64",
+                ))
             }
-            (None, None) => return Err(reject(Reason::NoPayload, "envelope has neither embedding nor image_b64")),
+            (None, None) => {
+                return Err(reject(
+                    Reason::NoPayload,
+                    "envelope has neither embedding nor image_b64",
+                ))
+            }
             (Some(v), None) => Payload::Embedding(check_embedding(v, limits.dim)?),
             (None, Some(b64)) => {
                 let raw = base64::engine::general_purpose::STANDARD
@@ -205,14 +218,20 @@ pub fn decode(
         let face_id = header_str(headers, "face_id")?
             .filter(|s| !s.is_empty())
             .or(key_id)
-            .ok_or_else(|| reject(Reason::MissingFaceId, "no face_id header and no message key"))?;
+            .ok_or_else(|| {
+                reject(
+                    Reason::MissingFaceId,
+                    "no face_id header and no message key",
+                )
+            })?;
         let ts = match header_str(headers, "ts")? {
             None => None,
-            Some(s) => Some(
-                s.trim()
-                    .parse::<i64>()
-                    .map_err(|_| reject(Reason::BadHeader, format!("header ts = {s:?} is not an integer (ms since epoch)")))?,
-            ),
+            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
+                reject(
+                    Reason::BadHeader,
+                    format!("header ts = {s:?} is not an integer (ms since epoch)"),
+                )
+            })?),
         };
         let meta = FaceMeta {
             source_id: header_str(headers, "source_id")?,
@@ -240,7 +259,10 @@ fn check_embedding(v: Vec<f64>, dim: usize) -> Result<Vec<f32>, Rejection> {
         ));
     }
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(reject(Reason::NotFinite, format!("embedding[{i}] is not finite")));
+        return Err(reject(
+            Reason::NotFinite,
+            format!("embedding[{i}] is not finite"),
+        ));
     }
     if v.iter().all(|x| *x == 0.0) {
         return Err(reject(Reason::ZeroVector, "embedding is all zeros"));
@@ -257,7 +279,11 @@ mod tests {
         dim: 3,
     };
 
-    fn dec(key: Option<&str>, headers: &[(&str, &str)], payload: &[u8]) -> Result<FaceMessage, Rejection> {
+    fn dec(
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<FaceMessage, Rejection> {
         let h: Vec<(String, Vec<u8>)> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
@@ -293,27 +319,52 @@ mod tests {
             (b"", Reason::Empty),
             (b"\x00\x01garbage", Reason::UnknownFormat),
             (br#"{"face_id":"a","embedding":[1,0"#, Reason::BadJson),
-            (br#"{"face_id":"a","embedding":[1,0,0],"colour":1}"#, Reason::BadJson),
-            (br#"{"face_id":"a","embedding":[1,0]}"#, Reason::WrongDimension),
-            (br#"{"face_id":"a","embedding":[0,0,0]}"#, Reason::ZeroVector),
-            (br#"{"face_id":"a","embedding":[1,0,0],"image_b64":"AA=="}"#, Reason::BothPayloads),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"colour":1}"#,
+                Reason::BadJson,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0]}"#,
+                Reason::WrongDimension,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[0,0,0]}"#,
+                Reason::ZeroVector,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"image_b64":"AA=="}"#,
+                Reason::BothPayloads,
+            ),
             (br#"{"face_id":"a"}"#, Reason::NoPayload),
             (br#"{"face_id":"a","image_b64":"!!!"}"#, Reason::BadBase64),
         ];
         for (bytes, reason) in cases {
-            assert_eq!(dec(Some("k"), &[], bytes).unwrap_err().reason, reason, "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                dec(Some("k"), &[], bytes).unwrap_err().reason,
+                reason,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
         // JSON cannot carry NaN, but a producer may send a huge number that overflows f32.
         let e = dec(Some("k"), &[], br#"{"embedding":[1e39,0,0]}"#).unwrap_err();
         assert_eq!(e.reason, Reason::NotFinite, "{e}");
         let big = vec![b' '; 5000];
-        assert_eq!(dec(Some("k"), &[], &big).unwrap_err().reason, Reason::TooLarge);
+        assert_eq!(
+            dec(Some("k"), &[], &big).unwrap_err().reason,
+            Reason::TooLarge
+        );
     }
 
     #[test]
     fn raw_images_take_ids_from_headers() {
         let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
-        let m = dec(Some("k"), &[("face_id", "f9"), ("image_id", "p1"), ("ts", "12")], &jpeg).unwrap();
+        let m = dec(
+            Some("k"),
+            &[("face_id", "f9"), ("image_id", "p1"), ("ts", "12")],
+            &jpeg,
+        )
+        .unwrap();
         assert_eq!(m.face_id, "f9");
         assert_eq!(m.meta.image_id.as_deref(), Some("p1"));
         assert_eq!(m.meta.ts, Some(12));

@@ -38,7 +38,9 @@ impl MockKafka {
         // SAFETY: the client handle is valid for the lifetime of `owner`, which we keep.
         let ptr = unsafe { rd::rd_kafka_mock_cluster_new(owner.client().native_ptr(), brokers) };
         if ptr.is_null() {
-            return Err(MockError::Start("rd_kafka_mock_cluster_new returned null".into()));
+            return Err(MockError::Start(
+                "rd_kafka_mock_cluster_new returned null".into(),
+            ));
         }
         // SAFETY: ptr is a live mock cluster; bootstraps returns a string it owns.
         let bootstrap = unsafe { CStr::from_ptr(rd::rd_kafka_mock_cluster_bootstraps(ptr)) }
@@ -77,12 +79,16 @@ impl MockKafka {
     /// Takes a broker down (connections refused) until `broker_up`.
     pub fn broker_down(&self, broker_id: i32) -> Result<(), MockError> {
         // SAFETY: live cluster.
-        Self::check("broker down", unsafe { rd::rd_kafka_mock_broker_set_down(self.ptr, broker_id) })
+        Self::check("broker down", unsafe {
+            rd::rd_kafka_mock_broker_set_down(self.ptr, broker_id)
+        })
     }
 
     pub fn broker_up(&self, broker_id: i32) -> Result<(), MockError> {
         // SAFETY: live cluster.
-        Self::check("broker up", unsafe { rd::rd_kafka_mock_broker_set_up(self.ptr, broker_id) })
+        Self::check("broker up", unsafe {
+            rd::rd_kafka_mock_broker_set_up(self.ptr, broker_id)
+        })
     }
 }
 

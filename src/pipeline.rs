@@ -8,6 +8,7 @@
 //! 4. apply the good faces and commit state + outbox + partition positions to sled (fsync), on a
 //!    blocking thread;
 //! 5. only then store the offsets for Kafka's commit.
+//!
 //! The outbox drainer sends events with an idempotent producer (acks=all) and removes an entry
 //! only after the broker acknowledged it. Delivery is at-least-once; event ids de-duplicate.
 
@@ -131,7 +132,12 @@ fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
     m.headers()
         .map(|hs| {
             hs.iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -142,7 +148,10 @@ pub fn wire_event(state_id: &str, domain: &str, e: &OutboxEntry) -> Vec<u8> {
     let mut v = serde_json::to_value(&e.event).unwrap_or(serde_json::Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("schema_version".into(), EVENT_SCHEMA_VERSION.into());
-        o.insert("event_id".into(), format!("{state_id}-{}", e.event_seq).into());
+        o.insert(
+            "event_id".into(),
+            format!("{state_id}-{}", e.event_seq).into(),
+        );
         o.insert("event_seq".into(), e.event_seq.into());
         o.insert("domain".into(), domain.into());
         o.insert("face_seq".into(), e.face_seq.into());
@@ -220,21 +229,25 @@ async fn drain_outbox(
         for e in &entries {
             let payload = wire_event(&state_id, &domain, e);
             let id = format!("{state_id}-{}", e.event_seq);
-            let mut record = FutureRecord::to(&topic).key(domain.as_str()).payload(&payload).headers(
-                OwnedHeaders::new().insert(Header {
+            let mut record = FutureRecord::to(&topic)
+                .key(domain.as_str())
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
                     key: "event_id",
                     value: Some(id.as_bytes()),
-                }),
-            );
+                }));
             loop {
                 match producer.send_result(record) {
                     Ok(f) => {
                         futures.push(f);
                         break;
                     }
-                    Err((rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ), r)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -299,12 +312,7 @@ async fn serve_admin(
             "/metrics",
             get(move || {
                 let m = m1.clone();
-                async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        m.encode(),
-                    )
-                }
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.encode()) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -329,7 +337,11 @@ async fn serve_admin(
 }
 
 /// Reports consumer lag every few seconds.
-async fn report_lag(consumer: Arc<StreamConsumer>, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+async fn report_lag(
+    consumer: Arc<StreamConsumer>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -568,7 +580,9 @@ pub async fn run(
         metrics.outbox_depth.add(result.events.len() as i64);
         metrics.index_faces.set(clusterer.engine().n_faces() as i64);
         metrics.clusters.set(clusterer.engine().n_clusters() as i64);
-        metrics.batch_duration.observe(started.elapsed().as_secs_f64());
+        metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
         notify.notify_one();
         if !result.rejected.is_empty() {
             // Decoding validated every vector; the engine refusing one is a bug worth hearing about.
@@ -627,8 +641,14 @@ async fn send_dead_letters(
                 ("__connect.errors.topic", d.topic.as_str()),
                 ("__connect.errors.partition", partition.as_str()),
                 ("__connect.errors.offset", offset.as_str()),
-                ("__connect.errors.exception.class.name", d.rejection.reason.class()),
-                ("__connect.errors.exception.message", d.rejection.message.as_str()),
+                (
+                    "__connect.errors.exception.class.name",
+                    d.rejection.reason.class(),
+                ),
+                (
+                    "__connect.errors.exception.message",
+                    d.rejection.message.as_str(),
+                ),
             ] {
                 headers = headers.insert(Header {
                     key: k,
@@ -648,7 +668,10 @@ async fn send_dead_letters(
         let mut ok = true;
         for f in futures {
             if let Err((e, _)) = f.await {
-                metrics.kafka_errors.with_label_values(&["dead_letter"]).inc();
+                metrics
+                    .kafka_errors
+                    .with_label_values(&["dead_letter"])
+                    .inc();
                 warn!(error = %e, "dead-letter delivery failed; retrying");
                 ok = false;
             }

@@ -11,8 +11,15 @@ use crate::features::Features;
 use crate::message::embedding_envelope;
 
 /// Publishes every row as `<id_prefix><row>`; returns how many were acknowledged.
-pub fn publish(cfg: &Config, topic: &str, features: &Features, id_prefix: &str) -> anyhow::Result<usize> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+pub fn publish(
+    cfg: &Config,
+    topic: &str,
+    features: &Features,
+    id_prefix: &str,
+) -> anyhow::Result<usize> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let producer: FutureProducer = crate::pipeline::producer(cfg)?;
         let mut pending = Vec::with_capacity(features.n());
@@ -26,9 +33,12 @@ pub fn publish(cfg: &Config, topic: &str, features: &Features, id_prefix: &str) 
                         pending.push(f);
                         break;
                     }
-                    Err((rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ), r)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        r,
+                    )) => {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }

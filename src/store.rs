@@ -399,7 +399,7 @@ impl Store {
             },
             Some(v) => {
                 let mut r = Reader { b: &v, at: 0 };
-                let c = (|| {
+                (|| {
                     Some(Counters {
                         n_faces: r.u32()?,
                         next_cluster_id: r.u64()?,
@@ -407,8 +407,7 @@ impl Store {
                         next_comp: r.u32()?,
                     })
                 })()
-                .ok_or_else(|| self.corrupt("m:counters", "truncated"))?;
-                c
+                .ok_or_else(|| self.corrupt("m:counters", "truncated"))?
             }
         };
         let n = counters.n_faces as usize;

@@ -56,19 +56,25 @@ impl Metrics {
         let counter = |name: &str, help: &str| {
             let c = IntCounter::with_opts(Opts::new(name, help).namespace(ns))
                 .expect("static metric definition is valid");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help).namespace(ns), &[label])
                 .expect("static metric definition is valid");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(ns))
                 .expect("static metric definition is valid");
-            registry.register(Box::new(g.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
             g
         };
         let histogram = |name: &str, help: &str| {
@@ -78,12 +84,20 @@ impl Metrics {
                     .buckets(latency_buckets()),
             )
             .expect("static metric definition is valid");
-            registry.register(Box::new(h.clone())).expect("unique metric name");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
             h
         };
         Self {
-            faces_consumed: counter("faces_consumed_total", "Messages read from the input topics."),
-            faces_applied: counter("faces_applied_total", "Faces applied to the clustering state."),
+            faces_consumed: counter(
+                "faces_consumed_total",
+                "Messages read from the input topics.",
+            ),
+            faces_applied: counter(
+                "faces_applied_total",
+                "Faces applied to the clustering state.",
+            ),
             faces_duplicate: counter(
                 "faces_duplicate_total",
                 "Faces whose id was already applied (redeliveries); no change.",
@@ -93,7 +107,10 @@ impl Metrics {
                 "Messages rejected, by reason; each is dead-lettered.",
                 "reason",
             ),
-            dead_letters: counter("dead_letters_total", "Messages written to the dead-letter topic."),
+            dead_letters: counter(
+                "dead_letters_total",
+                "Messages written to the dead-letter topic.",
+            ),
             events_emitted: counter_vec(
                 "events_emitted_total",
                 "Events acknowledged by the broker on the events topic, by type.",

@@ -69,10 +69,19 @@ fn run_until_done(
                         tokio::task::spawn_blocking(f).await.unwrap();
                     }
                 }
-                if m.faces_applied.get() >= n && m.dead_letters.get() >= bad && m.outbox_depth.get() == 0 {
+                if m.faces_applied.get() >= n
+                    && m.dead_letters.get() >= bad
+                    && m.outbox_depth.get() == 0
+                {
                     break;
                 }
-                assert!(start.elapsed() < Duration::from_secs(120), "daemon did not finish: applied {} dead {} outbox {}", m.faces_applied.get(), m.dead_letters.get(), m.outbox_depth.get());
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "daemon did not finish: applied {} dead {} outbox {}",
+                    m.faces_applied.get(),
+                    m.dead_letters.get(),
+                    m.outbox_depth.get()
+                );
             }
             stop_tx.send(true).unwrap();
         };
@@ -83,21 +92,39 @@ fn run_until_done(
 
 fn check_events(bootstrap: &str, want: &BTreeMap<u64, serde_json::Value>) {
     let records = read_topic(bootstrap, EVENTS, Duration::from_secs(60), |r| {
-        r.len() >= want.len() && events(r).iter().map(|e| e.0.clone()).collect::<HashSet<_>>().len() >= want.len()
+        r.len() >= want.len()
+            && events(r)
+                .iter()
+                .map(|e| e.0.clone())
+                .collect::<HashSet<_>>()
+                .len()
+                >= want.len()
     });
     let got = events(&records);
     let ids: HashSet<&String> = got.iter().map(|e| &e.0).collect();
-    assert_eq!(ids.len(), want.len(), "every event arrives at least once, with a unique id");
+    assert_eq!(
+        ids.len(),
+        want.len(),
+        "every event arrives at least once, with a unique id"
+    );
     for (_, mut v) in got {
         let seq = v["event_seq"].as_u64().unwrap();
         let o = v.as_object_mut().unwrap();
-        for k in ["schema_version", "event_id", "event_seq", "domain", "face_seq"] {
+        for k in [
+            "schema_version",
+            "event_id",
+            "event_seq",
+            "domain",
+            "face_seq",
+        ] {
             o.remove(k);
         }
         assert_eq!(Some(&v), want.get(&seq), "event {seq}");
     }
     // The key is the domain: one partition, in order.
-    assert!(records.iter().all(|r| r.key.as_deref() == Some(b"default".as_slice())));
+    assert!(records
+        .iter()
+        .all(|r| r.key.as_deref() == Some(b"default".as_slice())));
 }
 
 #[test]
@@ -131,7 +158,12 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
     assert_eq!(n_events as usize, want_events.len());
     check_events(kafka.bootstrap_servers(), &want_events);
 
-    let dlq = read_topic(kafka.bootstrap_servers(), DLQ, Duration::from_secs(30), |r| r.len() >= bad.len());
+    let dlq = read_topic(
+        kafka.bootstrap_servers(),
+        DLQ,
+        Duration::from_secs(30),
+        |r| r.len() >= bad.len(),
+    );
     assert_eq!(dlq.len(), bad.len());
     for (rec, (bytes, class)) in dlq.iter().zip(&bad) {
         assert_eq!(&rec.payload, bytes, "the original bytes are kept");
@@ -141,10 +173,15 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
                 .find(|(n, _)| n == k)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
-        assert_eq!(h("__connect.errors.exception.class.name").as_deref(), Some(*class));
+        assert_eq!(
+            h("__connect.errors.exception.class.name").as_deref(),
+            Some(*class)
+        );
         assert_eq!(h("__connect.errors.topic").as_deref(), Some(FACES));
         assert!(h("__connect.errors.offset").is_some());
-        assert!(!h("__connect.errors.exception.message").unwrap_or_default().is_empty());
+        assert!(!h("__connect.errors.exception.message")
+            .unwrap_or_default()
+            .is_empty());
     }
 }
 

@@ -1,5 +1,9 @@
 //! One integration-test binary (ripgrep style): each module covers one subsystem against the real
-//! stores in temporary directories.
+//! stores in temporary directories and real librdkafka against its mock cluster.
 
+mod crash;
+mod daemon;
+mod dashboards;
 mod engine_props;
 mod state;
+mod support;

@@ -32,8 +32,14 @@ pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(Strin
         ("KAFKA__INPUT_TOPICS", format!("[\"{FACES}\"]")),
         ("KAFKA__EVENTS_TOPIC", EVENTS.to_string()),
         ("KAFKA__DEAD_LETTER_TOPIC", DLQ.to_string()),
-        ("KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS", "3000".to_string()),
-        ("KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS", "500".to_string()),
+        (
+            "KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS",
+            "3000".to_string(),
+        ),
+        (
+            "KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS",
+            "500".to_string(),
+        ),
         ("STORE__PATH", state.display().to_string()),
         ("MODEL__DIM", dim.to_string()),
         ("ADMIN__LISTEN", admin.to_string()),
@@ -89,7 +95,10 @@ pub fn bad_messages(dim: usize) -> Vec<(Vec<u8>, &'static str)> {
     inf.push_str("]}");
     vec![
         (vec![0x00, 0x01, 0xfe, 0x77], "unknown_format"),
-        (b"{\"face_id\":\"bad-json\",\"embedding\":[0.1".to_vec(), "bad_json"),
+        (
+            b"{\"face_id\":\"bad-json\",\"embedding\":[0.1".to_vec(),
+            "bad_json",
+        ),
         (
             embedding_envelope("bad-dim", &FaceMeta::default(), &vec![1.0; dim - 1]),
             "wrong_dimension",
@@ -114,7 +123,10 @@ pub fn read_topic(
 ) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{}-{}", topic, std::process::id()))
+        .set(
+            "group.id",
+            format!("reader-{}-{}", topic, std::process::id()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -131,7 +143,12 @@ pub fn read_topic(
                     .headers()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
