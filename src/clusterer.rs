@@ -62,7 +62,7 @@ impl Clusterer {
     /// Opens the state at `cfg.store.path`, loading the index snapshot or rebuilding it.
     pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
         let path = cfg.store.path.clone();
-        let store = Store::open(&path, &fingerprint(cfg))?;
+        let store = Store::open(&path, &fingerprint(cfg), cfg.store.cache_bytes)?;
         let restored = store.load()?;
         let n = restored.faces.len() as u32;
         let index_dir = path.join("index");

@@ -72,6 +72,7 @@ pub struct IndexConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub path: PathBuf,
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -286,6 +287,13 @@ impl Config {
         }
         if self.store.path.as_os_str().is_empty() {
             return Err(bad("store.path", "\"\"", "must name a directory"));
+        }
+        if self.store.cache_bytes < 1 << 20 {
+            return Err(bad(
+                "store.cache_bytes",
+                self.store.cache_bytes,
+                "must be at least 1048576",
+            ));
         }
         if self.daemon.domain.trim().is_empty() {
             return Err(bad(

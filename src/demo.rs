@@ -41,7 +41,44 @@ pub struct DemoReport {
     pub bcubed: Option<Prf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nmi: Option<f64>,
+    /// With a paced feed (`--rate`): face-to-event latency quantiles, estimated from the
+    /// histogram the way Prometheus' histogram_quantile does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face_to_event_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face_to_event_p99_ms: Option<f64>,
 }
+
+/// Quantile `q` of a Prometheus histogram by linear interpolation inside the bucket.
+pub fn histogram_quantile(h: &prometheus::Histogram, q: f64) -> Option<f64> {
+    use prometheus::core::Collector;
+    let mf = h.collect();
+    let m = mf.first()?.get_metric().first()?.get_histogram().clone();
+    let total = m.get_sample_count() as f64;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut prev_bound, mut prev_count) = (0.0, 0.0);
+    for b in m.get_bucket() {
+        let (bound, count) = (b.upper_bound(), b.cumulative_count() as f64);
+        if count >= rank {
+            let within = if count > prev_count {
+                (rank - prev_count) / (count - prev_count)
+            } else {
+                0.0
+            };
+            return Some(prev_bound + (bound - prev_bound) * within);
+        }
+        prev_bound = bound;
+        prev_count = count;
+    }
+    Some(prev_bound)
+}
+
+const FACES_PARTITIONS: i32 = 12;
+/// Most messages published and not yet processed (the mock retains about 3,000 per partition).
+const MAX_BACKLOG: u64 = 12_000;
 
 /// The bad messages every demo run includes: (what, bytes).
 fn bad_messages(dim: usize) -> Vec<(&'static str, Vec<u8>)> {
@@ -71,6 +108,7 @@ pub fn run(
     base: &Config,
     input: DemoInput,
     limit: Option<usize>,
+    rate: Option<f64>,
     quiet: bool,
 ) -> anyhow::Result<DemoReport> {
     let (features, labels) = match input {
@@ -105,7 +143,9 @@ pub fn run(
     let state_dir = tempfile_dir()?;
     cfg.store.path = state_dir.join("state");
     cfg.admin.listen = "127.0.0.1:0".to_string();
-    mock.create_topic(faces_topic, 3)?;
+    // librdkafka's mock keeps at most 5 MB per partition, so a backlog is spread over partitions
+    // and the feed below is paced to stay well inside that.
+    mock.create_topic(faces_topic, FACES_PARTITIONS)?;
     mock.create_topic(events_topic, 3)?;
     mock.create_topic(dlq_topic, 1)?;
     eprintln!(
@@ -119,42 +159,10 @@ pub fn run(
         .build()?;
     let bad = bad_messages(dim);
     let total = (n + bad.len()) as u64;
-    rt.block_on(async {
-        let producer: FutureProducer = crate::pipeline::producer(&cfg)?;
-        let mut pending = Vec::with_capacity(n + bad.len());
-        for i in 0..n {
-            let id = format!("face-{i}");
-            let meta = FaceMeta {
-                source_id: Some(format!("camera-{}", i % 7)),
-                image_id: Some(format!("photo-{}", i / 2)),
-                ts: Some(1_700_000_000_000 + i as i64),
-            };
-            let payload = embedding_envelope(&id, &meta, features.row(i));
-            pending.push(send(&producer, faces_topic, &id, &payload).await?);
-            if i == n / 2 {
-                for (what, bytes) in &bad {
-                    pending.push(send(&producer, faces_topic, what, bytes).await?);
-                }
-            }
-        }
-        if n <= n / 2 {
-            for (what, bytes) in &bad {
-                pending.push(send(&producer, faces_topic, what, bytes).await?);
-            }
-        }
-        for p in pending {
-            p.await
-                .map_err(|_| anyhow::anyhow!("producer dropped a message"))?
-                .map_err(|(e, _)| anyhow::anyhow!("publishing faces: {e}"))?;
-        }
-        producer.flush(Duration::from_secs(10))?;
-        anyhow::Ok(())
-    })?;
     eprintln!(
-        "published {n} faces and {} bad messages to {faces_topic}",
+        "streaming {n} faces and {} bad messages into {faces_topic}",
         bad.len()
     );
-
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let bar = if quiet {
@@ -171,8 +179,55 @@ pub fn run(
     let start = Instant::now();
     let m = metrics.clone();
     let progress = bar.clone();
+    let feed_metrics = metrics.clone();
+    let feed_cfg = cfg.clone();
     let summary = rt.block_on(async move {
         let daemon = crate::pipeline::run(cfg.clone(), m.clone(), stop_rx);
+        // The stream: faces published as the daemon runs, never far ahead of it.
+        let feed = async move {
+            let producer: FutureProducer = crate::pipeline::producer(&feed_cfg)?;
+            let mut pending = Vec::new();
+            let feed_start = Instant::now();
+            for i in 0..n {
+                if let Some(r) = rate {
+                    let due = feed_start + Duration::from_secs_f64(i as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                while i as u64
+                    > feed_metrics.faces_applied.get()
+                        + feed_metrics.faces_duplicate.get()
+                        + feed_metrics.dead_letters.get()
+                        + MAX_BACKLOG
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let id = format!("face-{i}");
+                let meta = FaceMeta {
+                    source_id: Some(format!("camera-{}", i % 7)),
+                    image_id: Some(format!("photo-{}", i / 2)),
+                    ts: Some(1_700_000_000_000 + i as i64),
+                };
+                let payload = embedding_envelope(&id, &meta, features.row(i));
+                pending.push(send(&producer, faces_topic, &id, &payload).await?);
+                if i == n / 2 {
+                    for (what, bytes) in &bad {
+                        pending.push(send(&producer, faces_topic, what, bytes).await?);
+                    }
+                }
+            }
+            if n == 0 {
+                for (what, bytes) in &bad {
+                    pending.push(send(&producer, faces_topic, what, bytes).await?);
+                }
+            }
+            for p in pending {
+                p.await
+                    .map_err(|_| anyhow::anyhow!("producer dropped a message"))?
+                    .map_err(|(e, _)| anyhow::anyhow!("publishing faces: {e}"))?;
+            }
+            producer.flush(Duration::from_secs(10))?;
+            anyhow::Ok(())
+        };
         let watcher = async {
             let mut last = (0u64, Instant::now());
             loop {
@@ -196,8 +251,9 @@ pub fn run(
             }
             let _ = stop_tx.send(true);
         };
-        let (r, ()) = tokio::join!(daemon, watcher);
-        r
+        let (r, fed, ()) = tokio::join!(daemon, feed, watcher);
+        fed?;
+        anyhow::Ok(r?)
     })?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -206,6 +262,7 @@ pub fn run(
     let state = Clusterer::open(&Config {
         store: crate::config::StoreConfig {
             path: state_dir.join("state"),
+            cache_bytes: base.store.cache_bytes,
         },
         ..base.clone()
     })?;
@@ -231,6 +288,12 @@ pub fn run(
         pairwise: Some(scores.pairwise),
         bcubed: Some(scores.bcubed),
         nmi: Some(scores.nmi),
+        face_to_event_p50_ms: rate
+            .and_then(|_| histogram_quantile(&metrics.face_to_event, 0.5))
+            .map(|s| s * 1e3),
+        face_to_event_p99_ms: rate
+            .and_then(|_| histogram_quantile(&metrics.face_to_event, 0.99))
+            .map(|s| s * 1e3),
     };
     drop(state);
     let _ = std::fs::remove_dir_all(&state_dir);

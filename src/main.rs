@@ -40,6 +40,10 @@ enum Command {
         /// Stream at most this many faces.
         #[arg(long)]
         limit: Option<usize>,
+        /// Publish at this many faces per second (default: as fast as the daemon takes them);
+        /// the report then includes face-to-event latency p50/p99.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Faces of the synthetic stream used without --features.
         #[arg(long, default_value_t = 20_000)]
         synthetic: usize,
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             features,
             labels,
             limit,
+            rate,
             synthetic,
             seed,
             json,
@@ -189,7 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(bin), Some(meta)) => clip_cluster::demo::DemoInput::Features { bin, meta },
                 _ => clip_cluster::demo::DemoInput::Synthetic { n: synthetic, seed },
             };
-            let r = clip_cluster::demo::run(&cfg, input, limit, json)?;
+            let r = clip_cluster::demo::run(&cfg, input, limit, rate, json)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -197,6 +202,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} faces -> {} clusters ({} merges, {} splits), {} dead letters, {} events in {:.2} s ({:.0} faces/s)",
                     r.n_faces, r.n_clusters, r.merges, r.splits, r.dead_letters, r.events, r.seconds, r.faces_per_second
                 );
+                if let (Some(p50), Some(p99)) = (r.face_to_event_p50_ms, r.face_to_event_p99_ms) {
+                    println!("face-to-event latency p50 {p50:.1} ms, p99 {p99:.1} ms");
+                }
                 if let (Some(p), Some(b), Some(nmi)) = (r.pairwise, r.bcubed, r.nmi) {
                     println!(
                         "pairwise F {:.4} (P {:.4} R {:.4}), BCubed F {:.4} (P {:.4} R {:.4}), NMI {:.4}",

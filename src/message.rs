@@ -122,15 +122,24 @@ pub struct Envelope {
     pub embedding: Option<Vec<f64>>,
 }
 
+/// The envelope as written: values as f32, so each prints in its shortest f32 form (about half
+/// the bytes of the f64 form) and reads back exactly.
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    face_id: &'a str,
+    #[serde(flatten)]
+    meta: &'a FaceMeta,
+    embedding: &'a [f32],
+}
+
 /// Serializes an embedding message (the format `produce` and `demo` write).
 pub fn embedding_envelope(face_id: &str, meta: &FaceMeta, embedding: &[f32]) -> Vec<u8> {
-    let env = Envelope {
-        face_id: Some(face_id.to_string()),
-        meta: meta.clone(),
-        image_b64: None,
-        embedding: Some(embedding.iter().map(|&x| f64::from(x)).collect()),
-    };
-    serde_json::to_vec(&env).unwrap_or_default()
+    serde_json::to_vec(&EnvelopeOut {
+        face_id,
+        meta,
+        embedding,
+    })
+    .unwrap_or_default()
 }
 
 fn is_image(b: &[u8]) -> bool {

@@ -167,7 +167,11 @@ fn seq_from_key(k: &[u8]) -> Option<u32> {
 impl Store {
     /// Opens (or creates) the state directory. A directory that holds anything but a clip-cluster
     /// sled database is refused, as is one written by a different fingerprint or schema.
-    pub fn open(path: &Path, fingerprint: &Fingerprint) -> Result<Self, StoreError> {
+    pub fn open(
+        path: &Path,
+        fingerprint: &Fingerprint,
+        cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             path: path.to_path_buf(),
             reason,
@@ -203,7 +207,12 @@ impl Store {
             }
         }
         // sled panics on some damaged files rather than returning an error.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()
+        });
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(open_err(format!("sled cannot open it: {e}"))),

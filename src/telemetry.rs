@@ -37,6 +37,9 @@ pub struct Metrics {
     pub splits: IntCounter,
     /// Sum over assigned partitions of (high watermark - next offset to read).
     pub consumer_lag: IntGauge,
+    /// Messages the source never saw: the next offset read jumped past the durable position
+    /// (retention deleted them before they were consumed). Data loss upstream of us.
+    pub offset_gap_messages: IntCounter,
     /// Kafka client errors seen (they are retried), by kind.
     pub kafka_errors: IntCounterVec,
     /// 1 once state is loaded and the consumer is running.
@@ -135,6 +138,10 @@ impl Metrics {
             consumer_lag: gauge(
                 "consumer_lag_messages",
                 "Messages behind the high watermark, summed over assigned partitions.",
+            ),
+            offset_gap_messages: counter(
+                "offset_gap_messages_total",
+                "Messages skipped because the next offset read was past the durable position.",
             ),
             kafka_errors: counter_vec(
                 "kafka_errors_total",
