@@ -531,6 +531,27 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_properties_pass_through_any_name() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\n[kafka.consumer_properties]\n\"fetch.min.bytes\" = 1024\n",
+        );
+        let env = vec![(
+            "CLIP_CLUSTER__KAFKA__PRODUCER_PROPERTIES__LINGER.MS".to_string(),
+            "7".to_string(),
+        )];
+        let c = Config::load_from(Some(&p), &env).unwrap();
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka.properties["sasl.mechanisms"], "SCRAM-SHA-512");
+        assert_eq!(c.kafka.consumer_properties["fetch.min.bytes"], "1024");
+        assert_eq!(c.kafka.producer_properties["linger.ms"], "7");
+        // Outside those tables, names are still checked.
+        let p = write(d.path(), "[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n");
+        assert!(Config::load_from(Some(&p), &[]).is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let d = tempfile::tempdir().unwrap();
         for (text, key) in [

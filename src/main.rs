@@ -29,7 +29,11 @@ struct Cli {
 enum Command {
     /// The daemon: consume faces from Kafka, cluster them durably, emit events. Stops cleanly on
     /// SIGTERM or SIGINT.
-    Run,
+    Run {
+        /// all | cluster | embed (overrides daemon.role).
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// The embedded default: an in-process mock Kafka cluster, a stream of faces, the daemon, and
     /// a summary. Without --features it streams seeded synthetic faces.
     Demo {
@@ -156,8 +160,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run => {
-            let cfg = Config::load(cli.config.as_deref())?;
+        Command::Run { role } => {
+            let mut env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
+                .collect();
+            if let Some(r) = role {
+                env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), format!("\"{r}\"")));
+            }
+            let cfg = Config::load_from(cli.config.as_deref(), &env)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
