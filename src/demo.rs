@@ -306,22 +306,10 @@ async fn send(
     key: &str,
     payload: &[u8],
 ) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
-    let mut record = FutureRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err((e, _)) => return Err(anyhow::anyhow!("publishing to {topic}: {e}")),
-        }
-    }
+    let record = FutureRecord::to(topic).key(key).payload(payload);
+    crate::pipeline::queue_send(producer, record)
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

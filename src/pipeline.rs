@@ -188,6 +188,33 @@ pub const EVENT_TYPES: [&str; 5] = [
     "FaceMoved",
 ];
 
+/// Queues a record for sending, waiting while librdkafka's local queue is full; the future
+/// resolves when the broker acknowledges (or refuses) it.
+pub async fn queue_send<K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, P>,
+) -> Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Sends what is in the outbox until told to stop; on stop, keeps draining until the outbox is
 /// empty or `drain_timeout` has passed.
 #[allow(clippy::too_many_arguments)]
@@ -235,34 +262,19 @@ async fn drain_outbox(
         for e in &entries {
             let payload = wire_event(&state_id, &domain, e);
             let id = format!("{state_id}-{}", e.event_seq);
-            let mut record = FutureRecord::to(&topic)
+            let record = FutureRecord::to(&topic)
                 .key(domain.as_str())
                 .payload(&payload)
                 .headers(OwnedHeaders::new().insert(Header {
                     key: "event_id",
                     value: Some(id.as_bytes()),
                 }));
-            loop {
-                match producer.send_result(record) {
-                    Ok(f) => {
-                        futures.push(f);
-                        break;
-                    }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => {
-                        metrics.kafka_errors.with_label_values(&["produce"]).inc();
-                        warn!(error = %e, "cannot queue an event; retrying the round");
-                        ok = false;
-                        break;
-                    }
+            match queue_send(&producer, record).await {
+                Ok(f) => futures.push(f),
+                Err(e) => {
+                    metrics.kafka_errors.with_label_values(&["produce"]).inc();
+                    warn!(error = %e, "cannot queue an event; retrying the round");
+                    ok = false;
                 }
             }
             if !ok {

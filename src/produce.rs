@@ -26,25 +26,11 @@ pub fn publish(
         for i in 0..features.n() {
             let id = format!("{id_prefix}{i}");
             let payload = embedding_envelope(&id, &FaceMeta::default(), features.row(i));
-            let mut record = FutureRecord::to(topic).key(&id).payload(&payload);
-            loop {
-                match producer.send_result(record) {
-                    Ok(f) => {
-                        pending.push(f);
-                        break;
-                    }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => anyhow::bail!("publishing to {topic}: {e}"),
-                }
-            }
+            let record = FutureRecord::to(topic).key(&id).payload(&payload);
+            let f = crate::pipeline::queue_send(&producer, record)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))?;
+            pending.push(f);
         }
         let mut n = 0;
         for p in pending {

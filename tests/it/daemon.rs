@@ -1,7 +1,7 @@
 //! The daemon end to end against librdkafka's mock cluster: faces in, events out, bad messages to
 //! the dead-letter topic, assignments equal to a run without Kafka, and a broker outage ridden out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
@@ -90,43 +90,6 @@ fn run_until_done(
     })
 }
 
-fn check_events(bootstrap: &str, want: &BTreeMap<u64, serde_json::Value>) {
-    let records = read_topic(bootstrap, EVENTS, Duration::from_secs(60), |r| {
-        r.len() >= want.len()
-            && events(r)
-                .iter()
-                .map(|e| e.0.clone())
-                .collect::<HashSet<_>>()
-                .len()
-                >= want.len()
-    });
-    let got = events(&records);
-    let ids: HashSet<&String> = got.iter().map(|e| &e.0).collect();
-    assert_eq!(
-        ids.len(),
-        want.len(),
-        "every event arrives at least once, with a unique id"
-    );
-    for (_, mut v) in got {
-        let seq = v["event_seq"].as_u64().unwrap();
-        let o = v.as_object_mut().unwrap();
-        for k in [
-            "schema_version",
-            "event_id",
-            "event_seq",
-            "domain",
-            "face_seq",
-        ] {
-            o.remove(k);
-        }
-        assert_eq!(Some(&v), want.get(&seq), "event {seq}");
-    }
-    // The key is the domain: one partition, in order.
-    assert!(records
-        .iter()
-        .all(|r| r.key.as_deref() == Some(b"default".as_slice())));
-}
-
 #[test]
 fn faces_in_events_out_and_bad_messages_dead_lettered() {
     let dim = 32;
@@ -156,7 +119,11 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
     let (got_assign, n_events) = state_of(&cfg, n);
     assert_eq!(got_assign, want_assign);
     assert_eq!(n_events as usize, want_events.len());
-    check_events(kafka.bootstrap_servers(), &want_events);
+    check_events(
+        kafka.bootstrap_servers(),
+        &want_events,
+        Duration::from_secs(60),
+    );
 
     let dlq = read_topic(
         kafka.bootstrap_servers(),
@@ -218,5 +185,9 @@ fn a_broker_outage_is_ridden_through() {
     });
     let (want_assign, want_events) = reference(&vs, dim);
     assert_eq!(state_of(&cfg, n).0, want_assign);
-    check_events(kafka.bootstrap_servers(), &want_events);
+    check_events(
+        kafka.bootstrap_servers(),
+        &want_events,
+        Duration::from_secs(60),
+    );
 }

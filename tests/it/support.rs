@@ -1,6 +1,7 @@
 //! Shared helpers for the Kafka tests: a mock cluster with the daemon's topics, a configuration
 //! pointing at it, publishing faces, and reading a topic back.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -171,4 +172,43 @@ pub fn events(records: &[Record]) -> Vec<(String, serde_json::Value)> {
             (id, v)
         })
         .collect()
+}
+
+/// Reads the events topic until every wanted event arrived, then checks: unique ids, one per
+/// event, the same content as `want` (by event_seq), keyed by the domain.
+pub fn check_events(bootstrap: &str, want: &BTreeMap<u64, serde_json::Value>, timeout: Duration) {
+    let records = read_topic(bootstrap, EVENTS, timeout, |r| {
+        r.len() >= want.len()
+            && events(r)
+                .iter()
+                .map(|e| e.0.clone())
+                .collect::<HashSet<_>>()
+                .len()
+                >= want.len()
+    });
+    let got = events(&records);
+    let ids: HashSet<&String> = got.iter().map(|e| &e.0).collect();
+    assert_eq!(
+        ids.len(),
+        want.len(),
+        "every event arrives at least once, with a unique id"
+    );
+    for (_, mut v) in got {
+        let seq = v["event_seq"].as_u64().unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in [
+            "schema_version",
+            "event_id",
+            "event_seq",
+            "domain",
+            "face_seq",
+        ] {
+            o.remove(k);
+        }
+        assert_eq!(Some(&v), want.get(&seq), "event {seq}");
+    }
+    // The key is the domain: one partition, in order.
+    assert!(records
+        .iter()
+        .all(|r| r.key.as_deref() == Some(b"default".as_slice())));
 }
