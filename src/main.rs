@@ -57,14 +57,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Publishes faces (a features file, or synthetic ones) as embedding messages to a topic.
+    /// Publishes faces to a topic: a features file or synthetic vectors as embedding messages,
+    /// or a directory of images (<identity>/<image>) as raw image messages with headers.
     Produce {
         #[arg(long)]
         brokers: String,
         #[arg(long, default_value = "faces")]
         topic: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "faces")]
         features: Option<PathBuf>,
+        /// A directory of face images, one folder per identity.
+        #[arg(long)]
+        faces: Option<PathBuf>,
         #[arg(long, default_value_t = 10_000)]
         synthetic: usize,
         #[arg(long, default_value_t = 1)]
@@ -228,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             brokers,
             topic,
             features,
+            faces,
             synthetic,
             seed,
             id_prefix,
@@ -237,6 +242,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             env.push(("CLIP_CLUSTER__KAFKA__BOOTSTRAP_SERVERS".into(), brokers));
             let cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            if let Some(dir) = faces {
+                let n = clip_cluster::produce::publish_images(&cfg, &topic, &dir)?;
+                eprintln!("published {n} images from {} to {topic}", dir.display());
+                return Ok(());
+            }
             let feats =
                 match features {
                     Some(f) => read_features(&f, cfg.model.dim)?,

@@ -1,5 +1,6 @@
 //! `clip-cluster produce`: publishes feature rows as embedding messages (the JSON envelope of
-//! `message`) to a topic on any broker, keyed by face id.
+//! `message`), or a directory of face images as raw image messages with headers, to a topic on any
+//! broker, keyed by face id.
 
 use std::time::Duration;
 
@@ -31,6 +32,101 @@ pub fn publish(
                 .await
                 .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))?;
             pending.push(f);
+        }
+        let mut n = 0;
+        for p in pending {
+            match p.await {
+                Ok(Ok(_)) => n += 1,
+                Ok(Err((e, _))) => anyhow::bail!("publishing to {topic}: {e}"),
+                Err(_) => anyhow::bail!("publishing to {topic}: the producer went away"),
+            }
+        }
+        producer.flush(Duration::from_secs(10))?;
+        Ok(n)
+    })
+}
+
+/// Image files under `dir/<identity>/`, sorted, as (identity, path).
+pub fn image_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    let read = |d: &std::path::Path| {
+        std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", d.display()))
+    };
+    for person in read(dir)? {
+        let person = person?.path();
+        if !person.is_dir() {
+            continue;
+        }
+        let identity = person
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for f in read(&person)? {
+            let f = f?.path();
+            let ext = f
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            if ["jpg", "jpeg", "png", "webp"].contains(&ext.as_str()) {
+                out.push((identity.clone(), f));
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        anyhow::bail!(
+            "{} holds no images in <identity>/ folders (jpg, jpeg, png, webp)",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Publishes every image under `dir/<identity>/` as a raw image message: the bytes as they are,
+/// headers `face_id` (the file stem), `image_id` (the file name), `source_id` (the identity
+/// folder). Returns how many were acknowledged.
+pub fn publish_images(cfg: &Config, topic: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let files = image_files(dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let producer: FutureProducer = crate::pipeline::producer(cfg)?;
+        let mut pending = Vec::with_capacity(files.len());
+        for (identity, path) in &files {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "face_id",
+                    value: Some(stem.as_bytes()),
+                })
+                .insert(Header {
+                    key: "image_id",
+                    value: Some(name.as_bytes()),
+                })
+                .insert(Header {
+                    key: "source_id",
+                    value: Some(identity.as_bytes()),
+                });
+            let record = FutureRecord::to(topic)
+                .key(&stem)
+                .payload(&bytes)
+                .headers(headers);
+            pending.push(
+                crate::pipeline::queue_send(&producer, record)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))?,
+            );
         }
         let mut n = 0;
         for p in pending {

@@ -191,3 +191,52 @@ fn a_broker_outage_is_ridden_through() {
         Duration::from_secs(60),
     );
 }
+
+#[test]
+fn image_messages_are_dead_lettered_until_the_embedder_exists() {
+    let dim = 16;
+    let kafka = mock(1);
+    let faces = tempfile::tempdir().unwrap();
+    let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F'];
+    let png = *b"\x89PNG\r\n\x1a\n\x00\x00";
+    for (person, file, bytes) in [
+        ("alice", "alice_1.jpg", &jpeg[..]),
+        ("alice", "alice_2.jpg", &jpeg[..]),
+        ("bob", "bob_1.png", &png[..]),
+    ] {
+        std::fs::create_dir_all(faces.path().join(person)).unwrap();
+        std::fs::write(faces.path().join(person).join(file), bytes).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(kafka.bootstrap_servers(), &dir.path().join("state"), dim);
+    let sent = clip_cluster::produce::publish_images(&cfg, FACES, faces.path()).unwrap();
+    assert_eq!(sent, 3);
+    let summary = run_until_done(cfg, 0, 3, || {});
+    assert_eq!((summary.applied, summary.dead_letters), (0, 3));
+    let dlq = read_topic(
+        kafka.bootstrap_servers(),
+        DLQ,
+        Duration::from_secs(30),
+        |r| r.len() >= 3,
+    );
+    let mut ids = Vec::new();
+    for rec in &dlq {
+        let h = |k: &str| {
+            rec.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(
+            h("__connect.errors.exception.class.name").as_deref(),
+            Some("image_unsupported")
+        );
+        ids.push(h("face_id").unwrap());
+        assert!(
+            rec.payload == jpeg || rec.payload == png,
+            "original bytes kept"
+        );
+    }
+    ids.sort();
+    assert_eq!(ids, vec!["alice_1", "alice_2", "bob_1"]);
+}
