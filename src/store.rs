@@ -206,17 +206,33 @@ impl Store {
                 });
             }
         }
-        // sled panics on some damaged files rather than returning an error.
-        let opened = std::panic::catch_unwind(|| {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                .open()
-        });
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_err(format!("sled cannot open it: {e}"))),
-            Err(_) => return Err(open_err("sled panicked while opening it (damaged?)".into())),
+        // sled's file lock is released by its background threads shortly after the last handle
+        // is dropped, so a state closed a moment ago (a restart in the same process) may still be
+        // locked: wait a bounded time for it. A lock that stays is another live process.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            // sled panics on some damaged files rather than returning an error.
+            let opened = std::panic::catch_unwind(|| {
+                sled::Config::new()
+                    .path(path)
+                    .cache_capacity(cache_bytes)
+                    .open()
+            });
+            match opened {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(open_err(
+                            "another process holds this state directory (its lock did not \
+                             clear in 10 s); stop it or give store.path another directory"
+                                .into(),
+                        ));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Ok(Err(e)) => return Err(open_err(format!("sled cannot open it: {e}"))),
+                Err(_) => return Err(open_err("sled panicked while opening it (damaged?)".into())),
+            }
         };
         let store = Self {
             db,

@@ -221,3 +221,24 @@ fn bad_faces_are_rejected_and_the_rest_of_the_batch_applies() {
         2
     );
 }
+
+#[test]
+fn a_state_held_open_elsewhere_is_refused_after_waiting_and_reopens_once_released() {
+    let dim = 8;
+    let d = tempfile::tempdir().unwrap();
+    let held = Clusterer::open(&config(d.path(), dim)).unwrap();
+    // sled's lock is per open database; a second open while the first lives must fail, clearly.
+    let t = std::time::Instant::now();
+    let e = Clusterer::open(&config(d.path(), dim))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("another process holds this state directory"),
+        "{e}"
+    );
+    assert!(t.elapsed() >= std::time::Duration::from_secs(9));
+    drop(held);
+    // Released by sled's threads shortly after the drop: the next open waits for it.
+    Clusterer::open(&config(d.path(), dim)).unwrap();
+}
