@@ -33,17 +33,26 @@ pub fn publish(
                 .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))?;
             pending.push(f);
         }
-        let mut n = 0;
-        for p in pending {
-            match p.await {
-                Ok(Ok(_)) => n += 1,
-                Ok(Err((e, _))) => anyhow::bail!("publishing to {topic}: {e}"),
-                Err(_) => anyhow::bail!("publishing to {topic}: the producer went away"),
-            }
-        }
-        producer.flush(Duration::from_secs(10))?;
-        Ok(n)
+        acknowledged(&producer, pending, topic).await
     })
+}
+
+/// Waits for every queued message's acknowledgement, then flushes; returns how many there were.
+async fn acknowledged(
+    producer: &FutureProducer,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for p in pending {
+        match p.await {
+            Ok(Ok(_)) => n += 1,
+            Ok(Err((e, _))) => anyhow::bail!("publishing to {topic}: {e}"),
+            Err(_) => anyhow::bail!("publishing to {topic}: the producer went away"),
+        }
+    }
+    producer.flush(Duration::from_secs(10))?;
+    Ok(n)
 }
 
 /// Image files under `dir/<identity>/`, sorted, as (identity, path).
@@ -128,15 +137,6 @@ pub fn publish_images(cfg: &Config, topic: &str, dir: &std::path::Path) -> anyho
                     .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))?,
             );
         }
-        let mut n = 0;
-        for p in pending {
-            match p.await {
-                Ok(Ok(_)) => n += 1,
-                Ok(Err((e, _))) => anyhow::bail!("publishing to {topic}: {e}"),
-                Err(_) => anyhow::bail!("publishing to {topic}: the producer went away"),
-            }
-        }
-        producer.flush(Duration::from_secs(10))?;
-        Ok(n)
+        acknowledged(&producer, pending, topic).await
     })
 }

@@ -134,12 +134,7 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
     assert_eq!(dlq.len(), bad.len());
     for (rec, (bytes, class)) in dlq.iter().zip(&bad) {
         assert_eq!(&rec.payload, bytes, "the original bytes are kept");
-        let h = |k: &str| {
-            rec.headers
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        let h = |k: &str| rec.header(k);
         assert_eq!(
             h("__connect.errors.exception.class.name").as_deref(),
             Some(*class)
@@ -221,12 +216,7 @@ fn image_messages_are_dead_lettered_until_the_embedder_exists() {
     );
     let mut ids = Vec::new();
     for rec in &dlq {
-        let h = |k: &str| {
-            rec.headers
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        let h = |k: &str| rec.header(k);
         assert_eq!(
             h("__connect.errors.exception.class.name").as_deref(),
             Some("image_unsupported")

@@ -115,6 +115,16 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl Record {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
 /// Reads `topic` from the beginning until `want(records)` holds or `timeout` passes.
 pub fn read_topic(
     bootstrap: &str,
