@@ -256,6 +256,9 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     proxies: Vec<f32>,
     /// Indexed by internal label; `size == 0` marks a retired label.
     comps: Vec<CompRecord>,
+    /// Components with `size > 0`, kept up to date so that reading it is not a scan over every
+    /// label ever created (the daemon reports it after each batch).
+    live_comps: usize,
     next_cluster_id: u64,
     next_event_seq: u64,
     /// Visit stamps for the split search, so no per-search clearing is needed.
@@ -326,6 +329,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             by_id: HashMap::new(),
             proxies: Vec::new(),
             comps: Vec::new(),
+            live_comps: 0,
             next_cluster_id: 1,
             next_event_seq: 0,
             mark: Vec::new(),
@@ -389,6 +393,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for (label, c) in r.comps {
             e.comps[label as usize] = c;
         }
+        e.live_comps = e.comps.iter().filter(|c| c.size > 0).count();
         e.next_cluster_id = r.counters.next_cluster_id;
         e.next_event_seq = r.counters.next_event_seq;
         e.mark = vec![0; n];
@@ -418,7 +423,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     pub fn n_clusters(&self) -> usize {
-        self.comps.iter().filter(|c| c.size > 0).count()
+        self.live_comps
     }
 
     pub fn counters(&self) -> Counters {
@@ -642,6 +647,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             cluster_id: PENDING,
             size: 1,
         });
+        self.live_comps += 1;
         self.touch_comp(comp);
         self.faces.push(Face {
             out: own_out.clone(),
@@ -923,6 +929,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.comps[big as usize].size += self.comps[small as usize].size;
         self.comps[big as usize].cluster_id = into;
         self.comps[small as usize].size = 0;
+        self.live_comps -= 1;
         self.touch_comp(big);
         self.touch_comp(small);
         if from != PENDING {
@@ -1013,6 +1020,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             cluster_id: new_id,
             size: moved.len() as u32,
         });
+        self.live_comps += 1;
         self.comps[old as usize].size -= moved.len() as u32;
         self.touch_comp(old);
         self.touch_comp(label);

@@ -134,7 +134,8 @@ fn engine_reason(e: &EngineError) -> Reason {
     }
 }
 
-fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+/// A message's headers as (name, value) pairs; a header without a value reads as empty.
+pub fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
     m.headers()
         .map(|hs| {
             hs.iter()

@@ -10,7 +10,6 @@ use clip_cluster::engine::FaceMeta;
 use clip_cluster::message::embedding_envelope;
 use clip_cluster::mock::MockKafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message};
 
@@ -150,19 +149,7 @@ pub fn read_topic(
             out.push(Record {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: clip_cluster::pipeline::headers_of(&m),
             });
         }
     }
