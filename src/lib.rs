@@ -17,6 +17,8 @@ pub mod bench;
 pub mod clusterer;
 pub mod config;
 pub mod demo;
+pub mod dlib_format;
+pub mod embed;
 pub mod engine;
 pub mod eval;
 pub mod features;
