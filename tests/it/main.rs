@@ -5,5 +5,6 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod engine_props;
+mod resnet;
 mod state;
 mod support;
