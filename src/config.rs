@@ -49,6 +49,37 @@ pub struct ModelConfig {
     pub dim: usize,
 }
 
+/// How a face crop becomes the network's chip.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChipKind {
+    Aligned,
+    Centre,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedConfig {
+    pub model_path: PathBuf,
+    pub landmarks_path: PathBuf,
+    pub device: String,
+    pub dtype: Precision,
+    pub batch_size: usize,
+    pub chip: ChipKind,
+    pub crop_fraction: f32,
+    pub box_fraction: f32,
+    pub padding: f32,
+    pub max_image_side: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -139,6 +170,7 @@ pub const FREE_FORM: [&str; 3] = [
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub model: ModelConfig,
+    pub embed: EmbedConfig,
     pub engine: EngineConfig,
     pub index: IndexConfig,
     pub store: StoreConfig,
@@ -229,6 +261,53 @@ impl Config {
                 value: value.to_string(),
                 allowed,
             }
+        }
+        let m = &self.embed;
+        if !(1..=4096).contains(&m.batch_size) {
+            return Err(bad("embed.batch_size", m.batch_size, "must be in 1..=4096"));
+        }
+        if !(m.crop_fraction > 0.05 && m.crop_fraction <= 1.0) {
+            return Err(bad(
+                "embed.crop_fraction",
+                m.crop_fraction,
+                "must be in (0.05, 1]",
+            ));
+        }
+        if !(m.box_fraction > 0.05 && m.box_fraction <= 1.0) {
+            return Err(bad(
+                "embed.box_fraction",
+                m.box_fraction,
+                "must be in (0.05, 1]",
+            ));
+        }
+        if !(0.0..=2.0).contains(&m.padding) {
+            return Err(bad("embed.padding", m.padding, "must be in [0, 2]"));
+        }
+        if m.max_image_side < 16 {
+            return Err(bad(
+                "embed.max_image_side",
+                m.max_image_side,
+                "must be at least 16",
+            ));
+        }
+        if !(m.device == "cpu"
+            || m.device == "cuda"
+            || m.device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok()))
+        {
+            return Err(bad(
+                "embed.device",
+                &m.device,
+                "must be \"cpu\", \"cuda\" or \"cuda:N\"",
+            ));
+        }
+        if m.device == "cpu" && m.dtype != Precision::F32 {
+            return Err(bad(
+                "embed.dtype",
+                format!("{:?}", m.dtype).to_lowercase(),
+                "must be \"f32\" on the CPU",
+            ));
         }
         let e = &self.engine;
         if self.model.name.trim().is_empty() {

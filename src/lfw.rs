@@ -239,6 +239,96 @@ pub fn k_fold(distances: &[f64], pairs: &[Pair], folds: usize) -> Verification {
     }
 }
 
+/// What `clip-cluster verify` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub model_id: String,
+    pub n_pairs: usize,
+    pub n_images: usize,
+    /// Images that failed to embed, by class; their pairs count as "different".
+    pub rejected: std::collections::BTreeMap<String, usize>,
+    pub mean_accuracy: f64,
+    pub std_accuracy: f64,
+    /// Per fold: (Euclidean threshold chosen on the other folds, accuracy on this fold).
+    pub folds: Vec<(f64, f64)>,
+    pub mean_same_distance: f64,
+    pub mean_different_distance: f64,
+    /// Embedding time of the unique images (decode, chip, network).
+    pub seconds: f64,
+    pub faces_per_second: f64,
+}
+
+/// The standard protocol on `root/pairs.txt`: embeds every image the pairs name once, takes the
+/// Euclidean distance of the raw vectors (dlib's convention), and runs the 10 folds.
+pub fn verify(
+    root: &Path,
+    embedder: &dyn crate::embed::FaceEmbedder,
+    chunk: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<VerifyReport, crate::dataset::DatasetError> {
+    use crate::dataset::{DatasetError, LabeledImage};
+    let pairs_path = root.join("pairs.txt");
+    let (folds, pairs) = read_pairs(&pairs_path).map_err(|e| DatasetError::Model(e.to_string()))?;
+    let mut unique: Vec<(String, usize)> = pairs
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .collect();
+    unique.sort();
+    unique.dedup();
+    let images: Vec<LabeledImage> = unique
+        .iter()
+        .map(|(n, i)| LabeledImage {
+            path: image_path(root, n, *i),
+            identity: n.clone(),
+        })
+        .collect();
+    let emb = crate::dataset::embed(embedder, &images, chunk, progress)?;
+    let row_of: std::collections::HashMap<&Path, usize> = emb
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_path(), i))
+        .collect();
+    let vec_of = |k: &(String, usize)| {
+        row_of
+            .get(image_path(root, &k.0, k.1).as_path())
+            .map(|&r| emb.features.row(r))
+    };
+    let mut distances = Vec::with_capacity(pairs.len());
+    let (mut same, mut diff) = ((0.0, 0usize), (0.0, 0usize));
+    for p in &pairs {
+        let d = match (vec_of(&p.a), vec_of(&p.b)) {
+            (Some(a), Some(b)) => a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt(),
+            _ => f64::INFINITY,
+        };
+        if d.is_finite() {
+            let acc = if p.same { &mut same } else { &mut diff };
+            acc.0 += d;
+            acc.1 += 1;
+        }
+        distances.push(d);
+    }
+    let v = k_fold(&distances, &pairs, folds);
+    Ok(VerifyReport {
+        model_id: embedder.model_id(),
+        n_pairs: pairs.len(),
+        n_images: images.len(),
+        rejected: emb.rejected,
+        mean_accuracy: v.mean_accuracy,
+        std_accuracy: v.std_accuracy,
+        folds: v.folds,
+        mean_same_distance: same.0 / same.1.max(1) as f64,
+        mean_different_distance: diff.0 / diff.1.max(1) as f64,
+        seconds: emb.seconds,
+        faces_per_second: images.len() as f64 / emb.seconds.max(1e-9),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

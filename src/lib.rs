@@ -16,6 +16,7 @@ pub mod baselines;
 pub mod bench;
 pub mod clusterer;
 pub mod config;
+pub mod dataset;
 pub mod demo;
 pub mod dlib_format;
 pub mod dlib_resnet;
