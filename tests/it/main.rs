@@ -5,5 +5,6 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod engine_props;
+mod prep;
 mod state;
 mod support;
