@@ -12,11 +12,13 @@
 //! - `message`: input formats and decoding (pure); `pipeline`: the daemon (Kafka in, events out);
 //!   `telemetry`: Prometheus metrics; `mock`: librdkafka's mock cluster; `demo`, `produce`.
 
+pub mod align;
 pub mod baselines;
 pub mod bench;
 pub mod clusterer;
 pub mod config;
 pub mod dataset;
+pub mod decode;
 pub mod demo;
 pub mod dlib_format;
 pub mod dlib_resnet;

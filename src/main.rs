@@ -81,8 +81,15 @@ enum Command {
     /// Without --features it runs on a seeded synthetic data set of 20,000 faces.
     Eval {
         /// learn-to-cluster features: raw little-endian f32 rows, no header.
-        #[arg(long, requires = "labels")]
+        #[arg(long, requires = "labels", conflicts_with = "faces")]
         features: Option<PathBuf>,
+        /// A directory of face images (<identity>/<image>, or an LFW root): embedded with the
+        /// configured embedder first, then clustered and scored (end to end).
+        #[arg(long)]
+        faces: Option<PathBuf>,
+        /// With --faces: keep only the identities listed in this file (LFW people format).
+        #[arg(long, requires = "faces")]
+        people: Option<PathBuf>,
         /// One integer identity label per line, one line per feature row.
         #[arg(long, requires = "features")]
         labels: Option<PathBuf>,
@@ -105,6 +112,42 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         synthetic: usize,
         /// Print exactly one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embeds a directory of face images (<identity>/<image>, or an LFW root) with the configured
+    /// embedder into learn-to-cluster files: --out rows, --labels-out labels, and a names file
+    /// (line i = identity of label i).
+    Embed {
+        #[arg(long)]
+        faces: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        labels_out: PathBuf,
+        /// Names file (default: <labels-out>.names).
+        #[arg(long)]
+        names_out: Option<PathBuf>,
+        /// Keep only the identities listed in this file (LFW people format: "name count" lines),
+        /// e.g. peopleDevTest.txt.
+        #[arg(long)]
+        people: Option<PathBuf>,
+        /// Embed at most this many images (in listing order).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Override embed.chip: aligned | centre.
+        #[arg(long)]
+        chip: Option<String>,
+    },
+    /// The standard LFW verification protocol on pairs.txt: 10 folds, the Euclidean threshold
+    /// chosen on nine and tested on the tenth; mean and standard deviation of the accuracy.
+    Verify {
+        /// LFW root (holding images/ and pairs.txt); default: $CLIP_CLUSTER_LFW or ../shared/data/lfw.
+        #[arg(long)]
+        lfw: Option<PathBuf>,
+        /// Override embed.chip: aligned | centre.
+        #[arg(long)]
+        chip: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -266,6 +309,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval {
             features,
+            faces,
+            people,
             labels,
             dim,
             algorithm,
@@ -279,8 +324,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
                 .collect();
-            let (feats, labs) = match (features, labels) {
-                (Some(f), Some(l)) => {
+            let (feats, labs) = match (features, labels, faces) {
+                (_, _, Some(dir)) => {
+                    let base = Config::load_from(cli.config.as_deref(), &env)?;
+                    let e = embed_dir(&base, &dir, people.as_deref(), None)?;
+                    (e.features, e.labels)
+                }
+                (Some(f), Some(l), None) => {
                     let base = Config::load_from(cli.config.as_deref(), &env)?;
                     let d = dim.unwrap_or(base.model.dim);
                     let feats = read_features(&f, d)?;
@@ -338,6 +388,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report.bcubed.recall,
                     report.bcubed.f,
                     report.nmi,
+                    report.seconds,
+                    report.faces_per_second
+                );
+            }
+            Ok(())
+        }
+        Command::Embed {
+            faces,
+            out,
+            labels_out,
+            names_out,
+            people,
+            limit,
+            chip,
+        } => {
+            let cfg = config_with_chip(cli.config.as_deref(), chip)?;
+            let e = embed_dir(&cfg, &faces, people.as_deref(), limit)?;
+            clip_cluster::features::write_features(&out, &e.features)?;
+            clip_cluster::features::write_labels(&labels_out, &e.labels)?;
+            let names = names_out.unwrap_or_else(|| {
+                let mut p = labels_out.clone().into_os_string();
+                p.push(".names");
+                PathBuf::from(p)
+            });
+            clip_cluster::dataset::write_names(&names, &e.names)?;
+            eprintln!(
+                "wrote {} rows ({}-D) to {}, labels to {}, {} identities to {}; rejected {:?}; {:.1} s, {:.1} faces/s",
+                e.labels.len(),
+                e.features.dim,
+                out.display(),
+                labels_out.display(),
+                e.names.len(),
+                names.display(),
+                e.rejected,
+                e.seconds,
+                e.labels.len() as f64 / e.seconds.max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Verify { lfw, chip, json } => {
+            let cfg = config_with_chip(cli.config.as_deref(), chip)?;
+            let root = clip_cluster::lfw::locate(lfw.as_deref())?;
+            let embedder = clip_cluster::embed::DlibEmbedder::from_config(&cfg)?;
+            let bar = progress_bar(json);
+            let report = clip_cluster::lfw::verify(&root, &embedder, 256, &|i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "LFW pairs ({} pairs, {} images, {}): accuracy {:.2}% +- {:.2}% (10-fold)\n  mean distance same {:.4}, different {:.4}; rejected {:?}\n  embedding {:.1} s, {:.1} faces/s",
+                    report.n_pairs,
+                    report.n_images,
+                    report.model_id,
+                    100.0 * report.mean_accuracy,
+                    100.0 * report.std_accuracy,
+                    report.mean_same_distance,
+                    report.mean_different_distance,
+                    report.rejected,
                     report.seconds,
                     report.faces_per_second
                 );
@@ -419,6 +531,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configuration, with `embed.chip` overridden by a command's --chip.
+fn config_with_chip(
+    file: Option<&std::path::Path>,
+    chip: Option<String>,
+) -> anyhow::Result<Config> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
+        .collect();
+    if let Some(c) = chip {
+        env.push(("CLIP_CLUSTER__EMBED__CHIP".into(), format!("\"{c}\"")));
+    }
+    Ok(Config::load_from(file, &env)?)
+}
+
+fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "  embedding {pos}/{len} faces [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Lists and embeds a labeled face directory with the configured embedder, with a progress bar.
+fn embed_dir(
+    cfg: &Config,
+    dir: &std::path::Path,
+    people: Option<&std::path::Path>,
+    limit: Option<usize>,
+) -> anyhow::Result<clip_cluster::dataset::Embedded> {
+    let only = match people {
+        Some(p) => Some(
+            clip_cluster::lfw::read_people(p)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+        ),
+        None => None,
+    };
+    let mut images = clip_cluster::dataset::list(dir, only.as_deref())?;
+    if let Some(l) = limit {
+        images.truncate(l);
+    }
+    let embedder = clip_cluster::embed::DlibEmbedder::from_config(cfg)?;
+    eprintln!(
+        "embedding {} images with {}",
+        images.len(),
+        clip_cluster::embed::FaceEmbedder::model_id(&embedder)
+    );
+    let bar = progress_bar(false);
+    let e = clip_cluster::dataset::embed(&embedder, &images, 256, &|i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(e)
 }
 
 async fn wait_for_signal() {

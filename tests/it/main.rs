@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod engine_props;
+mod prep;
 mod resnet;
 mod state;
 mod support;
