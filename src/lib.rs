@@ -9,15 +9,19 @@
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
-//! - `message`: input formats and decoding (pure); `pipeline`: the daemon (Kafka in, events out);
+//! - `message`: input formats and decoding (pure); `domain`: clustering domains and the guard for
+//!   a partition without its state (pure); `pipeline`: the daemon (Kafka in, domains, events out);
+//!   `sink`: events and dead letters out; `admin`: /metrics, /healthz, /readyz;
 //!   `telemetry`: Prometheus metrics; `mock`: librdkafka's mock cluster; `demo`, `produce`.
 
+pub mod admin;
 pub mod baselines;
 pub mod bench;
 pub mod clusterer;
 pub mod config;
 pub mod demo;
 pub mod dlib_format;
+pub mod domain;
 pub mod embed;
 pub mod engine;
 pub mod eval;
@@ -29,6 +33,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod produce;
+pub mod sink;
 pub mod store;
 pub mod synth;
 pub mod telemetry;
