@@ -298,12 +298,29 @@ fn two_cluster_workers_share_four_domains() {
             && b.metrics.ready.get() == 1
     });
     publish(&bootstrap, &rest);
+    // A cluster worker consumes embeddings; an image in its input is dead-lettered, whichever
+    // worker holds the partition, and the domain goes on.
+    let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F'];
+    let p = producer(&bootstrap);
+    let rec = rdkafka::producer::BaseRecord::to(FACES)
+        .partition(1)
+        .key("tenant-1")
+        .payload(&jpeg[..])
+        .headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "face_id",
+                value: Some("an-image"),
+            }),
+        );
+    p.send(rec).map_err(|(e, _)| e).unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
     let total = n as u64 * PARTITIONS as u64;
     wait_for(
         "every face applied and delivered",
         Duration::from_secs(180),
         || {
             applied(&[&a.metrics, &b.metrics]) >= total
+                && a.metrics.dead_letters.get() + b.metrics.dead_letters.get() == 1
                 && a.metrics.outbox_depth.get() == 0
                 && b.metrics.outbox_depth.get() == 0
         },
@@ -316,6 +333,17 @@ fn two_cluster_workers_share_four_domains() {
     assert_eq!(sa.applied + sb.applied, total, "each face applied once");
     assert!(sb.applied > 0, "the second worker worked: {sb:?}");
     check_domains(&bootstrap, &state, &faces);
+    let dlq = read_topic(&bootstrap, DLQ, Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(
+        dlq[0]
+            .header("__connect.errors.exception.class.name")
+            .as_deref(),
+        Some("image_unsupported")
+    );
+    let why = dlq[0]
+        .header("__connect.errors.exception.message")
+        .unwrap_or_default();
+    assert!(why.contains("role \"cluster\""), "{why}");
 }
 
 #[test]
