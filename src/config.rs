@@ -156,7 +156,12 @@ pub const FREE_FORM: [&str; 4] = [
 /// Whether `name` can be a domain: a directory name under `store.path`, an event key and a
 /// metric label value. Letters, digits, '.', '_', '-'; not starting with '.'; at most 200 bytes.
 pub fn valid_domain_name(name: &str) -> bool {
+    // A state directory's own entries: a domain directory by such a name would make
+    // `store.path` look like a (single-domain) state directory.
+    let reserved = ["db", "conf", "blobs", "index", "clip-cluster-state.json"];
     !name.is_empty()
+        && !reserved.contains(&name)
+        && !name.starts_with("snap.")
         && name.len() <= 200
         && !name.starts_with('.')
         && name
@@ -424,7 +429,8 @@ impl Config {
                     key: "daemon.domain_names",
                     value,
                     allowed: "names use letters, digits, '.', '_' and '-', do not start with '.', \
-                              and have at most 200 bytes",
+                              have at most 200 bytes, and are not a state directory's own \
+                              entries (db, conf, blobs, index, snap.*, clip-cluster-state.json)",
                 });
             }
             // Another partition's default name, or a name given twice, would put two partitions
@@ -687,6 +693,7 @@ mod tests {
             "[daemon.domain_names]\n\"faces-1\" = \"../a\"\n",
             "[daemon.domain_names]\n\"faces-1\" = \".hidden\"\n",
             "[daemon.domain_names]\n\"faces-1\" = \"a b\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"db\"\n",
             "[daemon.domain_names]\n\"faces-1\" = \"faces-2\"\n",
             "[daemon.domain_names]\n\"faces-1\" = \"a\"\n\"faces-2\" = \"a\"\n",
         ] {
