@@ -28,7 +28,11 @@ pub enum FormatError {
     #[error("bad bool byte 0x{byte:02x} at byte {offset}")]
     BadBool { byte: u8, offset: usize },
     #[error("unknown {what} version {version} at byte {offset}")]
-    Version { what: &'static str, version: i64, offset: usize },
+    Version {
+        what: &'static str,
+        version: i64,
+        offset: usize,
+    },
     #[error("{0}")]
     Layout(String),
 }
@@ -61,7 +65,10 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(FormatError::Eof { offset: self.pos, wanted: n }),
+            None => Err(FormatError::Eof {
+                offset: self.pos,
+                wanted: n,
+            }),
         }
     }
 
@@ -101,7 +108,10 @@ impl<'a> Reader<'a> {
         let offset = self.pos;
         let v = self.int()?;
         if v < 0 || v as u64 > max {
-            return Err(FormatError::IntRange { offset, detail: format!("{what} = {v}, allowed 0..={max}") });
+            return Err(FormatError::IntRange {
+                offset,
+                detail: format!("{what} = {v}, allowed 0..={max}"),
+            });
         }
         Ok(v as usize)
     }
@@ -116,7 +126,12 @@ impl<'a> Reader<'a> {
             32001 => f64::NEG_INFINITY,
             32002 => f64::NAN,
             e if (-2000..=2000).contains(&e) => (m as f64) * 2f64.powi(e as i32),
-            _ => return Err(FormatError::IntRange { offset, detail: format!("float exponent {e}") }),
+            _ => {
+                return Err(FormatError::IntRange {
+                    offset,
+                    detail: format!("float exponent {e}"),
+                })
+            }
         })
     }
 
@@ -142,16 +157,30 @@ impl<'a> Reader<'a> {
         for s in shape.iter_mut() {
             *s = self.count("tensor dimension", 1 << 31)?;
         }
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= 1 << 30).ok_or_else(
-            || FormatError::IntRange { offset, detail: format!("tensor of shape {shape:?} is too large") },
-        )?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= 1 << 30)
+            .ok_or_else(|| FormatError::IntRange {
+                offset,
+                detail: format!("tensor of shape {shape:?} is too large"),
+            })?;
         let values = match version {
-            2 => self.take(n.checked_mul(4).unwrap_or(usize::MAX))?
+            2 => self
+                .take(n.saturating_mul(4))?
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            1 => (0..n).map(|_| self.float().map(|v| v as f32)).collect::<Result<_, _>>()?,
-            v => return Err(FormatError::Version { what: "tensor", version: v, offset }),
+            1 => (0..n)
+                .map(|_| self.float().map(|v| v as f32))
+                .collect::<Result<_, _>>()?,
+            v => {
+                return Err(FormatError::Version {
+                    what: "tensor",
+                    version: v,
+                    offset,
+                })
+            }
         };
         Ok((shape, values))
     }
@@ -161,7 +190,11 @@ impl<'a> Reader<'a> {
         let offset = self.pos;
         let version = self.int()?;
         if version != 1 {
-            return Err(FormatError::Version { what: "alias_tensor", version, offset });
+            return Err(FormatError::Version {
+                what: "alias_tensor",
+                version,
+                offset,
+            });
         }
         let mut shape = [0usize; 4];
         for s in shape.iter_mut() {
@@ -175,11 +208,16 @@ impl<'a> Reader<'a> {
         let offset = self.pos;
         let nr = self.int()?.unsigned_abs();
         let nc = self.int()?.unsigned_abs();
-        let n = nr.checked_mul(nc).filter(|&n| n <= max_len).ok_or_else(|| FormatError::IntRange {
-            offset,
-            detail: format!("matrix {nr}x{nc} exceeds {max_len} values"),
-        })?;
-        let values = (0..n).map(|_| self.float()).collect::<Result<Vec<_>, _>>()?;
+        let n = nr
+            .checked_mul(nc)
+            .filter(|&n| n <= max_len)
+            .ok_or_else(|| FormatError::IntRange {
+                offset,
+                detail: format!("matrix {nr}x{nc} exceeds {max_len} values"),
+            })?;
+        let values = (0..n)
+            .map(|_| self.float())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((nr as usize, nc as usize, values))
     }
 }
@@ -205,13 +243,18 @@ mod tests {
         let mut r = Reader::new(&[0x01, 0x02, b'h', b'i', b'1', b'x']);
         assert_eq!(r.string(10).unwrap(), "hi");
         assert!(r.bool().unwrap());
-        assert!(matches!(r.bool(), Err(FormatError::BadBool { byte: b'x', .. })));
+        assert!(matches!(
+            r.bool(),
+            Err(FormatError::BadBool { byte: b'x', .. })
+        ));
 
         // control byte with a 9-byte length is refused, not read past.
         let mut r = Reader::new(&[0x09, 1, 2, 3]);
         assert!(matches!(r.int(), Err(FormatError::BadInt { .. })));
         // a tensor that claims more data than the file holds
-        let mut r = Reader::new(&[0x01, 0x02, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x10, 0, 0]);
+        let mut r = Reader::new(&[
+            0x01, 0x02, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x10, 0, 0,
+        ]);
         assert!(matches!(r.tensor(), Err(FormatError::Eof { .. })));
     }
 }
