@@ -114,11 +114,28 @@ pub enum Role {
     Embed,
 }
 
+/// How input partitions map to clustering domains.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainMode {
+    /// Every consumed partition feeds one domain whose state is `store.path`.
+    Single,
+    /// Each input partition is its own domain, with its state in `store.path/<domain>/`.
+    PerPartition,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     pub role: Role,
+    pub domains: DomainMode,
+    /// The domain of single mode.
     pub domain: String,
+    /// Per-partition mode: start a fresh domain for a partition that the group has committed
+    /// offsets for but whose state directory is missing, instead of pausing it.
+    pub allow_fresh_domains: bool,
+    /// Per-partition mode: "<topic>-<partition>" -> domain name.
+    pub domain_names: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -159,11 +176,29 @@ pub struct AdminConfig {
 }
 
 /// Tables whose keys are librdkafka properties: passed through, validated by librdkafka.
-pub const FREE_FORM: [&str; 3] = [
+pub const FREE_FORM: [&str; 4] = [
     "kafka.properties",
     "kafka.consumer_properties",
     "kafka.producer_properties",
+    // Not librdkafka properties, but the same shape: partition names to domain names.
+    "daemon.domain_names",
 ];
+
+/// Whether `name` can be a domain: a directory name under `store.path`, an event key and a
+/// metric label value. Letters, digits, '.', '_', '-'; not starting with '.'; at most 200 bytes.
+pub fn valid_domain_name(name: &str) -> bool {
+    // A state directory's own entries: a domain directory by such a name would make
+    // `store.path` look like a (single-domain) state directory.
+    let reserved = ["db", "conf", "blobs", "index", "clip-cluster-state.json"];
+    !name.is_empty()
+        && !reserved.contains(&name)
+        && !name.starts_with("snap.")
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// The resolved configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -381,6 +416,7 @@ impl Config {
                 "must name the clustering domain",
             ));
         }
+        self.validate_domain_names()?;
         let k = &self.kafka;
         if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
             return Err(bad(
@@ -443,6 +479,84 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `text` is "<topic>-<partition>" for one of the input topics.
+    fn input_partition_name(&self, text: &str) -> bool {
+        self.kafka.input_topics.iter().any(|t| {
+            text.strip_prefix(t.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    }
+
+    fn validate_domain_names(&self) -> Result<(), ConfigError> {
+        let names = &self.daemon.domain_names;
+        let mut seen = std::collections::BTreeSet::new();
+        for (from, to) in names {
+            let value = format!("\"{from}\" = \"{to}\"");
+            if !self.input_partition_name(from) {
+                return Err(ConfigError::Invalid {
+                    key: "daemon.domain_names",
+                    value,
+                    allowed:
+                        "keys are \"<input topic>-<partition>\" for a topic of kafka.input_topics",
+                });
+            }
+            if !valid_domain_name(to) {
+                return Err(ConfigError::Invalid {
+                    key: "daemon.domain_names",
+                    value,
+                    allowed: "names use letters, digits, '.', '_' and '-', do not start with '.', \
+                              have at most 200 bytes, and are not a state directory's own \
+                              entries (db, conf, blobs, index, snap.*, clip-cluster-state.json)",
+                });
+            }
+            // Another partition's default name, or a name given twice, would put two partitions
+            // in one state directory.
+            if (to != from && self.input_partition_name(to)) || !seen.insert(to.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "daemon.domain_names",
+                    value,
+                    allowed: "each name must be unique and must not be another partition's \
+                              \"<topic>-<partition>\" name",
+                });
+            }
+        }
+        if self.daemon.domains == DomainMode::PerPartition {
+            for t in &self.kafka.input_topics {
+                if !valid_domain_name(&format!("{t}-0")) {
+                    return Err(ConfigError::Invalid {
+                        key: "kafka.input_topics",
+                        value: t.clone(),
+                        allowed: "in per_partition mode a topic name becomes part of a directory \
+                                  name: letters, digits, '.', '_' and '-', at most 190 bytes",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The clustering domain of an input partition: in single mode `daemon.domain`; in
+    /// per-partition mode "<topic>-<partition>" unless `daemon.domain_names` renames it.
+    pub fn domain_of(&self, topic: &str, partition: i32) -> String {
+        match self.daemon.domains {
+            DomainMode::Single => self.daemon.domain.clone(),
+            DomainMode::PerPartition => {
+                let own = format!("{topic}-{partition}");
+                self.daemon.domain_names.get(&own).cloned().unwrap_or(own)
+            }
+        }
+    }
+
+    /// Where a domain's state lives: `store.path` in single mode, `store.path/<domain>` in
+    /// per-partition mode.
+    pub fn state_dir(&self, domain: &str) -> PathBuf {
+        match self.daemon.domains {
+            DomainMode::Single => self.store.path.clone(),
+            DomainMode::PerPartition => self.store.path.join(domain),
+        }
     }
 
     pub fn engine_params(&self) -> EngineParams {
@@ -628,6 +742,50 @@ mod tests {
         // Outside those tables, names are still checked.
         let p = write(d.path(), "[kafka]\n\"security.protocol\" = \"SASL_SSL\"\n");
         assert!(Config::load_from(Some(&p), &[]).is_err());
+    }
+
+    #[test]
+    fn domains_per_partition_with_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load_from(None, &[]).unwrap();
+        assert_eq!(c.daemon.domains, DomainMode::Single);
+        assert_eq!(c.domain_of("faces", 3), "default");
+        assert_eq!(c.state_dir("default"), c.store.path);
+        let p = write(
+            d.path(),
+            "[daemon]\ndomains = \"per_partition\"\n[daemon.domain_names]\n\"faces-1\" = \"tenant-acme\"\n",
+        );
+        let c = Config::load_from(Some(&p), &[]).unwrap();
+        assert_eq!(c.daemon.domains, DomainMode::PerPartition);
+        assert_eq!(c.domain_of("faces", 3), "faces-3");
+        assert_eq!(c.domain_of("faces", 1), "tenant-acme");
+        assert_eq!(c.state_dir("faces-3"), c.store.path.join("faces-3"));
+        let env = vec![(
+            "CLIP_CLUSTER__DAEMON__DOMAINS".to_string(),
+            "per_partition".to_string(),
+        )];
+        assert!(Config::load_from(None, &env).is_ok());
+        for text in [
+            "[daemon]\ndomains = \"per-topic\"\n",
+            "[daemon.domain_names]\n\"other-1\" = \"a\"\n",
+            "[daemon.domain_names]\n\"faces-x\" = \"a\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"../a\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \".hidden\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"a b\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"db\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"faces-2\"\n",
+            "[daemon.domain_names]\n\"faces-1\" = \"a\"\n\"faces-2\" = \"a\"\n",
+        ] {
+            let p = write(d.path(), text);
+            let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();
+            assert!(e.contains("daemon.domain"), "{text}: {e}");
+        }
+        // A partition may keep its own name explicitly.
+        let p = write(
+            d.path(),
+            "[daemon.domain_names]\n\"faces-1\" = \"faces-1\"\n",
+        );
+        assert!(Config::load_from(Some(&p), &[]).is_ok());
     }
 
     #[test]

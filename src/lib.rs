@@ -9,9 +9,16 @@
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
-//! - `message`: input formats and decoding (pure); `pipeline`: the daemon (Kafka in, events out);
+//! - `message`: input formats and decoding (pure); `domain`: clustering domains and the guard for
+//!   a partition without its state (pure); `pipeline`: the daemon (Kafka in, domains, events out);
+//!   `sink`: events and dead letters out; `admin`: /metrics, /healthz, /readyz;
 //!   `telemetry`: Prometheus metrics; `mock`: librdkafka's mock cluster; `demo`, `produce`.
+//! - `decode` (image bytes -> RGB within limits -> chip), `align` (dlib 5-point landmarks and face
+//!   chip), `dlib_format` (dlib's serialization), `dlib_resnet` (the identity network in candle),
+//!   `embed` (the `FaceEmbedder` seam and the dlib embedder), `dataset` and `lfw` (labeled face
+//!   directories, LFW lists and the verification protocol).
 
+pub mod admin;
 pub mod align;
 pub mod baselines;
 pub mod bench;
@@ -22,6 +29,7 @@ pub mod decode;
 pub mod demo;
 pub mod dlib_format;
 pub mod dlib_resnet;
+pub mod domain;
 pub mod embed;
 pub mod engine;
 pub mod eval;
@@ -34,6 +42,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod produce;
+pub mod sink;
 pub mod store;
 pub mod synth;
 pub mod telemetry;

@@ -22,6 +22,10 @@ use crate::engine::{ChangeSet, CompRecord, Counters, Event, FaceRecord, Restored
 /// database that comes back empty after damage is reported instead of silently started afresh.
 const MARKER: &str = "clip-cluster-state.json";
 
+/// How long `Store::open` waits for sled's lock to clear (a handle closed a moment ago, in this
+/// process or another, e.g. the previous owner of a domain handing it over).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Bumped whenever the key layout or a value encoding changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -29,6 +33,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum StoreError {
     #[error("state directory {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error(
+        "state directory {path}: another process holds this state directory (its lock did not \
+         clear in {waited_ms} ms); stop it or give store.path another directory"
+    )]
+    Locked { path: PathBuf, waited_ms: u64 },
     #[error(
         "state directory {path} is not a clip-cluster state directory ({reason}); \
          give store.path an empty or new directory"
@@ -164,6 +173,12 @@ fn seq_from_key(k: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(k.get(2..6)?.try_into().ok()?))
 }
 
+/// Whether `path` is itself a state directory (a sled database or our marker), as opposed to a
+/// directory that holds other things, e.g. one state directory per domain.
+pub fn is_state_dir(path: &Path) -> bool {
+    ["db", "conf", MARKER].iter().any(|f| path.join(f).exists())
+}
+
 impl Store {
     /// Opens (or creates) the state directory. A directory that holds anything but a clip-cluster
     /// sled database is refused, as is one written by a different fingerprint or schema.
@@ -209,7 +224,7 @@ impl Store {
         // sled's file lock is released by its background threads shortly after the last handle
         // is dropped, so a state closed a moment ago (a restart in the same process) may still be
         // locked: wait a bounded time for it. A lock that stays is another live process.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
             // sled panics on some damaged files rather than returning an error.
             let opened = std::panic::catch_unwind(|| {
@@ -222,11 +237,10 @@ impl Store {
                 Ok(Ok(db)) => break db,
                 Ok(Err(e)) if e.to_string().contains("could not acquire lock") => {
                     if std::time::Instant::now() >= deadline {
-                        return Err(open_err(
-                            "another process holds this state directory (its lock did not \
-                             clear in 10 s); stop it or give store.path another directory"
-                                .into(),
-                        ));
+                        return Err(StoreError::Locked {
+                            path: path.to_path_buf(),
+                            waited_ms: LOCK_WAIT.as_millis() as u64,
+                        });
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }

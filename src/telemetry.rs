@@ -1,10 +1,13 @@
 //! Prometheus metrics of the daemon. One `Metrics` per process (or per test), owning its own
 //! registry, so tests can run daemons side by side. Names follow
-//! `clip_cluster_<name>_<unit>[_total]`; labels are bounded (a fixed set of reasons and types).
+//! `clip_cluster_<name>_<unit>[_total]`; labels are bounded: a fixed set of reasons, types and
+//! kinds, and `domain`, whose values are the domains this process holds. Domains are the input
+//! partitions (per-partition mode) or one name (single mode), so their number is bounded by the
+//! input topics' partition counts; a domain's series are removed when its partition moves away.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the daemon exports. Dashboards and alert rules may use only these (tested).
@@ -42,8 +45,25 @@ pub struct Metrics {
     pub offset_gap_messages: IntCounter,
     /// Kafka client errors seen (they are retried), by kind.
     pub kafka_errors: IntCounterVec,
-    /// 1 once state is loaded and the consumer is running.
+    /// 1 once state is loaded and the consumer is running, and no domain is blocked or split
+    /// (what /readyz answers).
     pub ready: IntGauge,
+    /// Domains whose state this process holds open.
+    pub domains_open: IntGauge,
+    /// Assigned partitions whose domain cannot be served here (state missing while the group
+    /// has committed offsets, state locked or unreadable); they are paused, the others go on.
+    pub domains_blocked: IntGauge,
+    /// Input partitions assigned to this process.
+    pub partitions_assigned: IntGauge,
+    /// Single mode: input partitions assigned to other processes. Above 0, this process's one
+    /// domain is split across processes (each holds part of its faces). 0 in per-partition mode.
+    pub partitions_not_assigned: IntGauge,
+    /// Faces in each open domain's state.
+    pub domain_faces: IntGaugeVec,
+    /// Events in each open domain's outbox, not yet acknowledged downstream.
+    pub domain_outbox_depth: IntGaugeVec,
+    /// 1 while a domain's partition is assigned here but blocked (see `domains_blocked`).
+    pub domain_blocked: IntGaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -74,6 +94,14 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(ns))
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric name");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help).namespace(ns), &[label])
                 .expect("static metric definition is valid");
             registry
                 .register(Box::new(g.clone()))
@@ -148,7 +176,38 @@ impl Metrics {
                 "Kafka client errors (retried), by kind.",
                 "kind",
             ),
-            ready: gauge("ready", "1 once state is loaded and the consumer runs."),
+            ready: gauge(
+                "ready",
+                "1 once state is loaded and the consumer runs, with no domain blocked or split.",
+            ),
+            domains_open: gauge("domains_open", "Domains whose state is open here."),
+            domains_blocked: gauge(
+                "domains_blocked",
+                "Assigned partitions paused because their domain's state is missing, locked or unreadable.",
+            ),
+            partitions_assigned: gauge(
+                "partitions_assigned",
+                "Input partitions assigned to this process.",
+            ),
+            partitions_not_assigned: gauge(
+                "partitions_not_assigned",
+                "Single mode: input partitions assigned elsewhere (the one domain is split when above 0).",
+            ),
+            domain_faces: gauge_vec(
+                "domain_faces",
+                "Faces in each open domain's state.",
+                "domain",
+            ),
+            domain_outbox_depth: gauge_vec(
+                "domain_outbox_depth_events",
+                "Durable events of each open domain not yet acknowledged downstream.",
+                "domain",
+            ),
+            domain_blocked: gauge_vec(
+                "domain_blocked",
+                "1 while the domain's partition is assigned here but blocked.",
+                "domain",
+            ),
             registry,
         }
     }

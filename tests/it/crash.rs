@@ -4,7 +4,6 @@
 //! Then SIGTERM stops it cleanly (exit 0).
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,14 +16,6 @@ use crate::support::*;
 
 const N: usize = 5000;
 const KILLS: usize = 25;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(envs: &[(String, String)], log: &std::path::Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
@@ -40,12 +31,7 @@ fn start(envs: &[(String, String)], log: &std::path::Path) -> Child {
 
 /// A metric's value from the daemon's /metrics, if it answers.
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    let (_, body) = http_get(port, "/metrics")?;
     body.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -38,7 +38,7 @@ const KAFKA_ERROR_KINDS: &[&str] = &["consume", "produce", "delivery", "dead_let
 
 /// Labels the daemon puts on its series, plus the histogram bucket label and the two labels
 /// Prometheus adds at scrape time.
-const ALLOWED_LABELS: &[&str] = &["reason", "type", "kind", "le", "job", "instance"];
+const ALLOWED_LABELS: &[&str] = &["reason", "type", "kind", "domain", "le", "job", "instance"];
 
 const GRAFANA: &str = "dashboards/grafana/clip-cluster.json";
 const ALERTS: &str = "dashboards/prometheus/alerts.yml";
@@ -64,6 +64,9 @@ fn full_metrics() -> Metrics {
     }
     for k in KAFKA_ERROR_KINDS {
         m.kafka_errors.with_label_values(&[k]).inc();
+    }
+    for g in [&m.domain_faces, &m.domain_outbox_depth, &m.domain_blocked] {
+        g.with_label_values(&["faces-0"]).set(1);
     }
     m.batch_duration.observe(0.004);
     m.face_to_event.observe(0.012);

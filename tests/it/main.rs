@@ -4,6 +4,7 @@
 mod crash;
 mod daemon;
 mod dashboards;
+mod domains;
 mod engine_props;
 mod prep;
 mod resnet;

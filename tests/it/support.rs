@@ -77,6 +77,49 @@ pub fn send(p: &BaseProducer, key: &str, payload: &[u8]) {
     }
 }
 
+/// Sends to one partition of the input topic (a domain's partition, as a producer keying by the
+/// domain key would).
+pub fn send_to(p: &BaseProducer, partition: i32, key: &str, payload: &[u8]) {
+    let mut rec = BaseRecord::to(FACES)
+        .partition(partition)
+        .key(key)
+        .payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from the daemon's admin listener: (status code, body), if it answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
 pub fn face_payload(i: usize, v: &[f32]) -> Vec<u8> {
     let meta = FaceMeta {
         source_id: Some("cam".into()),

@@ -1,0 +1,238 @@
+//! The batch path: route messages to their domains, skip what is durable already, decode,
+//! dead-letter, apply per domain on parallel blocking threads, store the offsets.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rdkafka::consumer::Consumer;
+use tracing::{error, warn};
+
+use super::source::Msg;
+use super::{Daemon, PartitionKey, PipelineError, Slot};
+use crate::config::Role;
+use crate::engine::{normalize, EngineError, Event, FaceMeta};
+use crate::message::{decode, Payload, Reason, Rejection};
+use crate::sink::DeadLetter;
+
+pub(super) fn position_key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("pos:{topic}:{partition}").into_bytes()
+}
+
+pub(super) fn engine_reason(e: &EngineError) -> Reason {
+    match e {
+        EngineError::WrongDimension { .. } => Reason::WrongDimension,
+        EngineError::NotFinite { .. } => Reason::NotFinite,
+        EngineError::ZeroVector { .. } => Reason::ZeroVector,
+        EngineError::EmptyId { .. } => Reason::MissingFaceId,
+        EngineError::Full(_) => Reason::TooLarge,
+    }
+}
+
+impl Daemon {
+    /// Routes a batch to its domains, dead-letters what cannot be decoded, applies the rest per
+    /// domain, and stores the offsets that are now durable.
+    pub(super) async fn process(
+        &mut self,
+        batch: Vec<Msg>,
+        started: Instant,
+    ) -> Result<(), PipelineError> {
+        let mut groups: Vec<(String, Vec<Msg>)> = Vec::new();
+        let per_partition = self.per_partition();
+        for m in batch {
+            let name = if per_partition {
+                match self.slots.get_mut(&(m.topic.clone(), m.partition)) {
+                    Some(Slot::Open(name)) => name.clone(),
+                    Some(Slot::Opening { buffer, .. })
+                    | Some(Slot::Blocked {
+                        retry_at: Some(_),
+                        buffer,
+                        ..
+                    }) => {
+                        buffer.push(m);
+                        continue;
+                    }
+                    // Blocked for good, or revoked: not ours to apply. The offset is never
+                    // stored, so the partition's next owner reads the message again.
+                    _ => continue,
+                }
+            } else {
+                self.cfg.daemon.domain.clone()
+            };
+            match groups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((name, vec![m])),
+            }
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+
+        // Decode; remember where each partition's batch ends.
+        let role = self.cfg.daemon.role;
+        let dim = self.cfg.model.dim;
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut work = Vec::with_capacity(groups.len());
+        for (name, msgs) in groups {
+            let Some(dom) = self.domains.get_mut(&name) else {
+                // A routed domain is open by construction (slot Open, or the single domain).
+                error!(domain = %name, "message routed to a domain that is not open; skipped");
+                continue;
+            };
+            let mut good: Vec<(String, Vec<f32>, FaceMeta)> = Vec::new();
+            let mut ends: HashMap<PartitionKey, i64> = HashMap::new();
+            for m in msgs {
+                let key = (m.topic.clone(), m.partition);
+                let durable = match dom.positions.get(&key) {
+                    Some(p) => *p,
+                    None => {
+                        let p = dom
+                            .store
+                            .position(&position_key(&key.0, key.1))?
+                            .and_then(|v| v.as_slice().try_into().ok().map(i64::from_le_bytes))
+                            .unwrap_or(-1);
+                        dom.positions.insert(key.clone(), p);
+                        p
+                    }
+                };
+                let expected = ends.get(&key).copied().unwrap_or(durable);
+                if expected >= 0 && m.offset > expected {
+                    // Offsets of an idempotent, non-transactional producer have no holes: these
+                    // messages were deleted (retention) before we read them.
+                    let lost = (m.offset - expected) as u64;
+                    self.metrics.offset_gap_messages.inc_by(lost);
+                    error!(topic = %key.0, partition = key.1, from = expected, to = m.offset, lost, "messages missing from the input: deleted before they were consumed?");
+                }
+                let end = ends.entry(key).or_insert(m.offset + 1);
+                *end = (*end).max(m.offset + 1);
+                if m.offset < durable {
+                    // Processed before a restart: the durable state already has it.
+                    self.summary.duplicates += 1;
+                    self.metrics.faces_duplicate.inc();
+                    continue;
+                }
+                let decoded = decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &self.limits)
+                    .and_then(|f| match f.payload {
+                        // Validated here so that a bad vector is dead-lettered before the
+                        // commit; the engine normalizes the original (normalizing twice would
+                        // shift the last bits).
+                        Payload::Embedding(v) => normalize(&f.face_id, &v, dim)
+                            .map(|_| (f.face_id, v, f.meta))
+                            .map_err(|e| Rejection {
+                                reason: engine_reason(&e),
+                                message: e.to_string(),
+                            }),
+                        Payload::Image(_) => Err(Rejection {
+                            reason: Reason::ImageUnsupported,
+                            message: match role {
+                                Role::Cluster => "role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")".into(),
+                                _ => "image messages need the face embedder, which this build does not have yet; send embeddings".into(),
+                            },
+                        }),
+                    });
+                match decoded {
+                    Ok(f) => good.push(f),
+                    Err(rejection) => dead.push(DeadLetter {
+                        key: m.key,
+                        payload: m.payload,
+                        headers: m.headers,
+                        topic: m.topic,
+                        partition: m.partition,
+                        offset: m.offset,
+                        rejection,
+                    }),
+                }
+            }
+            work.push((name, good, ends));
+        }
+
+        // Dead letters first: once the positions are durable these messages are never read again.
+        crate::sink::send_dead_letters(&self.producer, &self.cfg, &self.metrics, &dead).await;
+        self.summary.dead_letters += dead.len() as u64;
+
+        // Apply: one blocking thread per domain, all at once.
+        let now = Instant::now();
+        let mut tasks = Vec::with_capacity(work.len());
+        for (name, good, ends) in work {
+            let Some(dom) = self.domains.get_mut(&name) else {
+                continue;
+            };
+            {
+                let mut map = dom.consumed_at.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, _, _) in &good {
+                    map.insert(id.clone(), now);
+                }
+            }
+            let pos: Vec<(Vec<u8>, Vec<u8>)> = ends
+                .iter()
+                .map(|((t, p), o)| (position_key(t, *p), o.to_le_bytes().to_vec()))
+                .collect();
+            let Some(mut clusterer) = dom.clusterer.take() else {
+                continue;
+            };
+            let task = tokio::task::spawn_blocking(move || {
+                let faces: Vec<(&str, &[f32], &FaceMeta)> = good
+                    .iter()
+                    .map(|(id, v, m)| (id.as_str(), v.as_slice(), m))
+                    .collect();
+                let r = clusterer.apply_with_meta(&faces, &pos);
+                (clusterer, r)
+            });
+            tasks.push((name, ends, task));
+        }
+        let mut done = Vec::with_capacity(tasks.len());
+        for (name, ends, task) in tasks {
+            let (clusterer, result) = task.await.map_err(|e| PipelineError::Join(e.to_string()))?;
+            if let Some(dom) = self.domains.get_mut(&name) {
+                dom.clusterer = Some(clusterer);
+            }
+            done.push((name, ends, result));
+        }
+        for (name, ends, result) in done {
+            let result = result?;
+            let Some(dom) = self.domains.get_mut(&name) else {
+                continue;
+            };
+            for (k, o) in &ends {
+                dom.positions.insert(k.clone(), *o);
+            }
+            // Durable: now Kafka may commit past these messages.
+            for ((t, p), o) in &ends {
+                if let Err(e) = self.consumer.store_offset(t, *p, o - 1) {
+                    self.metrics
+                        .kafka_errors
+                        .with_label_values(&["commit"])
+                        .inc();
+                    warn!(error = %e, topic = %t, partition = p, "cannot store offset (partition revoked?); the durable position covers it");
+                }
+            }
+            self.summary.applied += result.applied as u64;
+            self.summary.duplicates += result.duplicates as u64;
+            self.metrics.faces_applied.inc_by(result.applied as u64);
+            self.metrics
+                .faces_duplicate
+                .inc_by(result.duplicates as u64);
+            for e in &result.events {
+                match e {
+                    Event::ClustersMerged { .. } => self.metrics.merges.inc(),
+                    Event::ClusterSplit { .. } => self.metrics.splits.inc(),
+                    _ => {}
+                }
+            }
+            dom.outbox.add(result.events.len() as i64);
+            self.metrics.outbox_depth.add(result.events.len() as i64);
+            if let Some(c) = &dom.clusterer {
+                dom.faces.set(c.engine().n_faces() as i64);
+            }
+            dom.notify.notify_one();
+            if !result.rejected.is_empty() {
+                // Decoding validated every vector; the engine refusing one is a bug worth hearing about.
+                error!(domain = %name, n = result.rejected.len(), "engine rejected validated faces");
+            }
+        }
+        self.refresh_totals();
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

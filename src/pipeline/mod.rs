@@ -1,0 +1,341 @@
+//! The daemon: wires the Kafka source, the clustering domains, decoding, the durable clusterers,
+//! the dead-letter and event sinks, the admin endpoints and shutdown. The only place that spawns
+//! tasks.
+//!
+//! Per batch, in this order (what makes a crash lose nothing and double-count nothing):
+//! 1. consume up to `source.max_batch` messages (waiting at most `max_batch_wait_ms` after the first);
+//! 2. route each message to its domain (single mode: the one domain; per-partition mode: its
+//!    partition's);
+//! 3. skip messages below the durable position of their partition (already processed before a crash);
+//! 4. decode and validate; bad messages go to the dead-letter topic, and we wait for its acks;
+//! 5. apply each domain's good faces and commit its state + outbox + partition positions to sled
+//!    (fsync), on a blocking thread per domain;
+//! 6. only then store the offsets for Kafka's commit.
+//!
+//! Domains in per-partition mode (rules in `domain`): the consumer's rebalance callback records
+//! assigned and revoked partitions, and the loop acts on them between batches. An assigned
+//! partition is paused while its domain opens on a blocking thread (messages already fetched
+//! wait in a buffer), the guard runs (no state but committed offsets: the partition stays
+//! paused and is reported), and the partition resumes once its domain is open. A revoked
+//! partition's domain closes: its drainer finishes the round in flight and the state is released
+//! for the next owner, whose open waits for sled's lock. Messages of a revoked partition still in
+//! a batch are dropped: their offsets were never stored, so the next owner reads them again.
+//!
+//! Each open domain has an outbox drainer (`sink`) that sends its events keyed by the domain with
+//! an idempotent producer (acks=all) and removes an entry only after the broker acknowledged it.
+//! Delivery is at-least-once; event ids de-duplicate.
+//!
+//! Files: `mod.rs` the loop, its state and shutdown; `source` the consumer and its rebalance
+//! callback; `domains` opening, blocking and closing domains; `batch` the batch path.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::{watch, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, warn};
+
+use crate::admin::Health;
+use crate::clusterer::{Clusterer, ClustererError};
+use crate::config::{Config, DomainMode, Role};
+use crate::domain::Blocked;
+use crate::message::{Limits, Reason};
+use crate::sink::DrainMode;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+mod batch;
+mod domains;
+mod source;
+
+pub use crate::sink::{producer, queue_send, wire_event, EVENT_SCHEMA_VERSION, EVENT_TYPES};
+use source::{consumer, Msg, Rebalances};
+pub use source::{headers_of, SourceContext};
+
+/// How long a retriable block (state locked, committed offset unreadable) waits between tries.
+const RETRY_BLOCKED: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    State(#[from] ClustererError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("admin listener on {addr}: {reason}")]
+    Admin { addr: String, reason: String },
+    #[error("role \"embed\" needs the face embedder, which this build does not have yet; use role \"all\" or \"cluster\" with embedding messages")]
+    EmbedRole,
+    #[error("{0}")]
+    Layout(String),
+    #[error("a worker thread failed: {0}")]
+    Join(String),
+}
+
+/// What a finished run did (the demo's summary reads it).
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub consumed: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    pub events: u64,
+    pub outbox_left: u64,
+}
+
+/// An input partition: (topic, partition).
+type PartitionKey = (String, i32);
+
+/// One open domain: its clusterer (state + index) and its outbox drainer.
+struct Domain {
+    /// `None` only while a batch is applied on a blocking thread.
+    clusterer: Option<Clusterer>,
+    store: Store,
+    /// Next offset to read per partition, as durable in this domain's state (a cache of
+    /// `x:pos:*`, read on a partition's first message).
+    positions: HashMap<PartitionKey, i64>,
+    consumed_at: Arc<Mutex<HashMap<String, Instant>>>,
+    notify: Arc<Notify>,
+    drain_mode: watch::Sender<DrainMode>,
+    drainer: JoinHandle<Result<(), StoreError>>,
+    faces: IntGauge,
+    outbox: IntGauge,
+}
+
+/// Where an assigned partition stands (per-partition mode).
+enum Slot {
+    /// Its domain opens on a blocking thread; the partition is paused and what was already
+    /// fetched waits in `buffer`. `was_blocked`: this is a retry.
+    Opening {
+        attempt: u64,
+        buffer: Vec<Msg>,
+        was_blocked: bool,
+    },
+    /// Its domain (named) is open.
+    Open(String),
+    /// Paused and reported; retried at `retry_at` when that can help (keeping `buffer`).
+    Blocked {
+        domain: String,
+        retry_at: Option<Instant>,
+        buffer: Vec<Msg>,
+    },
+}
+
+type OpenResult = (PartitionKey, u64, Result<Clusterer, Blocked>);
+
+/// The running daemon's state, owned by its loop.
+struct Daemon {
+    cfg: Config,
+    metrics: Metrics,
+    health: Arc<Health>,
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    rebalances: Arc<Rebalances>,
+    limits: Limits,
+    /// Open domains by name.
+    domains: BTreeMap<String, Domain>,
+    /// Per-partition mode: every assigned input partition's slot.
+    slots: BTreeMap<PartitionKey, Slot>,
+    assigned: BTreeSet<PartitionKey>,
+    opens: JoinSet<OpenResult>,
+    next_attempt: u64,
+    /// Drainers of domains closed by a revocation, finishing their round.
+    closing: Vec<JoinHandle<Result<(), StoreError>>>,
+    summary: RunSummary,
+}
+
+impl Daemon {
+    fn per_partition(&self) -> bool {
+        self.cfg.daemon.domains == DomainMode::PerPartition
+    }
+}
+
+/// What woke the loop.
+enum Wake<'a> {
+    Stop,
+    Rebalance,
+    Opened(Box<Result<OpenResult, tokio::task::JoinError>>),
+    Retry,
+    Message(Result<BorrowedMessage<'a>, rdkafka::error::KafkaError>),
+}
+
+/// Runs the daemon until `stop` turns true. Returns when the last batch is durable, offsets are
+/// committed and the outboxes are drained (or their bound passed).
+pub async fn run(
+    cfg: Config,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<RunSummary, PipelineError> {
+    if cfg.daemon.role == Role::Embed {
+        return Err(PipelineError::EmbedRole);
+    }
+    if cfg.daemon.domains == DomainMode::PerPartition {
+        crate::domain::check_root(&cfg.store.path).map_err(PipelineError::Layout)?;
+    }
+    for r in Reason::ALL {
+        metrics.faces_rejected.with_label_values(&[r.class()]);
+    }
+    for t in EVENT_TYPES {
+        metrics.events_emitted.with_label_values(&[t]);
+    }
+    for k in ["consume", "produce", "delivery", "dead_letter", "commit"] {
+        metrics.kafka_errors.with_label_values(&[k]);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+        .await
+        .map_err(|e| PipelineError::Admin {
+            addr: cfg.admin.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| cfg.admin.listen.clone());
+    info!(addr = %bound, "admin endpoints: /metrics /healthz /readyz");
+    let health = Arc::new(Health::new(metrics.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+
+    let producer = producer(&cfg)?;
+    let rebalances = Arc::new(Rebalances::default());
+    let consumer = Arc::new(consumer(&cfg, &metrics, rebalances.clone())?);
+    let mut d = Daemon {
+        limits: Limits {
+            max_message_bytes: cfg.source.max_message_bytes,
+            dim: cfg.model.dim,
+        },
+        cfg: cfg.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        producer: producer.clone(),
+        consumer: consumer.clone(),
+        rebalances: rebalances.clone(),
+        domains: BTreeMap::new(),
+        slots: BTreeMap::new(),
+        assigned: BTreeSet::new(),
+        opens: JoinSet::new(),
+        next_attempt: 0,
+        closing: Vec::new(),
+        summary: RunSummary::default(),
+    };
+    if cfg.daemon.domains == DomainMode::Single {
+        // The one domain opens before consuming; a state that cannot open stops the daemon.
+        let open_cfg = cfg.clone();
+        let clusterer = tokio::task::spawn_blocking(move || Clusterer::open(&open_cfg))
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))??;
+        d.add_domain(cfg.daemon.domain.clone(), clusterer);
+        d.refresh_totals();
+    }
+    let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    info!(topics = ?topics, group = %cfg.kafka.group_id, domains = ?cfg.daemon.domains, faces = metrics.index_faces.get(), "consuming");
+    health.set_started(true);
+
+    let mut stop_rx = stop.clone();
+    let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
+    loop {
+        d.handle_changes().await;
+        d.retry_due();
+        let retry_at = d.next_retry();
+        let wake = tokio::select! {
+            biased;
+            _ = stop_rx.wait_for(|s| *s) => Wake::Stop,
+            _ = rebalances.notify.notified() => Wake::Rebalance,
+            Some(r) = d.opens.join_next(), if !d.opens.is_empty() => Wake::Opened(Box::new(r)),
+            _ = tokio::time::sleep_until(
+                retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
+            ), if retry_at.is_some() => Wake::Retry,
+            m = consumer.recv() => Wake::Message(m),
+        };
+        let first = match wake {
+            Wake::Stop => break,
+            Wake::Rebalance | Wake::Retry => continue,
+            Wake::Opened(r) => {
+                let r = (*r).map_err(|e| PipelineError::Join(e.to_string()))?;
+                d.finish_open(r).await?;
+                continue;
+            }
+            Wake::Message(m) => m,
+        };
+        // First message of a batch: collect more for up to `max_batch_wait_ms`.
+        let started = Instant::now();
+        let mut batch: Vec<Msg> = Vec::with_capacity(cfg.source.max_batch);
+        match first {
+            Ok(m) => batch.push(Msg::of(&m)),
+            Err(e) => {
+                metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                warn!(error = %e, "consumer error (retried by librdkafka)");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let until = started + wait;
+        while batch.len() < cfg.source.max_batch {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Msg::of(&m)),
+                Ok(Err(e)) => {
+                    metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                    warn!(error = %e, "consumer error (retried by librdkafka)");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        d.summary.consumed += batch.len() as u64;
+        metrics.faces_consumed.inc_by(batch.len() as u64);
+        // Partitions assigned or revoked while the batch was collected: act first, so that no
+        // message is applied to a domain this process no longer owns.
+        d.handle_changes().await;
+        d.process(batch, started).await?;
+    }
+
+    info!("stopping: committing offsets and draining the outbox");
+    health.set_started(false);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing new to commit: the auto-commit already covered it.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        // The durable positions cover any gap, so this is not worth failing shutdown for.
+        Err(e) => warn!(error = %e, "final offset commit"),
+    }
+    // Opens in flight hold the consumer (and maybe a state): let them finish, unused.
+    while d.opens.join_next().await.is_some() {}
+    for dom in d.domains.values() {
+        let _ = dom.drain_mode.send(DrainMode::Shutdown);
+    }
+    let domains = std::mem::take(&mut d.domains);
+    let mut outbox_left = 0u64;
+    for (_, dom) in domains {
+        dom.drainer
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))??;
+        outbox_left += dom.store.outbox_len() as u64;
+        // The state closes here, before the consumer leaves the group: the next owner of these
+        // partitions finds it released.
+    }
+    for h in std::mem::take(&mut d.closing) {
+        h.await.map_err(|e| PipelineError::Join(e.to_string()))??;
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    let _ = admin.await;
+    let mut summary = std::mem::take(&mut d.summary);
+    summary.events = metrics.events_total();
+    summary.outbox_left = outbox_left;
+    drop(d);
+    drop(consumer);
+    Ok(summary)
+}
