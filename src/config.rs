@@ -68,6 +68,7 @@ pub enum Precision {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedConfig {
+    pub enabled: bool,
     pub model_path: PathBuf,
     pub landmarks_path: PathBuf,
     pub device: String,
@@ -146,6 +147,7 @@ pub struct KafkaConfig {
     pub group_instance_id: String,
     pub input_topics: Vec<String>,
     pub events_topic: String,
+    pub embeddings_topic: String,
     pub dead_letter_topic: String,
     /// Free-form librdkafka properties (see `FREE_FORM`).
     pub properties: BTreeMap<String, String>,

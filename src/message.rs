@@ -6,7 +6,8 @@
 //! (b) a JSON envelope `{face_id, source_id, image_id, ts, image_b64 | embedding}`.
 //!
 //! The face id comes from the envelope or the `face_id` header, else from the message key.
-//! Image payloads are recognized and rejected with `image_unsupported` until the embedder exists.
+//! Image payloads are recognized here and embedded by the pipeline (role all / embed); a role
+//! without an embedder rejects them with `image_unsupported`.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -51,11 +52,14 @@ pub enum Reason {
     ZeroVector,
     BadHeader,
     ImageUnsupported,
+    ImageDecode,
+    ImageTooLarge,
+    ImageUnusable,
     Duplicate,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 17] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::UnknownFormat,
@@ -69,6 +73,9 @@ impl Reason {
         Reason::ZeroVector,
         Reason::BadHeader,
         Reason::ImageUnsupported,
+        Reason::ImageDecode,
+        Reason::ImageTooLarge,
+        Reason::ImageUnusable,
         Reason::Duplicate,
     ];
 
@@ -87,7 +94,21 @@ impl Reason {
             Reason::ZeroVector => "zero_vector",
             Reason::BadHeader => "bad_header",
             Reason::ImageUnsupported => "image_unsupported",
+            Reason::ImageDecode => "image_decode",
+            Reason::ImageTooLarge => "image_too_large",
+            Reason::ImageUnusable => "image_unusable",
             Reason::Duplicate => "duplicate_in_batch",
+        }
+    }
+}
+
+impl From<&crate::embed::EmbedError> for Reason {
+    fn from(e: &crate::embed::EmbedError) -> Self {
+        use crate::embed::EmbedError;
+        match e {
+            EmbedError::Decode(_) => Reason::ImageDecode,
+            EmbedError::TooLarge(_) => Reason::ImageTooLarge,
+            EmbedError::Unusable(_) | EmbedError::Model(_) => Reason::ImageUnusable,
         }
     }
 }

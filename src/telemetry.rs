@@ -20,6 +20,10 @@ pub struct Metrics {
     pub faces_applied: IntCounter,
     /// Faces whose id was already applied (redeliveries); nothing changed.
     pub faces_duplicate: IntCounter,
+    /// Image messages turned into identity vectors by this process's embedder.
+    pub faces_embedded: IntCounter,
+    /// Time to embed one batch's images (decode, chip, network), in seconds.
+    pub embed_duration: Histogram,
     /// Messages rejected, by reason (each also goes to the dead-letter topic).
     pub faces_rejected: IntCounterVec,
     /// Messages written to the dead-letter topic.
@@ -132,6 +136,14 @@ impl Metrics {
             faces_duplicate: counter(
                 "faces_duplicate_total",
                 "Faces whose id was already applied (redeliveries); no change.",
+            ),
+            faces_embedded: counter(
+                "faces_embedded_total",
+                "Image messages embedded into identity vectors by this process.",
+            ),
+            embed_duration: histogram(
+                "embed_batch_duration_seconds",
+                "Time to embed one batch's images (decode, chip, network).",
             ),
             faces_rejected: counter_vec(
                 "faces_rejected_total",

@@ -28,7 +28,92 @@ pub(super) fn engine_reason(e: &EngineError) -> Reason {
     }
 }
 
+/// A decoded message: a vector to apply, or an image to embed first.
+enum Decoded {
+    Vector(String, Vec<f32>, FaceMeta),
+    Image(String, Vec<u8>, FaceMeta),
+}
+
+/// The dead letter an image becomes if it fails to embed (its rejection is filled in then).
+struct PendingLetter(DeadLetter);
+
+type Work = (
+    String,
+    Vec<(String, Vec<f32>, FaceMeta)>,
+    HashMap<PartitionKey, i64>,
+);
+
 impl Daemon {
+    /// Embeds the batch's images on a blocking thread and puts each vector in its slot; images
+    /// that fail go to `dead` and leave their slot (the face is not applied). A model failure (a
+    /// device error) stops the daemon: nothing of the batch is durable, so a restart redoes it.
+    async fn embed_images(
+        &self,
+        images: Vec<(usize, usize, Vec<u8>, PendingLetter)>,
+        work: &mut [Work],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<(), PipelineError> {
+        let Some(embedder) = self.embedder.clone() else {
+            return Ok(());
+        };
+        let (bytes, rest): (Vec<Vec<u8>>, Vec<(usize, usize, PendingLetter)>) = images
+            .into_iter()
+            .map(|(w, g, b, l)| (b, (w, g, l)))
+            .unzip();
+        let started = Instant::now();
+        let results = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            embedder.embed_encoded(&refs)
+        })
+        .await
+        .map_err(|e| PipelineError::Join(e.to_string()))?;
+        self.metrics
+            .embed_duration
+            .observe(started.elapsed().as_secs_f64());
+        let dim = self.cfg.model.dim;
+        let mut failed: Vec<(usize, usize)> = Vec::new();
+        for ((w, g, letter), r) in rest.into_iter().zip(results) {
+            let slot = &mut work[w].1[g];
+            let checked = r.map_err(|e| {
+                if let crate::embed::EmbedError::Model(m) = &e {
+                    return Err(PipelineError::Embed(m.clone()));
+                }
+                Ok(Rejection {
+                    reason: Reason::from(&e),
+                    message: e.to_string(),
+                })
+            });
+            let checked = match checked {
+                Ok(v) => normalize(&slot.0, &v, dim).map(|_| v).map_err(|e| {
+                    Ok(Rejection {
+                        reason: engine_reason(&e),
+                        message: e.to_string(),
+                    })
+                }),
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(v) => {
+                    self.metrics.faces_embedded.inc();
+                    slot.1 = v;
+                }
+                Err(Err(fatal)) => return Err(fatal),
+                Err(Ok(rejection)) => {
+                    let mut d = letter.0;
+                    d.rejection = rejection;
+                    dead.push(d);
+                    failed.push((w, g));
+                }
+            }
+        }
+        // Drop the failed slots, highest first so the indices stay valid.
+        failed.sort_unstable_by(|a, b| b.cmp(a));
+        for (w, g) in failed {
+            work[w].1.remove(g);
+        }
+        Ok(())
+    }
+
     /// Routes a batch to its domains, dead-letters what cannot be decoded, applies the rest per
     /// domain, and stores the offsets that are now durable.
     pub(super) async fn process(
@@ -72,6 +157,8 @@ impl Daemon {
         let dim = self.cfg.model.dim;
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut work = Vec::with_capacity(groups.len());
+        // (work index, slot in its `good`, encoded image, the message for a dead letter)
+        let mut images: Vec<(usize, usize, Vec<u8>, PendingLetter)> = Vec::new();
         for (name, msgs) in groups {
             let Some(dom) = self.domains.get_mut(&name) else {
                 // A routed domain is open by construction (slot Open, or the single domain).
@@ -116,33 +203,56 @@ impl Daemon {
                         // commit; the engine normalizes the original (normalizing twice would
                         // shift the last bits).
                         Payload::Embedding(v) => normalize(&f.face_id, &v, dim)
-                            .map(|_| (f.face_id, v, f.meta))
+                            .map(|_| Decoded::Vector(f.face_id, v, f.meta))
                             .map_err(|e| Rejection {
                                 reason: engine_reason(&e),
                                 message: e.to_string(),
                             }),
+                        Payload::Image(bytes) if self.embedder.is_some() => {
+                            Ok(Decoded::Image(f.face_id, bytes, f.meta))
+                        }
                         Payload::Image(_) => Err(Rejection {
                             reason: Reason::ImageUnsupported,
                             message: match role {
                                 Role::Cluster => "role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")".into(),
-                                _ => "image messages need the face embedder, which this build does not have yet; send embeddings".into(),
+                                _ => "image messages need the face embedder, which is disabled here (embed.enabled = false); send embeddings".into(),
                             },
                         }),
                     });
+                let letter = |m: Msg, rejection| DeadLetter {
+                    key: m.key,
+                    payload: m.payload,
+                    headers: m.headers,
+                    topic: m.topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                    rejection,
+                };
                 match decoded {
-                    Ok(f) => good.push(f),
-                    Err(rejection) => dead.push(DeadLetter {
-                        key: m.key,
-                        payload: m.payload,
-                        headers: m.headers,
-                        topic: m.topic,
-                        partition: m.partition,
-                        offset: m.offset,
-                        rejection,
-                    }),
+                    Ok(Decoded::Vector(id, v, meta)) => good.push((id, v, meta)),
+                    Ok(Decoded::Image(id, bytes, meta)) => {
+                        // Embedded below, all images of the batch at once; the slot keeps the
+                        // face's place in the stream order.
+                        let placeholder = Rejection {
+                            reason: Reason::ImageUnusable,
+                            message: String::new(),
+                        };
+                        images.push((
+                            work.len(),
+                            good.len(),
+                            bytes,
+                            PendingLetter(letter(m, placeholder)),
+                        ));
+                        good.push((id, Vec::new(), meta));
+                    }
+                    Err(rejection) => dead.push(letter(m, rejection)),
                 }
             }
             work.push((name, good, ends));
+        }
+
+        if !images.is_empty() {
+            self.embed_images(images, &mut work, &mut dead).await?;
         }
 
         // Dead letters first: once the positions are durable these messages are never read again.

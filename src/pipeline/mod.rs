@@ -51,6 +51,7 @@ use crate::telemetry::Metrics;
 
 mod batch;
 mod domains;
+mod embed_worker;
 mod source;
 
 pub use crate::sink::{producer, queue_send, wire_event, EVENT_SCHEMA_VERSION, EVENT_TYPES};
@@ -70,8 +71,14 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("admin listener on {addr}: {reason}")]
     Admin { addr: String, reason: String },
-    #[error("role \"embed\" needs the face embedder, which this build does not have yet; use role \"all\" or \"cluster\" with embedding messages")]
-    EmbedRole,
+    #[error("the face embedder cannot start: {0}")]
+    EmbedSetup(#[from] crate::embed::EmbedSetupError),
+    #[error("model.dim = {config} but the embedder makes {embedder}-D vectors; set model.dim = {embedder} or embed.enabled = false")]
+    EmbedDim { config: usize, embedder: usize },
+    #[error(
+        "the face embedder failed on a batch (nothing of it is durable; a restart redoes it): {0}"
+    )]
+    Embed(String),
     #[error("{0}")]
     Layout(String),
     #[error("a worker thread failed: {0}")]
@@ -138,6 +145,8 @@ struct Daemon {
     consumer: Arc<StreamConsumer<SourceContext>>,
     rebalances: Arc<Rebalances>,
     limits: Limits,
+    /// Turns image messages into vectors (role all with embed.enabled); None: images are rejected.
+    embedder: Option<Arc<dyn crate::embed::FaceEmbedder>>,
     /// Open domains by name.
     domains: BTreeMap<String, Domain>,
     /// Per-partition mode: every assigned input partition's slot.
@@ -165,6 +174,29 @@ enum Wake<'a> {
     Message(Result<BorrowedMessage<'a>, rdkafka::error::KafkaError>),
 }
 
+/// The embedder for image messages: loaded (on a blocking thread) when this role embeds and
+/// `embed.enabled`; its dimension must be `model.dim`.
+async fn load_embedder(
+    cfg: &Config,
+) -> Result<Option<Arc<dyn crate::embed::FaceEmbedder>>, PipelineError> {
+    if cfg.daemon.role == Role::Cluster || !cfg.embed.enabled {
+        return Ok(None);
+    }
+    let c = cfg.clone();
+    let e = tokio::task::spawn_blocking(move || crate::embed::DlibEmbedder::from_config(&c))
+        .await
+        .map_err(|e| PipelineError::Join(e.to_string()))??;
+    let dim = crate::embed::FaceEmbedder::dim(&e);
+    if dim != cfg.model.dim {
+        return Err(PipelineError::EmbedDim {
+            config: cfg.model.dim,
+            embedder: dim,
+        });
+    }
+    info!(model = %crate::embed::FaceEmbedder::model_id(&e), device = %cfg.embed.device, "face embedder loaded");
+    Ok(Some(Arc::new(e)))
+}
+
 /// Runs the daemon until `stop` turns true. Returns when the last batch is durable, offsets are
 /// committed and the outboxes are drained (or their bound passed).
 pub async fn run(
@@ -173,8 +205,9 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<RunSummary, PipelineError> {
     if cfg.daemon.role == Role::Embed {
-        return Err(PipelineError::EmbedRole);
+        return embed_worker::run(cfg, metrics, stop).await;
     }
+    let embedder = load_embedder(&cfg).await?;
     if cfg.daemon.domains == DomainMode::PerPartition {
         crate::domain::check_root(&cfg.store.path).map_err(PipelineError::Layout)?;
     }
@@ -220,6 +253,7 @@ pub async fn run(
         producer: producer.clone(),
         consumer: consumer.clone(),
         rebalances: rebalances.clone(),
+        embedder,
         domains: BTreeMap::new(),
         slots: BTreeMap::new(),
         assigned: BTreeSet::new(),

@@ -187,46 +187,190 @@ fn a_broker_outage_is_ridden_through() {
     );
 }
 
-#[test]
-fn image_messages_are_dead_lettered_until_the_embedder_exists() {
-    let dim = 16;
-    let kafka = mock(1);
-    let faces = tempfile::tempdir().unwrap();
-    let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F'];
-    let png = *b"\x89PNG\r\n\x1a\n\x00\x00";
-    for (person, file, bytes) in [
-        ("alice", "alice_1.jpg", &jpeg[..]),
-        ("alice", "alice_2.jpg", &jpeg[..]),
-        ("bob", "bob_1.png", &png[..]),
-    ] {
-        std::fs::create_dir_all(faces.path().join(person)).unwrap();
-        std::fs::write(faces.path().join(person).join(file), bytes).unwrap();
-    }
+/// Nine LFW faces of three people plus two broken images, in a directory `publish_images` reads.
+fn lfw_faces() -> Option<tempfile::TempDir> {
+    let lfw = match clip_cluster::lfw::locate(None) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return None;
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(kafka.bootstrap_servers(), &dir.path().join("state"), dim);
-    let sent = clip_cluster::produce::publish_images(&cfg, FACES, faces.path()).unwrap();
-    assert_eq!(sent, 3);
-    let summary = run_until_done(cfg, 0, 3, || {});
-    assert_eq!((summary.applied, summary.dead_letters), (0, 3));
-    let dlq = read_topic(
-        kafka.bootstrap_servers(),
-        DLQ,
-        Duration::from_secs(30),
-        |r| r.len() >= 3,
-    );
-    let mut ids = Vec::new();
-    for rec in &dlq {
-        let h = |k: &str| rec.header(k);
-        assert_eq!(
-            h("__connect.errors.exception.class.name").as_deref(),
-            Some("image_unsupported")
-        );
-        ids.push(h("face_id").unwrap());
-        assert!(
-            rec.payload == jpeg || rec.payload == png,
-            "original bytes kept"
-        );
+    for name in ["Colin_Powell", "George_W_Bush", "Tony_Blair"] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        for n in 1..=3 {
+            let src = clip_cluster::lfw::image_path(&lfw, name, n);
+            std::fs::copy(&src, dir.path().join(name).join(src.file_name().unwrap())).unwrap();
+        }
     }
-    ids.sort();
-    assert_eq!(ids, vec!["alice_1", "alice_2", "bob_1"]);
+    let real = std::fs::read(clip_cluster::lfw::image_path(&lfw, "Tony_Blair", 4)).unwrap();
+    std::fs::create_dir_all(dir.path().join("zz_broken")).unwrap();
+    std::fs::write(dir.path().join("zz_broken/truncated.jpg"), &real[..600]).unwrap();
+    std::fs::write(
+        dir.path().join("zz_broken/fake.png"),
+        b"\x89PNG\r\n\x1a\n garbage, not a png",
+    )
+    .unwrap();
+    Some(dir)
+}
+
+/// Cluster id by face id in a state directory.
+fn assignments(cfg: &clip_cluster::config::Config, ids: &[String]) -> Vec<Option<u64>> {
+    let c = Clusterer::open(cfg).unwrap();
+    let e = c.engine();
+    ids.iter()
+        .map(|id| e.seq_of(id).map(|s| e.cluster_of(s)))
+        .collect()
+}
+
+fn check_image_dead_letters(bootstrap: &str) {
+    let dlq = read_topic(bootstrap, DLQ, Duration::from_secs(30), |r| r.len() >= 2);
+    let mut got: Vec<(String, String)> = dlq
+        .iter()
+        .map(|r| {
+            (
+                r.header("face_id").unwrap(),
+                r.header("__connect.errors.exception.class.name").unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("fake".to_string(), "image_decode".to_string()),
+            ("truncated".to_string(), "image_decode".to_string())
+        ]
+    );
+}
+
+#[test]
+fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
+    use clip_cluster::embed::FaceEmbedder;
+    if models_dir().is_none() {
+        return;
+    }
+    let Some(faces) = lfw_faces() else { return };
+    let ids: Vec<String> = ["Colin_Powell", "George_W_Bush", "Tony_Blair"]
+        .iter()
+        .flat_map(|n| (1..=3).map(move |i| format!("{n}_{i:04}")))
+        .collect();
+
+    // (a) role all: the daemon embeds the images itself.
+    let kafka = mock(1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(kafka.bootstrap_servers(), &dir.path().join("all"), 128);
+    assert_eq!(
+        clip_cluster::produce::publish_images(&cfg, FACES, faces.path()).unwrap(),
+        11
+    );
+    let summary = run_until_done(cfg.clone(), 9, 2, || {});
+    assert_eq!((summary.applied, summary.dead_letters), (9, 2));
+    check_image_dead_letters(kafka.bootstrap_servers());
+    let in_process = assignments(&cfg, &ids);
+    assert!(in_process.iter().all(Option::is_some), "{in_process:?}");
+
+    // The same vectors applied without Kafka give the same clusters.
+    let embedder = clip_cluster::embed::DlibEmbedder::from_config(&cfg).unwrap();
+    let bytes: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let person = &id[..id.len() - 5];
+            std::fs::read(faces.path().join(person).join(format!("{id}.jpg"))).unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let vectors: Vec<Vec<f32>> = embedder
+        .embed_encoded(&refs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ref_cfg = config("unused:9092", &dir.path().join("reference"), 128);
+    {
+        let mut c = Clusterer::open(&ref_cfg).unwrap();
+        for (id, v) in ids.iter().zip(&vectors) {
+            c.apply_with_meta(&[(id.as_str(), v.as_slice(), &Default::default())], &[])
+                .unwrap();
+        }
+    }
+    assert_eq!(assignments(&ref_cfg, &ids), in_process);
+
+    // (b) role embed -> embeddings topic -> role cluster, in two consumer groups.
+    let kafka = mock(1);
+    kafka.create_topic("face-embeddings", 1).unwrap();
+    let pub_cfg = config(kafka.bootstrap_servers(), &dir.path().join("unused"), 128);
+    assert_eq!(
+        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces.path()).unwrap(),
+        11
+    );
+    let with = |group: &str, role: &str, input: &str, state: &str| {
+        let mut env = crate::support::env(
+            kafka.bootstrap_servers(),
+            &dir.path().join(state),
+            128,
+            "127.0.0.1:0",
+        );
+        env.push(("CLIP_CLUSTER__KAFKA__GROUP_ID".into(), group.into()));
+        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), role.into()));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__INPUT_TOPICS".into(),
+            format!("[\"{input}\"]"),
+        ));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__EMBEDDINGS_TOPIC".into(),
+            "face-embeddings".into(),
+        ));
+        clip_cluster::config::Config::load_from(None, &env).unwrap()
+    };
+    let embed_cfg = with("embedders", "embed", FACES, "unused-embed");
+    let cluster_cfg = with("clusterers", "cluster", "face-embeddings", "cluster");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (em, cm) = (Metrics::new(), Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (e2, c2) = (em.clone(), cm.clone());
+    let c_cfg = cluster_cfg.clone();
+    rt.block_on(async move {
+        let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
+        let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
+        let start = Instant::now();
+        while !(cm.faces_applied.get() >= 9
+            && em.dead_letters.get() >= 2
+            && cm.outbox_depth.get() == 0)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "embed {} / cluster {}",
+                em.faces_embedded.get(),
+                cm.faces_applied.get()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop_tx.send(true).unwrap();
+        embed.await.unwrap().unwrap();
+        cluster.await.unwrap().unwrap();
+        assert_eq!(em.faces_embedded.get(), 9);
+    });
+    check_image_dead_letters(kafka.bootstrap_servers());
+    assert_eq!(assignments(&cluster_cfg, &ids), in_process);
+    // The embeddings topic carries the embedder's vectors exactly, keyed by face id.
+    let out = read_topic(
+        kafka.bootstrap_servers(),
+        "face-embeddings",
+        Duration::from_secs(30),
+        |r| r.len() >= 9,
+    );
+    for r in &out {
+        let env: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let id = env["face_id"].as_str().unwrap();
+        let k = ids.iter().position(|x| x == id).unwrap();
+        let got: Vec<f32> = env["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, vectors[k], "{id}");
+        assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
+    }
 }

@@ -25,6 +25,9 @@ const REASONS: &[&str] = &[
     "zero_vector",
     "bad_header",
     "image_unsupported",
+    "image_decode",
+    "image_too_large",
+    "image_unusable",
     "duplicate_in_batch",
 ];
 const EVENT_TYPES: &[&str] = &[

@@ -48,7 +48,37 @@ pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(Strin
     ]
     .into_iter()
     .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
+    .chain(embed_env(dim))
     .collect()
+}
+
+/// The embedder for 128-D daemons, from the fetched models (absolute paths, so a binary started
+/// anywhere finds them); other dimensions are vector-only daemons without one.
+pub fn embed_env(dim: usize) -> Vec<(String, String)> {
+    let models = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    let v: Vec<(&str, String)> = if dim == 128 {
+        vec![
+            (
+                "EMBED__MODEL_PATH",
+                models
+                    .join("dlib_face_recognition_resnet_model_v1.dat")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "EMBED__LANDMARKS_PATH",
+                models
+                    .join("shape_predictor_5_face_landmarks.dat")
+                    .display()
+                    .to_string(),
+            ),
+        ]
+    } else {
+        vec![("EMBED__ENABLED", "false".to_string())]
+    };
+    v.into_iter()
+        .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
+        .collect()
 }
 
 pub fn config(bootstrap: &str, state: &Path, dim: usize) -> Config {

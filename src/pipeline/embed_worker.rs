@@ -1,0 +1,246 @@
+//! Role "embed": a stateless embedding worker. Consumes face crops from `kafka.input_topics` in
+//! its consumer group, embeds the images, and produces embedding envelopes to
+//! `kafka.embeddings_topic` with the same key, headers and partition number (partitions are the
+//! clustering domains, so a face stays in its domain). Embedding messages pass through unchanged;
+//! bad images go to the dead-letter topic. Offsets are stored only after every output of the
+//! batch was acknowledged (acks=all, idempotent producer), so a crash re-embeds, never loses; the
+//! cluster workers treat a re-sent face id as a no-op. Run as many as the input has partitions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::source::{consumer, Msg, Rebalances};
+use super::{load_embedder, PipelineError, RunSummary};
+use crate::admin::Health;
+use crate::config::Config;
+use crate::engine::{normalize, FaceMeta};
+use crate::message::{decode, embedding_envelope, Limits, Payload, Reason, Rejection};
+use crate::sink::{producer, queue_send, DeadLetter};
+use crate::telemetry::Metrics;
+
+pub(super) async fn run(
+    cfg: Config,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<RunSummary, PipelineError> {
+    let embedder = load_embedder(&cfg).await?.ok_or(PipelineError::Embed(
+        "role \"embed\" with embed.enabled = false has nothing to do".into(),
+    ))?;
+    for r in Reason::ALL {
+        metrics.faces_rejected.with_label_values(&[r.class()]);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+        .await
+        .map_err(|e| PipelineError::Admin {
+            addr: cfg.admin.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    let health = Arc::new(Health::new(metrics.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+
+    let producer = producer(&cfg)?;
+    let rebalances = Arc::new(Rebalances::default());
+    let consumer = consumer(&cfg, &metrics, rebalances.clone())?;
+    let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    info!(topics = ?topics, out = %cfg.kafka.embeddings_topic, group = %cfg.kafka.group_id, "embedding worker consuming");
+    health.set_started(true);
+
+    let limits = Limits {
+        max_message_bytes: cfg.source.max_message_bytes,
+        dim: cfg.model.dim,
+    };
+    let dim = cfg.model.dim;
+    let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
+    let mut summary = RunSummary::default();
+    let mut stop_rx = stop.clone();
+    loop {
+        // Assignment changes need no action here (no state); drop the record of them.
+        rebalances
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let first = tokio::select! {
+            biased;
+            _ = stop_rx.wait_for(|s| *s) => break,
+            m = consumer.recv() => m,
+        };
+        let started = Instant::now();
+        let mut batch: Vec<Msg> = Vec::with_capacity(cfg.source.max_batch);
+        match first {
+            Ok(m) => batch.push(Msg::of(&m)),
+            Err(e) => {
+                metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                warn!(error = %e, "consumer error (retried by librdkafka)");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let until = started + wait;
+        while batch.len() < cfg.source.max_batch {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(Msg::of(&m)),
+                Ok(Err(e)) => {
+                    metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                    warn!(error = %e, "consumer error (retried by librdkafka)");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        summary.consumed += batch.len() as u64;
+        metrics.faces_consumed.inc_by(batch.len() as u64);
+
+        // Decode: vectors pass through, images wait for the embedder, the rest is dead.
+        let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+        let mut out: Vec<(usize, String, FaceMeta, Option<Vec<f32>>)> = Vec::new();
+        let mut images: Vec<Vec<u8>> = Vec::new();
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut msgs: Vec<Msg> = Vec::with_capacity(batch.len());
+        for m in batch {
+            let e = ends
+                .entry((m.topic.clone(), m.partition))
+                .or_insert(m.offset + 1);
+            *e = (*e).max(m.offset + 1);
+            match decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &limits) {
+                Ok(f) => match f.payload {
+                    Payload::Embedding(v) => out.push((msgs.len(), f.face_id, f.meta, Some(v))),
+                    Payload::Image(bytes) => {
+                        images.push(bytes);
+                        out.push((msgs.len(), f.face_id, f.meta, None));
+                    }
+                },
+                Err(rejection) => {
+                    dead.push(letter(&m, rejection));
+                    continue;
+                }
+            }
+            msgs.push(m);
+        }
+        if !images.is_empty() {
+            let e = embedder.clone();
+            let t = Instant::now();
+            let mut results = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+                e.embed_encoded(&refs)
+            })
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))?
+            .into_iter();
+            metrics.embed_duration.observe(t.elapsed().as_secs_f64());
+            let mut kept = Vec::with_capacity(out.len());
+            for (i, id, meta, v) in out {
+                if v.is_some() {
+                    kept.push((i, id, meta, v));
+                    continue;
+                }
+                let r = results
+                    .next()
+                    .ok_or_else(|| PipelineError::Embed("missing embedder output".into()))?;
+                let checked = match r {
+                    Err(crate::embed::EmbedError::Model(m)) => return Err(PipelineError::Embed(m)),
+                    Err(e) => Err(Rejection {
+                        reason: Reason::from(&e),
+                        message: e.to_string(),
+                    }),
+                    Ok(v) => normalize(&id, &v, dim).map(|_| v).map_err(|e| Rejection {
+                        reason: super::batch::engine_reason(&e),
+                        message: e.to_string(),
+                    }),
+                };
+                match checked {
+                    Ok(v) => {
+                        metrics.faces_embedded.inc();
+                        kept.push((i, id, meta, Some(v)));
+                    }
+                    Err(rejection) => dead.push(letter(&msgs[i], rejection)),
+                }
+            }
+            out = kept;
+        }
+
+        // Produce, then wait for every acknowledgement before the offsets move.
+        let mut pending = Vec::with_capacity(out.len());
+        for (i, id, meta, v) in &out {
+            let m = &msgs[*i];
+            let payload = embedding_envelope(id, meta, v.as_deref().unwrap_or_default());
+            let mut headers = OwnedHeaders::new();
+            for (k, val) in &m.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(val.as_slice()),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], Vec<u8>> =
+                FutureRecord::to(&cfg.kafka.embeddings_topic)
+                    .payload(&payload)
+                    .partition(m.partition)
+                    .headers(headers);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            pending.push(queue_send(&producer, record).await?);
+        }
+        for p in pending {
+            match p.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    metrics.kafka_errors.with_label_values(&["produce"]).inc();
+                    return Err(PipelineError::Kafka(e));
+                }
+                Err(_) => return Err(PipelineError::Embed("producer dropped a delivery".into())),
+            }
+        }
+        crate::sink::send_dead_letters(&producer, &cfg, &metrics, &dead).await;
+        summary.dead_letters += dead.len() as u64;
+        summary.applied += out.len() as u64;
+        for ((t, p), o) in &ends {
+            if let Err(e) = consumer.store_offset(t, *p, o - 1) {
+                metrics.kafka_errors.with_label_values(&["commit"]).inc();
+                warn!(error = %e, topic = %t, partition = p, "cannot store offset (partition revoked?); the next owner re-embeds");
+            }
+        }
+        metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    info!("stopping: committing offsets");
+    health.set_started(false);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => warn!(error = %e, "final offset commit"),
+    }
+    let _ = producer.flush(Duration::from_secs(5));
+    let _ = admin.await;
+    Ok(summary)
+}
+
+fn letter(m: &Msg, rejection: Rejection) -> DeadLetter {
+    DeadLetter {
+        key: m.key.clone(),
+        payload: m.payload.clone(),
+        headers: m.headers.clone(),
+        topic: m.topic.clone(),
+        partition: m.partition,
+        offset: m.offset,
+        rejection,
+    }
+}
