@@ -21,8 +21,51 @@ use crate::telemetry::Metrics;
 
 /// Where the demo's faces come from.
 pub enum DemoInput {
-    Features { bin: PathBuf, meta: PathBuf },
-    Synthetic { n: usize, seed: u64 },
+    Features {
+        bin: PathBuf,
+        meta: PathBuf,
+    },
+    Synthetic {
+        n: usize,
+        seed: u64,
+    },
+    /// Face images, one folder per identity (or an LFW root): streamed as image messages and
+    /// embedded by the daemon.
+    Images {
+        dir: PathBuf,
+    },
+}
+
+/// What the feed publishes per face.
+enum Rows {
+    Vectors(Features),
+    Images(Vec<PathBuf>),
+}
+
+impl Rows {
+    fn n(&self) -> usize {
+        match self {
+            Rows::Vectors(f) => f.n(),
+            Rows::Images(p) => p.len(),
+        }
+    }
+
+    fn payload(&self, i: usize, id: &str, meta: &FaceMeta) -> anyhow::Result<Vec<u8>> {
+        use base64::Engine as _;
+        Ok(match self {
+            Rows::Vectors(f) => embedding_envelope(id, meta, f.row(i)),
+            Rows::Images(p) => {
+                let bytes = std::fs::read(&p[i])
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p[i].display()))?;
+                let mut v = serde_json::to_value(meta)?;
+                v["face_id"] = id.into();
+                v["image_b64"] = base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into();
+                serde_json::to_vec(&v)?
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,29 +154,55 @@ pub fn run(
     rate: Option<f64>,
     quiet: bool,
 ) -> anyhow::Result<DemoReport> {
-    let (features, labels) = match input {
+    let (rows, labels) = match input {
         DemoInput::Features { bin, meta } => {
             let f = read_features(&bin, base.model.dim)?;
             let l = read_labels(&meta)?;
             check_counts(&f, &l, &bin, &meta)?;
-            (f, l)
+            (Rows::Vectors(f), l)
         }
         DemoInput::Synthetic { n, seed } => {
             let s = crate::synth::generate(crate::synth::SynthParams::new(n, base.model.dim, seed));
             (
-                Features {
+                Rows::Vectors(Features {
                     dim: s.dim,
                     data: s.data,
-                },
+                }),
                 s.labels,
             )
         }
+        DemoInput::Images { dir } => {
+            let mut images = crate::dataset::list(&dir, None)?;
+            if let Some(l) = limit {
+                // A prefix of the sorted listing would hold a handful of people; a seeded
+                // shuffle keeps the mix of identities a real stream has.
+                use rand::{seq::SliceRandom, SeedableRng};
+                images.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+                images.truncate(l);
+            }
+            let mut names: Vec<&str> = images.iter().map(|i| i.identity.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let labels = images
+                .iter()
+                .map(|i| names.binary_search(&i.identity.as_str()).unwrap_or(0) as i64)
+                .collect();
+            (
+                Rows::Images(images.into_iter().map(|i| i.path).collect()),
+                labels,
+            )
+        }
     };
-    let n = limit.unwrap_or(usize::MAX).min(features.n());
-    let dim = features.dim;
+    let n = limit.unwrap_or(usize::MAX).min(rows.n());
+    let dim = base.model.dim;
+    let images = matches!(rows, Rows::Images(_));
+    // How far the feed may run ahead of the daemon: images are large and slow to embed.
+    let backlog = if images { 256 } else { MAX_BACKLOG };
 
     let mock = MockKafka::start(3)?;
     let mut cfg = base.clone();
+    // The embedder loads only when the stream carries images.
+    cfg.embed.enabled = images;
     cfg.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
     let (faces_topic, events_topic, dlq_topic) = ("faces", "face-events", "faces-dlq");
     cfg.kafka.input_topics = vec![faces_topic.to_string()];
@@ -197,7 +266,7 @@ pub fn run(
                     > feed_metrics.faces_applied.get()
                         + feed_metrics.faces_duplicate.get()
                         + feed_metrics.dead_letters.get()
-                        + MAX_BACKLOG
+                        + backlog
                 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -207,7 +276,7 @@ pub fn run(
                     image_id: Some(format!("photo-{}", i / 2)),
                     ts: Some(1_700_000_000_000 + i as i64),
                 };
-                let payload = embedding_envelope(&id, &meta, features.row(i));
+                let payload = rows.payload(i, &id, &meta)?;
                 pending.push(send(&producer, faces_topic, &id, &payload).await?);
                 if i == n / 2 {
                     for (what, bytes) in &bad {

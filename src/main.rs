@@ -35,10 +35,14 @@ enum Command {
         role: Option<String>,
     },
     /// The embedded default: an in-process mock Kafka cluster, a stream of faces, the daemon, and
-    /// a summary. Without --features it streams seeded synthetic faces.
+    /// a summary. Without --features or --faces it streams seeded synthetic faces.
     Demo {
-        #[arg(long, requires = "labels")]
+        #[arg(long, requires = "labels", conflicts_with = "faces")]
         features: Option<PathBuf>,
+        /// Face images, one folder per identity, or an LFW root (e.g. ../shared/data/lfw): streamed
+        /// as image messages that the daemon embeds (about 25 faces/s on 2 CPU cores; use --limit).
+        #[arg(long)]
+        faces: Option<PathBuf>,
         #[arg(long, requires = "features")]
         labels: Option<PathBuf>,
         /// Stream at most this many faces.
@@ -239,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo {
             features,
+            faces,
             labels,
             limit,
             rate,
@@ -247,8 +252,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let cfg = Config::load(cli.config.as_deref())?;
-            let input = match (features, labels) {
-                (Some(bin), Some(meta)) => clip_cluster::demo::DemoInput::Features { bin, meta },
+            let input = match (features, labels, faces) {
+                (_, _, Some(dir)) => clip_cluster::demo::DemoInput::Images { dir },
+                (Some(bin), Some(meta), None) => {
+                    clip_cluster::demo::DemoInput::Features { bin, meta }
+                }
                 _ => clip_cluster::demo::DemoInput::Synthetic { n: synthetic, seed },
             };
             let r = clip_cluster::demo::run(&cfg, input, limit, rate, json)?;
