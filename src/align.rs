@@ -116,7 +116,7 @@ struct Tree {
 
 /// dlib's `shape_predictor` for 5 landmarks: a cascade of forests; each level reads pixel
 /// intensities at points defined relative to the current shape estimate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ShapePredictor {
     /// The mean shape in box-normalised coordinates, x0 y0 x1 y1 ... (10 values).
     initial_shape: Vec<f32>,
@@ -131,6 +131,17 @@ pub struct ShapePredictor {
 
 /// Landmarks the face chip needs (dlib's 5-point scheme).
 pub const N_PARTS: usize = 5;
+
+impl std::fmt::Debug for ShapePredictor {
+    /// A summary: the trees are megabytes of numbers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShapePredictor")
+            .field("levels", &self.forests.len())
+            .field("trees", &self.forests.iter().map(Vec::len).sum::<usize>())
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
 
 impl ShapePredictor {
     /// Reads `shape_predictor_5_face_landmarks.dat`.
@@ -664,6 +675,10 @@ fn pyramid_down(src: View<'_>) -> RgbImage {
 pub fn extract_image_chip(img: &RgbImage, d: &ChipDetails) -> Vec<u8> {
     let (rows, cols) = (d.rows, d.cols);
     let mut chip = vec![0u8; rows * cols * 3];
+    // dlib requires a non-empty chip; without one the pyramid-depth loop below would not end.
+    if rows * cols == 0 {
+        return chip;
+    }
     let size = (rows * cols) as f64;
     // No rotation and no scaling: a plain copy (black outside the image).
     if d.angle == 0.0 && rows as f64 == d.rect.height() && cols as f64 == d.rect.width() {

@@ -407,8 +407,11 @@ fn clip8(v: i32) -> u8 {
 }
 
 /// Pillow's `img.crop((x0, y0, x0 + w, y0 + h)).resize((out_w, out_h), Image.BILINEAR)` on RGB8,
-/// bit for bit: the horizontal pass first (rounded to 8 bits), then the vertical pass. The window
-/// must lie inside the image. The accumulators are i32 like Pillow's: bilinear weights are
+/// bit for bit: the horizontal pass first (rounded to 8 bits), then the vertical pass.
+///
+/// # Panics
+/// When `window` (x0, y0, width, height) is empty or not inside `src`: callers derive it from the
+/// image (`centre_crop`), so that is a bug, not bad data. The accumulators are i32 like Pillow's: bilinear weights are
 /// positive and sum to 2^22 plus at most half a unit a tap, so 255 times that stays under 2^31.
 pub fn resize_bilinear(
     src: &RgbImage,
@@ -417,7 +420,10 @@ pub fn resize_bilinear(
     out_h: usize,
 ) -> Vec<u8> {
     let (x0, y0, w, h) = window;
-    debug_assert!(x0 + w <= src.width && y0 + h <= src.height && w > 0 && h > 0);
+    assert!(
+        x0 + w <= src.width && y0 + h <= src.height && w > 0 && h > 0,
+        "resize window {window:?} outside the image"
+    );
     let hc = axis_coeffs(w, out_w);
     let vc = axis_coeffs(h, out_h);
     // Rows of the window the vertical pass reads, as Pillow's ybox_first..ybox_last.
@@ -495,39 +501,23 @@ pub fn centre_chip(rgb: &RgbImage, crop_fraction: f64, size: usize) -> Vec<u8> {
 // ------------------------------------------------------------------------------------------------
 
 /// How the chip is cut from the decoded crop.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum ChipMode {
     /// A centred square, `crop_fraction` of the shorter side, resized (no landmarks). 0.5 on
     /// LFW's 250x250 deep-funneled images reproduces the embedding fixtures' preprocessing.
     Centre { crop_fraction: f32 },
     /// dlib's alignment: 5 landmarks predicted on a centred square box of side `box_fraction` of
     /// the shorter side (the daemon gets face crops, not photos, so there is no detector), then
-    /// dlib's face chip with `padding` (dlib's default 0.25).
+    /// dlib's face chip with `padding` (dlib's default 0.25). On 50 LFW images (crops 2.2x the
+    /// detector box) the landmarks from the 1/2.2 box lie 0.40 px on average from dlib's on its
+    /// own HOG-detector box, and any fraction from 0.34 to 0.50 gives 0.34 to 0.43 px: the
+    /// predictor's first cascade levels absorb the box error. Predicting again on a box
+    /// re-centred on the landmarks did not bring them closer (0.35 to 0.66 px), so it is not done.
     Aligned {
         predictor: Arc<ShapePredictor>,
         box_fraction: f32,
         padding: f32,
     },
-}
-
-impl std::fmt::Debug for ChipMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChipMode::Centre { crop_fraction } => f
-                .debug_struct("Centre")
-                .field("crop_fraction", crop_fraction)
-                .finish(),
-            ChipMode::Aligned {
-                box_fraction,
-                padding,
-                ..
-            } => f
-                .debug_struct("Aligned")
-                .field("box_fraction", box_fraction)
-                .field("padding", padding)
-                .finish_non_exhaustive(),
-        }
-    }
 }
 
 /// Encoded bytes to the network's 150x150 RGB chip: `decode` within `limits`, then `mode`.
