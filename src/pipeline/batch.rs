@@ -56,7 +56,8 @@ impl Daemon {
         let Some(embedder) = self.embedder.clone() else {
             return Ok(());
         };
-        let (bytes, rest): (Vec<Vec<u8>>, Vec<(usize, usize, PendingLetter)>) = images
+        type Slot = (usize, usize, PendingLetter);
+        let (bytes, rest): (Vec<Vec<u8>>, Vec<Slot>) = images
             .into_iter()
             .map(|(w, g, b, l)| (b, (w, g, l)))
             .unzip();
