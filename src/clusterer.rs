@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, Event, FaceMeta, Outcome};
 use crate::index::{HnswIndex, NeighborIndex};
+use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum ClustererError {
     Store(#[from] StoreError),
     #[error("HNSW snapshot: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
 }
 
 /// Result of applying one batch.
@@ -35,7 +38,7 @@ pub struct BatchResult {
 }
 
 pub struct Clusterer {
-    engine: Engine<HnswIndex>,
+    engine: Engine<HnswIndex, ProxyModel>,
     store: Store,
     index_dir: PathBuf,
     snapshot_every: u32,
@@ -43,15 +46,75 @@ pub struct Clusterer {
 
 /// The fingerprint a configuration gives its state.
 pub fn fingerprint(cfg: &Config) -> Fingerprint {
+    fingerprint_with(cfg, &proxy_id(cfg))
+}
+
+fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
     let e = &cfg.engine;
     Fingerprint {
         model: cfg.model.name.clone(),
         dim: cfg.model.dim,
         graph: format!(
-            "k={} search_k={} t1={} t2={} proxy=identity score=cosine",
+            "k={} search_k={} t1={} t2={} proxy={proxy} score=cosine",
             e.k, e.search_k, e.t1, e.t2
         ),
     }
+}
+
+/// The proxy settings as they enter the fingerprint: "identity", or the neighbour proxy's
+/// parameters and the SHA-256 prefix of its directions file.
+pub fn proxy_id(cfg: &Config) -> String {
+    let x = &cfg.proxy;
+    match x.mode {
+        crate::config::ProxyMode::Identity => "identity".into(),
+        crate::config::ProxyMode::Neighbor => {
+            let dirs = if x.directions_path.as_os_str().is_empty() {
+                "none".to_string()
+            } else {
+                use sha2::Digest;
+                std::fs::read(&x.directions_path)
+                    .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
+                    .unwrap_or_else(|_| "unreadable".into())
+            };
+            format!(
+                "neighbor(dirs={dirs}:{} s={} T={} ctx={} min={} q={})",
+                x.directions,
+                x.strength,
+                x.temperature,
+                x.context_k,
+                x.min_neighbors,
+                x.with_context
+            )
+        }
+    }
+}
+
+/// The proxy generator `[proxy]` describes (directions read and checked here).
+pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError> {
+    let x = &cfg.proxy;
+    Ok(match x.mode {
+        crate::config::ProxyMode::Identity => ProxyModel::Identity,
+        crate::config::ProxyMode::Neighbor => {
+            let directions = if x.directions_path.as_os_str().is_empty() {
+                None
+            } else {
+                let mut d = crate::proxy::Directions::load(&x.directions_path, cfg.model.dim)?;
+                if x.directions > 0 && x.directions < d.count() {
+                    d.vectors.truncate(x.directions * d.dim);
+                    d.sigmas.truncate(x.directions);
+                }
+                Some(d)
+            };
+            ProxyModel::Neighbor(crate::proxy::NeighborProxy {
+                directions,
+                strength: x.strength,
+                temperature: x.temperature,
+                context_k: x.context_k,
+                min_neighbors: x.min_neighbors,
+                with_context: x.with_context,
+            })
+        }
+    })
 }
 
 fn basename(covers: u32) -> String {
@@ -62,6 +125,7 @@ impl Clusterer {
     /// Opens the state at `cfg.store.path`, loading the index snapshot or rebuilding it.
     pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
         let path = cfg.store.path.clone();
+        let proxy = proxy_model(cfg)?;
         let store = Store::open(&path, &fingerprint(cfg), cfg.store.cache_bytes)?;
         let restored = store.load()?;
         let n = restored.faces.len() as u32;
@@ -104,7 +168,7 @@ impl Clusterer {
         let engine = Engine::restore(
             cfg.engine_params(),
             index,
-            crate::engine::IdentityProxy,
+            proxy,
             crate::engine::CosineScorer,
             restored,
         );
@@ -116,7 +180,7 @@ impl Clusterer {
         })
     }
 
-    pub fn engine(&self) -> &Engine<HnswIndex> {
+    pub fn engine(&self) -> &Engine<HnswIndex, ProxyModel> {
         &self.engine
     }
 

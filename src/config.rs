@@ -81,6 +81,26 @@ pub struct EmbedConfig {
     pub max_image_side: u32,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyMode {
+    Identity,
+    Neighbor,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub mode: ProxyMode,
+    pub directions_path: PathBuf,
+    pub directions: usize,
+    pub strength: f32,
+    pub temperature: f32,
+    pub context_k: usize,
+    pub min_neighbors: usize,
+    pub with_context: bool,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -208,6 +228,7 @@ pub fn valid_domain_name(name: &str) -> bool {
 pub struct Config {
     pub model: ModelConfig,
     pub embed: EmbedConfig,
+    pub proxy: ProxyConfig,
     pub engine: EngineConfig,
     pub index: IndexConfig,
     pub store: StoreConfig,
@@ -344,6 +365,20 @@ impl Config {
                 "embed.dtype",
                 format!("{:?}", m.dtype).to_lowercase(),
                 "must be \"f32\" on the CPU",
+            ));
+        }
+        let x = &self.proxy;
+        if !(x.temperature.is_finite() && x.temperature > 0.0) {
+            return Err(bad("proxy.temperature", x.temperature, "must be > 0"));
+        }
+        if !(x.strength.is_finite() && (0.0..=100.0).contains(&x.strength)) {
+            return Err(bad("proxy.strength", x.strength, "must be in [0, 100]"));
+        }
+        if x.context_k == 0 || x.context_k > self.engine.search_k {
+            return Err(bad(
+                "proxy.context_k",
+                x.context_k,
+                "must be in 1..=engine.search_k",
             ));
         }
         let e = &self.engine;

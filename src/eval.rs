@@ -97,6 +97,8 @@ pub enum EvalError {
     Dim { got: usize, expected: usize },
     #[error("--threshold {0} is not a cosine similarity in [-1, 1)")]
     Threshold(f32),
+    #[error("proxy: {0}")]
+    Proxy(String),
     #[error("--k {0} must be in 1..=256")]
     K(usize),
 }
@@ -156,7 +158,10 @@ pub fn run(
             let mut h = cfg.hnsw_params();
             h.capacity_hint = n;
             if s.algorithm == Algorithm::Stream {
-                let mut e = Engine::new(p, HnswIndex::new(h));
+                let proxy = crate::clusterer::proxy_model(cfg)
+                    .map_err(|e| EvalError::Proxy(e.to_string()))?;
+                let mut e =
+                    Engine::with_stages(p, HnswIndex::new(h), proxy, crate::engine::CosineScorer);
                 e.set_tracking(false);
                 for (i, &row) in order.iter().enumerate() {
                     e.insert(&i.to_string(), feats.row(i))

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod produce;
+pub mod proxy;
 pub mod sink;
 pub mod store;
 pub mod synth;

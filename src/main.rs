@@ -91,8 +91,10 @@ enum Command {
         /// configured embedder first, then clustered and scored (end to end).
         #[arg(long)]
         faces: Option<PathBuf>,
-        /// With --faces: keep only the identities listed in this file (LFW people format).
-        #[arg(long, requires = "faces")]
+        /// Keep only the identities listed in this file (LFW people format, e.g.
+        /// peopleDevTest.txt). With --features the identities come from the names file
+        /// `<labels>.names` that `embed` writes.
+        #[arg(long)]
         people: Option<PathBuf>,
         /// One integer identity label per line, one line per feature row.
         #[arg(long, requires = "features")]
@@ -154,6 +156,28 @@ enum Command {
         chip: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Learns the proxy's hallucination directions from identity-labeled features (the leading
+    /// eigenvectors of the within-identity scatter) and writes them as safetensors for
+    /// proxy.directions_path. Deterministic: the same input gives the same file.
+    Train {
+        /// learn-to-cluster features of the training identities (e.g. `embed --people peopleDevTrain.txt`).
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        labels: PathBuf,
+        /// Row width of --features (default: model.dim).
+        #[arg(long)]
+        dim: Option<usize>,
+        /// Directions to keep.
+        #[arg(long, default_value_t = 16)]
+        directions: usize,
+        /// Keep only these identities (LFW people format, e.g. peopleDevTrain.txt; names from
+        /// `<labels>.names`).
+        #[arg(long)]
+        people: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Writes seeded synthetic identities in learn-to-cluster format (.bin rows + .meta labels).
     Generate {
@@ -344,7 +368,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let feats = read_features(&f, d)?;
                     let labs = read_labels(&l)?;
                     check_counts(&feats, &labs, &f, &l)?;
-                    (feats, labs)
+                    match &people {
+                        Some(p) => only_people(feats, labs, &l, p)?,
+                        None => (feats, labs),
+                    }
                 }
                 _ => {
                     let d = dim.unwrap_or(128);
@@ -464,6 +491,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train {
+            features,
+            labels,
+            dim,
+            directions,
+            people,
+            out,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let feats = read_features(&features, dim.unwrap_or(cfg.model.dim))?;
+            let labs = read_labels(&labels)?;
+            check_counts(&feats, &labs, &features, &labels)?;
+            let (feats, labs) = match &people {
+                Some(p) => only_people(feats, labs, &labels, p)?,
+                None => (feats, labs),
+            };
+            eprintln!(
+                "learning {directions} directions from {} faces of {} identities",
+                feats.n(),
+                labs.iter().collect::<std::collections::BTreeSet<_>>().len()
+            );
+            let d = clip_cluster::proxy::Directions::learn(&feats, &labs, directions)?;
+            d.save(&out)?;
+            let total: f32 = d.sigmas.iter().map(|s| s * s).sum();
+            eprintln!(
+                "wrote {} ({} directions; within-identity std along each: {})",
+                out.display(),
+                d.count(),
+                d.sigmas
+                    .iter()
+                    .map(|s| format!("{s:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            eprintln!("variance along them: {total:.5}");
+            Ok(())
+        }
         Command::Generate {
             out,
             labels_out,
@@ -539,6 +603,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The rows whose identity (from the names file `<labels>.names`) is listed in `people`.
+fn only_people(
+    feats: Features,
+    labs: Vec<i64>,
+    labels_path: &std::path::Path,
+    people: &std::path::Path,
+) -> anyhow::Result<(Features, Vec<i64>)> {
+    let mut names_path = labels_path.as_os_str().to_owned();
+    names_path.push(".names");
+    let names: Vec<String> = std::fs::read_to_string(&names_path)
+        .with_context(|| {
+            format!(
+                "--people needs the names file {} that `embed` writes",
+                PathBuf::from(&names_path).display()
+            )
+        })?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let keep: std::collections::HashSet<String> = clip_cluster::lfw::read_people(people)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut data = Vec::new();
+    let mut out = Vec::new();
+    for (i, &l) in labs.iter().enumerate() {
+        let name = usize::try_from(l)
+            .ok()
+            .and_then(|l| names.get(l))
+            .with_context(|| format!("label {l} has no line in the names file"))?;
+        if keep.contains(name) {
+            data.extend_from_slice(feats.row(i));
+            out.push(l);
+        }
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "no row of {} belongs to the identities in {}",
+        labels_path.display(),
+        people.display()
+    );
+    eprintln!(
+        "kept {} faces of the identities in {}",
+        out.len(),
+        people.display()
+    );
+    Ok((
+        Features {
+            dim: feats.dim,
+            data,
+        },
+        out,
+    ))
 }
 
 /// The configuration, with `embed.chip` overridden by a command's --chip.
