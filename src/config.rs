@@ -240,6 +240,36 @@ pub struct Config {
 }
 
 impl Config {
+    /// The built-in default configuration (`config/default.toml`).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::load_from(None, &[])
+    }
+
+    /// For synthetic faces, whose space is not the embedder's: `engine.t1` becomes the
+    /// generator's calibrated threshold and the proxy the identity vector (directions learned on
+    /// real faces do not transfer), each only while left at its default. Returns what changed.
+    pub fn use_synthetic_settings(&mut self) -> Vec<String> {
+        let Ok(d) = Self::defaults() else {
+            return Vec::new();
+        };
+        let mut changed = Vec::new();
+        if self.engine.t1 == d.engine.t1 && d.engine.t1 != crate::synth::CALIBRATED_T1 {
+            self.engine.t1 = crate::synth::CALIBRATED_T1;
+            changed.push(format!(
+                "engine.t1 = {} (the generator's calibrated threshold)",
+                self.engine.t1
+            ));
+        }
+        if self.proxy == d.proxy && self.proxy.mode != ProxyMode::Identity {
+            self.proxy.mode = ProxyMode::Identity;
+            changed.push(
+                "proxy.mode = \"identity\" (the learned directions belong to the embedder's space)"
+                    .into(),
+            );
+        }
+        changed
+    }
+
     /// Defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars()

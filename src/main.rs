@@ -275,7 +275,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             json,
         } => {
-            let cfg = Config::load(cli.config.as_deref())?;
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            if features.is_none() && faces.is_none() {
+                for c in cfg.use_synthetic_settings() {
+                    eprintln!("synthetic faces: {c}");
+                }
+            }
             let input = match (features, labels, faces) {
                 (_, _, Some(dir)) => clip_cluster::demo::DemoInput::Images { dir },
                 (Some(bin), Some(meta), None) => {
@@ -356,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
                 .collect();
+            let synthetic_input = features.is_none() && faces.is_none();
             let (feats, labs) = match (features, labels, faces) {
                 (_, _, Some(dir)) => {
                     let base = Config::load_from(cli.config.as_deref(), &env)?;
@@ -392,7 +398,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "CLIP_CLUSTER__MODEL__DIM".to_string(),
                 feats.dim.to_string(),
             ));
-            let cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            let mut cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            if synthetic_input {
+                for c in cfg.use_synthetic_settings() {
+                    eprintln!("synthetic faces: {c}");
+                }
+            }
             let settings = EvalSettings {
                 algorithm,
                 threshold,

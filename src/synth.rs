@@ -60,6 +60,10 @@ fn residual_unit(rng: &mut ChaCha8Rng, shared: &[f32]) -> Vec<f32> {
 
 /// Squared weights of the shared, identity, mode and face components (they sum to 1).
 const SHARED: f32 = 0.87;
+
+/// The edge threshold calibrated for this generator's space (best BCubed F on a training seed,
+/// BENCHMARKS.md section 3); synthetic runs use it while `engine.t1` is left at its default.
+pub const CALIBRATED_T1: f32 = 0.93;
 const IDENTITY: f32 = 0.06;
 const MODE: f32 = 0.03;
 const FACE: f32 = 0.04;
