@@ -6,6 +6,8 @@
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
+//! - `clip`, `clip_tokenizer`, `clip_image`, `prompts`: CLIP's towers, tokenizer and preprocessing,
+//!   and the attribute prompts whose text directions drive the hallucination.
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
@@ -15,6 +17,9 @@
 pub mod align;
 pub mod baselines;
 pub mod bench;
+pub mod clip;
+pub mod clip_image;
+pub mod clip_tokenizer;
 pub mod clusterer;
 pub mod config;
 pub mod dataset;
@@ -33,6 +38,7 @@ pub mod message;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
+pub mod prompts;
 pub mod produce;
 pub mod store;
 pub mod synth;
