@@ -60,6 +60,8 @@ pub enum ClipError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Prompts(#[from] PromptsError),
+    #[error("clip.device = \"{device}\": {detail}")]
+    Device { device: String, detail: String },
     #[error("CLIP input: {0}")]
     Input(String),
     #[error("CLIP inference: {0}")]
@@ -781,6 +783,34 @@ impl Clip {
     pub fn directions(&self, prompts: &Prompts) -> Result<Vec<Direction>, ClipError> {
         prompts.directions(|texts| self.encode_texts(texts))
     }
+}
+
+/// CLIP as `[clip]` configures it, with the directions of its prompts computed: what start-up
+/// runs. `None` when CLIP is disabled (empty `weights`). The prompts, the vocabulary, the model
+/// config and the weights are each read and checked here, so a bad file stops start-up with its
+/// name and the problem.
+pub fn from_config(
+    cfg: &crate::config::ClipConfig,
+) -> Result<Option<(Clip, Vec<Direction>)>, ClipError> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let prompts = Prompts::load(&cfg.prompts)?;
+    let device = crate::embed::device(&cfg.device).map_err(|e| ClipError::Device {
+        device: cfg.device.clone(),
+        detail: match e {
+            crate::embed::EmbedSetupError::Device { detail, .. } => detail,
+            other => other.to_string(),
+        },
+    })?;
+    let arch = if cfg.model_config.as_os_str().is_empty() {
+        None
+    } else {
+        Some(ClipArchitecture::from_open_clip_json(&cfg.model_config)?)
+    };
+    let clip = Clip::load(&cfg.weights, &cfg.vocab, arch.as_ref(), &device)?;
+    let directions = clip.directions(&prompts)?;
+    Ok(Some((clip, directions)))
 }
 
 /// Random weights of an architecture, in OpenAI naming (benchmarks and tests; no file needed).

@@ -178,6 +178,30 @@ fn clip_directions_and_hallucination_match_the_reference() {
     assert!(dirs.iter().all(|d| (norm(&d.vector) - 1.0).abs() < 1e-5));
 }
 
+#[test]
+fn clip_starts_from_its_config_section() {
+    let cfg = clip_cluster::config::Config::load_from(None, &[]).unwrap();
+    assert!(!cfg.clip.enabled(), "CLIP is off by default");
+    assert!(clip_cluster::clip::from_config(&cfg.clip).unwrap().is_none());
+    let Some(vocab) = vocab() else { return };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut c = cfg.clip.clone();
+    c.weights = weights();
+    c.model_config = fixture_dir().join("clip_tiny.json");
+    c.vocab = vocab;
+    c.prompts = root.join("config/prompts.toml");
+    let (clip, dirs) = clip_cluster::clip::from_config(&c).unwrap().unwrap();
+    assert_eq!(clip.model().architecture().embed_dim, 16);
+    assert_eq!(dirs[0].name, "age");
+    // A prompts file that does not parse stops start-up, naming the file and the line.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-prompts.toml");
+    std::fs::write(&bad, "[[attribute]]\nname = \"age\"\nneutral = \"a\"\nattribute = \"b\"\nstrength = oops\n").unwrap();
+    c.prompts = bad;
+    let e = clip_cluster::clip::from_config(&c).unwrap_err().to_string();
+    assert!(e.contains("bad-prompts.toml") && e.contains("line 5"), "{e}");
+}
+
 /// Writes the fixture's tensors, edited, to a temporary safetensors file.
 fn edited(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
     let mut t = candle_core::safetensors::load(weights(), &Device::Cpu).unwrap();
