@@ -60,6 +60,12 @@ pub enum ClipError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Prompts(#[from] PromptsError),
+    #[error("CLIP vocabulary {vocab} does not match the weights {weights}: {reason}")]
+    VocabularyMismatch {
+        vocab: PathBuf,
+        weights: PathBuf,
+        reason: String,
+    },
     #[error("clip.device = \"{device}\": {detail}")]
     Device { device: String, detail: String },
     #[error("CLIP input: {0}")]
@@ -275,7 +281,10 @@ impl ClipArchitecture {
                 vec![vw, 3, self.patch_size, self.patch_size],
             ),
             ("visual.class_embedding".into(), vec![vw]),
-            ("visual.positional_embedding".into(), vec![grid * grid + 1, vw]),
+            (
+                "visual.positional_embedding".into(),
+                vec![grid * grid + 1, vw],
+            ),
             ("visual.ln_pre.weight".into(), vec![vw]),
             ("visual.ln_pre.bias".into(), vec![vw]),
             ("visual.ln_post.weight".into(), vec![vw]),
@@ -421,7 +430,12 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, act: Activation) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        act: Activation,
+    ) -> candle_core::Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let hd = d / self.heads;
         let qkv = self.in_proj.forward(&self.ln_1.forward(x)?)?;
@@ -487,11 +501,12 @@ impl ClipModel {
         arch: Option<&ClipArchitecture>,
         device: &Device,
     ) -> Result<Self, ClipError> {
-        let tensors =
-            candle_core::safetensors::load(weights, &Device::Cpu).map_err(|e| ClipError::Weights {
+        let tensors = candle_core::safetensors::load(weights, &Device::Cpu).map_err(|e| {
+            ClipError::Weights {
                 path: weights.to_path_buf(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         Self::from_tensors(tensors, arch, weights, device)
     }
 
@@ -655,7 +670,10 @@ impl ClipModel {
         let width = self.arch.vision.width;
         let x = pixels.conv2d(&self.conv1, 0, self.arch.patch_size, 1, 1)?; // [b, width, g, g]
         let x = x.flatten_from(2)?.transpose(1, 2)?; // [b, g*g, width]
-        let cls = self.class_embedding.reshape((1, 1, width))?.broadcast_as((b, 1, width))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, width))?
+            .broadcast_as((b, 1, width))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.vision_positions)?;
         let mut x = self.ln_pre.forward(&x)?;
         for blk in &self.vision_blocks {
@@ -722,13 +740,21 @@ impl ClipModel {
             }
             data.extend(preprocess(img, s));
         }
-        Ok(Tensor::from_vec(data, (images.len(), 3, s, s), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (images.len(), 3, s, s),
+            &self.device,
+        )?)
     }
 }
 
 /// Rows of `x` scaled to unit length, as host vectors.
 fn unit_rows(x: &Tensor) -> Result<Vec<Vec<f32>>, ClipError> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&norm)?.to_vec2::<f32>()?)
 }
 
@@ -749,11 +775,27 @@ impl Clip {
     ) -> Result<Self, ClipError> {
         let tokenizer = ClipTokenizer::load(vocab)?;
         let model = ClipModel::load(weights, arch, device)?;
-        Ok(Self::new(model, tokenizer))
+        Self::new(model, tokenizer).map_err(|e| match e {
+            ClipError::Input(reason) => ClipError::VocabularyMismatch {
+                vocab: vocab.to_path_buf(),
+                weights: weights.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
     }
 
-    pub fn new(model: ClipModel, tokenizer: ClipTokenizer) -> Self {
-        Self { model, tokenizer }
+    /// Pairs a model with a tokenizer; refused when the vocabulary's size is not the number of
+    /// rows of the model's token embedding (a vocabulary that does not belong to the weights).
+    pub fn new(model: ClipModel, tokenizer: ClipTokenizer) -> Result<Self, ClipError> {
+        if tokenizer.n_tokens() != model.arch.vocab_size {
+            return Err(ClipError::Input(format!(
+                "the vocabulary has {} tokens, the text tower's token_embedding {} rows",
+                tokenizer.n_tokens(),
+                model.arch.vocab_size
+            )));
+        }
+        Ok(Self { model, tokenizer })
     }
 
     pub fn model(&self) -> &ClipModel {

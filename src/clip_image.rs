@@ -10,8 +10,11 @@
 
 use image::RgbImage;
 
-/// OpenAI's CLIP normalisation (open_clip `OPENAI_DATASET_MEAN` / `_STD`).
+/// OpenAI's CLIP normalisation (open_clip `OPENAI_DATASET_MEAN` / `_STD`), digits as written
+/// upstream (the f32 rounding is the same as PyTorch's float32 tensors of them).
+#[allow(clippy::excessive_precision)]
 pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Pillow's PRECISION_BITS for 8-bit images.
@@ -170,7 +173,16 @@ mod tests {
 
     #[test]
     fn python_round_is_half_to_even() {
-        for (x, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (8.5, 8), (9.5, 10), (1.4, 1), (1.6, 2), (0.0, 0)] {
+        for (x, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (8.5, 8),
+            (9.5, 10),
+            (1.4, 1),
+            (1.6, 2),
+            (0.0, 0),
+        ] {
             assert_eq!(round_half_even(x), want, "{x}");
         }
     }
@@ -180,7 +192,10 @@ mod tests {
         for (i, o) in [(40, 35), (29, 32), (224, 224), (1000, 224), (7, 224)] {
             for (_, k) in coefficients(i, o) {
                 let s: i64 = k.iter().map(|&v| v as i64).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{i}->{o}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
+                    "{i}->{o}: {s}"
+                );
             }
         }
     }

@@ -37,7 +37,9 @@ const PATTERN: &str =
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("cannot read the CLIP vocabulary {path}: {reason} (tools/clip/fetch_vocab.sh fetches it)")]
+    #[error(
+        "cannot read the CLIP vocabulary {path}: {reason} (tools/clip/fetch_vocab.sh fetches it)"
+    )]
     Read { path: PathBuf, reason: String },
     #[error("{path} is not CLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz): {reason}")]
     Format { path: PathBuf, reason: String },
@@ -52,6 +54,8 @@ pub struct ClipTokenizer {
     merges: HashMap<(u32, u32), (u32, u32)>,
     /// `bytes_to_unicode`: each byte's printable stand-in.
     byte_char: [char; 256],
+    /// Entries in the vocabulary (ids are below it): the text tower's embedding must have as many rows.
+    n_tokens: usize,
     pattern: regex::Regex,
 }
 
@@ -168,11 +172,17 @@ impl ClipTokenizer {
         }
         let pattern = regex::Regex::new(PATTERN).map_err(|e| e.to_string())?;
         Ok(Self {
+            n_tokens: vocab.len(),
             encoder,
             merges,
             byte_char,
             pattern,
         })
+    }
+
+    /// Entries in the vocabulary (49408 for CLIP's file); every id is below it.
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
     }
 
     /// The BPE ids of `text`, without start/end tokens and without truncation.
@@ -213,10 +223,7 @@ impl ClipTokenizer {
 
     /// Merges one pre-token and appends its ids.
     fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
-        let chars: Vec<char> = piece
-            .bytes()
-            .map(|b| self.byte_char[b as usize])
-            .collect();
+        let chars: Vec<char> = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
         let n = chars.len();
         if n == 0 {
             return;
@@ -237,7 +244,11 @@ impl ClipTokenizer {
         while word.len() > 1 {
             let best = word
                 .windows(2)
-                .filter_map(|w| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, w[0], w[1], m)))
+                .filter_map(|w| {
+                    self.merges
+                        .get(&(w[0], w[1]))
+                        .map(|&(r, m)| (r, w[0], w[1], m))
+                })
                 .min_by_key(|&(r, ..)| r);
             let Some((_, a, b, merged)) = best else { break };
             let mut next = Vec::with_capacity(word.len());
@@ -306,9 +317,8 @@ fn html_unescape(s: &str) -> String {
                 "apos" => Some('\''),
                 "nbsp" => Some('\u{a0}'),
                 _ => {
-                    let num = if let Some(h) = name
-                        .strip_prefix("#x")
-                        .or_else(|| name.strip_prefix("#X"))
+                    let num = if let Some(h) =
+                        name.strip_prefix("#x").or_else(|| name.strip_prefix("#X"))
                     {
                         u32::from_str_radix(h, 16).ok()
                     } else if let Some(d) = name.strip_prefix('#') {

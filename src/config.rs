@@ -695,8 +695,14 @@ mod tests {
             ("[index]\nm = 1000\n", "index.m"),
             ("[model]\ndim = 0\n", "model.dim"),
             ("[clip]\ndevice = \"gpu\"\n", "clip.device"),
-            ("[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n", "clip.vocab"),
-            ("[clip]\nweights = \"w.safetensors\"\nprompts = \"\"\n", "clip.prompts"),
+            (
+                "[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n",
+                "clip.vocab",
+            ),
+            (
+                "[clip]\nweights = \"w.safetensors\"\nprompts = \"\"\n",
+                "clip.prompts",
+            ),
         ] {
             let p = write(d.path(), text);
             let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();

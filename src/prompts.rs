@@ -123,7 +123,10 @@ impl Prompts {
             {
                 return Err(invalid(
                     a.name.span(),
-                    format!("name {:?} must be non-empty ASCII letters, digits, '_' or '-'", a.name.get_ref()),
+                    format!(
+                        "name {:?} must be non-empty ASCII letters, digits, '_' or '-'",
+                        a.name.get_ref()
+                    ),
                 ));
             }
             if !seen.insert(name.clone()) {
@@ -236,7 +239,7 @@ pub fn text_direction(neutral: &[f32], attribute: &[f32]) -> Result<Vec<f32>, St
         .map(|(&s, &t)| t as f64 / na - s as f64 / ns)
         .collect();
     let nd = diff.iter().map(|x| x * x).sum::<f64>().sqrt();
-    if !(nd > 1e-6) {
+    if nd.is_nan() || nd <= 1e-6 {
         return Err("the neutral and attribute prompts embed to the same point".into());
     }
     Ok(diff.iter().map(|x| (x / nd) as f32).collect())
@@ -260,7 +263,12 @@ pub fn hallucinate(c: &[f32], d: &Direction) -> Vec<f32> {
     if n > 1e-12 {
         v.iter().map(|x| (x / n) as f32).collect()
     } else {
-        let n = c.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+        let n = c
+            .iter()
+            .map(|&x| (x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
         c.iter().map(|&x| (x as f64 / n) as f32).collect()
     }
 }
@@ -313,10 +321,22 @@ strength = 1
         let cases = [
             (GOOD.replace("strength = 1\n", "strength = -1\n"), "line 12"),
             (GOOD.replace("name = \"smile\"", "name = \"age\""), "line 9"),
-            (GOOD.replace("a photo of a smiling face", "a photo of a face with a neutral expression"), "line 11"),
-            (GOOD.replace("strength = 1\n", "strength = 1\nweight = 2\n"), "line 13"),
+            (
+                GOOD.replace(
+                    "a photo of a smiling face",
+                    "a photo of a face with a neutral expression",
+                ),
+                "line 11",
+            ),
+            (
+                GOOD.replace("strength = 1\n", "strength = 1\nweight = 2\n"),
+                "line 13",
+            ),
             (GOOD.replace("strength = 1\n", "strength = \n"), "line 12"),
-            (GOOD.replace("neutral = \"a photo of a face", "neutral = \"  \" #"), "line 10"),
+            (
+                GOOD.replace("neutral = \"a photo of a face", "neutral = \"  \" #"),
+                "line 10",
+            ),
             ("# nothing\n".to_string(), "no [[attribute]]"),
         ];
         for (text, want) in cases {

@@ -32,8 +32,13 @@ fn weights() -> PathBuf {
 }
 
 fn arch(activation: Activation) -> ClipArchitecture {
-    let mut a = ClipArchitecture::from_open_clip_json(&fixture_dir().join("clip_tiny.json")).unwrap();
-    assert_eq!(a.activation, Activation::QuickGelu, "the fixture says quick_gelu");
+    let mut a =
+        ClipArchitecture::from_open_clip_json(&fixture_dir().join("clip_tiny.json")).unwrap();
+    assert_eq!(
+        a.activation,
+        Activation::QuickGelu,
+        "the fixture says quick_gelu"
+    );
     a.activation = activation;
     a
 }
@@ -46,15 +51,25 @@ fn vocab() -> Option<PathBuf> {
     if path.is_file() {
         return Some(path);
     }
-    let msg = format!("no CLIP vocabulary at {} (run tools/clip/fetch_vocab.sh)", path.display());
-    assert!(std::env::var_os("CLIP_CLUSTER_REQUIRE_MODELS").is_none(), "{msg}");
+    let msg = format!(
+        "no CLIP vocabulary at {} (run tools/clip/fetch_vocab.sh)",
+        path.display()
+    );
+    assert!(
+        std::env::var_os("CLIP_CLUSTER_REQUIRE_MODELS").is_none(),
+        "{msg}"
+    );
     eprintln!("SKIP: {msg}");
     None
 }
 
 /// The fixture's formula images (tools/clip/reference.py `synthetic`).
 fn synthetic(name: &str) -> RgbImage {
-    let (w, h) = if name == "synthetic_a" { (40, 36) } else { (29, 45) };
+    let (w, h) = if name == "synthetic_a" {
+        (40, 36)
+    } else {
+        (29, 45)
+    };
     RgbImage::from_fn(w, h, |c, r| {
         let (r, c) = (r as usize, c as usize);
         image::Rgb(std::array::from_fn(|ch| {
@@ -68,7 +83,11 @@ fn synthetic(name: &str) -> RgbImage {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn max_diff(want: &[f64], got: &[f32]) -> f64 {
@@ -82,7 +101,10 @@ fn max_diff(want: &[f64], got: &[f32]) -> f64 {
 #[test]
 fn clip_towers_match_the_numpy_reference_to_1e4() {
     let fx = fixture();
-    for (activation, key) in [(Activation::QuickGelu, "embedding"), (Activation::Gelu, "embedding_gelu")] {
+    for (activation, key) in [
+        (Activation::QuickGelu, "embedding"),
+        (Activation::Gelu, "embedding_gelu"),
+    ] {
         let model = ClipModel::load(&weights(), Some(&arch(activation)), &Device::Cpu).unwrap();
         // Images: Pillow-exact preprocessing, then the vision tower.
         let entries = fx["images"].as_array().unwrap();
@@ -98,7 +120,12 @@ fn clip_towers_match_the_numpy_reference_to_1e4() {
                 .iter()
                 .map(|v| v.as_u64().unwrap() as u8)
                 .collect();
-            assert_eq!(resize_and_crop(img, 32).as_raw(), &want, "{}: resize+crop differs from Pillow", e["name"]);
+            assert_eq!(
+                resize_and_crop(img, 32).as_raw(),
+                &want,
+                "{}: resize+crop differs from Pillow",
+                e["name"]
+            );
         }
         let got = model
             .image_features(&model.pixels(&images).unwrap())
@@ -116,18 +143,38 @@ fn clip_towers_match_the_numpy_reference_to_1e4() {
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
-        assert!(max_diff(&got[1].iter().map(|&x| x as f64).collect::<Vec<_>>(), &alone[0]) <= 1e-5);
+        assert!(
+            max_diff(
+                &got[1].iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                &alone[0]
+            ) <= 1e-5
+        );
         // Texts: the reference's token ids through the text tower (no vocabulary needed).
         let ids: Vec<Vec<u32>> = fx["tokens"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| t["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+            .map(|t| {
+                t["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect()
+            })
             .collect();
         let got = model.text_features(&ids).unwrap().to_vec2::<f32>().unwrap();
         for (e, g) in fx["texts"].as_array().unwrap().iter().zip(&got) {
             let d = max_diff(&floats(&e[key]), g);
-            eprintln!("{activation:?} text {:?}: max abs diff {d:.2e}", e["text"].as_str().unwrap().chars().take(20).collect::<String>());
+            eprintln!(
+                "{activation:?} text {:?}: max abs diff {d:.2e}",
+                e["text"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .take(20)
+                    .collect::<String>()
+            );
             assert!(d <= 1e-4, "{}: {d}", e["text"]);
         }
     }
@@ -137,10 +184,16 @@ fn clip_towers_match_the_numpy_reference_to_1e4() {
 fn clip_tokenizer_matches_the_reference_ids() {
     let Some(vocab) = vocab() else { return };
     let tok = ClipTokenizer::load(&vocab).unwrap();
+    assert_eq!(tok.n_tokens(), clip_cluster::clip_tokenizer::VOCAB_SIZE);
     let fx = fixture();
     for t in fx["tokens"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
-        let want: Vec<u32> = t["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = t["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.tokenize(text, CONTEXT), want, "{text:?}");
     }
 }
@@ -148,7 +201,13 @@ fn clip_tokenizer_matches_the_reference_ids() {
 #[test]
 fn clip_directions_and_hallucination_match_the_reference() {
     let Some(vocab) = vocab() else { return };
-    let clip = Clip::load(&weights(), &vocab, Some(&arch(Activation::QuickGelu)), &Device::Cpu).unwrap();
+    let clip = Clip::load(
+        &weights(),
+        &vocab,
+        Some(&arch(Activation::QuickGelu)),
+        &Device::Cpu,
+    )
+    .unwrap();
     let fx = fixture();
     let d = &fx["direction"];
     let toml = format!(
@@ -172,7 +231,9 @@ fn clip_directions_and_hallucination_match_the_reference() {
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     assert!(dot(&ca, &dirs[0].vector) > dot(c, &dirs[0].vector));
     // The shipped prompts file goes through end to end.
-    let shipped = Prompts::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/prompts.toml")).unwrap();
+    let shipped =
+        Prompts::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/prompts.toml"))
+            .unwrap();
     let dirs = clip.directions(&shipped).unwrap();
     assert_eq!(dirs.len(), shipped.attributes.len());
     assert!(dirs.iter().all(|d| (norm(&d.vector) - 1.0).abs() < 1e-5));
@@ -182,7 +243,9 @@ fn clip_directions_and_hallucination_match_the_reference() {
 fn clip_starts_from_its_config_section() {
     let cfg = clip_cluster::config::Config::load_from(None, &[]).unwrap();
     assert!(!cfg.clip.enabled(), "CLIP is off by default");
-    assert!(clip_cluster::clip::from_config(&cfg.clip).unwrap().is_none());
+    assert!(clip_cluster::clip::from_config(&cfg.clip)
+        .unwrap()
+        .is_none());
     let Some(vocab) = vocab() else { return };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut c = cfg.clip.clone();
@@ -196,10 +259,17 @@ fn clip_starts_from_its_config_section() {
     // A prompts file that does not parse stops start-up, naming the file and the line.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad-prompts.toml");
-    std::fs::write(&bad, "[[attribute]]\nname = \"age\"\nneutral = \"a\"\nattribute = \"b\"\nstrength = oops\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[attribute]]\nname = \"age\"\nneutral = \"a\"\nattribute = \"b\"\nstrength = oops\n",
+    )
+    .unwrap();
     c.prompts = bad;
     let e = clip_cluster::clip::from_config(&c).unwrap_err().to_string();
-    assert!(e.contains("bad-prompts.toml") && e.contains("line 5"), "{e}");
+    assert!(
+        e.contains("bad-prompts.toml") && e.contains("line 5"),
+        "{e}"
+    );
 }
 
 /// Writes the fixture's tensors, edited, to a temporary safetensors file.
@@ -221,21 +291,33 @@ fn clip_bad_weights_are_typed_errors_naming_file_and_tensor() {
         t.remove("visual.class_embedding");
     });
     let e = load(&p);
-    assert!(matches!(&e, ClipError::MissingTensor { name, .. } if name == "visual.class_embedding"), "{e}");
+    assert!(
+        matches!(&e, ClipError::MissingTensor { name, .. } if name == "visual.class_embedding"),
+        "{e}"
+    );
     assert!(e.to_string().contains("edited.safetensors"), "{e}");
 
     let p = edited(dir.path(), |t| {
-        t.insert("visual.proj".into(), Tensor::zeros((32, 8), candle_core::DType::F16, &Device::Cpu).unwrap());
+        t.insert(
+            "visual.proj".into(),
+            Tensor::zeros((32, 8), candle_core::DType::F16, &Device::Cpu).unwrap(),
+        );
     });
     let e = load(&p);
-    assert!(matches!(&e, ClipError::WrongShape { name, found, .. } if name == "visual.proj" && found == &[32, 8]), "{e}");
+    assert!(
+        matches!(&e, ClipError::WrongShape { name, found, .. } if name == "visual.proj" && found == &[32, 8]),
+        "{e}"
+    );
 
     let p = edited(dir.path(), |t| {
         let g = Tensor::ones(32, candle_core::DType::F16, &Device::Cpu).unwrap();
         t.insert("visual.transformer.resblocks.0.ls_1.gamma".into(), g);
     });
     let e = load(&p);
-    assert!(matches!(&e, ClipError::UnexpectedTensor { name, .. } if name.ends_with("ls_1.gamma")), "{e}");
+    assert!(
+        matches!(&e, ClipError::UnexpectedTensor { name, .. } if name.ends_with("ls_1.gamma")),
+        "{e}"
+    );
 
     let p = edited(dir.path(), |t| {
         let v = t.remove("visual.class_embedding").unwrap();
@@ -244,18 +326,42 @@ fn clip_bad_weights_are_typed_errors_naming_file_and_tensor() {
     assert!(matches!(load(&p), ClipError::Naming { .. }));
 
     // A layer fewer than the configuration says.
-    let p = edited(dir.path(), |t| t.retain(|k, _| !k.starts_with("transformer.resblocks.1.")));
+    let p = edited(dir.path(), |t| {
+        t.retain(|k, _| !k.starts_with("transformer.resblocks.1."))
+    });
     let e = load(&p);
-    assert!(matches!(&e, ClipError::MissingTensor { name, .. } if name.starts_with("transformer.resblocks.1.")), "{e}");
+    assert!(
+        matches!(&e, ClipError::MissingTensor { name, .. } if name.starts_with("transformer.resblocks.1.")),
+        "{e}"
+    );
 
     let p = dir.path().join("garbage.safetensors");
     std::fs::write(&p, b"not a safetensors file").unwrap();
     let e = load(&p);
-    assert!(matches!(&e, ClipError::Weights { path, .. } if path == &p), "{e}");
+    assert!(
+        matches!(&e, ClipError::Weights { path, .. } if path == &p),
+        "{e}"
+    );
 
     // Without the model config, widths that are not multiples of 64 leave the heads unknown.
+    // A model whose token embedding is not the vocabulary's size.
+    if let Some(vocab) = vocab() {
+        let p = edited(dir.path(), |t| {
+            let e = t.remove("token_embedding.weight").unwrap();
+            t.insert("token_embedding.weight".into(), e.narrow(0, 0, 1000).unwrap());
+        });
+        let mut small = a.clone();
+        small.vocab_size = 1000;
+        let e = Clip::load(&p, &vocab, Some(&small), &Device::Cpu).unwrap_err();
+        assert!(matches!(&e, ClipError::VocabularyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("49408") && e.to_string().contains("1000"), "{e}");
+    }
+
     let e = ClipModel::load(&weights(), None, &Device::Cpu).unwrap_err();
-    assert!(matches!(&e, ClipError::Architecture { .. }) && e.to_string().contains("model_config"), "{e}");
+    assert!(
+        matches!(&e, ClipError::Architecture { .. }) && e.to_string().contains("model_config"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -264,17 +370,37 @@ fn clip_bad_vocabularies_and_configs_are_refused() {
     let p = dir.path().join("vocab.txt.gz");
     std::fs::write(&p, [0x1f, 0x8b, 1, 2, 3]).unwrap();
     let e = ClipTokenizer::load(&p).unwrap_err();
-    assert!(matches!(&e, TokenizerError::Format { path, .. } if path == &p), "{e}");
+    assert!(
+        matches!(&e, TokenizerError::Format { path, .. } if path == &p),
+        "{e}"
+    );
     std::fs::write(&p, "#version: 0.2\na b\n").unwrap();
     let e = ClipTokenizer::load(&p).unwrap_err().to_string();
-    assert!(e.contains("vocab.txt.gz") && e.contains("merge lines"), "{e}");
-    let e = ClipTokenizer::load(&dir.path().join("missing.gz")).unwrap_err().to_string();
+    assert!(
+        e.contains("vocab.txt.gz") && e.contains("merge lines"),
+        "{e}"
+    );
+    let e = ClipTokenizer::load(&dir.path().join("missing.gz"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("fetch_vocab.sh"), "{e}");
 
     let j = dir.path().join("model.json");
     std::fs::write(&j, r#"{"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "ls_init_value": 0.1}, "text_cfg": {"width": 14, "heads": 2, "layers": 2}}"#).unwrap();
-    let e = ClipArchitecture::from_open_clip_json(&j).unwrap_err().to_string();
-    assert!(e.contains("ls_init_value") && e.contains("model.json"), "{e}");
+    let e = ClipArchitecture::from_open_clip_json(&j)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ls_init_value") && e.contains("model.json"),
+        "{e}"
+    );
+}
+
+#[test]
+fn clip_is_shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Clip>();
+    send_sync::<ClipModel>();
 }
 
 #[test]
@@ -283,10 +409,20 @@ fn clip_architecture_is_inferred_from_64_wide_heads() {
         embed_dim: 8,
         image_size: 16,
         patch_size: 8,
-        vision: TowerShape { width: 64, layers: 1, heads: 1, mlp_width: 256 },
+        vision: TowerShape {
+            width: 64,
+            layers: 1,
+            heads: 1,
+            mlp_width: 256,
+        },
         context_length: CONTEXT,
         vocab_size: 100,
-        text: TowerShape { width: 128, layers: 2, heads: 2, mlp_width: 512 },
+        text: TowerShape {
+            width: 128,
+            layers: 2,
+            heads: 2,
+            mlp_width: 512,
+        },
         activation: Activation::QuickGelu,
     };
     let t = random_tensors(&a, 7, &Device::Cpu).unwrap();
@@ -303,5 +439,12 @@ fn clip_architecture_is_inferred_from_64_wide_heads() {
     assert!(matches!(m.text_features(&bad), Err(ClipError::Input(_))));
     // ViT-B/32's published shapes are what `vit_b_32` says.
     let b32 = ClipArchitecture::vit_b_32();
-    assert_eq!((b32.image_size / b32.patch_size, b32.vision.heads, b32.text.heads), (7, 12, 8));
+    assert_eq!(
+        (
+            b32.image_size / b32.patch_size,
+            b32.vision.heads,
+            b32.text.heads
+        ),
+        (7, 12, 8)
+    );
 }
