@@ -6,8 +6,8 @@
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
-//! - `clip`, `clip_tokenizer`, `clip_image`, `prompts`: CLIP's towers, tokenizer and preprocessing,
-//!   and the attribute prompts whose text directions drive the hallucination.
+//! - `clip` (towers, tokenizer, preprocessing) and `prompts`: CLIP attribute hallucination, the
+//!   prompt pairs and their text directions.
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
@@ -18,8 +18,6 @@ pub mod align;
 pub mod baselines;
 pub mod bench;
 pub mod clip;
-pub mod clip_image;
-pub mod clip_tokenizer;
 pub mod clusterer;
 pub mod config;
 pub mod dataset;

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use clip_cluster::clip::image::resize_and_crop;
+use clip_cluster::clip::tokenizer::{ClipTokenizer, TokenizerError, CONTEXT};
 use clip_cluster::clip::{
     random_tensors, Activation, Clip, ClipArchitecture, ClipError, ClipModel, TowerShape,
 };
-use clip_cluster::clip_image::resize_and_crop;
-use clip_cluster::clip_tokenizer::{ClipTokenizer, TokenizerError, CONTEXT};
 use clip_cluster::prompts::{hallucinate, Prompts};
 use image::RgbImage;
 
@@ -184,7 +184,7 @@ fn clip_towers_match_the_numpy_reference_to_1e4() {
 fn clip_tokenizer_matches_the_reference_ids() {
     let Some(vocab) = vocab() else { return };
     let tok = ClipTokenizer::load(&vocab).unwrap();
-    assert_eq!(tok.n_tokens(), clip_cluster::clip_tokenizer::VOCAB_SIZE);
+    assert_eq!(tok.n_tokens(), clip_cluster::clip::tokenizer::VOCAB_SIZE);
     let fx = fixture();
     for t in fx["tokens"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
@@ -335,6 +335,40 @@ fn clip_bad_weights_are_typed_errors_naming_file_and_tensor() {
         "{e}"
     );
 
+    // OpenCLIP's custom-text naming (text tower under `text.`) loads, and computes the same.
+    let p = edited(dir.path(), |t| {
+        let names: Vec<String> = t
+            .keys()
+            .filter(|k| !k.starts_with("visual."))
+            .cloned()
+            .collect();
+        for n in names {
+            let v = t.remove(&n).unwrap();
+            let n = if n == "logit_scale" {
+                n
+            } else {
+                format!("text.{n}")
+            };
+            t.insert(n, v);
+        }
+    });
+    let custom = ClipModel::load(&p, Some(&a), &Device::Cpu).unwrap();
+    let plain = ClipModel::load(&weights(), Some(&a), &Device::Cpu).unwrap();
+    let ids = vec![{
+        let mut r = vec![0u32; CONTEXT];
+        r[..3].copy_from_slice(&[49406, 320, 49407]);
+        r
+    }];
+    let (x, y) = (
+        custom
+            .text_features(&ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
+        plain.text_features(&ids).unwrap().to_vec2::<f32>().unwrap(),
+    );
+    assert_eq!(x, y);
+
     let p = dir.path().join("garbage.safetensors");
     std::fs::write(&p, b"not a safetensors file").unwrap();
     let e = load(&p);
@@ -348,13 +382,19 @@ fn clip_bad_weights_are_typed_errors_naming_file_and_tensor() {
     if let Some(vocab) = vocab() {
         let p = edited(dir.path(), |t| {
             let e = t.remove("token_embedding.weight").unwrap();
-            t.insert("token_embedding.weight".into(), e.narrow(0, 0, 1000).unwrap());
+            t.insert(
+                "token_embedding.weight".into(),
+                e.narrow(0, 0, 1000).unwrap(),
+            );
         });
         let mut small = a.clone();
         small.vocab_size = 1000;
         let e = Clip::load(&p, &vocab, Some(&small), &Device::Cpu).unwrap_err();
         assert!(matches!(&e, ClipError::VocabularyMismatch { .. }), "{e}");
-        assert!(e.to_string().contains("49408") && e.to_string().contains("1000"), "{e}");
+        assert!(
+            e.to_string().contains("49408") && e.to_string().contains("1000"),
+            "{e}"
+        );
     }
 
     let e = ClipModel::load(&weights(), None, &Device::Cpu).unwrap_err();
