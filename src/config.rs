@@ -101,6 +101,24 @@ pub struct ProxyConfig {
     pub with_context: bool,
 }
 
+/// `[clip]`: CLIP attribute hallucination (see `clip`, `prompts`). Empty `weights` disables it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClipConfig {
+    pub weights: PathBuf,
+    pub model_config: PathBuf,
+    pub vocab: PathBuf,
+    pub prompts: PathBuf,
+    pub device: String,
+}
+
+impl ClipConfig {
+    /// CLIP runs only when the operator supplies weights.
+    pub fn enabled(&self) -> bool {
+        !self.weights.as_os_str().is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -229,6 +247,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub embed: EmbedConfig,
     pub proxy: ProxyConfig,
+    pub clip: ClipConfig,
     pub engine: EngineConfig,
     pub index: IndexConfig,
     pub store: StoreConfig,
@@ -409,6 +428,28 @@ impl Config {
                 "proxy.context_k",
                 x.context_k,
                 "must be in 1..=engine.search_k",
+            ));
+        }
+        let c = &self.clip;
+        if !is_device(&c.device) {
+            return Err(bad(
+                "clip.device",
+                &c.device,
+                "must be \"cpu\", \"cuda\" or \"cuda:N\"",
+            ));
+        }
+        if c.enabled() && c.vocab.as_os_str().is_empty() {
+            return Err(bad(
+                "clip.vocab",
+                "\"\"",
+                "must name CLIP's BPE vocabulary when clip.weights is set (tools/clip/fetch_vocab.sh)",
+            ));
+        }
+        if c.enabled() && c.prompts.as_os_str().is_empty() {
+            return Err(bad(
+                "clip.prompts",
+                "\"\"",
+                "must name a prompts file when clip.weights is set (e.g. config/prompts.toml)",
             ));
         }
         let e = &self.engine;
@@ -646,6 +687,15 @@ impl Config {
     }
 }
 
+/// "cpu", "cuda" or "cuda:N".
+fn is_device(name: &str) -> bool {
+    name == "cpu"
+        || name == "cuda"
+        || name
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+}
+
 fn parse_env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t
@@ -744,7 +794,11 @@ mod tests {
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml") {
+            if p.file_name().is_some_and(|n| n == "prompts.toml") {
+                // Not a configuration: CLIP's attribute prompts ([clip] prompts).
+                crate::prompts::Prompts::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            } else if p.extension().is_some_and(|e| e == "toml") {
                 Config::load_from(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 n += 1;
             }
@@ -865,6 +919,15 @@ mod tests {
             ("[engine]\nt2 = -0.1\n", "engine.t2"),
             ("[index]\nm = 1000\n", "index.m"),
             ("[model]\ndim = 0\n", "model.dim"),
+            ("[clip]\ndevice = \"gpu\"\n", "clip.device"),
+            (
+                "[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n",
+                "clip.vocab",
+            ),
+            (
+                "[clip]\nweights = \"w.safetensors\"\nprompts = \"\"\n",
+                "clip.prompts",
+            ),
         ] {
             let p = write(d.path(), text);
             let e = Config::load_from(Some(&p), &[]).unwrap_err().to_string();

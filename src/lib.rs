@@ -6,6 +6,8 @@
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
+//! - `clip` (towers, tokenizer, preprocessing) and `prompts`: CLIP attribute hallucination, the
+//!   prompt pairs and their text directions.
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
@@ -22,6 +24,7 @@ pub mod admin;
 pub mod align;
 pub mod baselines;
 pub mod bench;
+pub mod clip;
 pub mod clusterer;
 pub mod config;
 pub mod dataset;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod produce;
+pub mod prompts;
 pub mod proxy;
 pub mod sink;
 pub mod store;

@@ -25,3 +25,5 @@ command -v pip3 >/dev/null || command -v pip >/dev/null || {
   $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-pip
 }
 "$(dirname "${BASH_SOURCE[0]}")/dlib/fetch_models.sh"
+# CLIP's BPE vocabulary (PyPI open-clip-torch, by name with pip; SHA-256 checked) into <repo>/models.
+"$(dirname "${BASH_SOURCE[0]}")/clip/fetch_vocab.sh"
