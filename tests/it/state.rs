@@ -13,6 +13,11 @@ fn config(dir: &Path, dim: usize) -> Config {
             dir.display().to_string(),
         ),
         ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
+        // The shipped proxy directions are 128-D; these states hold other vectors.
+        (
+            "CLIP_CLUSTER__PROXY__MODE".to_string(),
+            "identity".to_string(),
+        ),
         (
             "CLIP_CLUSTER__INDEX__SNAPSHOT_EVERY_FACES".to_string(),
             "100".to_string(),
