@@ -279,6 +279,13 @@ impl Config {
                 self.engine.t1
             ));
         }
+        if self.engine.k == d.engine.k && d.engine.k != crate::synth::CALIBRATED_K {
+            self.engine.k = crate::synth::CALIBRATED_K;
+            changed.push(format!(
+                "engine.k = {} (the generator's calibrated out-list length)",
+                self.engine.k
+            ));
+        }
         if self.proxy == d.proxy && self.proxy.mode != ProxyMode::Identity {
             self.proxy.mode = ProxyMode::Identity;
             changed.push(

@@ -596,7 +596,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                 ])
                 .collect();
-            let cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            let mut cfg = Config::load_from(cli.config.as_deref(), &env)?;
+            for c in cfg.use_synthetic_settings() {
+                eprintln!("synthetic faces: {c}");
+            }
             let step = (faces / 20).max(1);
             let report = clip_cluster::bench::run(&cfg, faces, batch, window, seed, &|i| {
                 if i % step == 0 || i == faces {

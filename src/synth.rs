@@ -64,6 +64,8 @@ const SHARED: f32 = 0.87;
 /// The edge threshold calibrated for this generator's space (best BCubed F on a training seed,
 /// BENCHMARKS.md section 3); synthetic runs use it while `engine.t1` is left at its default.
 pub const CALIBRATED_T1: f32 = 0.93;
+/// The out-list length the synthetic benchmarks and quality tables were measured with.
+pub const CALIBRATED_K: usize = 10;
 const IDENTITY: f32 = 0.06;
 const MODE: f32 = 0.03;
 const FACE: f32 = 0.04;
