@@ -79,6 +79,7 @@ pub struct EmbedConfig {
     pub box_fraction: f32,
     pub padding: f32,
     pub max_image_side: u32,
+    pub flip_average: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

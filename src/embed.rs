@@ -96,6 +96,8 @@ pub struct DlibEmbedder {
     net: DlibResNet,
     prep: Preprocessor,
     batch_size: usize,
+    /// Average each chip's output with its mirror image's (`embed.flip_average`).
+    flip_average: bool,
 }
 
 impl DlibEmbedder {
@@ -129,6 +131,7 @@ impl DlibEmbedder {
             net,
             prep: Preprocessor { limits, mode },
             batch_size: e.batch_size,
+            flip_average: e.flip_average,
         })
     }
 
@@ -149,15 +152,22 @@ impl DlibEmbedder {
             .collect()
     }
 
-    /// Vectors for chips, `batch_size` at a time.
+    /// Vectors for chips, `batch_size` at a time; with `flip_average`, each vector is the mean of
+    /// the chip's and its left-right mirror's.
     pub fn embed_chips(&self, chips: &[&[u8]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut out = Vec::with_capacity(chips.len());
+        let model = |e: ResNetError| EmbedError::Model(e.to_string());
         for part in chips.chunks(self.batch_size) {
-            out.extend(
-                self.net
-                    .embed_chips(part)
-                    .map_err(|e| EmbedError::Model(e.to_string()))?,
-            );
+            let mut v = self.net.embed_chips(part).map_err(model)?;
+            if self.flip_average {
+                let mirrored: Vec<Vec<u8>> = part.iter().map(|c| mirror(c)).collect();
+                let refs: Vec<&[u8]> = mirrored.iter().map(Vec::as_slice).collect();
+                let m = self.net.embed_chips(&refs).map_err(model)?;
+                for (a, b) in v.iter_mut().zip(m) {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = 0.5 * (*x + y));
+                }
+            }
+            out.extend(v);
         }
         Ok(out)
     }
@@ -165,8 +175,9 @@ impl DlibEmbedder {
 
 impl FaceEmbedder for DlibEmbedder {
     fn model_id(&self) -> String {
+        let flip = if self.flip_average { "+flip" } else { "" };
         format!(
-            "dlib-resnet-v1-{}/{}",
+            "dlib-resnet-v1-{}/{}{flip}",
             &self.net.sha256()[..8],
             self.prep.id()
         )
@@ -196,5 +207,64 @@ impl FaceEmbedder for DlibEmbedder {
                 })
             })
             .collect()
+    }
+}
+
+/// The left-right mirror of a 150x150x3 RGB chip (other sizes are returned unchanged and fail
+/// the network's size check).
+fn mirror(chip: &[u8]) -> Vec<u8> {
+    let side = crate::dlib_resnet::CHIP;
+    if chip.len() != side * side * 3 {
+        return chip.to_vec();
+    }
+    let mut out = vec![0u8; chip.len()];
+    for r in 0..side {
+        for c in 0..side {
+            let (src, dst) = ((r * side + c) * 3, (r * side + side - 1 - c) * 3);
+            out[dst..dst + 3].copy_from_slice(&chip[src..src + 3]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_flips_columns_and_is_its_own_inverse() {
+        let side = crate::dlib_resnet::CHIP;
+        let chip: Vec<u8> = (0..side * side * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let m = mirror(&chip);
+        assert_ne!(m, chip);
+        // Pixel (r, c) moves to (r, side-1-c), channels kept in order.
+        let (r, c) = (3, 10);
+        let src = (r * side + c) * 3;
+        let dst = (r * side + side - 1 - c) * 3;
+        assert_eq!(m[dst..dst + 3], chip[src..src + 3]);
+        assert_eq!(mirror(&m), chip);
+        assert_eq!(mirror(&[1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn embed_errors_have_bounded_classes() {
+        let classes: Vec<&str> = [
+            EmbedError::Decode(String::new()),
+            EmbedError::TooLarge(String::new()),
+            EmbedError::Unusable(String::new()),
+            EmbedError::Model(String::new()),
+        ]
+        .iter()
+        .map(EmbedError::class)
+        .collect();
+        assert_eq!(
+            classes,
+            [
+                "image_decode",
+                "image_too_large",
+                "image_unusable",
+                "model_failure"
+            ]
+        );
     }
 }

@@ -253,6 +253,10 @@ pub struct VerifyReport {
     pub folds: Vec<(f64, f64)>,
     pub mean_same_distance: f64,
     pub mean_different_distance: f64,
+    /// The same protocol on the distance between L2-normalized vectors (the cosine geometry the
+    /// clustering uses).
+    pub normalized_mean_accuracy: f64,
+    pub normalized_std_accuracy: f64,
     /// Embedding time of the unique images (decode, chip, network).
     pub seconds: f64,
     pub faces_per_second: f64,
@@ -295,16 +299,38 @@ pub fn verify(
             .map(|&r| emb.features.row(r))
     };
     let mut distances = Vec::with_capacity(pairs.len());
+    let mut normalized = Vec::with_capacity(pairs.len());
+    let unit = |v: &[f32]| -> Vec<f64> {
+        let n = v
+            .iter()
+            .map(|x| (*x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        v.iter().map(|x| *x as f64 / n).collect()
+    };
     let (mut same, mut diff) = ((0.0, 0usize), (0.0, 0usize));
     for p in &pairs {
         let d = match (vec_of(&p.a), vec_of(&p.b)) {
-            (Some(a), Some(b)) => a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| ((x - y) as f64).powi(2))
-                .sum::<f64>()
-                .sqrt(),
-            _ => f64::INFINITY,
+            (Some(a), Some(b)) => {
+                let (ua, ub) = (unit(a), unit(b));
+                normalized.push(
+                    ua.iter()
+                        .zip(&ub)
+                        .map(|(x, y)| (x - y).powi(2))
+                        .sum::<f64>()
+                        .sqrt(),
+                );
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| ((x - y) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            }
+            _ => {
+                normalized.push(f64::INFINITY);
+                f64::INFINITY
+            }
         };
         if d.is_finite() {
             let acc = if p.same { &mut same } else { &mut diff };
@@ -314,6 +340,7 @@ pub fn verify(
         distances.push(d);
     }
     let v = k_fold(&distances, &pairs, folds);
+    let vn = k_fold(&normalized, &pairs, folds);
     Ok(VerifyReport {
         model_id: embedder.model_id(),
         n_pairs: pairs.len(),
@@ -324,6 +351,8 @@ pub fn verify(
         folds: v.folds,
         mean_same_distance: same.0 / same.1.max(1) as f64,
         mean_different_distance: diff.0 / diff.1.max(1) as f64,
+        normalized_mean_accuracy: vn.mean_accuracy,
+        normalized_std_accuracy: vn.std_accuracy,
         seconds: emb.seconds,
         faces_per_second: images.len() as f64 / emb.seconds.max(1e-9),
     })

@@ -487,12 +487,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "LFW pairs ({} pairs, {} images, {}): accuracy {:.2}% +- {:.2}% (10-fold)\n  mean distance same {:.4}, different {:.4}; rejected {:?}\n  embedding {:.1} s, {:.1} faces/s",
+                    "LFW pairs ({} pairs, {} images, {}): accuracy {:.2}% +- {:.2}% (10-fold; {:.2}% +- {:.2}% on L2-normalized vectors)\n  mean distance same {:.4}, different {:.4}; rejected {:?}\n  embedding {:.1} s, {:.1} faces/s",
                     report.n_pairs,
                     report.n_images,
                     report.model_id,
                     100.0 * report.mean_accuracy,
                     100.0 * report.std_accuracy,
+                    100.0 * report.normalized_mean_accuracy,
+                    100.0 * report.normalized_std_accuracy,
                     report.mean_same_distance,
                     report.mean_different_distance,
                     report.rejected,
