@@ -55,48 +55,15 @@ async fn acknowledged(
     Ok(n)
 }
 
-/// Image files under `dir/<identity>/`, sorted, as (identity, path).
-pub fn image_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
-    let mut out = Vec::new();
-    let read = |d: &std::path::Path| {
-        std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", d.display()))
-    };
-    for person in read(dir)? {
-        let person = person?.path();
-        if !person.is_dir() {
-            continue;
-        }
-        let identity = person
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for f in read(&person)? {
-            let f = f?.path();
-            let ext = f
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            if ["jpg", "jpeg", "png", "webp"].contains(&ext.as_str()) {
-                out.push((identity.clone(), f));
-            }
-        }
-    }
-    out.sort();
-    if out.is_empty() {
-        anyhow::bail!(
-            "{} holds no images in <identity>/ folders (jpg, jpeg, png, webp)",
-            dir.display()
-        );
-    }
-    Ok(out)
-}
-
 /// Publishes every image under `dir/<identity>/` as a raw image message: the bytes as they are,
 /// headers `face_id` (the file stem), `image_id` (the file name), `source_id` (the identity
 /// folder). Returns how many were acknowledged.
 pub fn publish_images(cfg: &Config, topic: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
     use rdkafka::message::{Header, OwnedHeaders};
-    let files = image_files(dir)?;
+    let files: Vec<(String, std::path::PathBuf)> = crate::dataset::list(dir, None)?
+        .into_iter()
+        .map(|i| (i.identity, i.path))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

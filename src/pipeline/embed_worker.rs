@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureRecord, Producer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::source::{consumer, Msg, Rebalances};
+use super::source::{collect_batch, consumer, Msg, Rebalances};
 use super::{load_embedder, PipelineError, RunSummary};
 use crate::admin::Health;
 use crate::config::Config;
@@ -78,30 +78,12 @@ pub(super) async fn run(
             _ = stop_rx.wait_for(|s| *s) => break,
             m = consumer.recv() => m,
         };
-        let started = Instant::now();
-        let mut batch: Vec<Msg> = Vec::with_capacity(cfg.source.max_batch);
-        match first {
-            Ok(m) => batch.push(Msg::of(&m)),
-            Err(e) => {
-                metrics.kafka_errors.with_label_values(&["consume"]).inc();
-                warn!(error = %e, "consumer error (retried by librdkafka)");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        let until = started + wait;
-        while batch.len() < cfg.source.max_batch {
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(Msg::of(&m)),
-                Ok(Err(e)) => {
-                    metrics.kafka_errors.with_label_values(&["consume"]).inc();
-                    warn!(error = %e, "consumer error (retried by librdkafka)");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let Some((batch, started)) =
+            collect_batch(&consumer, first, cfg.source.max_batch, wait, &metrics).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         summary.consumed += batch.len() as u64;
         metrics.faces_consumed.inc_by(batch.len() as u64);
 

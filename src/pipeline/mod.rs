@@ -55,7 +55,7 @@ mod embed_worker;
 mod source;
 
 pub use crate::sink::{producer, queue_send, wire_event, EVENT_SCHEMA_VERSION, EVENT_TYPES};
-use source::{consumer, Msg, Rebalances};
+use source::{collect_batch, consumer, Msg, Rebalances};
 pub use source::{headers_of, SourceContext};
 
 /// How long a retriable block (state locked, committed offset unreadable) waits between tries.
@@ -303,30 +303,12 @@ pub async fn run(
             Wake::Message(m) => m,
         };
         // First message of a batch: collect more for up to `max_batch_wait_ms`.
-        let started = Instant::now();
-        let mut batch: Vec<Msg> = Vec::with_capacity(cfg.source.max_batch);
-        match first {
-            Ok(m) => batch.push(Msg::of(&m)),
-            Err(e) => {
-                metrics.kafka_errors.with_label_values(&["consume"]).inc();
-                warn!(error = %e, "consumer error (retried by librdkafka)");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        }
-        let until = started + wait;
-        while batch.len() < cfg.source.max_batch {
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(Msg::of(&m)),
-                Ok(Err(e)) => {
-                    metrics.kafka_errors.with_label_values(&["consume"]).inc();
-                    warn!(error = %e, "consumer error (retried by librdkafka)");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+        let Some((batch, started)) =
+            collect_batch(&consumer, first, cfg.source.max_batch, wait, &metrics).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         d.summary.consumed += batch.len() as u64;
         metrics.faces_consumed.inc_by(batch.len() as u64);
         // Partitions assigned or revoked while the batch was collected: act first, so that no

@@ -87,6 +87,42 @@ impl Msg {
     }
 }
 
+/// The batch that starts with `first`: up to `max` messages, waiting at most `wait` after the
+/// first one, and when it started. None when `first` is a consumer error (counted and logged;
+/// the caller backs off and tries again).
+pub(super) async fn collect_batch(
+    consumer: &StreamConsumer<SourceContext>,
+    first: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    max: usize,
+    wait: Duration,
+    metrics: &Metrics,
+) -> Option<(Vec<Msg>, std::time::Instant)> {
+    let started = std::time::Instant::now();
+    let mut batch: Vec<Msg> = Vec::with_capacity(max);
+    match first {
+        Ok(m) => batch.push(Msg::of(&m)),
+        Err(e) => {
+            metrics.kafka_errors.with_label_values(&["consume"]).inc();
+            warn!(error = %e, "consumer error (retried by librdkafka)");
+            return None;
+        }
+    }
+    let until = started + wait;
+    while batch.len() < max {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(Msg::of(&m)),
+            Ok(Err(e)) => {
+                metrics.kafka_errors.with_label_values(&["consume"]).inc();
+                warn!(error = %e, "consumer error (retried by librdkafka)");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some((batch, started))
+}
+
 /// Partition assignment changes seen by the rebalance callback, for the loop to act on (the
 /// callback runs inside `recv`, where nothing may block or wait for the loop).
 #[derive(Default)]
