@@ -417,13 +417,6 @@ impl Config {
                 "must be \"cpu\", \"cuda\" or \"cuda:N\"",
             ));
         }
-        if m.device == "cpu" && m.dtype != Precision::F32 {
-            return Err(bad(
-                "embed.dtype",
-                format!("{:?}", m.dtype).to_lowercase(),
-                "must be \"f32\" on the CPU",
-            ));
-        }
         let x = &self.proxy;
         if !(x.temperature.is_finite() && x.temperature > 0.0) {
             return Err(bad("proxy.temperature", x.temperature, "must be > 0"));

@@ -318,12 +318,18 @@ pub struct DlibResNet {
     units: Vec<Unit>,
     fc: Tensor,
     device: Device,
+    /// Arithmetic dtype.
     dtype: DType,
+    /// Emulated half precision (CPU): activations are rounded to this dtype after every layer.
+    round_to: Option<DType>,
     sha256: String,
 }
 
 impl DlibResNet {
-    /// Reads the model file and places the network on `device` in `dtype` (F32, or BF16/F16 on GPU).
+    /// Reads the model file and places the network on `device` in `dtype`: F32, or BF16/F16. On
+    /// the CPU (whose matmul has no BF16) a half dtype is emulated: weights and every activation
+    /// are rounded to it, arithmetic and accumulation stay f32, as GPU half-precision kernels
+    /// accumulate. That measures the accuracy cost of half precision without a GPU.
     pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self, ResNetError> {
         let p = path.display().to_string();
         let data = std::fs::read(path).map_err(|source| ResNetError::Io {
@@ -347,6 +353,8 @@ impl DlibResNet {
         dtype: DType,
         sha256: String,
     ) -> Result<Self, ResNetError> {
+        // CPU: half dtypes are emulated in f32 (see `load`).
+        let compute = if device.is_cpu() { DType::F32 } else { dtype };
         let layout = |detail: String| ResNetError::Layout {
             path: String::new(),
             detail,
@@ -413,9 +421,12 @@ impl DlibResNet {
                     convs.push((
                         filters,
                         Conv {
-                            weight: Tensor::from_vec(w, shape.to_vec(), device)?.to_dtype(dtype)?,
+                            weight: Tensor::from_vec(w, shape.to_vec(), device)?
+                                .to_dtype(dtype)?
+                                .to_dtype(compute)?,
                             bias: Tensor::from_vec(b, (1, filters, 1, 1), device)?
-                                .to_dtype(dtype)?,
+                                .to_dtype(dtype)?
+                                .to_dtype(compute)?,
                             stride,
                             padding,
                         },
@@ -443,7 +454,9 @@ impl DlibResNet {
                         )));
                     }
                     fc = Some(
-                        Tensor::from_vec(weights, (inputs, outputs), device)?.to_dtype(dtype)?,
+                        Tensor::from_vec(weights, (inputs, outputs), device)?
+                            .to_dtype(dtype)?
+                            .to_dtype(compute)?,
                     );
                 }
             }
@@ -494,7 +507,8 @@ impl DlibResNet {
             units,
             fc,
             device: device.clone(),
-            dtype,
+            dtype: compute,
+            round_to: (compute != dtype).then_some(dtype),
             sha256,
         })
     }
@@ -538,19 +552,29 @@ impl DlibResNet {
 
     /// The forward pass from a normalised NCHW input to the raw (unnormalised) 128-D output, f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ResNetError> {
-        let mut x = self.stem.forward(x)?.relu()?.max_pool2d_with_stride(3, 2)?;
+        // Rounds to the emulated half dtype (identity when the dtype is native).
+        let q = |t: Tensor| -> candle_core::Result<Tensor> {
+            match self.round_to {
+                Some(d) => t.to_dtype(d)?.to_dtype(self.dtype),
+                None => Ok(t),
+            }
+        };
+        let x = q(x.clone())?;
+        let mut x = q(self.stem.forward(&x)?)?
+            .relu()?
+            .max_pool2d_with_stride(3, 2)?;
         for unit in &self.units {
-            let y = unit.conv1.forward(&x)?.relu()?;
-            let y = unit.conv2.forward(&y)?;
+            let y = q(unit.conv1.forward(&x)?)?.relu()?;
+            let y = q(unit.conv2.forward(&y)?)?;
             let shortcut = if unit.down {
-                x.avg_pool2d_with_stride(2, 2)?
+                q(x.avg_pool2d_with_stride(2, 2)?)?
             } else {
                 x
             };
-            x = add_prev(&shortcut, &y)?.relu()?;
+            x = q(add_prev(&shortcut, &y)?)?.relu()?;
         }
-        let x = x.mean(D::Minus1)?.mean(D::Minus1)?;
-        Ok(x.matmul(&self.fc)?.to_dtype(DType::F32)?)
+        let x = q(x.mean(D::Minus1)?.mean(D::Minus1)?)?;
+        Ok(q(x.matmul(&self.fc)?)?.to_dtype(DType::F32)?)
     }
 
     /// Embeds a batch of chips: raw 128-D vectors (dlib's output, not normalised), one per chip.

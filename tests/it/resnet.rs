@@ -112,3 +112,44 @@ fn wrong_chip_size_and_bad_files_are_typed_errors() {
         Err(ResNetError::Io { .. })
     ));
 }
+
+#[test]
+fn half_precision_on_the_cpu_is_emulated_close_to_f32() {
+    let Some(dir) = models_dir() else { return };
+    let path = dir.join("dlib_face_recognition_resnet_model_v1.dat");
+    let chips: Vec<Vec<u8>> = ["synthetic_a", "synthetic_b"]
+        .iter()
+        .map(|n| synthetic(n))
+        .collect();
+    let refs: Vec<&[u8]> = chips.iter().map(|c| c.as_slice()).collect();
+    let full = DlibResNet::load(&path, &Device::Cpu, DType::F32)
+        .unwrap()
+        .embed_chips(&refs)
+        .unwrap();
+    for (dtype, min_cos, max_abs) in [
+        (DType::BF16, 0.9999f32, 1e-2f32),
+        (DType::F16, 0.99999, 1e-3),
+    ] {
+        let half = DlibResNet::load(&path, &Device::Cpu, dtype)
+            .unwrap()
+            .embed_chips(&refs)
+            .unwrap();
+        for (a, b) in full.iter().zip(&half) {
+            let max = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cos = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (n(a) * n(b));
+            assert!(
+                max > 0.0,
+                "{dtype:?}: rounding changed nothing, so it is not applied"
+            );
+            assert!(
+                max <= max_abs && cos >= min_cos,
+                "{dtype:?}: max {max}, cosine {cos}"
+            );
+        }
+    }
+}
