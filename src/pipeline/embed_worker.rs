@@ -17,8 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::source::{collect_batch, consumer, Msg, Rebalances};
-use super::{load_embedder, PipelineError, RunSummary};
-use crate::admin::Health;
+use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
 use crate::engine::{normalize, FaceMeta};
 use crate::message::{decode, embedding_envelope, Limits, Payload, Reason, Rejection};
@@ -36,19 +35,7 @@ pub(super) async fn run(
     for r in Reason::ALL {
         metrics.faces_rejected.with_label_values(&[r.class()]);
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
-        .await
-        .map_err(|e| PipelineError::Admin {
-            addr: cfg.admin.listen.clone(),
-            reason: e.to_string(),
-        })?;
-    let health = Arc::new(Health::new(metrics.clone()));
-    let admin = tokio::spawn(crate::admin::serve(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        stop.clone(),
-    ));
+    let (health, admin) = start_admin(&cfg, &metrics, &stop).await?;
 
     let producer = producer(&cfg)?;
     let rebalances = Arc::new(Rebalances::default());

@@ -197,6 +197,33 @@ async fn load_embedder(
     Ok(Some(Arc::new(e)))
 }
 
+/// Binds `admin.listen` and serves /metrics, /healthz and /readyz until `stop`.
+async fn start_admin(
+    cfg: &Config,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> Result<(Arc<Health>, JoinHandle<()>), PipelineError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+        .await
+        .map_err(|e| PipelineError::Admin {
+            addr: cfg.admin.listen.clone(),
+            reason: e.to_string(),
+        })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| cfg.admin.listen.clone());
+    info!(addr = %bound, "admin endpoints: /metrics /healthz /readyz");
+    let health = Arc::new(Health::new(metrics.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        stop.clone(),
+    ));
+    Ok((health, admin))
+}
+
 /// Runs the daemon until `stop` turns true. Returns when the last batch is durable, offsets are
 /// committed and the outboxes are drained (or their bound passed).
 pub async fn run(
@@ -220,24 +247,7 @@ pub async fn run(
     for k in ["consume", "produce", "delivery", "dead_letter", "commit"] {
         metrics.kafka_errors.with_label_values(&[k]);
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
-        .await
-        .map_err(|e| PipelineError::Admin {
-            addr: cfg.admin.listen.clone(),
-            reason: e.to_string(),
-        })?;
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| cfg.admin.listen.clone());
-    info!(addr = %bound, "admin endpoints: /metrics /healthz /readyz");
-    let health = Arc::new(Health::new(metrics.clone()));
-    let admin = tokio::spawn(crate::admin::serve(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        stop.clone(),
-    ));
+    let (health, admin) = start_admin(&cfg, &metrics, &stop).await?;
 
     let producer = producer(&cfg)?;
     let rebalances = Arc::new(Rebalances::default());
