@@ -36,13 +36,7 @@ fn reference(vs: &[Vec<f32>], dim: usize) -> (Vec<Option<u64>>, BTreeMap<u64, se
         c.apply_with_meta(&[(ids[i].as_str(), v.as_slice(), &meta)], &[])
             .unwrap();
     }
-    let events = c
-        .store()
-        .outbox(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.event_seq, serde_json::to_value(&e.event).unwrap()))
-        .collect();
+    let events = outbox_events(&c);
     drop(c);
     (state_of(&cfg, vs.len()).0, events)
 }

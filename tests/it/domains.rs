@@ -110,14 +110,7 @@ fn reference(f: &Faces) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>) {
         c.apply_with_meta(&[(f.ids[i].as_str(), f.vs[i].as_slice(), &f.metas[i])], &[])
             .unwrap();
     }
-    let events = c
-        .store()
-        .outbox(usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.event_seq, serde_json::to_value(&e.event).unwrap()))
-        .collect();
-    (assignments(&c, f), events)
+    (assignments(&c, f), outbox_events(&c))
 }
 
 fn assignments(c: &Clusterer, f: &Faces) -> Vec<u64> {
@@ -197,16 +190,7 @@ fn check_domains(bootstrap: &str, state: &Path, faces: &BTreeMap<i32, Faces>) {
             if seen.insert(id) {
                 first_seen.push(seq);
             }
-            let o = v.as_object_mut().unwrap();
-            for k in [
-                "schema_version",
-                "event_id",
-                "event_seq",
-                "domain",
-                "face_seq",
-            ] {
-                o.remove(k);
-            }
+            strip_wire_fields(&mut v);
             assert_eq!(Some(&v), want.get(&seq), "{domain} event {seq}");
         }
         assert!(

@@ -103,7 +103,23 @@ pub fn producer(bootstrap: &str) -> BaseProducer {
 }
 
 pub fn send(p: &BaseProducer, key: &str, payload: &[u8]) {
-    let mut rec = BaseRecord::to(FACES).key(key).payload(payload);
+    send_record(p, BaseRecord::to(FACES).key(key).payload(payload));
+}
+
+/// Sends to one partition of the input topic (a domain's partition, as a producer keying by the
+/// domain key would).
+pub fn send_to(p: &BaseProducer, partition: i32, key: &str, payload: &[u8]) {
+    send_record(
+        p,
+        BaseRecord::to(FACES)
+            .partition(partition)
+            .key(key)
+            .payload(payload),
+    );
+}
+
+/// Queues `rec`, polling while librdkafka's local queue is full.
+fn send_record(p: &BaseProducer, mut rec: BaseRecord<'_, str, [u8]>) {
     loop {
         match p.send(rec) {
             Ok(()) => return,
@@ -115,21 +131,27 @@ pub fn send(p: &BaseProducer, key: &str, payload: &[u8]) {
     }
 }
 
-/// Sends to one partition of the input topic (a domain's partition, as a producer keying by the
-/// domain key would).
-pub fn send_to(p: &BaseProducer, partition: i32, key: &str, payload: &[u8]) {
-    let mut rec = BaseRecord::to(FACES)
-        .partition(partition)
-        .key(key)
-        .payload(payload);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                rec = r;
-                p.poll(Duration::from_millis(5));
-            }
-        }
+/// A state's outbox events by sequence number, as JSON (what a Kafka-free reference run emits).
+pub fn outbox_events(c: &clip_cluster::clusterer::Clusterer) -> BTreeMap<u64, serde_json::Value> {
+    c.store()
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event_seq, serde_json::to_value(&e.event).unwrap()))
+        .collect()
+}
+
+/// Removes the fields only the wire form of an event has, leaving what the engine emitted.
+pub fn strip_wire_fields(v: &mut serde_json::Value) {
+    let o = v.as_object_mut().unwrap();
+    for k in [
+        "schema_version",
+        "event_id",
+        "event_seq",
+        "domain",
+        "face_seq",
+    ] {
+        o.remove(k);
     }
 }
 
@@ -273,16 +295,7 @@ pub fn check_events(bootstrap: &str, want: &BTreeMap<u64, serde_json::Value>, ti
     );
     for (_, mut v) in got {
         let seq = v["event_seq"].as_u64().unwrap();
-        let o = v.as_object_mut().unwrap();
-        for k in [
-            "schema_version",
-            "event_id",
-            "event_seq",
-            "domain",
-            "face_seq",
-        ] {
-            o.remove(k);
-        }
+        strip_wire_fields(&mut v);
         assert_eq!(Some(&v), want.get(&seq), "event {seq}");
     }
     // The key is the domain: one partition, in order.
