@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::edge::EdgeModel;
 use crate::engine::{Engine, EngineError, Event, FaceMeta, Outcome};
 use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
@@ -25,6 +26,8 @@ pub enum ClustererError {
     Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Edge(#[from] crate::edge::EdgeError),
 }
 
 /// Result of applying one batch.
@@ -38,7 +41,7 @@ pub struct BatchResult {
 }
 
 pub struct Clusterer {
-    engine: Engine<HnswIndex, ProxyModel>,
+    engine: Engine<HnswIndex, ProxyModel, EdgeModel>,
     store: Store,
     index_dir: PathBuf,
     snapshot_every: u32,
@@ -55,8 +58,12 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
         model: cfg.model.name.clone(),
         dim: cfg.model.dim,
         graph: format!(
-            "k={} search_k={} t1={} t2={} proxy={proxy} score=cosine",
-            e.k, e.search_k, e.t1, e.t2
+            "k={} search_k={} t1={} t2={} proxy={proxy} score={}",
+            e.k,
+            e.search_k,
+            e.t1,
+            e.t2,
+            edge_id(cfg)
         ),
     }
 }
@@ -87,6 +94,32 @@ pub fn proxy_id(cfg: &Config) -> String {
             )
         }
     }
+}
+
+/// The edge scorer as it enters the fingerprint: "cosine" (the fingerprint of every state written
+/// before the edge head existed), or "learned(<SHA-256 prefix of the head>)".
+pub fn edge_id(cfg: &Config) -> String {
+    match cfg.edge.scorer {
+        crate::config::EdgeScorerKind::Cosine => "cosine".into(),
+        crate::config::EdgeScorerKind::Learned => {
+            use sha2::Digest;
+            let h = std::fs::read(&cfg.edge.weights_path)
+                .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
+                .unwrap_or_else(|_| "unreadable".into());
+            format!("learned({h})")
+        }
+    }
+}
+
+/// The edge scorer `[edge]` describes (the head read and checked here).
+pub fn edge_model(cfg: &Config) -> Result<EdgeModel, crate::edge::EdgeError> {
+    Ok(match cfg.edge.scorer {
+        crate::config::EdgeScorerKind::Cosine => EdgeModel::Cosine,
+        crate::config::EdgeScorerKind::Learned => EdgeModel::Learned(crate::edge::EdgeHead::load(
+            &cfg.edge.weights_path,
+            cfg.model.dim,
+        )?),
+    })
 }
 
 /// The proxy generator `[proxy]` describes (directions read and checked here).
@@ -126,6 +159,7 @@ impl Clusterer {
     pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
         let path = cfg.store.path.clone();
         let proxy = proxy_model(cfg)?;
+        let scorer = edge_model(cfg)?;
         let store = Store::open(&path, &fingerprint(cfg), cfg.store.cache_bytes)?;
         let restored = store.load()?;
         let n = restored.faces.len() as u32;
@@ -165,13 +199,7 @@ impl Clusterer {
             // A long replay is not repeated at the next start.
             snapshot(&store, &index_dir, &index, n)?;
         }
-        let engine = Engine::restore(
-            cfg.engine_params(),
-            index,
-            proxy,
-            crate::engine::CosineScorer,
-            restored,
-        );
+        let engine = Engine::restore(cfg.engine_params(), index, proxy, scorer, restored);
         Ok(Self {
             engine,
             store,
@@ -180,7 +208,7 @@ impl Clusterer {
         })
     }
 
-    pub fn engine(&self) -> &Engine<HnswIndex, ProxyModel> {
+    pub fn engine(&self) -> &Engine<HnswIndex, ProxyModel, EdgeModel> {
         &self.engine
     }
 

@@ -102,6 +102,21 @@ pub struct ProxyConfig {
     pub with_context: bool,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeScorerKind {
+    Cosine,
+    Learned,
+}
+
+/// `[edge]`: how a candidate edge is scored (see `edge`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub scorer: EdgeScorerKind,
+    pub weights_path: PathBuf,
+}
+
 /// `[clip]`: CLIP attribute hallucination (see `clip`, `prompts`). Empty `weights` disables it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +263,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub embed: EmbedConfig,
     pub proxy: ProxyConfig,
+    pub edge: EdgeConfig,
     pub clip: ClipConfig,
     pub engine: EngineConfig,
     pub index: IndexConfig,
@@ -291,6 +307,13 @@ impl Config {
             self.proxy.mode = ProxyMode::Identity;
             changed.push(
                 "proxy.mode = \"identity\" (the learned directions belong to the embedder's space)"
+                    .into(),
+            );
+        }
+        if self.edge == d.edge && self.edge.scorer != EdgeScorerKind::Cosine {
+            self.edge.scorer = EdgeScorerKind::Cosine;
+            changed.push(
+                "edge.scorer = \"cosine\" (the edge head was trained in the embedder's space)"
                     .into(),
             );
         }
@@ -429,6 +452,15 @@ impl Config {
                 "proxy.context_k",
                 x.context_k,
                 "must be in 1..=engine.search_k",
+            ));
+        }
+        if self.edge.scorer == EdgeScorerKind::Learned
+            && self.edge.weights_path.as_os_str().is_empty()
+        {
+            return Err(bad(
+                "edge.weights_path",
+                "\"\"",
+                "must name the edge head (clip-cluster train --edge-out) when edge.scorer = \"learned\"",
             ));
         }
         let c = &self.clip;

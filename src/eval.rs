@@ -95,10 +95,12 @@ pub enum EvalError {
     },
     #[error("the features have {got} dimensions but the configuration says model.dim = {expected}; pass --dim or set model.dim")]
     Dim { got: usize, expected: usize },
-    #[error("--threshold {0} is not a cosine similarity in [-1, 1)")]
+    #[error("--threshold {0} is not an edge score in [-1, 1)")]
     Threshold(f32),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("edge scorer: {0}")]
+    Edge(String),
     #[error("--k {0} must be in 1..=256")]
     K(usize),
 }
@@ -160,8 +162,9 @@ pub fn run(
             if s.algorithm == Algorithm::Stream {
                 let proxy = crate::clusterer::proxy_model(cfg)
                     .map_err(|e| EvalError::Proxy(e.to_string()))?;
-                let mut e =
-                    Engine::with_stages(p, HnswIndex::new(h), proxy, crate::engine::CosineScorer);
+                let scorer = crate::clusterer::edge_model(cfg)
+                    .map_err(|e| EvalError::Edge(e.to_string()))?;
+                let mut e = Engine::with_stages(p, HnswIndex::new(h), proxy, scorer);
                 e.set_tracking(false);
                 for (i, &row) in order.iter().enumerate() {
                     e.insert(&i.to_string(), feats.row(i))

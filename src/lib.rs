@@ -3,6 +3,8 @@
 //! Layout, in the order data flows:
 //! - `config`: raw and resolved configuration (`config/default.toml`, file, environment).
 //! - `engine`: the IO-free incremental clustering core (kNN re-linking, intimacy, components).
+//! - `proxy` (learned directions, the neighbour-aware proxy) and `edge` (cosine or the trained
+//!   edge head): the stages the engine is generic over.
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod dlib_format;
 pub mod dlib_resnet;
 pub mod domain;
+pub mod edge;
 pub mod embed;
 pub mod engine;
 pub mod eval;

@@ -157,9 +157,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Learns the proxy's hallucination directions from identity-labeled features (the leading
-    /// eigenvectors of the within-identity scatter) and writes them as safetensors for
-    /// proxy.directions_path. Deterministic: the same input gives the same file.
+    /// Learns from identity-labeled features: the proxy's hallucination directions (the leading
+    /// eigenvectors of the within-identity scatter; --out, for proxy.directions_path) and the edge
+    /// head (a pair classifier trained with candle-nn; --edge-out, for edge.weights_path), each as
+    /// safetensors. Seeded and deterministic: the same input and seed give the same files.
     Train {
         /// learn-to-cluster features of the training identities (e.g. `embed --people peopleDevTrain.txt`).
         #[arg(long)]
@@ -176,8 +177,23 @@ enum Command {
         /// `<labels>.names`).
         #[arg(long)]
         people: Option<PathBuf>,
+        /// Where to write the directions.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Where to write the edge head (trains it).
+        #[arg(long)]
+        edge_out: Option<PathBuf>,
+        /// Edge head: candidate edges per face (its nearest neighbours).
+        #[arg(long, default_value_t = 10)]
+        edge_k: usize,
+        /// Edge head: hidden units.
+        #[arg(long, default_value_t = 16)]
+        edge_hidden: usize,
+        /// Edge head: passes over the training pairs.
+        #[arg(long, default_value_t = 40)]
+        edge_epochs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Writes seeded synthetic identities in learn-to-cluster format (.bin rows + .meta labels).
     Generate {
@@ -511,7 +527,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             directions,
             people,
             out,
+            edge_out,
+            edge_k,
+            edge_hidden,
+            edge_epochs,
+            seed,
         } => {
+            anyhow::ensure!(
+                out.is_some() || edge_out.is_some(),
+                "nothing to train: give --out (directions) and/or --edge-out (edge head)"
+            );
             let cfg = Config::load(cli.config.as_deref())?;
             let feats = read_features(&features, dim.unwrap_or(cfg.model.dim))?;
             let labs = read_labels(&labels)?;
@@ -520,10 +545,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => only_people(feats, labs, &labels, p)?,
                 None => (feats, labs),
             };
+            let n_ids = labs.iter().collect::<std::collections::BTreeSet<_>>().len();
+            if let Some(edge_out) = &edge_out {
+                let opts = clip_cluster::edge::EdgeTraining {
+                    k: edge_k,
+                    hidden: edge_hidden,
+                    epochs: edge_epochs,
+                    seed,
+                    ..Default::default()
+                };
+                eprintln!(
+                    "training the edge head on the {edge_k} nearest neighbours of {} faces of {n_ids} identities ({:.0}% of identities held out)",
+                    feats.n(),
+                    opts.holdout * 100.0
+                );
+                let (head, last) = clip_cluster::edge::train(&feats, &labs, &opts, &mut |r| {
+                    eprintln!(
+                            "epoch {:>3}/{edge_epochs}: train loss {:.4}, held-out loss {:.4}, held-out accuracy {:.4} (cosine: {:.4}; each at its best threshold)",
+                            r.epoch, r.train_loss, r.holdout_loss, r.holdout_accuracy, r.holdout_cosine_accuracy
+                        )
+                })?;
+                head.save(edge_out)?;
+                eprintln!(
+                    "wrote {} (hidden {}, held-out accuracy {:.4} vs cosine {:.4})",
+                    edge_out.display(),
+                    head.hidden,
+                    last.holdout_accuracy,
+                    last.holdout_cosine_accuracy
+                );
+            }
+            let Some(out) = out else {
+                return Ok(());
+            };
             eprintln!(
-                "learning {directions} directions from {} faces of {} identities",
-                feats.n(),
-                labs.iter().collect::<std::collections::BTreeSet<_>>().len()
+                "learning {directions} directions from {} faces of {n_ids} identities",
+                feats.n()
             );
             let d = clip_cluster::proxy::Directions::learn(&feats, &labs, directions)?;
             d.save(&out)?;

@@ -8,9 +8,11 @@ on the same identity embeddings for every row. Python standard library only.
 Usage:
   target/release/clip-cluster embed --faces ../shared/data/lfw --out lfw.bin --labels-out lfw.meta
   target/release/clip-cluster train --features lfw.bin --labels lfw.meta \
-      --people ../shared/data/lfw/peopleDevTrain.txt --out weights/proxy-directions.safetensors
+      --people ../shared/data/lfw/peopleDevTrain.txt --out weights/proxy-directions.safetensors \
+      --edge-out weights/edge-head.safetensors
   tools/lfw-ablation.py --features lfw.bin --labels lfw.meta \
-      --directions weights/proxy-directions.safetensors [--lfw ../shared/data/lfw] [--quick]
+      --directions weights/proxy-directions.safetensors --edge weights/edge-head.safetensors \
+      [--lfw ../shared/data/lfw] [--quick]
 """
 import argparse
 import itertools
@@ -57,6 +59,7 @@ def main():
     ap.add_argument("--features", required=True)
     ap.add_argument("--labels", required=True)
     ap.add_argument("--directions", required=True)
+    ap.add_argument("--edge", required=True, help="edge head from train --edge-out")
     ap.add_argument("--lfw", default=os.environ.get("CLIP_CLUSTER_LFW", "../shared/data/lfw"))
     ap.add_argument("--quick", action="store_true", help="smaller grids")
     args = ap.parse_args()
@@ -68,7 +71,9 @@ def main():
     lines = ["| configuration | setting (tuned on train) | F_P | F_B | NMI | clusters | faces/s |",
              "|---|---|---|---|---|---|---|"]
 
-    ident = {"PROXY__MODE": "identity"}
+    cosine = {"EDGE__SCORER": "cosine"}
+    learned = {"EDGE__SCORER": "learned", "EDGE__WEIGHTS_PATH": args.edge}
+    ident = dict(cosine, PROXY__MODE="identity")
     # Raw features (proxy = identity vector): t1 and the out-list length k.
     ks = [2, 3, 5, 10] if not args.quick else [2, 10]
     c = best_of(args, train, [("raw k=%d t1=%g" % (k, t), dict(ident, ENGINE__K=k), "stream", t)
@@ -83,7 +88,7 @@ def main():
 
     # Proxy without hallucination: attention over the face and its neighbourhood.
     temps = [0.1, 0.3, 1.0] if not args.quick else [0.3]
-    cands = [("ctx T=%g" % T, {"PROXY__MODE": "neighbor", "PROXY__DIRECTIONS_PATH": "", "ENGINE__K": raw_k,
+    cands = [("ctx T=%g" % T, {**cosine, "PROXY__MODE": "neighbor", "PROXY__DIRECTIONS_PATH": "", "ENGINE__K": raw_k,
                                 "PROXY__WITH_CONTEXT": "true", "PROXY__TEMPERATURE": T},
               "stream", raw_t1) for T in temps]
     c = best_of(args, train, cands)
@@ -97,7 +102,7 @@ def main():
         grid = itertools.product([16], [2.0], [0.05], [False])
     cands = []
     for n, s, T, q in grid:
-        env = {"PROXY__MODE": "neighbor", "PROXY__DIRECTIONS_PATH": args.directions, "PROXY__DIRECTIONS": n,
+        env = {**cosine, "PROXY__MODE": "neighbor", "PROXY__DIRECTIONS_PATH": args.directions, "PROXY__DIRECTIONS": n,
                "ENGINE__K": raw_k,
                "PROXY__STRENGTH": s, "PROXY__TEMPERATURE": T, "PROXY__WITH_CONTEXT": str(q).lower()}
         cands.append(("dirs=%d s=%g T=%g ctx=%s" % (n, s, T, q), env, "stream", raw_t1))
@@ -106,6 +111,21 @@ def main():
     best_proxy = c
     lines.append(row("proxy + learned directions", "%s, t1 %g" % (c[0].split(" t1=")[0], c[3]),
                      run(args, c[1], test, "stream", c[3])))
+
+    # The trained edge head (P(same identity) instead of the cosine), on raw features and on
+    # the best proxy: the out-list length and the probability threshold tuned on train.
+    e_ts = [0.8, 0.85, 0.9, 0.93, 0.95] if not args.quick else [0.85, 0.9]
+    e_ks = [2, 3, 5] if not args.quick else [2]
+    c = best_of(args, train, [("raw+edge k=%d t1=%g" % (k, t), dict(ident, **learned, ENGINE__K=k), "stream", t)
+                              for k in e_ks for t in e_ts])
+    lines.append(row("raw features + edge head", "k %s, t1 %g" % (c[1]["ENGINE__K"], c[3]),
+                     run(args, c[1], test, "stream", c[3])))
+    proxy_env = dict(best_proxy[1], **learned)
+    c = best_of(args, train, [("proxy+edge k=%d t1=%g" % (k, t), dict(proxy_env, ENGINE__K=k), "stream", t)
+                              for k in e_ks for t in e_ts])
+    best_edge = c
+    lines.append(row("proxy + learned directions + edge head", "%s; k %s, t1 %g" % (
+        best_proxy[0].split(" t1=")[0], c[1]["ENGINE__K"], c[3]), run(args, c[1], test, "stream", c[3])))
 
     # The whole of LFW (13,233 faces) for the untrained rows: raw features at the training-tuned
     # settings, and the peers at their stock thresholds (below, per peer).
@@ -125,6 +145,7 @@ def main():
 
     print("\n".join(lines + lines_all))
     print("\nbest proxy setting (train): %s; env: %s" % (best_proxy[0], json.dumps(best_proxy[1])))
+    print("best proxy + edge head (train): %s; env: %s" % (best_edge[0], json.dumps(best_edge[1])))
 
 
 if __name__ == "__main__":
