@@ -75,15 +75,8 @@ pub fn proxy_id(cfg: &Config) -> String {
     match x.mode {
         crate::config::ProxyMode::Identity => "identity".into(),
         crate::config::ProxyMode::Neighbor => {
-            let dirs = if x.directions_path.as_os_str().is_empty() {
-                "none".to_string()
-            } else {
-                use sha2::Digest;
-                std::fs::read(&x.directions_path)
-                    .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
-                    .unwrap_or_else(|_| "unreadable".into())
-            };
-            format!(
+            let dirs = file_id(&x.directions_path);
+            let base = format!(
                 "neighbor(dirs={dirs}:{} s={} T={} ctx={} min={} q={})",
                 x.directions,
                 x.strength,
@@ -91,9 +84,27 @@ pub fn proxy_id(cfg: &Config) -> String {
                 x.context_k,
                 x.min_neighbors,
                 x.with_context
-            )
+            );
+            // States written before trained attention existed keep their fingerprint.
+            if x.attention_path.as_os_str().is_empty() {
+                base
+            } else {
+                format!("{base} att={}", file_id(&x.attention_path))
+            }
         }
     }
+}
+
+/// A weights file as it enters the fingerprint: "none" (no file), the SHA-256 prefix of its
+/// bytes, or "unreadable" (opening the state then fails on loading the file, with its error).
+fn file_id(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        return "none".into();
+    }
+    use sha2::Digest;
+    std::fs::read(path)
+        .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
+        .unwrap_or_else(|_| "unreadable".into())
 }
 
 /// The edge scorer as it enters the fingerprint: "cosine" (the fingerprint of every state written
@@ -102,11 +113,7 @@ pub fn edge_id(cfg: &Config) -> String {
     match cfg.edge.scorer {
         crate::config::EdgeScorerKind::Cosine => "cosine".into(),
         crate::config::EdgeScorerKind::Learned => {
-            use sha2::Digest;
-            let h = std::fs::read(&cfg.edge.weights_path)
-                .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
-                .unwrap_or_else(|_| "unreadable".into());
-            format!("learned({h})")
+            format!("learned({})", file_id(&cfg.edge.weights_path))
         }
     }
 }
@@ -145,6 +152,14 @@ pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError>
                 context_k: x.context_k,
                 min_neighbors: x.min_neighbors,
                 with_context: x.with_context,
+                attention: if x.attention_path.as_os_str().is_empty() {
+                    None
+                } else {
+                    Some(crate::attention::Attention::load(
+                        &x.attention_path,
+                        cfg.model.dim,
+                    )?)
+                },
             })
         }
     })

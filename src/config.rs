@@ -100,6 +100,7 @@ pub struct ProxyConfig {
     pub context_k: usize,
     pub min_neighbors: usize,
     pub with_context: bool,
+    pub attention_path: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! Layout, in the order data flows:
 //! - `config`: raw and resolved configuration (`config/default.toml`, file, environment).
 //! - `engine`: the IO-free incremental clustering core (kNN re-linking, intimacy, components).
-//! - `proxy` (learned directions, the neighbour-aware proxy) and `edge` (cosine or the trained
-//!   edge head): the stages the engine is generic over.
+//! - `proxy` (learned directions, the neighbour-aware proxy), `attention` (its trained W_q, W_k)
+//!   and `edge` (cosine or the trained edge head): the stages the engine is generic over.
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod align;
+pub mod attention;
 pub mod baselines;
 pub mod bench;
 pub mod clip;

@@ -183,6 +183,13 @@ enum Command {
         /// Where to write the edge head (trains it).
         #[arg(long)]
         edge_out: Option<PathBuf>,
+        /// Where to write the proxy's trained attention W_q, W_k (trains it for the configured
+        /// [proxy] settings, with the directions of --out when given, else proxy.directions_path).
+        #[arg(long)]
+        attention_out: Option<PathBuf>,
+        /// Attention: passes over the training faces.
+        #[arg(long, default_value_t = 15)]
+        attention_epochs: usize,
         /// Edge head: candidate edges per face (its nearest neighbours).
         #[arg(long, default_value_t = 10)]
         edge_k: usize,
@@ -531,11 +538,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             edge_k,
             edge_hidden,
             edge_epochs,
+            attention_out,
+            attention_epochs,
             seed,
         } => {
             anyhow::ensure!(
-                out.is_some() || edge_out.is_some(),
-                "nothing to train: give --out (directions) and/or --edge-out (edge head)"
+                out.is_some() || edge_out.is_some() || attention_out.is_some(),
+                "nothing to train: give --out (directions), --edge-out (edge head) and/or --attention-out (proxy attention)"
             );
             let cfg = Config::load(cli.config.as_deref())?;
             let feats = read_features(&features, dim.unwrap_or(cfg.model.dim))?;
@@ -574,27 +583,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     last.holdout_cosine_accuracy
                 );
             }
-            let Some(out) = out else {
-                return Ok(());
-            };
-            eprintln!(
-                "learning {directions} directions from {} faces of {n_ids} identities",
-                feats.n()
-            );
-            let d = clip_cluster::proxy::Directions::learn(&feats, &labs, directions)?;
-            d.save(&out)?;
-            let total: f32 = d.sigmas.iter().map(|s| s * s).sum();
-            eprintln!(
-                "wrote {} ({} directions; within-identity std along each: {})",
-                out.display(),
-                d.count(),
-                d.sigmas
-                    .iter()
-                    .map(|s| format!("{s:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            eprintln!("variance along them: {total:.5}");
+            if let Some(out) = &out {
+                eprintln!(
+                    "learning {directions} directions from {} faces of {n_ids} identities",
+                    feats.n()
+                );
+                let d = clip_cluster::proxy::Directions::learn(&feats, &labs, directions)?;
+                d.save(out)?;
+                let total: f32 = d.sigmas.iter().map(|s| s * s).sum();
+                eprintln!(
+                    "wrote {} ({} directions; within-identity std along each: {})",
+                    out.display(),
+                    d.count(),
+                    d.sigmas
+                        .iter()
+                        .map(|s| format!("{s:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                eprintln!("variance along them: {total:.5}");
+            }
+            if let Some(att_out) = &attention_out {
+                let mut c = cfg.clone();
+                c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
+                c.proxy.attention_path = PathBuf::new();
+                if let Some(out) = &out {
+                    c.proxy.directions_path = out.clone();
+                }
+                let clip_cluster::proxy::ProxyModel::Neighbor(proxy) =
+                    clip_cluster::clusterer::proxy_model(&c)?
+                else {
+                    anyhow::bail!("the neighbour proxy could not be configured");
+                };
+                let opts = clip_cluster::attention::AttentionTraining {
+                    k: cfg.engine.search_k.min(10),
+                    t1: cfg.engine.t1,
+                    epochs: attention_epochs,
+                    seed,
+                    ..Default::default()
+                };
+                eprintln!(
+                    "training the proxy attention on {} faces of {n_ids} identities (decision at t1 {}, {} directions, strength {}, T {})",
+                    feats.n(),
+                    opts.t1,
+                    proxy.directions.as_ref().map_or(0, |d| d.count()),
+                    proxy.strength,
+                    proxy.temperature
+                );
+                let (att, last) = clip_cluster::attention::train(
+                    &feats,
+                    &labs,
+                    &proxy,
+                    &opts,
+                    &mut |r| {
+                        eprintln!(
+                        "epoch {:>3}/{attention_epochs}: train loss {:.4}, held-out loss {:.4}, held-out edge accuracy {:.4} (W = I: {:.4})",
+                        r.epoch, r.train_loss, r.holdout_loss, r.holdout_accuracy, r.holdout_identity_accuracy
+                    )
+                    },
+                )?;
+                att.save(att_out)?;
+                eprintln!(
+                    "wrote {} (held-out edge accuracy {:.4} vs {:.4} with W = I)",
+                    att_out.display(),
+                    last.holdout_accuracy,
+                    last.holdout_identity_accuracy
+                );
+            }
             Ok(())
         }
         Command::Generate {

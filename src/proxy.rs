@@ -9,7 +9,8 @@
 //! - context: q = similarity-weighted mean of the proxies of the face's `context_k` nearest
 //!   indexed faces (weights = max(cosine, 0));
 //! - attention: alpha = softmax_h((W_q q) . (W_k h) / T) over the candidates h in {f, f_a±}
-//!   (plus q itself when `with_context`), W_q = W_k = I (the parameter-free default);
+//!   (plus q itself when `with_context`), W_q = W_k = I (the parameter-free default) or trained
+//!   (`attention`);
 //! - proxy: p = norm(sum_h alpha_h h). Cold start (fewer than `min_neighbors` neighbours): p = f.
 //!
 //! A variant that points toward the neighbourhood wins attention, so the proxy moves toward its
@@ -36,6 +37,8 @@ pub enum ProxyError {
     Write { path: String, detail: String },
     #[error("learning directions: {0}")]
     Learn(String),
+    #[error(transparent)]
+    Attention(#[from] crate::attention::AttentionError),
 }
 
 /// Learned attribute directions in identity space.
@@ -286,6 +289,8 @@ pub struct NeighborProxy {
     pub min_neighbors: usize,
     /// Whether q itself is a candidate (neighbour smoothing).
     pub with_context: bool,
+    /// Trained W_q, W_k (`attention`); None = W_q = W_k = I.
+    pub attention: Option<crate::attention::Attention>,
 }
 
 fn norm(v: &mut [f32]) {
@@ -351,9 +356,13 @@ impl ProxyGenerator for NeighborProxy {
         if cands.len() == 1 {
             return None;
         }
+        let r = match &self.attention {
+            Some(a) => a.query(&q),
+            None => q,
+        };
         let logits: Vec<f32> = cands
             .iter()
-            .map(|h| h.iter().zip(&q).map(|(a, b)| a * b).sum::<f32>() / self.temperature)
+            .map(|h| h.iter().zip(&r).map(|(a, b)| a * b).sum::<f32>() / self.temperature)
             .collect();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let w: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -473,6 +482,7 @@ mod tests {
             context_k: 10,
             min_neighbors: 1,
             with_context: false,
+            attention: None,
         };
         let f = [1.0f32, 0.0, 0.0];
         // The neighbour sits off f along both axis 1 (identity) and axis 2 (the direction).

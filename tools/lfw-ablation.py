@@ -9,9 +9,10 @@ Usage:
   target/release/clip-cluster embed --faces ../shared/data/lfw --out lfw.bin --labels-out lfw.meta
   target/release/clip-cluster train --features lfw.bin --labels lfw.meta \
       --people ../shared/data/lfw/peopleDevTrain.txt --out weights/proxy-directions.safetensors \
-      --edge-out weights/edge-head.safetensors
+      --edge-out weights/edge-head.safetensors --attention-out weights/proxy-attention.safetensors
   tools/lfw-ablation.py --features lfw.bin --labels lfw.meta \
       --directions weights/proxy-directions.safetensors --edge weights/edge-head.safetensors \
+      --attention weights/proxy-attention.safetensors \
       [--lfw ../shared/data/lfw] [--quick]
 """
 import argparse
@@ -60,6 +61,7 @@ def main():
     ap.add_argument("--labels", required=True)
     ap.add_argument("--directions", required=True)
     ap.add_argument("--edge", required=True, help="edge head from train --edge-out")
+    ap.add_argument("--attention", required=True, help="proxy attention from train --attention-out")
     ap.add_argument("--lfw", default=os.environ.get("CLIP_CLUSTER_LFW", "../shared/data/lfw"))
     ap.add_argument("--quick", action="store_true", help="smaller grids")
     args = ap.parse_args()
@@ -112,6 +114,12 @@ def main():
     lines.append(row("proxy + learned directions", "%s, t1 %g" % (c[0].split(" t1=")[0], c[3]),
                      run(args, c[1], test, "stream", c[3])))
 
+    # Proxy + learned directions + trained attention (W_q, W_k), at the best proxy setting.
+    att_env = dict(best_proxy[1], PROXY__ATTENTION_PATH=args.attention)
+    c = best_of(args, train, [("dirs+attention t1=%g" % t, att_env, "stream", t) for t in t1s])
+    lines.append(row("proxy + learned directions + trained attention", "%s, t1 %g" % (
+        best_proxy[0].split(" t1=")[0], c[3]), run(args, c[1], test, "stream", c[3])))
+
     # The trained edge head (P(same identity) instead of the cosine), on raw features and on
     # the best proxy: the out-list length and the probability threshold tuned on train.
     e_ts = [0.8, 0.85, 0.9, 0.93, 0.95] if not args.quick else [0.85, 0.9]
@@ -121,10 +129,13 @@ def main():
     lines.append(row("raw features + edge head", "k %s, t1 %g" % (c[1]["ENGINE__K"], c[3]),
                      run(args, c[1], test, "stream", c[3])))
     proxy_env = dict(best_proxy[1], **learned)
-    c = best_of(args, train, [("proxy+edge k=%d t1=%g" % (k, t), dict(proxy_env, ENGINE__K=k), "stream", t)
-                              for k in e_ks for t in e_ts])
+    c = best_of(args, train, [("proxy+edge%s k=%d t1=%g" % (" +att" if a else "", k, t),
+                               dict(proxy_env, ENGINE__K=k, PROXY__ATTENTION_PATH=args.attention if a else ""),
+                               "stream", t)
+                              for a in [False, True] for k in e_ks for t in e_ts])
     best_edge = c
-    lines.append(row("proxy + learned directions + edge head", "%s; k %s, t1 %g" % (
+    lines.append(row("proxy + learned directions%s + edge head" % (
+        " + trained attention" if c[1]["PROXY__ATTENTION_PATH"] else ""), "%s; k %s, t1 %g" % (
         best_proxy[0].split(" t1=")[0], c[1]["ENGINE__K"], c[3]), run(args, c[1], test, "stream", c[3])))
 
     # The whole of LFW (13,233 faces) for the untrained rows: raw features at the training-tuned
