@@ -38,6 +38,8 @@ pub struct BatchResult {
     /// (position in the batch, why)
     pub rejected: Vec<(usize, EngineError)>,
     pub events: Vec<Event>,
+    /// Proxies of older faces the batch's insertions refreshed (`proxy.refresh_per_insert`).
+    pub refreshed: usize,
 }
 
 pub struct Clusterer {
@@ -85,12 +87,18 @@ pub fn proxy_id(cfg: &Config) -> String {
                 x.min_neighbors,
                 x.with_context
             );
-            // States written before trained attention existed keep their fingerprint.
-            if x.attention_path.as_os_str().is_empty() {
-                base
-            } else {
-                format!("{base} att={}", file_id(&x.attention_path))
+            // States written before trained attention and refresh existed keep their fingerprint.
+            let mut id = base;
+            if !x.attention_path.as_os_str().is_empty() {
+                id.push_str(&format!(" att={}", file_id(&x.attention_path)));
             }
+            if x.refresh_per_insert > 0 {
+                id.push_str(&format!(
+                    " refresh={}:{}",
+                    x.refresh_per_insert, x.refresh_min_change
+                ));
+            }
+            id
         }
     }
 }
@@ -252,6 +260,7 @@ impl Clusterer {
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
+        let refreshed_before = self.engine.n_refreshed();
         for (i, (id, v, meta)) in faces.iter().enumerate() {
             match self.engine.insert_with(id, v, meta) {
                 Ok((Outcome::Applied { seq }, events)) => {
@@ -268,6 +277,7 @@ impl Clusterer {
             }
         }
         self.store.commit(&self.engine.take_changes(), positions)?;
+        res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
     }
 }

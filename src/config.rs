@@ -101,6 +101,8 @@ pub struct ProxyConfig {
     pub min_neighbors: usize,
     pub with_context: bool,
     pub attention_path: PathBuf,
+    pub refresh_per_insert: usize,
+    pub refresh_min_change: f32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -448,6 +450,20 @@ impl Config {
         if !(x.strength.is_finite() && (0.0..=100.0).contains(&x.strength)) {
             return Err(bad("proxy.strength", x.strength, "must be in [0, 100]"));
         }
+        if x.refresh_per_insert > self.engine.search_k {
+            return Err(bad(
+                "proxy.refresh_per_insert",
+                x.refresh_per_insert,
+                "must be in 0..=engine.search_k",
+            ));
+        }
+        if !(x.refresh_min_change.is_finite() && (0.0..1.0).contains(&x.refresh_min_change)) {
+            return Err(bad(
+                "proxy.refresh_min_change",
+                x.refresh_min_change,
+                "must be in [0, 1)",
+            ));
+        }
         if x.context_k == 0 || x.context_k > self.engine.search_k {
             return Err(bad(
                 "proxy.context_k",
@@ -708,6 +724,11 @@ impl Config {
             search_k: self.engine.search_k,
             t1: self.engine.t1,
             t2: self.engine.t2,
+            refresh: match self.proxy.mode {
+                ProxyMode::Identity => 0,
+                ProxyMode::Neighbor => self.proxy.refresh_per_insert,
+            },
+            refresh_min_change: self.proxy.refresh_min_change,
         }
     }
 

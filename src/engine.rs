@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::index::{dot, rank, Neighbor, NeighborIndex};
 
+mod refresh;
+
 /// Graph rules of the engine. Validated by the configuration layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineParams {
@@ -37,6 +39,12 @@ pub struct EngineParams {
     pub t1: f32,
     /// Node-intimacy threshold; 0 disables the refinement.
     pub t2: f32,
+    /// Bounded proxy refresh: after an insertion, up to this many of the new face's nearest
+    /// faces have their proxies recomputed (their neighbourhood now holds the new face) and, when
+    /// a proxy moved, re-linked. 0 = proxies are fixed at insertion.
+    pub refresh: usize,
+    /// A recomputed proxy replaces the old one only when 1 - cos(old, new) exceeds this.
+    pub refresh_min_change: f32,
 }
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
@@ -222,6 +230,9 @@ pub struct ChangeSet {
     pub comps: Vec<(u32, Option<CompRecord>)>,
     /// (event sequence, seq of the face whose insertion caused it, event)
     pub events: Vec<(u64, u32, Event)>,
+    /// Proxies recomputed by the refresh, latest value per face (the indexed vector of a face
+    /// stays the one it was inserted with).
+    pub refreshed: Vec<(u32, Vec<f32>)>,
     pub counters: Counters,
 }
 
@@ -235,8 +246,12 @@ impl ChangeSet {
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
     pub face_ids: Vec<String>,
-    /// Row-major proxies, `n_faces * dim`.
+    /// Row-major proxies as indexed (as inserted), `n_faces * dim`.
     pub proxies: Vec<f32>,
+    /// Row-major normalized identity vectors, `n_faces * dim`.
+    pub identities: Vec<f32>,
+    /// Current proxies of the faces whose proxy a refresh replaced.
+    pub refreshed: Vec<(u32, Vec<f32>)>,
     pub faces: Vec<FaceRecord>,
     pub comps: Vec<(u32, CompRecord)>,
     pub counters: Counters,
@@ -254,6 +269,10 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     by_id: HashMap<Box<str>, u32>,
     /// Row-major proxies; the edge scorer and re-linking read them.
     proxies: Vec<f32>,
+    /// Row-major normalized identity vectors, kept only when proxies are refreshed (`refresh`).
+    identities: Vec<f32>,
+    /// Proxies refreshed (re-linked) by this process.
+    n_refreshed: u64,
     /// Indexed by internal label; `size == 0` marks a retired label.
     comps: Vec<CompRecord>,
     /// Components with `size > 0`, kept up to date so that reading it is not a scan over every
@@ -328,6 +347,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             face_ids: Vec::new(),
             by_id: HashMap::new(),
             proxies: Vec::new(),
+            identities: Vec::new(),
+            n_refreshed: 0,
             comps: Vec::new(),
             live_comps: 0,
             next_cluster_id: 1,
@@ -383,6 +404,13 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
         e.proxies = r.proxies;
+        let d = params.dim;
+        for (seq, p) in r.refreshed {
+            e.proxies[seq as usize * d..(seq as usize + 1) * d].copy_from_slice(&p);
+        }
+        if params.refresh > 0 {
+            e.identities = r.identities;
+        }
         e.comps = vec![
             CompRecord {
                 cluster_id: PENDING,
@@ -420,6 +448,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
     pub fn n_faces(&self) -> usize {
         self.faces.len()
+    }
+
+    /// Proxies the bounded refresh recomputed and re-linked since this engine was built.
+    pub fn n_refreshed(&self) -> u64 {
+        self.n_refreshed
     }
 
     pub fn n_clusters(&self) -> usize {
@@ -589,10 +622,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         // Candidate edges above t1, ranked.
         let mut scored: Vec<Edge> = cands
             .iter()
-            .map(|n| Edge {
-                to: n.seq,
-                score: self.scorer.score(n.similarity, &proxy, self.proxy(n.seq)),
-                kept: true,
+            .map(|n| {
+                let other = self.proxy(n.seq);
+                // With refresh, a face's proxy may have moved from the vector it was indexed
+                // with: score on the current proxy.
+                let cosine = if p.refresh > 0 {
+                    dot(&proxy, other)
+                } else {
+                    n.similarity
+                };
+                Edge {
+                    to: n.seq,
+                    score: self.scorer.score(cosine, &proxy, other),
+                    kept: true,
+                }
             })
             .filter(|e| e.score > p.t1)
             .collect();
@@ -630,18 +673,13 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             sources.dedup();
         }
         // Undirected status before the change, for every pair an out-edge of a source touches.
-        let mut before: HashMap<(u32, u32), bool> = HashMap::new();
-        for &s in &sources {
-            for e in &self.faces[s as usize].out {
-                let pr = pair(s, e.to);
-                if let std::collections::hash_map::Entry::Vacant(v) = before.entry(pr) {
-                    v.insert(self.undirected_kept(s, e.to));
-                }
-            }
-        }
+        let before = self.kept_pairs(&sources);
 
         // Apply the list changes.
         self.proxies.extend_from_slice(&proxy);
+        if p.refresh > 0 {
+            self.identities.extend_from_slice(&identity);
+        }
         let comp = self.comps.len() as u32;
         self.comps.push(CompRecord {
             cluster_id: PENDING,
@@ -669,29 +707,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 .find(|e| e.to == j)
                 .map(|e| e.score)
                 .unwrap_or(0.0);
-            let me = Edge {
-                to: seq,
-                score,
-                kept: true,
-            };
-            let f = &mut self.faces[j as usize];
-            if let Some(w) = evicted {
-                f.out.pop();
-                let inn = &mut self.faces[w as usize].inn;
-                if let Ok(pos) = inn.binary_search(&j) {
-                    inn.remove(pos);
-                }
-            }
-            let f = &mut self.faces[j as usize];
-            let pos = f
-                .out
-                .binary_search_by(|x| edge_rank(x, &me))
-                .unwrap_or_else(|x| x);
-            f.out.insert(pos, me);
-            let inn = &mut self.faces[seq as usize].inn;
-            let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
-            inn.insert(pos, j);
-            self.touch_face(j);
+            self.adopt(j, seq, score, evicted);
         }
         self.touch_face(seq);
         if p.t2 > 0.0 {
@@ -703,58 +719,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             }
         }
 
-        // Undirected status after, and the diff.
+        // Undirected status after, and the diff applied to the components.
         let mut sources_after = sources.clone();
         sources_after.push(seq);
-        let in_sources = |x: u32| sources_after.binary_search(&x).is_ok() || x == seq;
-        let mut after_pairs: Vec<(u32, u32)> = Vec::new();
-        for &s in &sources_after {
-            for e in &self.faces[s as usize].out {
-                after_pairs.push(pair(s, e.to));
-            }
-        }
-        let mut added: Vec<(u32, u32)> = Vec::new();
-        let mut removed: Vec<(u32, u32)> = Vec::new();
-        for (&pr, &was) in &before {
-            let now = self.undirected_kept(pr.0, pr.1);
-            if was && !now {
-                removed.push(pr);
-            } else if !was && now {
-                added.push(pr);
-            }
-        }
-        after_pairs.sort_unstable();
-        after_pairs.dedup();
-        for pr in after_pairs {
-            if before.contains_key(&pr) {
-                continue;
-            }
-            // A directed edge that is new. Its reverse did not change unless its source is a source.
-            let (a, b) = pr;
-            let was = (!in_sources(a) && self.directed_kept(a, b))
-                || (!in_sources(b) && self.directed_kept(b, a));
-            let now = self.undirected_kept(a, b);
-            if was && !now {
-                removed.push(pr);
-            } else if !was && now {
-                added.push(pr);
-            }
-        }
-        added.sort_unstable();
-        removed.sort_unstable();
-
         let mut events = Vec::new();
-        // Additions first, then removals: a face that bridges two parts is linked before the
-        // eviction that would otherwise split and re-merge them.
-        self.visible = removed.clone();
-        for &(a, b) in &added {
-            self.union(a, b, seq, &mut events);
-        }
-        for (n, &(a, b)) in removed.iter().enumerate() {
-            self.visible = removed[n + 1..].to_vec();
-            self.cut(a, b, seq, &mut events);
-        }
-        self.visible.clear();
+        self.apply_kept_diff(&before, &sources_after, seq, &mut events);
 
         let comp = self.faces[seq as usize].comp;
         if self.comps[comp as usize].cluster_id == PENDING {
@@ -809,6 +778,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 identity: generated.map(|_| identity),
             });
         }
+        self.refresh_around(seq, &cands, &mut events);
         Ok((Outcome::Applied { seq }, events))
     }
 
@@ -846,6 +816,106 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let kept = (c / deg_s).max(c / deg_j) > t2;
             self.faces[s as usize].out[idx].kept = kept;
         }
+    }
+
+    /// Face `j` takes the edge j -> `to` with `score` into its out-list (rank order), first
+    /// dropping its weakest edge, to `evicted`, when the list is full.
+    fn adopt(&mut self, j: u32, to: u32, score: f32, evicted: Option<u32>) {
+        let me = Edge {
+            to,
+            score,
+            kept: true,
+        };
+        if let Some(w) = evicted {
+            self.faces[j as usize].out.pop();
+            let inn = &mut self.faces[w as usize].inn;
+            if let Ok(pos) = inn.binary_search(&j) {
+                inn.remove(pos);
+            }
+        }
+        let f = &mut self.faces[j as usize];
+        let pos = f
+            .out
+            .binary_search_by(|x| edge_rank(x, &me))
+            .unwrap_or_else(|x| x);
+        f.out.insert(pos, me);
+        let inn = &mut self.faces[to as usize].inn;
+        let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
+        inn.insert(pos, j);
+        self.touch_face(j);
+    }
+
+    /// Undirected kept status of every pair an out-edge of a `sources` face touches.
+    fn kept_pairs(&self, sources: &[u32]) -> HashMap<(u32, u32), bool> {
+        let mut before: HashMap<(u32, u32), bool> = HashMap::new();
+        for &s in sources {
+            for e in &self.faces[s as usize].out {
+                let pr = pair(s, e.to);
+                if let std::collections::hash_map::Entry::Vacant(v) = before.entry(pr) {
+                    v.insert(self.undirected_kept(s, e.to));
+                }
+            }
+        }
+        before
+    }
+
+    /// After the out-lists of `sources_after` (sorted; every face whose out-list or kept flags
+    /// changed) were rewritten: the undirected edges that appeared or vanished since `before`
+    /// (from `kept_pairs` over the same faces before the change) are applied to the components,
+    /// additions first, then removals, a face that bridges two parts being linked before the
+    /// eviction that would otherwise split and re-merge them.
+    fn apply_kept_diff(
+        &mut self,
+        before: &HashMap<(u32, u32), bool>,
+        sources_after: &[u32],
+        cause: u32,
+        events: &mut Vec<Event>,
+    ) {
+        let in_sources = |x: u32| sources_after.binary_search(&x).is_ok();
+        let mut after_pairs: Vec<(u32, u32)> = Vec::new();
+        for &s in sources_after {
+            for e in &self.faces[s as usize].out {
+                after_pairs.push(pair(s, e.to));
+            }
+        }
+        let mut added: Vec<(u32, u32)> = Vec::new();
+        let mut removed: Vec<(u32, u32)> = Vec::new();
+        for (&pr, &was) in before {
+            let now = self.undirected_kept(pr.0, pr.1);
+            if was && !now {
+                removed.push(pr);
+            } else if !was && now {
+                added.push(pr);
+            }
+        }
+        after_pairs.sort_unstable();
+        after_pairs.dedup();
+        for pr in after_pairs {
+            if before.contains_key(&pr) {
+                continue;
+            }
+            // A directed edge that is new. Its reverse did not change unless its source is a source.
+            let (a, b) = pr;
+            let was = (!in_sources(a) && self.directed_kept(a, b))
+                || (!in_sources(b) && self.directed_kept(b, a));
+            let now = self.undirected_kept(a, b);
+            if was && !now {
+                removed.push(pr);
+            } else if !was && now {
+                added.push(pr);
+            }
+        }
+        added.sort_unstable();
+        removed.sort_unstable();
+        self.visible = removed.clone();
+        for &(a, b) in &added {
+            self.union(a, b, cause, events);
+        }
+        for (n, &(a, b)) in removed.iter().enumerate() {
+            self.visible = removed[n + 1..].to_vec();
+            self.cut(a, b, cause, events);
+        }
+        self.visible.clear();
     }
 
     /// Neighbours of `x` in the undirected kept graph as the component structure currently sees it.
@@ -1133,6 +1203,8 @@ mod tests {
             search_k: 1000,
             t1,
             t2,
+            refresh: 0,
+            refresh_min_change: 0.0,
         }
     }
 

@@ -6,7 +6,9 @@
 //! Key layout (integers big-endian so that prefix scans come out in sequence order):
 //! - `m:schema`, `m:fingerprint`, `m:counters`, `m:snapshot`: metadata
 //! - `f:<face_id>` -> seq (u32)
-//! - `v:<seq>` -> face id, proxy and optional identity vector (written once)
+//! - `v:<seq>` -> face id, proxy and optional identity vector (written once; the proxy is the
+//!   vector the face was indexed with)
+//! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
 //! - `r:<seq>` -> component label and out-list (rewritten when either changes)
 //! - `c:<label>` -> cluster id and size
 //! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
@@ -374,6 +376,10 @@ impl Store {
         for (seq, r) in &cs.faces {
             b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
         }
+        for (seq, proxy) in &cs.refreshed {
+            let v: Vec<u8> = proxy.iter().flat_map(|x| x.to_le_bytes()).collect();
+            b.insert(key(b'p', &seq.to_be_bytes()), v);
+        }
         for (label, c) in &cs.comps {
             let k = key(b'c', &label.to_be_bytes());
             match c {
@@ -454,6 +460,8 @@ impl Store {
         let mut out = Restored {
             face_ids: Vec::with_capacity(n),
             proxies: Vec::with_capacity(n * d),
+            identities: Vec::with_capacity(n * d),
+            refreshed: Vec::new(),
             faces: Vec::with_capacity(n),
             comps: Vec::new(),
             counters,
@@ -474,13 +482,14 @@ impl Store {
                 let id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
                 let has_identity = r.take(1)?[0] == 1;
                 let proxy = r.f32s(d)?;
-                if has_identity {
-                    r.f32s(d)?;
-                }
-                r.done().then_some((id, proxy))
+                let identity = if has_identity { Some(r.f32s(d)?) } else { None };
+                r.done().then_some((id, proxy, identity))
             })();
-            let (id, proxy) = parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            let (id, proxy, identity) =
+                parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
             out.face_ids.push(id);
+            out.identities
+                .extend_from_slice(identity.as_deref().unwrap_or(&proxy));
             out.proxies.extend_from_slice(&proxy);
         }
         if out.face_ids.len() != n {
@@ -488,6 +497,17 @@ impl Store {
                 "v:",
                 &format!("{} faces stored, counters say {n}", out.face_ids.len()),
             ));
+        }
+        for kv in self.db.scan_prefix(b"p:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("p:", "short key"))?;
+            let kname = format!("p:{seq}");
+            let mut r = Reader { b: &v, at: 0 };
+            let proxy = r
+                .f32s(d)
+                .filter(|_| r.done() && (seq as usize) < n)
+                .ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            out.refreshed.push((seq, proxy));
         }
         for (i, kv) in self.db.scan_prefix(b"r:").enumerate() {
             let (k, v) = kv.map_err(iter_err)?;

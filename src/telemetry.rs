@@ -20,6 +20,8 @@ pub struct Metrics {
     pub faces_applied: IntCounter,
     /// Faces whose id was already applied (redeliveries); nothing changed.
     pub faces_duplicate: IntCounter,
+    /// Proxies of older faces recomputed and re-linked by the bounded refresh.
+    pub proxies_refreshed: IntCounter,
     /// Image messages turned into identity vectors by this process's embedder.
     pub faces_embedded: IntCounter,
     /// Time to embed one batch's images (decode, chip, network), in seconds.
@@ -136,6 +138,10 @@ impl Metrics {
             faces_duplicate: counter(
                 "faces_duplicate_total",
                 "Faces whose id was already applied (redeliveries); no change.",
+            ),
+            proxies_refreshed: counter(
+                "proxies_refreshed_total",
+                "Proxies of older faces recomputed and re-linked after an insertion (proxy.refresh_per_insert).",
             ),
             faces_embedded: counter(
                 "faces_embedded_total",

@@ -114,6 +114,12 @@ def main():
     lines.append(row("proxy + learned directions", "%s, t1 %g" % (c[0].split(" t1=")[0], c[3]),
                      run(args, c[1], test, "stream", c[3])))
 
+    # Bounded proxy refresh at the best proxy setting: up to 5 older neighbours per insert
+    # recomputed (every change applied), same t1.
+    r_env = dict(best_proxy[1], PROXY__REFRESH_PER_INSERT=5, PROXY__REFRESH_MIN_CHANGE=0)
+    lines.append(row("proxy + learned directions + refresh (5 per insert)", "%s, t1 %g" % (
+        best_proxy[0].split(" t1=")[0], best_proxy[3]), run(args, r_env, test, "stream", best_proxy[3])))
+
     # Proxy + learned directions + trained attention (W_q, W_k), at the best proxy setting.
     att_env = dict(best_proxy[1], PROXY__ATTENTION_PATH=args.attention)
     c = best_of(args, train, [("dirs+attention t1=%g" % t, att_env, "stream", t) for t in t1s])

@@ -320,6 +320,9 @@ impl Daemon {
             self.summary.duplicates += result.duplicates as u64;
             self.metrics.faces_applied.inc_by(result.applied as u64);
             self.metrics
+                .proxies_refreshed
+                .inc_by(result.refreshed as u64);
+            self.metrics
                 .faces_duplicate
                 .inc_by(result.duplicates as u64);
             for e in &result.events {

@@ -56,6 +56,8 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
         search_k,
         t1,
         t2,
+        refresh: 0,
+        refresh_min_change: 0.0,
     }
 }
 

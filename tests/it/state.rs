@@ -250,7 +250,8 @@ fn a_state_held_open_elsewhere_is_refused_after_waiting_and_reopens_once_release
 
 /// The neighbour-aware proxy with the shipped directions: proxies really differ from the identity
 /// vectors, and a restart (proxies come back from the store, the index from its snapshot or a
-/// replay) continues exactly as an uninterrupted run.
+/// replay) continues exactly as an uninterrupted run, with fixed proxies and with the bounded
+/// refresh (refreshed proxies come back from the store, the index keeps the inserted vectors).
 #[test]
 fn restart_with_the_neighbour_proxy_equals_an_uninterrupted_run() {
     let dim = 128;
@@ -258,48 +259,86 @@ fn restart_with_the_neighbour_proxy_equals_an_uninterrupted_run() {
     let (ids, vs) = faces(n, dim);
     let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("weights/proxy-directions-lfw-train.safetensors");
-    let cfg = |dir: &Path| {
-        let mut c = config(dir, dim);
-        c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
-        c.proxy.directions_path = weights.clone();
-        c.engine.t1 = clip_cluster::synth::CALIBRATED_T1;
-        c
-    };
-    let full = tempfile::tempdir().unwrap();
-    let mut a = Clusterer::open(&cfg(full.path())).unwrap();
-    apply(&mut a, &ids, &vs, 0..n, 37);
-    let moved = (0..n as u32)
-        .filter(|&s| {
-            let v = &vs[s as usize];
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            a.engine()
-                .proxy(s)
-                .iter()
-                .zip(v)
-                .any(|(p, x)| (p - x / norm).abs() > 1e-4)
-        })
-        .count();
-    assert!(
-        moved > n / 2,
-        "only {moved} of {n} proxies differ from their identity vectors"
-    );
-    let want = (a.engine().assignments(), outbox(&a));
-    drop(a);
-    for stop in [99, 101, 250] {
-        let d = tempfile::tempdir().unwrap();
-        let mut b = Clusterer::open(&cfg(d.path())).unwrap();
-        apply(&mut b, &ids, &vs, 0..stop, 37);
-        drop(b);
-        let mut b = Clusterer::open(&cfg(d.path())).unwrap();
-        apply(&mut b, &ids, &vs, stop..n, 37);
-        assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
-        assert_eq!(outbox(&b), want.1, "stopped at {stop}");
+    for refresh in [0usize, 4] {
+        let cfg = |dir: &Path| {
+            let mut c = config(dir, dim);
+            c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
+            c.proxy.directions_path = weights.clone();
+            c.proxy.refresh_per_insert = refresh;
+            c.proxy.refresh_min_change = 0.0;
+            c.engine.t1 = clip_cluster::synth::CALIBRATED_T1;
+            c
+        };
+        let full = tempfile::tempdir().unwrap();
+        let mut a = Clusterer::open(&cfg(full.path())).unwrap();
+        let mut refreshed = 0;
+        let mut i = 0;
+        while i < n {
+            let j = (i + 37).min(n);
+            let b: Vec<(&str, &[f32])> = (i..j)
+                .map(|x| (ids[x].as_str(), vs[x].as_slice()))
+                .collect();
+            let r = a.apply(&b, &[]).unwrap();
+            refreshed += r.refreshed;
+            i = j;
+        }
+        if refresh == 0 {
+            assert_eq!(refreshed, 0);
+        } else {
+            assert!(refreshed > n, "only {refreshed} proxies refreshed");
+        }
+        let moved = (0..n as u32)
+            .filter(|&s| {
+                let v = &vs[s as usize];
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                a.engine()
+                    .proxy(s)
+                    .iter()
+                    .zip(v)
+                    .any(|(p, x)| (p - x / norm).abs() > 1e-4)
+            })
+            .count();
+        assert!(
+            moved > n / 2,
+            "only {moved} of {n} proxies differ from their identity vectors"
+        );
+        let proxies = |c: &Clusterer| -> Vec<Vec<f32>> {
+            (0..n as u32)
+                .map(|s| c.engine().proxy(s).to_vec())
+                .collect()
+        };
+        let want = (a.engine().assignments(), outbox(&a), proxies(&a));
+        drop(a);
+        for stop in [99, 101, 250] {
+            let d = tempfile::tempdir().unwrap();
+            let mut b = Clusterer::open(&cfg(d.path())).unwrap();
+            apply(&mut b, &ids, &vs, 0..stop, 37);
+            drop(b);
+            let mut b = Clusterer::open(&cfg(d.path())).unwrap();
+            apply(&mut b, &ids, &vs, stop..n, 37);
+            assert_eq!(
+                b.engine().assignments(),
+                want.0,
+                "refresh {refresh}, stopped at {stop}"
+            );
+            assert_eq!(outbox(&b), want.1, "refresh {refresh}, stopped at {stop}");
+            assert!(
+                proxies(&b) == want.2,
+                "refresh {refresh}, stopped at {stop}: proxies"
+            );
+        }
+        // A state written with the neighbour proxy is refused under another proxy setting.
+        let mut other = cfg(full.path());
+        other.proxy.strength = 1.0;
+        assert!(
+            Clusterer::open(&other).is_err(),
+            "proxy settings are part of the fingerprint"
+        );
+        let mut other = cfg(full.path());
+        other.proxy.refresh_per_insert = 4 - refresh;
+        assert!(
+            Clusterer::open(&other).is_err(),
+            "the refresh setting is part of the fingerprint"
+        );
     }
-    // A state written with the neighbour proxy is refused under another proxy setting.
-    let mut other = cfg(full.path());
-    other.proxy.strength = 1.0;
-    assert!(
-        Clusterer::open(&other).is_err(),
-        "proxy settings are part of the fingerprint"
-    );
 }
