@@ -342,3 +342,65 @@ fn restart_with_the_neighbour_proxy_equals_an_uninterrupted_run() {
         );
     }
 }
+
+/// Trained weights that are missing, garbage or of the wrong shape stop the start-up with an
+/// error naming the file (the daemon opens its state through `Clusterer::open`).
+#[test]
+fn bad_trained_weights_are_refused_at_start_up_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not safetensors").unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Real files of another kind: a direction file where an edge head is expected, and so on.
+    let directions = repo.join("weights/proxy-directions-lfw-train.safetensors");
+    let edge = repo.join("weights/edge-head-lfw-train.safetensors");
+    let cases: Vec<(&str, Box<dyn Fn(&mut Config)>, std::path::PathBuf)> = vec![
+        (
+            "edge head: garbage",
+            Box::new(|c: &mut Config| {
+                c.edge.scorer = clip_cluster::config::EdgeScorerKind::Learned;
+                c.edge.weights_path = garbage.clone();
+            }),
+            garbage.clone(),
+        ),
+        (
+            "edge head: a directions file",
+            Box::new(|c: &mut Config| {
+                c.edge.scorer = clip_cluster::config::EdgeScorerKind::Learned;
+                c.edge.weights_path = directions.clone();
+            }),
+            directions.clone(),
+        ),
+        (
+            "attention: an edge head",
+            Box::new(|c: &mut Config| {
+                c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
+                c.proxy.directions_path = directions.clone();
+                c.proxy.attention_path = edge.clone();
+            }),
+            edge.clone(),
+        ),
+        (
+            "attention: missing",
+            Box::new(|c: &mut Config| {
+                c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
+                c.proxy.directions_path = directions.clone();
+                c.proxy.attention_path = dir.path().join("missing.safetensors");
+            }),
+            dir.path().join("missing.safetensors"),
+        ),
+    ];
+    for (i, (what, set, file)) in cases.iter().enumerate() {
+        let state = dir.path().join(format!("state-{i}"));
+        let mut c = config(&state, 128);
+        set(&mut c);
+        let err = match Clusterer::open(&c) {
+            Ok(_) => panic!("{what}: opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&file.display().to_string()),
+            "{what}: the error names the file: {err}"
+        );
+    }
+}
