@@ -8,8 +8,9 @@
 //! - `index`: the nearest-neighbour seam, exact and HNSW implementations, HNSW snapshots.
 //! - `store`: durable state and the event outbox in sled.
 //! - `clusterer`: engine + store + index snapshots, kept consistent (write-ahead order).
-//! - `clip` (towers, tokenizer, preprocessing) and `prompts`: CLIP attribute hallucination, the
-//!   prompt pairs and their text directions.
+//! - `clip` (towers, tokenizer, preprocessing), `prompts` (prompt pairs, text directions) and
+//!   `hallucinate` (the mapper H into identity space, its training, the hallucinator): CLIP
+//!   attribute hallucination.
 //! - `features`, `metrics`, `knn`, `baselines`, `eval`: the evaluation harness and peer algorithms.
 //! - `synth`: seeded synthetic identities for tests, benchmarks and the default job.
 //! - `bench`: the insert benchmark with durable state.
@@ -41,6 +42,7 @@ pub mod embed;
 pub mod engine;
 pub mod eval;
 pub mod features;
+pub mod hallucinate;
 pub mod index;
 pub mod knn;
 pub mod lfw;

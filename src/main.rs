@@ -144,6 +144,10 @@ enum Command {
         /// Override embed.chip: aligned | centre.
         #[arg(long)]
         chip: Option<String>,
+        /// Also write each embedded face's CLIP image embedding (row i = row i of --out), the
+        /// input of `train --clip-features`; needs [clip] weights.
+        #[arg(long)]
+        clip_out: Option<PathBuf>,
     },
     /// The standard LFW verification protocol on pairs.txt: 10 folds, the Euclidean threshold
     /// chosen on nine and tested on the tenth; mean and standard deviation of the accuracy.
@@ -190,6 +194,16 @@ enum Command {
         /// Attention: passes over the training faces.
         #[arg(long, default_value_t = 15)]
         attention_epochs: usize,
+        /// CLIP image embeddings of the same faces (row i = face i of --features; raw f32 rows),
+        /// for the mapper H.
+        #[arg(long)]
+        clip_features: Option<PathBuf>,
+        /// Row width of --clip-features (ViT-B/32: 512).
+        #[arg(long, default_value_t = 512)]
+        clip_dim: usize,
+        /// Where to write the mapper H (trains it; needs --clip-features).
+        #[arg(long)]
+        mapper_out: Option<PathBuf>,
         /// Edge head: candidate edges per face (its nearest neighbours).
         #[arg(long, default_value_t = 10)]
         edge_k: usize,
@@ -471,9 +485,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             people,
             limit,
             chip,
+            clip_out,
         } => {
             let cfg = config_with_chip(cli.config.as_deref(), chip)?;
+            // CLIP is loaded (and its files checked) before the long embedding run.
+            let clip = match &clip_out {
+                Some(_) => Some(clip_cluster::clip::from_config(&cfg.clip)?.context(
+                    "--clip-out needs CLIP weights: set clip.weights (CLIP_CLUSTER__CLIP__WEIGHTS)",
+                )?),
+                None => None,
+            };
             let e = embed_dir(&cfg, &faces, people.as_deref(), limit)?;
+            if let (Some(path), Some((clip, _))) = (&clip_out, &clip) {
+                let limits = clip_cluster::decode::DecodeLimits::default();
+                let mut data = Vec::new();
+                let mut dim = 0;
+                let bar = progress_bar(false);
+                bar.set_length(e.paths.len() as u64);
+                for part in e.paths.chunks(64) {
+                    let mut images = Vec::with_capacity(part.len());
+                    for p in part {
+                        let bytes =
+                            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                        // These images already decoded once for the identity vectors.
+                        let rgb = clip_cluster::decode::decode(&bytes, &limits)
+                            .with_context(|| format!("decoding {}", p.display()))?;
+                        images.push(
+                            image::RgbImage::from_raw(
+                                rgb.width as u32,
+                                rgb.height as u32,
+                                rgb.pixels,
+                            )
+                            .context("decoded image of inconsistent size")?,
+                        );
+                    }
+                    for row in clip.encode_images(&images)? {
+                        dim = row.len();
+                        data.extend_from_slice(&row);
+                    }
+                    bar.inc(part.len() as u64);
+                }
+                bar.finish_and_clear();
+                clip_cluster::features::write_features(path, &Features { dim, data })?;
+                eprintln!(
+                    "wrote {} CLIP embeddings ({dim}-D) to {}",
+                    e.paths.len(),
+                    path.display()
+                );
+            }
             clip_cluster::features::write_features(&out, &e.features)?;
             clip_cluster::features::write_labels(&labels_out, &e.labels)?;
             let names = names_out.unwrap_or_else(|| {
@@ -540,19 +599,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             edge_epochs,
             attention_out,
             attention_epochs,
+            clip_features,
+            clip_dim,
+            mapper_out,
             seed,
         } => {
             anyhow::ensure!(
-                out.is_some() || edge_out.is_some() || attention_out.is_some(),
-                "nothing to train: give --out (directions), --edge-out (edge head) and/or --attention-out (proxy attention)"
+                out.is_some() || edge_out.is_some() || attention_out.is_some() || mapper_out.is_some(),
+                "nothing to train: give --out (directions), --edge-out (edge head), --attention-out (proxy attention) and/or --mapper-out (CLIP mapper H)"
+            );
+            anyhow::ensure!(
+                mapper_out.is_none() || clip_features.is_some(),
+                "--mapper-out needs --clip-features (CLIP image embeddings of the same faces)"
             );
             let cfg = Config::load(cli.config.as_deref())?;
             let feats = read_features(&features, dim.unwrap_or(cfg.model.dim))?;
             let labs = read_labels(&labels)?;
             check_counts(&feats, &labs, &features, &labels)?;
-            let (feats, labs) = match &people {
-                Some(p) => only_people(feats, labs, &labels, p)?,
-                None => (feats, labs),
+            let clip_rows = match &clip_features {
+                Some(path) => {
+                    let c = read_features(path, clip_dim)?;
+                    anyhow::ensure!(
+                        c.n() == feats.n(),
+                        "{} holds {} CLIP rows of {clip_dim} values but {} holds {} faces: one row per face, same order",
+                        path.display(),
+                        c.n(),
+                        features.display(),
+                        feats.n()
+                    );
+                    Some(c)
+                }
+                None => None,
+            };
+            // Filter identity and CLIP rows together: the CLIP row width travels through the
+            // identity rows' filter as extra columns.
+            let (feats, labs, clip_rows) = match (&people, clip_rows) {
+                (Some(p), Some(c)) => {
+                    let d = feats.dim;
+                    let mut joined = Vec::with_capacity(feats.n() * (d + clip_dim));
+                    for i in 0..feats.n() {
+                        joined.extend_from_slice(feats.row(i));
+                        joined.extend_from_slice(c.row(i));
+                    }
+                    let (j, l) = only_people(
+                        Features {
+                            dim: d + clip_dim,
+                            data: joined,
+                        },
+                        labs,
+                        &labels,
+                        p,
+                    )?;
+                    let mut f = Vec::with_capacity(j.n() * d);
+                    let mut cc = Vec::with_capacity(j.n() * clip_dim);
+                    for i in 0..j.n() {
+                        f.extend_from_slice(&j.row(i)[..d]);
+                        cc.extend_from_slice(&j.row(i)[d..]);
+                    }
+                    (
+                        Features { dim: d, data: f },
+                        l,
+                        Some(Features {
+                            dim: clip_dim,
+                            data: cc,
+                        }),
+                    )
+                }
+                (Some(p), None) => {
+                    let (f, l) = only_people(feats, labs, &labels, p)?;
+                    (f, l, None)
+                }
+                (None, c) => (feats, labs, c),
             };
             let n_ids = labs.iter().collect::<std::collections::BTreeSet<_>>().len();
             if let Some(edge_out) = &edge_out {
@@ -602,6 +719,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .join(" ")
                 );
                 eprintln!("variance along them: {total:.5}");
+            }
+            if let (Some(h_out), Some(c)) = (&mapper_out, &clip_rows) {
+                let opts = clip_cluster::hallucinate::MapperTraining {
+                    seed,
+                    ..Default::default()
+                };
+                eprintln!(
+                    "training the CLIP mapper H on same-identity pairs of {} faces of {n_ids} identities ({} identity + {clip_dim} CLIP values)",
+                    feats.n(),
+                    feats.dim
+                );
+                let (h, last) =
+                    clip_cluster::hallucinate::train(&feats, c, &labs, &opts, &mut |r| {
+                        eprintln!(
+                        "epoch {:>3}/{}: train error {:.5}, held-out error {:.5} (H = 0: {:.5})",
+                        r.epoch, opts.epochs, r.train_mse, r.holdout_mse, r.holdout_zero_mse
+                    )
+                    })?;
+                h.save(h_out)?;
+                eprintln!(
+                    "wrote {} (held-out error {:.5} vs {:.5} for H = 0)",
+                    h_out.display(),
+                    last.holdout_mse,
+                    last.holdout_zero_mse
+                );
             }
             if let Some(att_out) = &attention_out {
                 let mut c = cfg.clone();
