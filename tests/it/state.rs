@@ -354,7 +354,8 @@ fn bad_trained_weights_are_refused_at_start_up_naming_the_file() {
     // Real files of another kind: a direction file where an edge head is expected, and so on.
     let directions = repo.join("weights/proxy-directions-lfw-train.safetensors");
     let edge = repo.join("weights/edge-head-lfw-train.safetensors");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Config)>, std::path::PathBuf)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn(&mut Config) + 'a>, std::path::PathBuf);
+    let cases: Vec<Case> = vec![
         (
             "edge head: garbage",
             Box::new(|c: &mut Config| {
