@@ -18,6 +18,12 @@ fn config(dir: &Path, dim: usize) -> Config {
             "CLIP_CLUSTER__PROXY__MODE".to_string(),
             "identity".to_string(),
         ),
+        // ... and the shipped edge head is 128-D too: cosine, at the previous default threshold.
+        (
+            "CLIP_CLUSTER__EDGE__SCORER".to_string(),
+            "cosine".to_string(),
+        ),
+        ("CLIP_CLUSTER__ENGINE__T1".to_string(), "0.95".to_string()),
         (
             "CLIP_CLUSTER__INDEX__SNAPSHOT_EVERY_FACES".to_string(),
             "100".to_string(),

@@ -56,11 +56,23 @@ pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(Strin
 /// anywhere finds them); other dimensions are vector-only daemons without one.
 pub fn embed_env(dim: usize) -> Vec<(String, String)> {
     let models = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
-    let weights = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("weights/proxy-directions-lfw-train.safetensors");
+    let weights = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights");
     let v: Vec<(&str, String)> = if dim == 128 {
         vec![
-            ("PROXY__DIRECTIONS_PATH", weights.display().to_string()),
+            (
+                "PROXY__DIRECTIONS_PATH",
+                weights
+                    .join("proxy-directions-lfw-train.safetensors")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "EDGE__WEIGHTS_PATH",
+                weights
+                    .join("edge-head-lfw-train.safetensors")
+                    .display()
+                    .to_string(),
+            ),
             (
                 "EMBED__MODEL_PATH",
                 models
@@ -78,10 +90,12 @@ pub fn embed_env(dim: usize) -> Vec<(String, String)> {
         ]
     } else {
         // Vector-only daemons in other dimensions: no embedder, and the shipped directions
-        // (128-D) do not apply.
+        // and edge head (128-D) do not apply.
         vec![
             ("EMBED__ENABLED", "false".to_string()),
             ("PROXY__MODE", "identity".to_string()),
+            ("EDGE__SCORER", "cosine".to_string()),
+            ("ENGINE__T1", "0.95".to_string()),
         ]
     };
     v.into_iter()
