@@ -14,7 +14,6 @@
 //! from other identities'. Identities are split into a fitted and a held-out part (reported per
 //! epoch, with the identity attention's numbers as the bar). Seeded and deterministic.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -77,60 +76,37 @@ impl Attention {
 
     /// Writes `attention.w_q` and `attention.w_k` as safetensors.
     pub fn save(&self, path: &Path) -> Result<(), AttentionError> {
-        let err = |e: candle_core::Error| AttentionError::Write {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        };
         let d = self.dim;
-        let mut m = HashMap::new();
-        m.insert(
-            "attention.w_q".to_string(),
-            Tensor::from_vec(self.w_q.clone(), (d, d), &Device::Cpu).map_err(err)?,
-        );
-        m.insert(
-            "attention.w_k".to_string(),
-            Tensor::from_vec(self.w_k.clone(), (d, d), &Device::Cpu).map_err(err)?,
-        );
-        candle_core::safetensors::save(&m, path).map_err(err)
+        crate::weights::write(
+            path,
+            &[
+                ("attention.w_q", &self.w_q, &[d, d]),
+                ("attention.w_k", &self.w_k, &[d, d]),
+            ],
+        )
+        .map_err(|detail| AttentionError::Write {
+            path: path.display().to_string(),
+            detail,
+        })
     }
 
     /// Reads what `save` wrote; both matrices must be `[dim, dim]`.
     pub fn load(path: &Path, dim: usize) -> Result<Self, AttentionError> {
         let p = path.display().to_string();
-        let m = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-            AttentionError::Read {
-                path: p.clone(),
-                detail: e.to_string(),
-            }
-        })?;
-        let shape = |detail: String| AttentionError::Shape {
+        let m = crate::weights::read(path).map_err(|detail| AttentionError::Read {
             path: p.clone(),
             detail,
-        };
-        let read = |name: &str| -> Result<Vec<f32>, AttentionError> {
-            let t = m
-                .get(name)
-                .ok_or_else(|| shape(format!("no tensor '{name}'")))?;
-            if t.dims() != [dim, dim] {
-                return Err(shape(format!(
-                    "'{name}' has shape {:?}, want [{dim}, {dim}] (model.dim)",
-                    t.dims()
-                )));
-            }
-            let v = t
-                .to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| shape(e.to_string()))?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(shape(format!("'{name}' has non-finite values")));
-            }
-            Ok(v)
+        })?;
+        let get = |name: &str| {
+            crate::weights::values(&m, name, &[dim, dim]).map_err(|detail| AttentionError::Shape {
+                path: p.clone(),
+                detail: format!("{detail} (model.dim = {dim})"),
+            })
         };
         Ok(Self {
             dim,
-            w_q: read("attention.w_q")?,
-            w_k: read("attention.w_k")?,
+            w_q: get("attention.w_q")?,
+            w_k: get("attention.w_k")?,
         })
     }
 }
@@ -222,20 +198,9 @@ pub fn train(
         )));
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut ids: Vec<i64> = labels.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.shuffle(&mut rng);
-    let n_hold = ((ids.len() as f64) * opts.holdout).round() as usize;
-    let held: HashSet<i64> = ids[..n_hold].iter().copied().collect();
+    let held = crate::weights::held_out_identities(labels, opts.holdout, &mut rng);
 
-    let mut unit = features.clone();
-    for r in unit.data.chunks_mut(d) {
-        let s = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if s > 0.0 {
-            r.iter_mut().for_each(|v| *v /= s);
-        }
-    }
+    let unit = crate::weights::unit_rows(features);
     let kk = opts.k.max(proxy.context_k);
     let mut sets = Vec::new();
     for part in [false, true] {
@@ -417,12 +382,7 @@ pub fn train(
         progress(&r);
         last = Some(r);
     }
-    let read = |v: &Var| -> Result<Vec<f32>, AttentionError> {
-        v.as_tensor()
-            .flatten_all()
-            .and_then(|x| x.to_vec1::<f32>())
-            .map_err(t)
-    };
+    let read = |v: &Var| crate::weights::var_values(v).map_err(t);
     let att = Attention {
         dim: d,
         w_q: read(&w_q)?,

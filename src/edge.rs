@@ -18,7 +18,6 @@
 //! handful of candidate edges per insert, where a tensor round trip would cost more than the
 //! arithmetic.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -98,96 +97,49 @@ impl EdgeHead {
 
     /// Writes `edge.w1`, `edge.b1`, `edge.w2`, `edge.b2` as safetensors.
     pub fn save(&self, path: &Path) -> Result<(), EdgeError> {
-        let err = |e: candle_core::Error| EdgeError::Write {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        };
         let w = Self::input_width(self.dim);
-        let mut m = HashMap::new();
-        let cpu = &Device::Cpu;
-        m.insert(
-            "edge.w1".to_string(),
-            Tensor::from_vec(self.w1.clone(), (self.hidden, w), cpu).map_err(err)?,
-        );
-        m.insert(
-            "edge.b1".to_string(),
-            Tensor::from_vec(self.b1.clone(), self.hidden, cpu).map_err(err)?,
-        );
-        m.insert(
-            "edge.w2".to_string(),
-            Tensor::from_vec(self.w2.clone(), (1, self.hidden), cpu).map_err(err)?,
-        );
-        m.insert(
-            "edge.b2".to_string(),
-            Tensor::from_vec(vec![self.b2], 1, cpu).map_err(err)?,
-        );
-        candle_core::safetensors::save(&m, path).map_err(err)
+        crate::weights::write(
+            path,
+            &[
+                ("edge.w1", &self.w1, &[self.hidden, w]),
+                ("edge.b1", &self.b1, &[self.hidden]),
+                ("edge.w2", &self.w2, &[1, self.hidden]),
+                ("edge.b2", &[self.b2], &[1]),
+            ],
+        )
+        .map_err(|detail| EdgeError::Write {
+            path: path.display().to_string(),
+            detail,
+        })
     }
 
     /// Reads what `save` wrote; the head must take vectors of dimension `dim`.
     pub fn load(path: &Path, dim: usize) -> Result<Self, EdgeError> {
         let p = path.display().to_string();
-        let m =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| EdgeError::Read {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
-        let shape = |detail: String| EdgeError::Shape {
+        let m = crate::weights::read(path).map_err(|detail| EdgeError::Read {
             path: p.clone(),
             detail,
+        })?;
+        let shape = |detail: String| EdgeError::Shape {
+            path: p.clone(),
+            detail: format!("{detail} (a head for model.dim = {dim})"),
         };
-        let get = |name: &str| {
-            m.get(name)
-                .ok_or_else(|| shape(format!("no tensor '{name}'")))
-        };
-        let (w1, b1, w2, b2) = (
-            get("edge.w1")?,
-            get("edge.b1")?,
-            get("edge.w2")?,
-            get("edge.b2")?,
-        );
         let w = Self::input_width(dim);
-        let hidden = w1.dims().first().copied().unwrap_or(0);
-        if hidden == 0
-            || w1.dims() != [hidden, w]
-            || b1.dims() != [hidden]
-            || w2.dims() != [1, hidden]
-            || b2.dims() != [1]
-        {
-            return Err(shape(format!(
-                "tensors edge.w1 {:?}, edge.b1 {:?}, edge.w2 {:?}, edge.b2 {:?} do not form a head \
-                 for model.dim = {dim} (want [h, {w}], [h], [1, h], [1])",
-                w1.dims(),
-                b1.dims(),
-                w2.dims(),
-                b2.dims()
-            )));
-        }
-        let read = |t: &Tensor| -> Result<Vec<f32>, EdgeError> {
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| shape(e.to_string()))
-        };
-        let head = EdgeHead {
+        let hidden = crate::weights::dims(&m, "edge.w1")
+            .map_err(shape)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let get =
+            |name: &str, dims: &[usize]| crate::weights::values(&m, name, dims).map_err(shape);
+        Ok(EdgeHead {
             dim,
             hidden,
-            w1: read(w1)?,
-            b1: read(b1)?,
-            w2: read(w2)?,
-            b2: read(b2)?[0],
-        };
-        if head
-            .w1
-            .iter()
-            .chain(&head.b1)
-            .chain(&head.w2)
-            .chain(std::iter::once(&head.b2))
-            .any(|v| !v.is_finite())
-        {
-            return Err(shape("non-finite values".into()));
-        }
-        Ok(head)
+            w1: get("edge.w1", &[hidden, w])?,
+            b1: get("edge.b1", &[hidden])?,
+            w2: get("edge.w2", &[1, hidden])?,
+            b2: get("edge.b2", &[1])?[0],
+        })
     }
 }
 
@@ -261,18 +213,6 @@ impl Pairs {
     }
 }
 
-fn unit_rows(features: &Features) -> Features {
-    let d = features.dim;
-    let mut data = features.data.clone();
-    for r in data.chunks_mut(d) {
-        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if n > 0.0 {
-            r.iter_mut().for_each(|v| *v /= n);
-        }
-    }
-    Features { dim: d, data }
-}
-
 /// Numerically stable binary cross-entropy on logits, averaged.
 fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     // max(x, 0) - x y + log(1 + exp(-|x|))
@@ -326,16 +266,11 @@ pub fn train(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
 
     // Identities split into training and held-out parts.
-    let mut ids: Vec<i64> = labels.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.shuffle(&mut rng);
-    let n_hold = ((ids.len() as f64) * opts.holdout).round() as usize;
-    let held: std::collections::HashSet<i64> = ids[..n_hold].iter().copied().collect();
+    let held = crate::weights::held_out_identities(labels, opts.holdout, &mut rng);
 
     // Candidate edges within each part: a held-out face's neighbours are held-out faces, so both
     // parts have the base rate of same-identity pairs a stream of their own would have.
-    let unit = unit_rows(features);
+    let unit = crate::weights::unit_rows(features);
     let w = EdgeHead::input_width(d);
     let mut train_set = Pairs {
         x: Vec::new(),
@@ -460,12 +395,7 @@ pub fn train(
         progress(&r);
         last = Some(r);
     }
-    let read = |v: &Var| -> Result<Vec<f32>, EdgeError> {
-        v.as_tensor()
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(t)
-    };
+    let read = |v: &Var| crate::weights::var_values(v).map_err(t);
     let head = EdgeHead {
         dim: d,
         hidden: opts.hidden,
@@ -528,7 +458,7 @@ mod tests {
             r.holdout_cosine_accuracy
         );
         // The plain-Rust forward agrees with the trained logits' sign on a same/different pair.
-        let u = unit_rows(&f);
+        let u = crate::weights::unit_rows(&f);
         let cos = |i: usize, j: usize| u.row(i).iter().zip(u.row(j)).map(|(a, b)| a * b).sum();
         let same = head.probability(u.row(0), u.row(1), cos(0, 1));
         let diff = head.probability(u.row(0), u.row(4), cos(0, 4));

@@ -17,7 +17,7 @@
 //! variants to the proxy generator in the daemon (per-face CLIP embeddings in the embed stage)
 //! is not wired yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -78,90 +78,50 @@ impl Mapper {
 
     /// Writes `mapper.w1`, `mapper.b1`, `mapper.w2`, `mapper.b2` as safetensors.
     pub fn save(&self, path: &Path) -> Result<(), MapperError> {
-        let err = |e: candle_core::Error| MapperError::Write {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        };
-        let cpu = &Device::Cpu;
-        let mut m = HashMap::new();
         let w = self.dim + self.clip_dim;
-        m.insert(
-            "mapper.w1".to_string(),
-            Tensor::from_vec(self.w1.clone(), (self.hidden, w), cpu).map_err(err)?,
-        );
-        m.insert(
-            "mapper.b1".to_string(),
-            Tensor::from_vec(self.b1.clone(), self.hidden, cpu).map_err(err)?,
-        );
-        m.insert(
-            "mapper.w2".to_string(),
-            Tensor::from_vec(self.w2.clone(), (self.dim, self.hidden), cpu).map_err(err)?,
-        );
-        m.insert(
-            "mapper.b2".to_string(),
-            Tensor::from_vec(self.b2.clone(), self.dim, cpu).map_err(err)?,
-        );
-        candle_core::safetensors::save(&m, path).map_err(err)
+        crate::weights::write(
+            path,
+            &[
+                ("mapper.w1", &self.w1, &[self.hidden, w]),
+                ("mapper.b1", &self.b1, &[self.hidden]),
+                ("mapper.w2", &self.w2, &[self.dim, self.hidden]),
+                ("mapper.b2", &self.b2, &[self.dim]),
+            ],
+        )
+        .map_err(|detail| MapperError::Write {
+            path: path.display().to_string(),
+            detail,
+        })
     }
 
     /// Reads what `save` wrote, for identity vectors of `dim` and CLIP embeddings of `clip_dim`.
     pub fn load(path: &Path, dim: usize, clip_dim: usize) -> Result<Self, MapperError> {
         let p = path.display().to_string();
-        let m =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| MapperError::Read {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
-        let shape = |detail: String| MapperError::Shape {
+        let m = crate::weights::read(path).map_err(|detail| MapperError::Read {
             path: p.clone(),
             detail,
+        })?;
+        let shape = |detail: String| MapperError::Shape {
+            path: p.clone(),
+            detail: format!(
+                "{detail} (a mapper of [{dim} identity + {clip_dim} CLIP] values to {dim})"
+            ),
         };
-        let get = |name: &str| {
-            m.get(name)
-                .ok_or_else(|| shape(format!("no tensor '{name}'")))
-        };
-        let (w1, b1, w2, b2) = (
-            get("mapper.w1")?,
-            get("mapper.b1")?,
-            get("mapper.w2")?,
-            get("mapper.b2")?,
-        );
-        let hidden = w1.dims().first().copied().unwrap_or(0);
-        let w = dim + clip_dim;
-        if hidden == 0
-            || w1.dims() != [hidden, w]
-            || b1.dims() != [hidden]
-            || w2.dims() != [dim, hidden]
-            || b2.dims() != [dim]
-        {
-            return Err(shape(format!(
-                "mapper.w1 {:?}, mapper.b1 {:?}, mapper.w2 {:?}, mapper.b2 {:?} do not map \
-                 [{dim} identity + {clip_dim} CLIP] to {dim} (want [h, {w}], [h], [{dim}, h], [{dim}])",
-                w1.dims(),
-                b1.dims(),
-                w2.dims(),
-                b2.dims()
-            )));
-        }
-        let read = |t: &Tensor| -> Result<Vec<f32>, MapperError> {
-            let v = t
-                .to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| shape(e.to_string()))?;
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(shape("non-finite values".into()));
-            }
-            Ok(v)
-        };
+        let hidden = crate::weights::dims(&m, "mapper.w1")
+            .map_err(shape)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let get =
+            |name: &str, dims: &[usize]| crate::weights::values(&m, name, dims).map_err(shape);
         Ok(Self {
             dim,
             clip_dim,
             hidden,
-            w1: read(w1)?,
-            b1: read(b1)?,
-            w2: read(w2)?,
-            b2: read(b2)?,
+            w1: get("mapper.w1", &[hidden, dim + clip_dim])?,
+            b1: get("mapper.b1", &[hidden])?,
+            w2: get("mapper.w2", &[dim, hidden])?,
+            b2: get("mapper.b2", &[dim])?,
         })
     }
 }
@@ -281,24 +241,17 @@ pub fn train(
             "hidden, epochs, batch and pairs per identity must be positive ({opts:?})"
         )));
     }
-    let unit_rows = |f: &Features| {
-        let mut out = f.clone();
-        for r in out.data.chunks_mut(f.dim) {
-            unit(r);
-        }
-        out
-    };
-    let (fu, cu) = (unit_rows(features), unit_rows(clip));
+    let (fu, cu) = (
+        crate::weights::unit_rows(features),
+        crate::weights::unit_rows(clip),
+    );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
     let mut by_label: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, l) in labels.iter().enumerate() {
         by_label.entry(*l).or_default().push(i);
     }
+    let held = crate::weights::held_out_identities(labels, opts.holdout, &mut rng);
     let mut ids: Vec<i64> = by_label.keys().copied().collect();
-    ids.sort_unstable();
-    ids.shuffle(&mut rng);
-    let n_hold = ((ids.len() as f64) * opts.holdout).round() as usize;
-    let held: HashSet<i64> = ids[..n_hold].iter().copied().collect();
     ids.sort_unstable();
     // (input, target) rows for each part.
     let w = d + e;
@@ -418,12 +371,7 @@ pub fn train(
         progress(&r);
         last = Some(r);
     }
-    let read = |v: &Var| -> Result<Vec<f32>, MapperError> {
-        v.as_tensor()
-            .flatten_all()
-            .and_then(|x| x.to_vec1::<f32>())
-            .map_err(t)
-    };
+    let read = |v: &Var| crate::weights::var_values(v).map_err(t);
     let mapper = Mapper {
         dim: d,
         clip_dim: e,

@@ -57,3 +57,4 @@ pub mod sink;
 pub mod store;
 pub mod synth;
 pub mod telemetry;
+pub mod weights;

@@ -194,6 +194,10 @@ enum Command {
         /// Attention: passes over the training faces.
         #[arg(long, default_value_t = 15)]
         attention_epochs: usize,
+        /// Attention: the cosine threshold of the edge decision its loss trains for (the
+        /// engine.t1 of the cosine scorer the attention is meant to run with).
+        #[arg(long, default_value_t = 0.95)]
+        attention_t1: f32,
         /// CLIP image embeddings of the same faces (row i = face i of --features; raw f32 rows),
         /// for the mapper H.
         #[arg(long)]
@@ -599,6 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             edge_epochs,
             attention_out,
             attention_epochs,
+            attention_t1,
             clip_features,
             clip_dim,
             mapper_out,
@@ -759,7 +764,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let opts = clip_cluster::attention::AttentionTraining {
                     k: cfg.engine.search_k.min(10),
-                    t1: cfg.engine.t1,
+                    t1: attention_t1,
                     epochs: attention_epochs,
                     seed,
                     ..Default::default()
