@@ -81,6 +81,47 @@ proptest! {
         }
     }
 
+    /// With the neighbour proxy and the bounded refresh (older faces' proxies recomputed and
+    /// re-linked after each insert), clusters stay exactly the connected components of the kept
+    /// edges, and every out-list stays ranked, short and above t1.
+    #[test]
+    fn refresh_keeps_clusters_equal_to_components(
+        seed in 0u64..10_000, n in 2usize..70, k in 1usize..5,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3, 0.6]),
+        centers in 1usize..6, refresh in 1usize..6,
+    ) {
+        use clip_cluster::proxy::{Directions, NeighborProxy};
+        let dim = 4;
+        let proxy = NeighborProxy {
+            directions: Some(Directions {
+                dim,
+                vectors: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+                sigmas: vec![0.3, 0.2],
+            }),
+            strength: 1.0,
+            temperature: 0.05,
+            context_k: 3,
+            min_neighbors: 1,
+            with_context: false,
+            attention: None,
+        };
+        let mut p = params(dim, k, t1, t2, 8);
+        p.refresh = refresh;
+        let mut e = Engine::with_stages(p, ExactIndex::new(dim), proxy, clip_cluster::engine::CosineScorer);
+        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+            e.insert(&format!("f{i}"), v).unwrap();
+            let m = e.n_faces();
+            prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
+            prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
+            for s in 0..m as u32 {
+                let out = e.out_list(s);
+                prop_assert!(out.len() <= k);
+                prop_assert!(out.iter().all(|&(to, score)| score > t1 && to != s));
+                prop_assert!(out.windows(2).all(|w| w[0].1 >= w[1].1));
+            }
+        }
+    }
+
     /// With an exact index that shows every face, the stream equals the batch computation.
     #[test]
     fn stream_equals_batch(
@@ -161,4 +202,36 @@ fn hnsw_stream_agrees_with_exact_batch() {
     // And both are real clusterings of the synthetic identities, not one blob or all singletons.
     let truth = evaluate(&s.labels, &stream);
     assert!(truth.bcubed.f > 0.8, "{truth:?}");
+}
+
+/// The refresh property above is not vacuous: on such data faces are re-linked.
+#[test]
+fn refresh_relinks_faces_on_clustered_data() {
+    use clip_cluster::proxy::{Directions, NeighborProxy};
+    let dim = 4;
+    let proxy = NeighborProxy {
+        directions: Some(Directions {
+            dim,
+            vectors: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            sigmas: vec![0.3, 0.2],
+        }),
+        strength: 1.0,
+        temperature: 0.05,
+        context_k: 3,
+        min_neighbors: 1,
+        with_context: false,
+        attention: None,
+    };
+    let mut p = params(dim, 3, 0.6, 0.3, 8);
+    p.refresh = 3;
+    let mut e = Engine::with_stages(
+        p,
+        ExactIndex::new(dim),
+        proxy,
+        clip_cluster::engine::CosineScorer,
+    );
+    for (i, v) in data(7, 60, dim, 4, 0.6).iter().enumerate() {
+        e.insert(&format!("f{i}"), v).unwrap();
+    }
+    assert!(e.n_refreshed() > 30, "{} re-links", e.n_refreshed());
 }
