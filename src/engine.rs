@@ -62,6 +62,19 @@ pub trait ProxyGenerator {
         neighbors: &[Neighbor],
         proxy_of: &dyn Fn(u32) -> Vec<f32>,
     ) -> Option<Vec<f32>>;
+    /// As `proxy`, with hallucinated variants of the face made upstream (e.g. from its CLIP
+    /// embedding): `extra` holds whole vectors of the identity's dimension, row after row. A
+    /// generator that has no use for them ignores them (the default).
+    fn proxy_with(
+        &self,
+        identity: &[f32],
+        extra: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
+        let _ = extra;
+        self.proxy(identity, neighbors, proxy_of)
+    }
 }
 
 /// The proxy is the identity vector (the untrained, hallucination-free default).
@@ -148,6 +161,12 @@ pub enum EngineError {
     ZeroVector { face_id: String },
     #[error("face {face_id}: empty face id")]
     EmptyId { face_id: String },
+    #[error("face {face_id}: {len} hallucinated values are not whole finite vectors of {dim}")]
+    BadVariants {
+        face_id: String,
+        len: usize,
+        dim: usize,
+    },
     #[error("the engine holds {0} faces, the most a u32 sequence can address")]
     Full(usize),
 }
@@ -271,6 +290,9 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     proxies: Vec<f32>,
     /// Row-major normalized identity vectors, kept only when proxies are refreshed (`refresh`).
     identities: Vec<f32>,
+    /// Per face, the upstream hallucinated variants it was inserted with, kept only when proxies
+    /// are refreshed (in memory only: restored faces have none).
+    extras: Vec<Vec<f32>>,
     /// Proxies refreshed (re-linked) by this process.
     n_refreshed: u64,
     /// Indexed by internal label; `size == 0` marks a retired label.
@@ -349,6 +371,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             proxies: Vec::new(),
             identities: Vec::new(),
             n_refreshed: 0,
+            extras: Vec::new(),
             comps: Vec::new(),
             live_comps: 0,
             next_cluster_id: 1,
@@ -410,6 +433,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         if params.refresh > 0 {
             e.identities = r.identities;
+            e.extras = vec![Vec::new(); n];
         }
         e.comps = vec![
             CompRecord {
@@ -589,6 +613,25 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         vector: &[f32],
         meta: &FaceMeta,
     ) -> Result<(Outcome, Vec<Event>), EngineError> {
+        self.insert_full(face_id, vector, &[], meta)
+    }
+
+    /// As `insert_with`, with hallucinated variants of the face made upstream (`extra`: whole
+    /// vectors of `dim` values, row after row; see `ProxyGenerator::proxy_with`).
+    pub fn insert_full(
+        &mut self,
+        face_id: &str,
+        vector: &[f32],
+        extra: &[f32],
+        meta: &FaceMeta,
+    ) -> Result<(Outcome, Vec<Event>), EngineError> {
+        if extra.len() % self.params.dim != 0 || extra.iter().any(|x| !x.is_finite()) {
+            return Err(EngineError::BadVariants {
+                face_id: face_id.to_string(),
+                len: extra.len(),
+                dim: self.params.dim,
+            });
+        }
         if face_id.is_empty() {
             return Err(EngineError::EmptyId {
                 face_id: face_id.to_string(),
@@ -611,7 +654,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let dim = p.dim;
             let proxies = &self.proxies;
             let proxy_of = |s: u32| proxies[s as usize * dim..(s as usize + 1) * dim].to_vec();
-            self.proxy_gen.proxy(&identity, &around, &proxy_of)
+            self.proxy_gen
+                .proxy_with(&identity, extra, &around, &proxy_of)
         } else {
             None
         };
@@ -679,6 +723,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.proxies.extend_from_slice(&proxy);
         if p.refresh > 0 {
             self.identities.extend_from_slice(&identity);
+            self.extras.push(extra.to_vec());
         }
         let comp = self.comps.len() as u32;
         self.comps.push(CompRecord {
@@ -1227,6 +1272,13 @@ mod tests {
             e.insert("", &[1.0, 0.0, 0.0]),
             Err(EngineError::EmptyId { .. })
         ));
+        let meta = FaceMeta::default();
+        for extra in [&[1.0f32, 0.0][..], &[1.0, f32::INFINITY, 0.0][..]] {
+            assert!(matches!(
+                e.insert_full("a", &[1.0, 0.0, 0.0], extra, &meta),
+                Err(EngineError::BadVariants { .. })
+            ));
+        }
         assert_eq!(e.n_faces(), 0);
         assert!(e.take_changes().is_empty());
     }

@@ -59,7 +59,7 @@ pub enum Order {
 }
 
 /// Resolved evaluation settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EvalSettings {
     pub algorithm: Algorithm,
     /// Edge rule as a cosine similarity; `None` = the algorithm's stock value (for `stream` and
@@ -69,6 +69,9 @@ pub struct EvalSettings {
     pub k: Option<usize>,
     pub order: Order,
     pub seed: u64,
+    /// Per face (row i = row i of the features), hallucinated variants made upstream, whole
+    /// vectors of the features' width; given to the stream's proxy generator.
+    pub variants: Option<Features>,
 }
 
 /// The one JSON object `eval --json` prints.
@@ -101,6 +104,13 @@ pub enum EvalError {
     Proxy(String),
     #[error("edge scorer: {0}")]
     Edge(String),
+    #[error("hallucinated variants: {rows} rows of {width} values for {faces} faces of {dim}: want one row per face, whole vectors")]
+    Variants {
+        rows: usize,
+        width: usize,
+        faces: usize,
+        dim: usize,
+    },
     #[error("--k {0} must be in 1..=256")]
     K(usize),
 }
@@ -127,6 +137,16 @@ pub fn run(
     if let Some(k) = s.k {
         if !(1..=256).contains(&k) {
             return Err(EvalError::K(k));
+        }
+    }
+    if let Some(v) = &s.variants {
+        if v.n() != features.n() || v.dim % features.dim != 0 {
+            return Err(EvalError::Variants {
+                rows: v.n(),
+                width: v.dim,
+                faces: features.n(),
+                dim: features.dim,
+            });
         }
     }
     let n = features.n();
@@ -166,8 +186,10 @@ pub fn run(
                     .map_err(|e| EvalError::Edge(e.to_string()))?;
                 let mut e = Engine::with_stages(p, HnswIndex::new(h), proxy, scorer);
                 e.set_tracking(false);
+                let none = crate::engine::FaceMeta::default();
                 for (i, &row) in order.iter().enumerate() {
-                    e.insert(&i.to_string(), feats.row(i))
+                    let extra = s.variants.as_ref().map_or(&[][..], |v| v.row(row));
+                    e.insert_full(&i.to_string(), feats.row(i), extra, &none)
                         .map_err(|source| EvalError::Engine { row, source })?;
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);

@@ -117,6 +117,14 @@ enum Command {
         /// Faces of the synthetic data set used without --features.
         #[arg(long, default_value_t = 20_000)]
         synthetic: usize,
+        /// Hallucinated variants made upstream for each face of --features (raw f32 rows of
+        /// `--variants` vectors of the features' width, row i = face i; `hallucinate` writes
+        /// them): candidates of the neighbour proxy beside the learned directions.
+        #[arg(long, requires = "features")]
+        hallucinated: Option<PathBuf>,
+        /// Vectors per row of --hallucinated.
+        #[arg(long, default_value_t = 5)]
+        variants: usize,
         /// Print exactly one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -219,6 +227,25 @@ enum Command {
         edge_epochs: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Hallucinates each face's attribute variants in identity space from its identity vector and
+    /// CLIP image embedding: f_a = norm(f + H([f ; c_a - c])), c_a = norm(c + lambda_a d_a), with
+    /// the text directions of [clip] (weights, vocabulary, prompts) and the mapper H of
+    /// `train --mapper-out`. Writes one row of (attributes x dim) values per face, for
+    /// `eval --hallucinated`.
+    Hallucinate {
+        #[arg(long)]
+        features: PathBuf,
+        /// CLIP image embeddings of the same faces (`embed --clip-out`).
+        #[arg(long)]
+        clip_features: PathBuf,
+        /// Row width of --clip-features.
+        #[arg(long, default_value_t = 512)]
+        clip_dim: usize,
+        #[arg(long)]
+        mapper: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Writes seeded synthetic identities in learn-to-cluster format (.bin rows + .meta labels).
     Generate {
@@ -398,11 +425,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             synthetic,
             json,
+            hallucinated,
+            variants,
         } => {
             let mut env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
                 .collect();
             let synthetic_input = features.is_none() && faces.is_none();
+            let mut variant_rows = None;
             let (feats, labs) = match (features, labels, faces) {
                 (_, _, Some(dir)) => {
                     let base = Config::load_from(cli.config.as_deref(), &env)?;
@@ -415,10 +445,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let feats = read_features(&f, d)?;
                     let labs = read_labels(&l)?;
                     check_counts(&feats, &labs, &f, &l)?;
-                    match &people {
-                        Some(p) => only_people(feats, labs, &l, p)?,
-                        None => (feats, labs),
-                    }
+                    let side = match &hallucinated {
+                        Some(h) => Some(read_features(h, variants * d)?),
+                        None => None,
+                    };
+                    let (feats, labs, side) =
+                        only_people_with(feats, side, labs, &l, people.as_deref())?;
+                    variant_rows = side;
+                    (feats, labs)
                 }
                 _ => {
                     let d = dim.unwrap_or(128);
@@ -451,6 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 k,
                 order,
                 seed,
+                variants: variant_rows,
             };
             let report = clip_cluster::eval::run(&cfg, &feats, &labs, settings, &|i, n| {
                 if !json || i == n {
@@ -636,46 +671,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            // Filter identity and CLIP rows together: the CLIP row width travels through the
-            // identity rows' filter as extra columns.
-            let (feats, labs, clip_rows) = match (&people, clip_rows) {
-                (Some(p), Some(c)) => {
-                    let d = feats.dim;
-                    let mut joined = Vec::with_capacity(feats.n() * (d + clip_dim));
-                    for i in 0..feats.n() {
-                        joined.extend_from_slice(feats.row(i));
-                        joined.extend_from_slice(c.row(i));
-                    }
-                    let (j, l) = only_people(
-                        Features {
-                            dim: d + clip_dim,
-                            data: joined,
-                        },
-                        labs,
-                        &labels,
-                        p,
-                    )?;
-                    let mut f = Vec::with_capacity(j.n() * d);
-                    let mut cc = Vec::with_capacity(j.n() * clip_dim);
-                    for i in 0..j.n() {
-                        f.extend_from_slice(&j.row(i)[..d]);
-                        cc.extend_from_slice(&j.row(i)[d..]);
-                    }
-                    (
-                        Features { dim: d, data: f },
-                        l,
-                        Some(Features {
-                            dim: clip_dim,
-                            data: cc,
-                        }),
-                    )
-                }
-                (Some(p), None) => {
-                    let (f, l) = only_people(feats, labs, &labels, p)?;
-                    (f, l, None)
-                }
-                (None, c) => (feats, labs, c),
-            };
+            let (feats, labs, clip_rows) =
+                only_people_with(feats, clip_rows, labs, &labels, people.as_deref())?;
             let n_ids = labs.iter().collect::<std::collections::BTreeSet<_>>().len();
             if let Some(edge_out) = &edge_out {
                 let opts = clip_cluster::edge::EdgeTraining {
@@ -799,6 +796,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Hallucinate {
+            features,
+            clip_features,
+            clip_dim,
+            mapper,
+            out,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let (_, directions) = clip_cluster::clip::from_config(&cfg.clip)?.context(
+                "hallucinate needs CLIP for the text directions: set clip.weights (CLIP_CLUSTER__CLIP__WEIGHTS)",
+            )?;
+            let f = clip_cluster::weights::unit_rows(&read_features(&features, cfg.model.dim)?);
+            let c = clip_cluster::weights::unit_rows(&read_features(&clip_features, clip_dim)?);
+            anyhow::ensure!(
+                f.n() == c.n(),
+                "{} faces in {} but {} CLIP rows in {}",
+                f.n(),
+                features.display(),
+                c.n(),
+                clip_features.display()
+            );
+            let h = clip_cluster::hallucinate::Hallucinator {
+                directions,
+                mapper: clip_cluster::hallucinate::Mapper::load(&mapper, f.dim, clip_dim)?,
+            };
+            let mut data = Vec::with_capacity(f.n() * f.dim * h.directions.len());
+            for i in 0..f.n() {
+                for v in h.variants(f.row(i), c.row(i))? {
+                    data.extend_from_slice(&v);
+                }
+            }
+            let width = f.dim * h.directions.len();
+            clip_cluster::features::write_features(&out, &Features { dim: width, data })?;
+            eprintln!(
+                "wrote {} faces x {} variants ({}) to {}",
+                f.n(),
+                h.directions.len(),
+                h.directions
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                out.display()
+            );
+            Ok(())
+        }
         Command::Generate {
             out,
             labels_out,
@@ -877,6 +920,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// As `only_people`, keeping the matching rows of `side` (per-face rows of another width, e.g.
+/// CLIP embeddings or hallucinated variants, row i = face i) in step.
+fn only_people_with(
+    feats: Features,
+    side: Option<Features>,
+    labs: Vec<i64>,
+    labels_path: &std::path::Path,
+    people: Option<&std::path::Path>,
+) -> anyhow::Result<(Features, Vec<i64>, Option<Features>)> {
+    let Some(people) = people else {
+        return Ok((feats, labs, side));
+    };
+    let Some(side) = side else {
+        let (f, l) = only_people(feats, labs, labels_path, people)?;
+        return Ok((f, l, None));
+    };
+    let (d, e) = (feats.dim, side.dim);
+    anyhow::ensure!(
+        side.n() == feats.n(),
+        "{} per-face rows of {e} values for {} faces",
+        side.n(),
+        feats.n()
+    );
+    let mut joined = Vec::with_capacity(feats.n() * (d + e));
+    for i in 0..feats.n() {
+        joined.extend_from_slice(feats.row(i));
+        joined.extend_from_slice(side.row(i));
+    }
+    let (j, l) = only_people(
+        Features {
+            dim: d + e,
+            data: joined,
+        },
+        labs,
+        labels_path,
+        people,
+    )?;
+    let (mut f, mut c) = (Vec::with_capacity(j.n() * d), Vec::with_capacity(j.n() * e));
+    for i in 0..j.n() {
+        f.extend_from_slice(&j.row(i)[..d]);
+        c.extend_from_slice(&j.row(i)[d..]);
+    }
+    Ok((
+        Features { dim: d, data: f },
+        l,
+        Some(Features { dim: e, data: c }),
+    ))
 }
 
 /// The rows whose identity (from the names file `<labels>.names`) is listed in `people`.

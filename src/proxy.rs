@@ -329,6 +329,18 @@ impl ProxyGenerator for NeighborProxy {
         neighbors: &[Neighbor],
         proxy_of: &dyn Fn(u32) -> Vec<f32>,
     ) -> Option<Vec<f32>> {
+        self.proxy_with(identity, &[], neighbors, proxy_of)
+    }
+
+    /// The upstream variants (`extra`, e.g. CLIP hallucinations f_a) join the candidates beside
+    /// the learned-direction variants.
+    fn proxy_with(
+        &self,
+        identity: &[f32],
+        extra: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
         if neighbors.len() < self.min_neighbors.max(1) {
             return None;
         }
@@ -350,6 +362,11 @@ impl ProxyGenerator for NeighborProxy {
         }
         norm(&mut q);
         let mut cands = self.candidates(identity);
+        for v in extra.chunks_exact(d) {
+            let mut h = v.to_vec();
+            norm(&mut h);
+            cands.push(h);
+        }
         if self.with_context {
             cands.push(q.clone());
         }
@@ -396,9 +413,19 @@ impl ProxyGenerator for ProxyModel {
         neighbors: &[Neighbor],
         proxy_of: &dyn Fn(u32) -> Vec<f32>,
     ) -> Option<Vec<f32>> {
+        self.proxy_with(identity, &[], neighbors, proxy_of)
+    }
+
+    fn proxy_with(
+        &self,
+        identity: &[f32],
+        extra: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
         match self {
             ProxyModel::Identity => IdentityProxy.proxy(identity, neighbors, proxy_of),
-            ProxyModel::Neighbor(p) => p.proxy(identity, neighbors, proxy_of),
+            ProxyModel::Neighbor(p) => p.proxy_with(identity, extra, neighbors, proxy_of),
         }
     }
 }

@@ -37,7 +37,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let proxy_of = |s: u32| proxies[s as usize * d..(s as usize + 1) * d].to_vec();
             let new = self
                 .proxy_gen
-                .proxy(&identity, &around, &proxy_of)
+                .proxy_with(&identity, &self.extras[j as usize], &around, &proxy_of)
                 .unwrap_or(identity);
             if 1.0 - dot(&new, self.proxy(j)) <= p.refresh_min_change {
                 continue;

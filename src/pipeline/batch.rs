@@ -20,7 +20,9 @@ pub(super) fn position_key(topic: &str, partition: i32) -> Vec<u8> {
 
 pub(super) fn engine_reason(e: &EngineError) -> Reason {
     match e {
-        EngineError::WrongDimension { .. } => Reason::WrongDimension,
+        EngineError::WrongDimension { .. } | EngineError::BadVariants { .. } => {
+            Reason::WrongDimension
+        }
         EngineError::NotFinite { .. } => Reason::NotFinite,
         EngineError::ZeroVector { .. } => Reason::ZeroVector,
         EngineError::EmptyId { .. } => Reason::MissingFaceId,
