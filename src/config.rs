@@ -407,6 +407,13 @@ impl Config {
                 "must be in 1..=4 (1: the fixed box only; 2: one refined pass)",
             ));
         }
+        if m.average_passes && (m.landmark_passes < 2 || m.chip != ChipKind::Aligned) {
+            return Err(bad(
+                "embed.average_passes",
+                m.average_passes,
+                "true needs chip = \"aligned\" and landmark_passes >= 2 (one chip has nothing to average)",
+            ));
+        }
         if m.max_image_side < 16 {
             return Err(bad(
                 "embed.max_image_side",
@@ -930,6 +937,7 @@ mod tests {
             ("[index]\nm = 1000\n", "index.m"),
             ("[model]\ndim = 0\n", "model.dim"),
             ("[embed]\nlandmark_passes = 0\n", "embed.landmark_passes"),
+            ("[embed]\naverage_passes = true\n", "embed.average_passes"),
             ("[clip]\ndevice = \"gpu\"\n", "clip.device"),
             (
                 "[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n",
