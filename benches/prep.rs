@@ -99,6 +99,7 @@ fn bench_prep(c: &mut Criterion) {
                     predictor: sp,
                     box_fraction: 1.0 / 2.2,
                     padding: 0.25,
+                    landmark_passes: 1,
                 },
             };
             g.bench_function("decode_aligned_chip", |b| {

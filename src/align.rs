@@ -82,6 +82,103 @@ pub fn centred_box(width: usize, height: usize, fraction: f64) -> Rect {
     }
 }
 
+/// A linear map from 5 landmarks to a face box, in a frame that follows the face: with `c` the
+/// landmarks' centroid, `s` their RMS distance from it and `q` the 10 coordinates `(p - c) / s`
+/// (x0, y0, x1, y1, ...), the box centre is `c + s * (cx . q + cx[10], cy . q + cy[10])` and its
+/// side `s * (side . q + side[10])`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxMap {
+    /// Centre x offset: 10 weights on `q`, then the constant.
+    pub cx: [f64; 11],
+    /// Centre y offset: 10 weights on `q`, then the constant.
+    pub cy: [f64; 11],
+    /// Side: 10 weights on `q`, then the constant.
+    pub side: [f64; 11],
+}
+
+/// The box dlib's HOG frontal face detector (`get_frontal_face_detector()`, upsample 1, the
+/// detection nearest the image centre) draws around a face, predicted from the landmarks.
+/// Fitted by least squares on LFW's training identities only (peopleDevTrain.txt, 9479
+/// images with a detection; never peopleDevTest.txt or a pair list):
+/// `python3 tools/dlib/fit_refined_box.py --lfw ../shared/data/lfw --models models
+/// --out tools/dlib/refined_box.json` (dlib 20.0.1). On peopleDevTest.txt's
+/// identities (held out, 3687 of 3708) the box corners lie 4.1 px from the detector's
+/// (the fixed box: 7.5 px) and the landmarks predicted from it 0.40 px from dlib's on the
+/// detector box (from the fixed box: 0.47 px).
+pub const DETECTOR_BOX_MAP: BoxMap = BoxMap {
+    cx: [
+        -0.38899819981480127,
+        0.04426500658045622,
+        -0.5744607379629312,
+        0.18296298553449994,
+        0.9231541036966022,
+        0.2090467862261371,
+        0.10493217932355711,
+        0.04866202499979851,
+        -0.06462734524242976,
+        -0.48493680334089867,
+        2.477197895158183,
+    ],
+    cy: [
+        0.8259104241693442,
+        0.025715734016092562,
+        0.38978430845777556,
+        -0.426069240901268,
+        -0.9624207089975019,
+        0.07222364484344694,
+        -0.27885498419828564,
+        -0.43243111123427563,
+        0.025580960568671384,
+        0.7605609732760149,
+        -2.999542114410501,
+    ],
+    side: [
+        -2.395981902494104,
+        2.0021165500800953,
+        -1.6235200512562389,
+        -1.262230581611049,
+        2.302323734092454,
+        1.8067823546649224,
+        1.8213406282823912,
+        -0.635160812646587,
+        -0.1041624086245176,
+        -1.9115075104874235,
+        14.675340173636233,
+    ],
+};
+
+/// The face box `map` predicts from `parts`: a square of side `floor(side + 0.5)` (at least 1)
+/// whose left and top are `floor(centre - side / 2 + 0.5)`, as `tools/dlib/lfw_common.py`
+/// `refined_box` computes it.
+pub fn refined_box(parts: &[Point; N_PARTS], map: &BoxMap) -> Rect {
+    let n = N_PARTS as f64;
+    let cx = parts.iter().map(|p| p.x as f64).sum::<f64>() / n;
+    let cy = parts.iter().map(|p| p.y as f64).sum::<f64>() / n;
+    let ms = parts
+        .iter()
+        .map(|p| (p.x as f64 - cx).powi(2) + (p.y as f64 - cy).powi(2))
+        .sum::<f64>()
+        / n;
+    // Five landmarks on one pixel would give s = 0; a unit scale keeps the box finite.
+    let s = ms.sqrt().max(1.0);
+    let mut q = [0.0f64; 2 * N_PARTS];
+    for (i, p) in parts.iter().enumerate() {
+        q[2 * i] = (p.x as f64 - cx) / s;
+        q[2 * i + 1] = (p.y as f64 - cy) / s;
+    }
+    let apply = |w: &[f64; 11]| q.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + w[10];
+    let (bx, by) = (cx + s * apply(&map.cx), cy + s * apply(&map.cy));
+    let side = ((s * apply(&map.side) + 0.5).floor().max(1.0)) as i64;
+    let left = (bx - side as f64 / 2.0 + 0.5).floor() as i64;
+    let top = (by - side as f64 / 2.0 + 0.5).floor() as i64;
+    Rect {
+        left,
+        top,
+        right: left + side - 1,
+        bottom: top + side - 1,
+    }
+}
+
 /// Why a shape predictor file could not be used. Loading happens at start-up, so these are fatal
 /// configuration errors, not per-image ones.
 #[derive(Debug, Error)]
@@ -303,6 +400,40 @@ impl ShapePredictor {
             *p = to_image(rect, shape[2 * i], shape[2 * i + 1]);
         }
         parts
+    }
+
+    /// The landmarks after `passes` predictions (at least one): the first on `rect`, each
+    /// further one on the box `map` derives from the previous landmarks (`refined_box`). With a
+    /// fixed box in place of a face detector, a second pass starts the predictor from a box like
+    /// the ones it was trained on.
+    pub fn predict_passes(
+        &self,
+        img: &RgbImage,
+        rect: Rect,
+        passes: u32,
+        map: &BoxMap,
+    ) -> [Point; N_PARTS] {
+        let mut parts = self.predict(img, rect);
+        for _ in 1..passes {
+            parts = self.predict(img, refined_box(&parts, map));
+        }
+        parts
+    }
+
+    /// The landmarks of every pass of `predict_passes`, first to last (`passes.max(1)` of them).
+    pub fn predict_each_pass(
+        &self,
+        img: &RgbImage,
+        rect: Rect,
+        passes: u32,
+        map: &BoxMap,
+    ) -> Vec<[Point; N_PARTS]> {
+        let mut all = vec![self.predict(img, rect)];
+        for _ in 1..passes {
+            let last = all[all.len() - 1];
+            all.push(self.predict(img, refined_box(&last, map)));
+        }
+        all
     }
 
     /// The final shape in box-normalised coordinates (before `unnormalizing_tform`).
@@ -856,6 +987,29 @@ mod tests {
                 right: 199,
                 bottom: 149
             }
+        );
+    }
+
+    /// Golden boxes from `tools/dlib/lfw_common.py` `refined_box` with the coefficients of
+    /// `tools/dlib/refined_box.json`: the first landmarks are dlib's on AJ_Cook_0001 (whose HOG
+    /// detector box is (67, 80, 175, 187)), the second a larger, tilted face, the last degenerate.
+    #[test]
+    fn refined_box_matches_the_fit_script() {
+        let pts = |v: [[i64; 2]; N_PARTS]| v.map(|[x, y]| Point { x, y });
+        let rect = |left, top, right, bottom| Rect {
+            left,
+            top,
+            right,
+            bottom,
+        };
+        let map = &DETECTOR_BOX_MAP;
+        let aj_cook = pts([[157, 115], [140, 116], [96, 116], [113, 116], [119, 146]]);
+        assert_eq!(refined_box(&aj_cook, map), rect(67, 79, 177, 189));
+        let tilted = pts([[300, 180], [270, 190], [200, 215], [230, 205], [250, 260]]);
+        assert_eq!(refined_box(&tilted, map), rect(140, 118, 362, 340));
+        assert_eq!(
+            refined_box(&[Point { x: 5, y: 5 }; N_PARTS], map),
+            rect(0, -5, 14, 9)
         );
     }
 

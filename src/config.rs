@@ -78,6 +78,8 @@ pub struct EmbedConfig {
     pub crop_fraction: f32,
     pub box_fraction: f32,
     pub padding: f32,
+    pub landmark_passes: u32,
+    pub average_passes: bool,
     pub max_image_side: u32,
     pub flip_average: bool,
 }
@@ -423,6 +425,20 @@ impl Config {
         }
         if !(0.0..=2.0).contains(&m.padding) {
             return Err(bad("embed.padding", m.padding, "must be in [0, 2]"));
+        }
+        if !(1..=4).contains(&m.landmark_passes) {
+            return Err(bad(
+                "embed.landmark_passes",
+                m.landmark_passes,
+                "must be in 1..=4 (1: the fixed box only; 2: one refined pass)",
+            ));
+        }
+        if m.average_passes && (m.landmark_passes < 2 || m.chip != ChipKind::Aligned) {
+            return Err(bad(
+                "embed.average_passes",
+                m.average_passes,
+                "true needs chip = \"aligned\" and landmark_passes >= 2 (one chip has nothing to average)",
+            ));
         }
         if m.max_image_side < 16 {
             return Err(bad(
@@ -974,6 +990,8 @@ mod tests {
             ("[engine]\nt2 = -0.1\n", "engine.t2"),
             ("[index]\nm = 1000\n", "index.m"),
             ("[model]\ndim = 0\n", "model.dim"),
+            ("[embed]\nlandmark_passes = 0\n", "embed.landmark_passes"),
+            ("[embed]\naverage_passes = true\n", "embed.average_passes"),
             ("[clip]\ndevice = \"gpu\"\n", "clip.device"),
             (
                 "[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n",

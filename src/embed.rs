@@ -98,6 +98,8 @@ pub struct DlibEmbedder {
     batch_size: usize,
     /// Average each chip's output with its mirror image's (`embed.flip_average`).
     flip_average: bool,
+    /// Average the vectors of every landmark pass's chip (`embed.average_passes`).
+    average_passes: bool,
 }
 
 impl DlibEmbedder {
@@ -119,6 +121,7 @@ impl DlibEmbedder {
                 predictor: Arc::new(ShapePredictor::load(&e.landmarks_path)?),
                 box_fraction: e.box_fraction,
                 padding: e.padding,
+                landmark_passes: e.landmark_passes,
             },
         };
         let limits = DecodeLimits {
@@ -132,6 +135,7 @@ impl DlibEmbedder {
             prep: Preprocessor { limits, mode },
             batch_size: e.batch_size,
             flip_average: e.flip_average,
+            average_passes: e.average_passes,
         })
     }
 
@@ -143,12 +147,20 @@ impl DlibEmbedder {
         &self.net
     }
 
-    /// Chips for a batch of encoded images, decoded in parallel (rayon); one result per image.
-    pub fn chips(&self, images: &[&[u8]]) -> Vec<Result<Vec<u8>, EmbedError>> {
+    /// Chips for a batch of encoded images, decoded in parallel (rayon); one result per image:
+    /// its chip, or with `average_passes` the chip of every landmark pass.
+    pub fn chips(&self, images: &[&[u8]]) -> Vec<Result<Vec<Vec<u8>>, EmbedError>> {
         use rayon::prelude::*;
         images
             .par_iter()
-            .map(|b| self.prep.chip(b).map_err(EmbedError::from))
+            .map(|b| {
+                let rgb = crate::decode::decode(b, &self.prep.limits).map_err(EmbedError::from)?;
+                Ok(if self.average_passes {
+                    self.prep.pass_chips_of(&rgb)
+                } else {
+                    vec![self.prep.chip_of(&rgb)]
+                })
+            })
             .collect()
     }
 
@@ -176,8 +188,9 @@ impl DlibEmbedder {
 impl FaceEmbedder for DlibEmbedder {
     fn model_id(&self) -> String {
         let flip = if self.flip_average { "+flip" } else { "" };
+        let passes = if self.average_passes { "+passavg" } else { "" };
         format!(
-            "dlib-resnet-v1-{}/{}{flip}",
+            "dlib-resnet-v1-{}/{}{flip}{passes}",
             &self.net.sha256()[..8],
             self.prep.id()
         )
@@ -191,19 +204,28 @@ impl FaceEmbedder for DlibEmbedder {
         let chips = self.chips(images);
         let ok: Vec<&[u8]> = chips
             .iter()
-            .filter_map(|c| c.as_ref().ok().map(|c| c.as_slice()))
+            .filter_map(|c| c.as_ref().ok())
+            .flatten()
+            .map(Vec::as_slice)
             .collect();
         let mut vectors = match self.embed_chips(&ok) {
             Ok(v) => v.into_iter(),
             Err(e) => return chips.iter().map(|_| Err(e.clone())).collect(),
         };
+        let missing = || EmbedError::Model("missing output row".into());
         chips
             .into_iter()
             .map(|c| {
-                c.and_then(|_| {
-                    vectors
-                        .next()
-                        .ok_or_else(|| EmbedError::Model("missing output row".into()))
+                c.and_then(|group| {
+                    // The mean of the image's chips' vectors (one chip: that chip's vector).
+                    let mut sum = vectors.next().ok_or_else(missing)?;
+                    for _ in 1..group.len() {
+                        let v = vectors.next().ok_or_else(missing)?;
+                        sum.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                    }
+                    let n = group.len().max(1) as f32;
+                    sum.iter_mut().for_each(|a| *a /= n);
+                    Ok(sum)
                 })
             })
             .collect()
