@@ -259,10 +259,24 @@ impl Clusterer {
         faces: &[(&str, &[f32], &FaceMeta)],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchResult, ClustererError> {
+        let faces: Vec<(&str, &[f32], &[f32], &FaceMeta)> = faces
+            .iter()
+            .map(|(id, v, m)| (*id, *v, &[][..], *m))
+            .collect();
+        self.apply_full(&faces, positions)
+    }
+
+    /// As `apply_with_meta`, with each face's hallucinated variants made upstream (whole vectors
+    /// of `model.dim`, row after row; empty when none).
+    pub fn apply_full(
+        &mut self,
+        faces: &[(&str, &[f32], &[f32], &FaceMeta)],
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
         let refreshed_before = self.engine.n_refreshed();
-        for (i, (id, v, meta)) in faces.iter().enumerate() {
-            match self.engine.insert_with(id, v, meta) {
+        for (i, (id, v, extra, meta)) in faces.iter().enumerate() {
+            match self.engine.insert_full(id, v, extra, meta) {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);

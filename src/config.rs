@@ -131,6 +131,7 @@ pub struct ClipConfig {
     pub vocab: PathBuf,
     pub prompts: PathBuf,
     pub device: String,
+    pub mapper_path: PathBuf,
 }
 
 impl ClipConfig {

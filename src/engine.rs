@@ -229,6 +229,8 @@ pub struct NewFace {
     pub proxy: Vec<f32>,
     /// The normalized identity vector when it differs from the proxy.
     pub identity: Option<Vec<f32>>,
+    /// Hallucinated variants made upstream (empty when none), kept for the refresh.
+    pub variants: Vec<f32>,
 }
 
 /// Counters that must survive a restart for ids and sequences to continue, not repeat.
@@ -271,6 +273,8 @@ pub struct Restored {
     pub identities: Vec<f32>,
     /// Current proxies of the faces whose proxy a refresh replaced.
     pub refreshed: Vec<(u32, Vec<f32>)>,
+    /// Upstream hallucinated variants of the faces that had them.
+    pub variants: Vec<(u32, Vec<f32>)>,
     pub faces: Vec<FaceRecord>,
     pub comps: Vec<(u32, CompRecord)>,
     pub counters: Counters,
@@ -291,7 +295,7 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     /// Row-major normalized identity vectors, kept only when proxies are refreshed (`refresh`).
     identities: Vec<f32>,
     /// Per face, the upstream hallucinated variants it was inserted with, kept only when proxies
-    /// are refreshed (in memory only: restored faces have none).
+    /// are refreshed (the store keeps them too).
     extras: Vec<Vec<f32>>,
     /// Proxies refreshed (re-linked) by this process.
     n_refreshed: u64,
@@ -434,6 +438,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         if params.refresh > 0 {
             e.identities = r.identities;
             e.extras = vec![Vec::new(); n];
+            for (seq, v) in r.variants {
+                e.extras[seq as usize] = v;
+            }
         }
         e.comps = vec![
             CompRecord {
@@ -821,6 +828,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 face_id: face_id.to_string(),
                 proxy,
                 identity: generated.map(|_| identity),
+                variants: extra.to_vec(),
             });
         }
         self.refresh_around(seq, &cands, &mut events);

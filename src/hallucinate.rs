@@ -17,9 +17,8 @@
 //! split into fitted and held-out parts (the held-out error is reported against H = 0), seeded.
 //! The output layer starts at zero, so an untrained mapper is exactly H = 0.
 //!
-//! State: the mapper, its training and the hallucinator are built and tested; feeding the
-//! variants to the proxy generator in the daemon (per-face CLIP embeddings in the embed stage)
-//! is not wired yet.
+//! In the daemon, `ClipStage` runs after the identity network in roles "all" and "embed": the
+//! variants travel with the face (the envelope's `hallucinated`) to the proxy generator.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -187,6 +186,92 @@ impl Hallucinator {
                 Ok(fa)
             })
             .collect()
+    }
+}
+
+/// CLIP, its text directions and the mapper, loaded together: what an embedding stage runs on
+/// each batch of images once their identity vectors exist (`[clip]` with `mapper_path`).
+pub struct ClipStage {
+    pub clip: crate::clip::Clip,
+    pub hallucinator: Hallucinator,
+}
+
+#[derive(Debug, Error)]
+pub enum ClipStageError {
+    #[error(transparent)]
+    Clip(#[from] crate::clip::ClipError),
+    #[error(transparent)]
+    Mapper(#[from] MapperError),
+    #[error("clip.weights is set but clip.mapper_path is empty: the daemon needs the mapper H (clip-cluster train --clip-features C.bin --mapper-out H.safetensors) to turn CLIP edits into identity variants")]
+    NoMapper,
+}
+
+impl ClipStage {
+    /// `None` when `[clip]` is off (empty `weights`). Every file is read and checked here, so
+    /// a bad one stops start-up with its name.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Self>, ClipStageError> {
+        if !cfg.clip.enabled() {
+            return Ok(None);
+        }
+        if cfg.clip.mapper_path.as_os_str().is_empty() {
+            return Err(ClipStageError::NoMapper);
+        }
+        let Some((clip, directions)) = crate::clip::from_config(&cfg.clip)? else {
+            return Ok(None);
+        };
+        let clip_dim = clip.model().architecture().embed_dim;
+        let mapper = Mapper::load(&cfg.clip.mapper_path, cfg.model.dim, clip_dim)?;
+        Ok(Some(Self {
+            clip,
+            hallucinator: Hallucinator { directions, mapper },
+        }))
+    }
+
+    /// Variants per attribute of the directions.
+    pub fn n_variants(&self) -> usize {
+        self.hallucinator.directions.len()
+    }
+
+    /// For each image whose identity vector is given (`None`: it did not embed), its
+    /// hallucinated variants, row after row; an image CLIP cannot decode gets none (the face is
+    /// still clustered, on its learned-direction variants). Err: CLIP itself failed (device).
+    pub fn variants(
+        &self,
+        images: &[&[u8]],
+        identities: &[Option<&[f32]>],
+    ) -> Result<Vec<Vec<f32>>, crate::clip::ClipError> {
+        let limits = crate::decode::DecodeLimits::default();
+        let mut out = vec![Vec::new(); images.len()];
+        let mut which = Vec::new();
+        let mut decoded = Vec::new();
+        for (i, (bytes, f)) in images.iter().zip(identities).enumerate() {
+            if f.is_none() {
+                continue;
+            }
+            let Ok(rgb) = crate::decode::decode(bytes, &limits) else {
+                continue;
+            };
+            if let Some(img) =
+                image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.pixels)
+            {
+                which.push(i);
+                decoded.push(img);
+            }
+        }
+        if decoded.is_empty() {
+            return Ok(out);
+        }
+        let cs = self.clip.encode_images(&decoded)?;
+        for (i, c) in which.into_iter().zip(cs) {
+            let Some(f) = identities[i] else { continue };
+            let mut unit_f = f.to_vec();
+            unit(&mut unit_f);
+            // Shapes were checked at start-up; a mismatch here leaves the face without variants.
+            if let Ok(v) = self.hallucinator.variants(&unit_f, &c) {
+                out[i] = v.concat();
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -26,7 +26,13 @@ pub struct FaceMessage {
     pub face_id: String,
     pub meta: FaceMeta,
     pub payload: Payload,
+    /// Hallucinated variants of the face made upstream (the envelope's `hallucinated`, e.g. by
+    /// an embedding worker with CLIP): whole vectors of `dim`, row after row; empty when none.
+    pub variants: Vec<f32>,
 }
+
+/// Most hallucinated variants one message may carry.
+pub const MAX_VARIANTS: usize = 64;
 
 /// Limits checked before anything is allocated for a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,6 +147,10 @@ pub struct Envelope {
     /// Read as f64 so that a value beyond f32's range is reported as not finite, not as bad JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f64>>,
+    /// Hallucinated variants of the face in identity space (with `embedding` only), each of
+    /// `model.dim` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hallucinated: Option<Vec<Vec<f64>>>,
 }
 
 /// The envelope as written: values as f32, so each prints in its shortest f32 form (about half
@@ -151,14 +161,33 @@ struct EnvelopeOut<'a> {
     #[serde(flatten)]
     meta: &'a FaceMeta,
     embedding: &'a [f32],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hallucinated: Vec<&'a [f32]>,
 }
 
 /// Serializes an embedding message (the format `produce` and `demo` write).
 pub fn embedding_envelope(face_id: &str, meta: &FaceMeta, embedding: &[f32]) -> Vec<u8> {
+    embedding_envelope_with(face_id, meta, embedding, &[])
+}
+
+/// As `embedding_envelope`, with the face's hallucinated variants (`variants`: whole vectors of
+/// the embedding's length, row after row), as embedding workers with CLIP write them.
+pub fn embedding_envelope_with(
+    face_id: &str,
+    meta: &FaceMeta,
+    embedding: &[f32],
+    variants: &[f32],
+) -> Vec<u8> {
+    let hallucinated = if embedding.is_empty() {
+        Vec::new()
+    } else {
+        variants.chunks(embedding.len()).collect()
+    };
     serde_json::to_vec(&EnvelopeOut {
         face_id,
         meta,
         embedding,
+        hallucinated,
     })
     .unwrap_or_default()
 }
@@ -238,10 +267,21 @@ pub fn decode(
                 Payload::Image(raw)
             }
         };
+        let variants = match (env.hallucinated, &payload) {
+            (None, _) => Vec::new(),
+            (Some(_), Payload::Image(_)) => {
+                return Err(reject(
+                    Reason::BadJson,
+                    "hallucinated variants come with an embedding, not with an image",
+                ))
+            }
+            (Some(h), Payload::Embedding(_)) => check_variants(h, limits.dim)?,
+        };
         return Ok(FaceMessage {
             face_id,
             meta: env.meta,
             payload,
+            variants,
         });
     }
     if is_image(bytes) {
@@ -272,12 +312,45 @@ pub fn decode(
             face_id,
             meta,
             payload: Payload::Image(bytes.to_vec()),
+            variants: Vec::new(),
         });
     }
     Err(reject(
         Reason::UnknownFormat,
         "payload is neither a JSON envelope nor a JPEG/PNG/WebP image",
     ))
+}
+
+fn check_variants(h: Vec<Vec<f64>>, dim: usize) -> Result<Vec<f32>, Rejection> {
+    if h.len() > MAX_VARIANTS {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("{} hallucinated variants, at most {MAX_VARIANTS}", h.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(h.len() * dim);
+    for (a, v) in h.into_iter().enumerate() {
+        if v.len() != dim {
+            return Err(reject(
+                Reason::WrongDimension,
+                format!(
+                    "hallucinated[{a}] has {} values, model.dim is {dim}",
+                    v.len()
+                ),
+            ));
+        }
+        for (i, x) in v.into_iter().enumerate() {
+            let y = x as f32;
+            if !y.is_finite() {
+                return Err(reject(
+                    Reason::NotFinite,
+                    format!("hallucinated[{a}][{i}] is not finite"),
+                ));
+            }
+            out.push(y);
+        }
+    }
+    Ok(out)
 }
 
 fn check_embedding(v: Vec<f64>, dim: usize) -> Result<Vec<f32>, Rejection> {
@@ -333,6 +406,45 @@ mod tests {
         assert_eq!(m.face_id, "f1");
         assert_eq!(m.meta, meta);
         assert_eq!(m.payload, Payload::Embedding(vec![0.1, 0.2, 0.3]));
+    }
+
+    #[test]
+    fn hallucinated_variants_ride_with_the_embedding_and_are_checked() {
+        let meta = FaceMeta::default();
+        let bytes = embedding_envelope_with(
+            "f1",
+            &meta,
+            &[1.0, 0.0, 0.0],
+            &[0.0, 1.0, 0.0, 0.5, 0.5, 0.0],
+        );
+        let m = dec(None, &[], &bytes).unwrap();
+        assert_eq!(m.variants, vec![0.0, 1.0, 0.0, 0.5, 0.5, 0.0]);
+        // Without variants the envelope has no such field, and none come back.
+        let plain = embedding_envelope("f1", &meta, &[1.0, 0.0, 0.0]);
+        assert!(!String::from_utf8_lossy(&plain).contains("hallucinated"));
+        assert!(dec(None, &[], &plain).unwrap().variants.is_empty());
+        let many = format!(
+            r#"{{"face_id":"a","embedding":[1,0,0],"hallucinated":[{}]}}"#,
+            vec!["[1,0,0]"; MAX_VARIANTS + 1].join(",")
+        );
+        for (payload, reason) in [
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"hallucinated":[[1,0]]}"#.to_vec(),
+                Reason::WrongDimension,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"hallucinated":[[1,0,1e39]]}"#.to_vec(),
+                Reason::NotFinite,
+            ),
+            (
+                br#"{"face_id":"a","image_b64":"AA==","hallucinated":[[1,0,0]]}"#.to_vec(),
+                Reason::BadJson,
+            ),
+            (many.into_bytes(), Reason::TooLarge),
+        ] {
+            let e = dec(None, &[], &payload).unwrap_err();
+            assert_eq!(e.reason, reason, "{}", e.message);
+        }
     }
 
     #[test]

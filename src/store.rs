@@ -9,6 +9,7 @@
 //! - `v:<seq>` -> face id, proxy and optional identity vector (written once; the proxy is the
 //!   vector the face was indexed with)
 //! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
+//! - `h:<seq>` -> the face's hallucinated variants made upstream (CLIP), when it had any
 //! - `r:<seq>` -> component label and out-list (rewritten when either changes)
 //! - `c:<label>` -> cluster id and size
 //! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
@@ -372,6 +373,10 @@ impl Store {
                 v.extend_from_slice(&x.to_le_bytes());
             }
             b.insert(key(b'v', &seq), v);
+            if !f.variants.is_empty() {
+                let h: Vec<u8> = f.variants.iter().flat_map(|x| x.to_le_bytes()).collect();
+                b.insert(key(b'h', &seq), h);
+            }
         }
         for (seq, r) in &cs.faces {
             b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
@@ -462,6 +467,7 @@ impl Store {
             proxies: Vec::with_capacity(n * d),
             identities: Vec::with_capacity(n * d),
             refreshed: Vec::new(),
+            variants: Vec::new(),
             faces: Vec::with_capacity(n),
             comps: Vec::new(),
             counters,
@@ -508,6 +514,18 @@ impl Store {
                 .filter(|_| r.done() && (seq as usize) < n)
                 .ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
             out.refreshed.push((seq, proxy));
+        }
+        for kv in self.db.scan_prefix(b"h:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("h:", "short key"))?;
+            if v.is_empty() || v.len() % (4 * d) != 0 || seq as usize >= n {
+                return Err(self.corrupt(&format!("h:{seq}"), "bad encoding"));
+            }
+            let vals: Vec<f32> = v
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.variants.push((seq, vals));
         }
         for (i, kv) in self.db.scan_prefix(b"r:").enumerate() {
             let (k, v) = kv.map_err(iter_err)?;

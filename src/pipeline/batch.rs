@@ -30,20 +30,19 @@ pub(super) fn engine_reason(e: &EngineError) -> Reason {
     }
 }
 
-/// A decoded message: a vector to apply, or an image to embed first.
+/// A decoded message: a vector (with its upstream variants) to apply, or an image to embed first.
 enum Decoded {
-    Vector(String, Vec<f32>, FaceMeta),
+    Vector(String, Vec<f32>, FaceMeta, Vec<f32>),
     Image(String, Vec<u8>, FaceMeta),
 }
 
 /// The dead letter an image becomes if it fails to embed (its rejection is filled in then).
 struct PendingLetter(DeadLetter);
 
-type Work = (
-    String,
-    Vec<(String, Vec<f32>, FaceMeta)>,
-    HashMap<PartitionKey, i64>,
-);
+/// A face to apply: id, identity vector, origin, hallucinated variants (empty when none).
+type Face = (String, Vec<f32>, FaceMeta, Vec<f32>);
+
+type Work = (String, Vec<Face>, HashMap<PartitionKey, i64>);
 
 impl Daemon {
     /// Embeds the batch's images on a blocking thread and puts each vector in its slot; images
@@ -64,12 +63,16 @@ impl Daemon {
             .map(|(w, g, b, l)| (b, (w, g, l)))
             .unzip();
         let started = Instant::now();
-        let results = tokio::task::spawn_blocking(move || {
+        let clip = self.clip.clone();
+        let (results, variants) = tokio::task::spawn_blocking(move || {
             let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-            embedder.embed_encoded(&refs)
+            let results = embedder.embed_encoded(&refs);
+            let variants = super::clip_variants(clip.as_deref(), &refs, &results);
+            (results, variants)
         })
         .await
         .map_err(|e| PipelineError::Join(e.to_string()))?;
+        let mut variants = variants?.into_iter();
         self.metrics
             .embed_duration
             .observe(started.elapsed().as_secs_f64());
@@ -77,6 +80,7 @@ impl Daemon {
         let mut failed: Vec<(usize, usize)> = Vec::new();
         for ((w, g, letter), r) in rest.into_iter().zip(results) {
             let slot = &mut work[w].1[g];
+            slot.3 = variants.next().unwrap_or_default();
             let checked = r.map_err(|e| {
                 if let crate::embed::EmbedError::Model(m) = &e {
                     return Err(PipelineError::Embed(m.clone()));
@@ -168,7 +172,7 @@ impl Daemon {
                 error!(domain = %name, "message routed to a domain that is not open; skipped");
                 continue;
             };
-            let mut good: Vec<(String, Vec<f32>, FaceMeta)> = Vec::new();
+            let mut good: Vec<Face> = Vec::new();
             let mut ends: HashMap<PartitionKey, i64> = HashMap::new();
             for m in msgs {
                 let key = (m.topic.clone(), m.partition);
@@ -206,7 +210,7 @@ impl Daemon {
                         // commit; the engine normalizes the original (normalizing twice would
                         // shift the last bits).
                         Payload::Embedding(v) => normalize(&f.face_id, &v, dim)
-                            .map(|_| Decoded::Vector(f.face_id, v, f.meta))
+                            .map(|_| Decoded::Vector(f.face_id, v, f.meta, f.variants))
                             .map_err(|e| Rejection {
                                 reason: engine_reason(&e),
                                 message: e.to_string(),
@@ -232,7 +236,9 @@ impl Daemon {
                     rejection,
                 };
                 match decoded {
-                    Ok(Decoded::Vector(id, v, meta)) => good.push((id, v, meta)),
+                    Ok(Decoded::Vector(id, v, meta, variants)) => {
+                        good.push((id, v, meta, variants))
+                    }
                     Ok(Decoded::Image(id, bytes, meta)) => {
                         // Embedded below, all images of the batch at once; the slot keeps the
                         // face's place in the stream order.
@@ -246,7 +252,7 @@ impl Daemon {
                             bytes,
                             PendingLetter(letter(m, placeholder)),
                         ));
-                        good.push((id, Vec::new(), meta));
+                        good.push((id, Vec::new(), meta, Vec::new()));
                     }
                     Err(rejection) => dead.push(letter(m, rejection)),
                 }
@@ -271,7 +277,7 @@ impl Daemon {
             };
             {
                 let mut map = dom.consumed_at.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, _, _) in &good {
+                for (id, ..) in &good {
                     map.insert(id.clone(), now);
                 }
             }
@@ -283,11 +289,11 @@ impl Daemon {
                 continue;
             };
             let task = tokio::task::spawn_blocking(move || {
-                let faces: Vec<(&str, &[f32], &FaceMeta)> = good
+                let faces: Vec<(&str, &[f32], &[f32], &FaceMeta)> = good
                     .iter()
-                    .map(|(id, v, m)| (id.as_str(), v.as_slice(), m))
+                    .map(|(id, v, m, x)| (id.as_str(), v.as_slice(), x.as_slice(), m))
                     .collect();
-                let r = clusterer.apply_with_meta(&faces, &pos);
+                let r = clusterer.apply_full(&faces, &pos);
                 (clusterer, r)
             });
             tasks.push((name, ends, task));

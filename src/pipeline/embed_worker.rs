@@ -20,9 +20,13 @@ use super::source::{collect_batch, consumer, Msg, Rebalances};
 use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
 use crate::engine::{normalize, FaceMeta};
-use crate::message::{decode, embedding_envelope, Limits, Payload, Reason, Rejection};
+use crate::message::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
 use crate::sink::{producer, queue_send, DeadLetter};
 use crate::telemetry::Metrics;
+
+/// A face on its way out: message index, face id, origin, vector (None until embedded),
+/// hallucinated variants (empty when none).
+type Outgoing = (usize, String, FaceMeta, Option<Vec<f32>>, Vec<f32>);
 
 pub(super) async fn run(
     cfg: Config,
@@ -32,6 +36,7 @@ pub(super) async fn run(
     let embedder = load_embedder(&cfg).await?.ok_or(PipelineError::Embed(
         "role \"embed\" with embed.enabled = false has nothing to do".into(),
     ))?;
+    let clip = super::load_clip(&cfg).await?;
     for r in Reason::ALL {
         metrics.faces_rejected.with_label_values(&[r.class()]);
     }
@@ -76,7 +81,7 @@ pub(super) async fn run(
 
         // Decode: vectors pass through, images wait for the embedder, the rest is dead.
         let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-        let mut out: Vec<(usize, String, FaceMeta, Option<Vec<f32>>)> = Vec::new();
+        let mut out: Vec<Outgoing> = Vec::new();
         let mut images: Vec<Vec<u8>> = Vec::new();
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut msgs: Vec<Msg> = Vec::with_capacity(batch.len());
@@ -87,10 +92,12 @@ pub(super) async fn run(
             *e = (*e).max(m.offset + 1);
             match decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &limits) {
                 Ok(f) => match f.payload {
-                    Payload::Embedding(v) => out.push((msgs.len(), f.face_id, f.meta, Some(v))),
+                    Payload::Embedding(v) => {
+                        out.push((msgs.len(), f.face_id, f.meta, Some(v), f.variants))
+                    }
                     Payload::Image(bytes) => {
                         images.push(bytes);
-                        out.push((msgs.len(), f.face_id, f.meta, None));
+                        out.push((msgs.len(), f.face_id, f.meta, None, Vec::new()));
                     }
                 },
                 Err(rejection) => {
@@ -102,24 +109,29 @@ pub(super) async fn run(
         }
         if !images.is_empty() {
             let e = embedder.clone();
+            let c = clip.clone();
             let t = Instant::now();
-            let mut results = tokio::task::spawn_blocking(move || {
+            let (results, variants) = tokio::task::spawn_blocking(move || {
                 let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-                e.embed_encoded(&refs)
+                let results = e.embed_encoded(&refs);
+                let variants = super::clip_variants(c.as_deref(), &refs, &results);
+                (results, variants)
             })
             .await
-            .map_err(|e| PipelineError::Join(e.to_string()))?
-            .into_iter();
+            .map_err(|e| PipelineError::Join(e.to_string()))?;
+            let mut results = results.into_iter();
+            let mut variants = variants?.into_iter();
             metrics.embed_duration.observe(t.elapsed().as_secs_f64());
             let mut kept = Vec::with_capacity(out.len());
-            for (i, id, meta, v) in out {
+            for (i, id, meta, v, x) in out {
                 if v.is_some() {
-                    kept.push((i, id, meta, v));
+                    kept.push((i, id, meta, v, x));
                     continue;
                 }
                 let r = results
                     .next()
                     .ok_or_else(|| PipelineError::Embed("missing embedder output".into()))?;
+                let x = variants.next().unwrap_or_default();
                 let checked = match r {
                     Err(crate::embed::EmbedError::Model(m)) => return Err(PipelineError::Embed(m)),
                     Err(e) => Err(Rejection {
@@ -134,7 +146,7 @@ pub(super) async fn run(
                 match checked {
                     Ok(v) => {
                         metrics.faces_embedded.inc();
-                        kept.push((i, id, meta, Some(v)));
+                        kept.push((i, id, meta, Some(v), x));
                     }
                     Err(rejection) => dead.push(letter(&msgs[i], rejection)),
                 }
@@ -144,9 +156,9 @@ pub(super) async fn run(
 
         // Produce, then wait for every acknowledgement before the offsets move.
         let mut pending = Vec::with_capacity(out.len());
-        for (i, id, meta, v) in &out {
+        for (i, id, meta, v, x) in &out {
             let m = &msgs[*i];
-            let payload = embedding_envelope(id, meta, v.as_deref().unwrap_or_default());
+            let payload = embedding_envelope_with(id, meta, v.as_deref().unwrap_or_default(), x);
             let mut headers = OwnedHeaders::new();
             for (k, val) in &m.headers {
                 headers = headers.insert(Header {

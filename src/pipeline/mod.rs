@@ -75,6 +75,8 @@ pub enum PipelineError {
     EmbedSetup(#[from] crate::embed::EmbedSetupError),
     #[error("model.dim = {config} but the embedder makes {embedder}-D vectors; set model.dim = {embedder} or embed.enabled = false")]
     EmbedDim { config: usize, embedder: usize },
+    #[error("CLIP hallucination cannot start: {0}")]
+    ClipSetup(#[from] crate::hallucinate::ClipStageError),
     #[error(
         "the face embedder failed on a batch (nothing of it is durable; a restart redoes it): {0}"
     )]
@@ -147,6 +149,8 @@ struct Daemon {
     limits: Limits,
     /// Turns image messages into vectors (role all with embed.enabled); None: images are rejected.
     embedder: Option<Arc<dyn crate::embed::FaceEmbedder>>,
+    /// CLIP hallucination of embedded images (`[clip]` with weights); None: no CLIP variants.
+    clip: Option<Arc<crate::hallucinate::ClipStage>>,
     /// Open domains by name.
     domains: BTreeMap<String, Domain>,
     /// Per-partition mode: every assigned input partition's slot.
@@ -197,6 +201,39 @@ async fn load_embedder(
     Ok(Some(Arc::new(e)))
 }
 
+/// The CLIP variants of a batch's images, one entry per image (empty for an image that did not
+/// embed), or none at all without CLIP. A CLIP failure is a model failure: the batch is not
+/// applied and the daemon stops, as for the identity network.
+fn clip_variants(
+    clip: Option<&crate::hallucinate::ClipStage>,
+    images: &[&[u8]],
+    results: &[Result<Vec<f32>, crate::embed::EmbedError>],
+) -> Result<Vec<Vec<f32>>, PipelineError> {
+    let Some(clip) = clip else {
+        return Ok(vec![Vec::new(); images.len()]);
+    };
+    let ids: Vec<Option<&[f32]>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(Vec::as_slice))
+        .collect();
+    clip.variants(images, &ids)
+        .map_err(|e| PipelineError::Embed(format!("CLIP: {e}")))
+}
+
+/// CLIP, its text directions and the mapper H (on a blocking thread) when `[clip]` has weights.
+async fn load_clip(
+    cfg: &Config,
+) -> Result<Option<Arc<crate::hallucinate::ClipStage>>, PipelineError> {
+    let c = cfg.clone();
+    let stage = tokio::task::spawn_blocking(move || crate::hallucinate::ClipStage::from_config(&c))
+        .await
+        .map_err(|e| PipelineError::Join(e.to_string()))??;
+    if let Some(s) = &stage {
+        info!(variants = s.n_variants(), weights = %cfg.clip.weights.display(), "CLIP hallucination loaded");
+    }
+    Ok(stage.map(Arc::new))
+}
+
 /// Binds `admin.listen` and serves /metrics, /healthz and /readyz until `stop`.
 async fn start_admin(
     cfg: &Config,
@@ -235,6 +272,10 @@ pub async fn run(
         return embed_worker::run(cfg, metrics, stop).await;
     }
     let embedder = load_embedder(&cfg).await?;
+    let clip = match &embedder {
+        Some(_) => load_clip(&cfg).await?,
+        None => None,
+    };
     if cfg.daemon.domains == DomainMode::PerPartition {
         crate::domain::check_root(&cfg.store.path).map_err(PipelineError::Layout)?;
     }
@@ -264,6 +305,7 @@ pub async fn run(
         consumer: consumer.clone(),
         rebalances: rebalances.clone(),
         embedder,
+        clip,
         domains: BTreeMap::new(),
         slots: BTreeMap::new(),
         assigned: BTreeSet::new(),

@@ -368,3 +368,219 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
         assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
     }
 }
+
+/// CLIP hallucination in the daemon (tiny random-weight CLIP of the fixtures, a seeded random
+/// mapper H): embedding workers send each face's variants on the embeddings topic exactly as the
+/// CLIP stage computes them, and role "all" (which hallucinates in process) and role "embed" ->
+/// role "cluster" (which reads them from the envelope) end with the same clusters and proxies.
+#[test]
+fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
+    use clip_cluster::embed::FaceEmbedder;
+    let Some(models) = models_dir() else { return };
+    let vocab = models.join("bpe_simple_vocab_16e6.txt.gz");
+    if !vocab.exists() {
+        assert!(
+            std::env::var_os("CLIP_CLUSTER_REQUIRE_MODELS").is_none(),
+            "no CLIP vocabulary at {} (tools/clip/fetch_vocab.sh)",
+            vocab.display()
+        );
+        eprintln!("SKIP: no CLIP vocabulary at {}", vocab.display());
+        return;
+    }
+    let Some(faces) = lfw_faces() else { return };
+    let ids: Vec<String> = ["Colin_Powell", "George_W_Bush", "Tony_Blair"]
+        .iter()
+        .flat_map(|n| (1..=3).map(move |i| format!("{n}_{i:04}")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // A random mapper with visible effect: 128 identity + 16 CLIP values -> 128.
+    let mut state = 7u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4
+    };
+    let hidden = 8;
+    let mapper = clip_cluster::hallucinate::Mapper {
+        dim: 128,
+        clip_dim: 16,
+        hidden,
+        w1: (0..hidden * 144).map(|_| next()).collect(),
+        b1: vec![0.0; hidden],
+        w2: (0..128 * hidden).map(|_| next()).collect(),
+        b2: vec![0.0; 128],
+    };
+    let mapper_path = dir.path().join("mapper.safetensors");
+    mapper.save(&mapper_path).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip");
+    let clip_env = [
+        (
+            "CLIP_CLUSTER__CLIP__WEIGHTS",
+            fixtures.join("clip_tiny.safetensors"),
+        ),
+        (
+            "CLIP_CLUSTER__CLIP__MODEL_CONFIG",
+            fixtures.join("clip_tiny.json"),
+        ),
+        ("CLIP_CLUSTER__CLIP__VOCAB", vocab.clone()),
+        (
+            "CLIP_CLUSTER__CLIP__PROMPTS",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prompts.toml"),
+        ),
+        ("CLIP_CLUSTER__CLIP__MAPPER_PATH", mapper_path.clone()),
+    ];
+    let with_clip = |mut env: Vec<(String, String)>| {
+        for (k, v) in &clip_env {
+            env.push((k.to_string(), format!("\"{}\"", v.display())));
+        }
+        clip_cluster::config::Config::load_from(None, &env).unwrap()
+    };
+
+    // What the CLIP stage makes of the nine faces.
+    let kafka = mock(1);
+    let all_cfg = with_clip(crate::support::env(
+        kafka.bootstrap_servers(),
+        &dir.path().join("all"),
+        128,
+        "127.0.0.1:0",
+    ));
+    let stage = clip_cluster::hallucinate::ClipStage::from_config(&all_cfg)
+        .unwrap()
+        .unwrap();
+    let n_var = stage.n_variants();
+    assert!(n_var > 0);
+    let embedder = clip_cluster::embed::DlibEmbedder::from_config(&all_cfg).unwrap();
+    let bytes: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let person = &id[..id.len() - 5];
+            std::fs::read(faces.path().join(person).join(format!("{id}.jpg"))).unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let vectors: Vec<Vec<f32>> = embedder
+        .embed_encoded(&refs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let opt: Vec<Option<&[f32]>> = vectors.iter().map(|v| Some(v.as_slice())).collect();
+    let want = stage.variants(&refs, &opt).unwrap();
+    assert!(want.iter().all(|v| v.len() == n_var * 128));
+
+    // (a) role all: embeds and hallucinates in process.
+    assert_eq!(
+        clip_cluster::produce::publish_images(&all_cfg, FACES, faces.path()).unwrap(),
+        11
+    );
+    let summary = run_until_done(all_cfg.clone(), 9, 2, || {});
+    assert_eq!((summary.applied, summary.dead_letters), (9, 2));
+    let in_process = assignments(&all_cfg, &ids);
+    let proxies = |cfg: &clip_cluster::config::Config| -> Vec<Vec<f32>> {
+        let c = Clusterer::open(cfg).unwrap();
+        let e = c.engine();
+        ids.iter()
+            .map(|id| e.proxy(e.seq_of(id).unwrap()).to_vec())
+            .collect()
+    };
+    let in_process_proxies = proxies(&all_cfg);
+    // Not vacuous: without the variants the same faces get other proxies.
+    let plain_cfg = config("unused:9092", &dir.path().join("plain"), 128);
+    {
+        let mut c = Clusterer::open(&plain_cfg).unwrap();
+        for (id, v) in ids.iter().zip(&vectors) {
+            c.apply_with_meta(&[(id.as_str(), v.as_slice(), &Default::default())], &[])
+                .unwrap();
+        }
+    }
+    assert!(
+        proxies(&plain_cfg) != in_process_proxies,
+        "the CLIP variants changed some proxy"
+    );
+
+    // (b) role embed -> embeddings topic -> role cluster (which has no CLIP of its own).
+    let kafka = mock(1);
+    kafka.create_topic("face-embeddings", 1).unwrap();
+    let pub_cfg = config(kafka.bootstrap_servers(), &dir.path().join("unused"), 128);
+    assert_eq!(
+        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces.path()).unwrap(),
+        11
+    );
+    let role = |group: &str, role: &str, input: &str, state: &str| {
+        let mut env = crate::support::env(
+            kafka.bootstrap_servers(),
+            &dir.path().join(state),
+            128,
+            "127.0.0.1:0",
+        );
+        env.push(("CLIP_CLUSTER__KAFKA__GROUP_ID".into(), group.into()));
+        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), role.into()));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__INPUT_TOPICS".into(),
+            format!("[\"{input}\"]"),
+        ));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__EMBEDDINGS_TOPIC".into(),
+            "face-embeddings".into(),
+        ));
+        env
+    };
+    let embed_cfg = with_clip(role("embedders", "embed", FACES, "unused-embed"));
+    let cluster_cfg = clip_cluster::config::Config::load_from(
+        None,
+        &role("clusterers", "cluster", "face-embeddings", "cluster"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (em, cm) = (Metrics::new(), Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (e2, c2) = (em.clone(), cm.clone());
+    let c_cfg = cluster_cfg.clone();
+    rt.block_on(async move {
+        let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
+        let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
+        let start = Instant::now();
+        while !(cm.faces_applied.get() >= 9
+            && em.dead_letters.get() >= 2
+            && cm.outbox_depth.get() == 0)
+        {
+            assert!(start.elapsed() < Duration::from_secs(120));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop_tx.send(true).unwrap();
+        embed.await.unwrap().unwrap();
+        cluster.await.unwrap().unwrap();
+    });
+    let out = read_topic(
+        kafka.bootstrap_servers(),
+        "face-embeddings",
+        Duration::from_secs(30),
+        |r| r.len() >= 9,
+    );
+    for r in &out {
+        let env: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let id = env["face_id"].as_str().unwrap();
+        let k = ids.iter().position(|x| x == id).unwrap();
+        let got: Vec<f32> = env["hallucinated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            got, want[k],
+            "{id}: the envelope carries the CLIP stage's variants"
+        );
+    }
+    assert_eq!(assignments(&cluster_cfg, &ids), in_process);
+    assert!(
+        proxies(&cluster_cfg) == in_process_proxies,
+        "the proxies are built from the same variants in both topologies"
+    );
+}

@@ -411,3 +411,74 @@ fn bad_trained_weights_are_refused_at_start_up_naming_the_file() {
         );
     }
 }
+
+/// Upstream variants (the CLIP path) are stored with their face: with the refresh, which
+/// recomputes older faces' proxies from them, a restart continues exactly as an uninterrupted run.
+#[test]
+fn restart_with_upstream_variants_and_refresh_equals_an_uninterrupted_run() {
+    let dim = 128;
+    let n = 240;
+    let (ids, vs) = faces(n, dim);
+    // Two variants per face: the vector with one coordinate pushed each way.
+    let variants: Vec<Vec<f32>> = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut out = v.clone();
+            out[i % dim] += 0.3;
+            let mut w = v.clone();
+            w[(i + 1) % dim] -= 0.3;
+            out.extend_from_slice(&w);
+            out
+        })
+        .collect();
+    let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights/proxy-directions-lfw-train.safetensors");
+    let cfg = |dir: &Path| {
+        let mut c = config(dir, dim);
+        c.proxy.mode = clip_cluster::config::ProxyMode::Neighbor;
+        c.proxy.directions_path = weights.clone();
+        c.proxy.refresh_per_insert = 4;
+        c.proxy.refresh_min_change = 0.0;
+        c.engine.t1 = clip_cluster::synth::CALIBRATED_T1;
+        c
+    };
+    let run = |c: &mut Clusterer, range: std::ops::Range<usize>| {
+        let meta = clip_cluster::engine::FaceMeta::default();
+        for chunk in range.collect::<Vec<_>>().chunks(29) {
+            let b: Vec<(&str, &[f32], &[f32], &clip_cluster::engine::FaceMeta)> = chunk
+                .iter()
+                .map(|&x| {
+                    (
+                        ids[x].as_str(),
+                        vs[x].as_slice(),
+                        variants[x].as_slice(),
+                        &meta,
+                    )
+                })
+                .collect();
+            c.apply_full(&b, &[]).unwrap();
+        }
+    };
+    let proxies = |c: &Clusterer| -> Vec<Vec<f32>> {
+        (0..n as u32)
+            .map(|s| c.engine().proxy(s).to_vec())
+            .collect()
+    };
+    let full = tempfile::tempdir().unwrap();
+    let mut a = Clusterer::open(&cfg(full.path())).unwrap();
+    run(&mut a, 0..n);
+    let want = (a.engine().assignments(), outbox(&a), proxies(&a));
+    drop(a);
+    for stop in [57, 101] {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Clusterer::open(&cfg(d.path())).unwrap();
+        run(&mut b, 0..stop);
+        drop(b);
+        let mut b = Clusterer::open(&cfg(d.path())).unwrap();
+        run(&mut b, stop..n);
+        assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
+        assert_eq!(outbox(&b), want.1, "stopped at {stop}");
+        assert!(proxies(&b) == want.2, "stopped at {stop}: proxies");
+    }
+}
