@@ -246,7 +246,7 @@ pub fn read_topic(
     bootstrap: &str,
     topic: &str,
     timeout: Duration,
-    want: impl Fn(&[Record]) -> bool,
+    mut want: impl FnMut(&[Record]) -> bool,
 ) -> Vec<Record> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -291,14 +291,20 @@ pub fn events(records: &[Record]) -> Vec<(String, serde_json::Value)> {
 /// Reads the events topic until every wanted event arrived, then checks: unique ids, one per
 /// event, the same content as `want` (by event_seq), keyed by the domain.
 pub fn check_events(bootstrap: &str, want: &BTreeMap<u64, serde_json::Value>, timeout: Duration) {
+    // The predicate runs after every record: it parses each record once (re-parsing them all
+    // each time is quadratic, and timed out on a loaded machine with tens of thousands of events).
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut parsed = 0;
     let records = read_topic(bootstrap, EVENTS, timeout, |r| {
-        r.len() >= want.len()
-            && events(r)
-                .iter()
-                .map(|e| e.0.clone())
-                .collect::<HashSet<_>>()
-                .len()
-                >= want.len()
+        for rec in &r[parsed..] {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&rec.payload) {
+                if let Some(id) = v["event_id"].as_str() {
+                    seen.insert(id.to_string());
+                }
+            }
+        }
+        parsed = r.len();
+        seen.len() >= want.len()
     });
     let got = events(&records);
     let ids: HashSet<&String> = got.iter().map(|e| &e.0).collect();
