@@ -239,6 +239,73 @@ fn check_image_dead_letters(bootstrap: &str) {
     );
 }
 
+/// Publishes the test faces, then runs role "embed" (with `embed_env` added to its
+/// configuration) into the embeddings topic and role "cluster" from it, in two consumer groups,
+/// until the nine faces are applied, the two broken images dead-lettered and the outbox empty.
+/// Returns the embed worker's metrics and the cluster worker's configuration.
+fn embed_then_cluster(
+    kafka: &clip_cluster::mock::MockKafka,
+    dir: &std::path::Path,
+    faces: &std::path::Path,
+    embed_env: &[(String, String)],
+) -> (Metrics, clip_cluster::config::Config) {
+    kafka.create_topic("face-embeddings", 1).unwrap();
+    let pub_cfg = config(kafka.bootstrap_servers(), &dir.join("unused"), 128);
+    assert_eq!(
+        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces).unwrap(),
+        11
+    );
+    let with = |group: &str, role: &str, input: &str, state: &str, extra: &[(String, String)]| {
+        let mut env = crate::support::env(
+            kafka.bootstrap_servers(),
+            &dir.join(state),
+            128,
+            "127.0.0.1:0",
+        );
+        env.push(("CLIP_CLUSTER__KAFKA__GROUP_ID".into(), group.into()));
+        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), role.into()));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__INPUT_TOPICS".into(),
+            format!("[\"{input}\"]"),
+        ));
+        env.push((
+            "CLIP_CLUSTER__KAFKA__EMBEDDINGS_TOPIC".into(),
+            "face-embeddings".into(),
+        ));
+        env.extend_from_slice(extra);
+        clip_cluster::config::Config::load_from(None, &env).unwrap()
+    };
+    let embed_cfg = with("embedders", "embed", FACES, "unused-embed", embed_env);
+    let cluster_cfg = with("clusterers", "cluster", "face-embeddings", "cluster", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (em, cm) = (Metrics::new(), Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (e2, c2) = (em.clone(), cm.clone());
+    let (e3, c_cfg) = (em.clone(), cluster_cfg.clone());
+    rt.block_on(async move {
+        let em = e3;
+        let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
+        let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
+        let start = Instant::now();
+        while !(cm.faces_applied.get() >= 9
+            && em.dead_letters.get() >= 2
+            && cm.outbox_depth.get() == 0)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "embed {} / cluster {}",
+                em.faces_embedded.get(),
+                cm.faces_applied.get()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop_tx.send(true).unwrap();
+        embed.await.unwrap().unwrap();
+        cluster.await.unwrap().unwrap();
+    });
+    (em, cluster_cfg)
+}
+
 #[test]
 fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
     use clip_cluster::embed::FaceEmbedder;
@@ -292,59 +359,8 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
 
     // (b) role embed -> embeddings topic -> role cluster, in two consumer groups.
     let kafka = mock(1);
-    kafka.create_topic("face-embeddings", 1).unwrap();
-    let pub_cfg = config(kafka.bootstrap_servers(), &dir.path().join("unused"), 128);
-    assert_eq!(
-        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces.path()).unwrap(),
-        11
-    );
-    let with = |group: &str, role: &str, input: &str, state: &str| {
-        let mut env = crate::support::env(
-            kafka.bootstrap_servers(),
-            &dir.path().join(state),
-            128,
-            "127.0.0.1:0",
-        );
-        env.push(("CLIP_CLUSTER__KAFKA__GROUP_ID".into(), group.into()));
-        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), role.into()));
-        env.push((
-            "CLIP_CLUSTER__KAFKA__INPUT_TOPICS".into(),
-            format!("[\"{input}\"]"),
-        ));
-        env.push((
-            "CLIP_CLUSTER__KAFKA__EMBEDDINGS_TOPIC".into(),
-            "face-embeddings".into(),
-        ));
-        clip_cluster::config::Config::load_from(None, &env).unwrap()
-    };
-    let embed_cfg = with("embedders", "embed", FACES, "unused-embed");
-    let cluster_cfg = with("clusterers", "cluster", "face-embeddings", "cluster");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (em, cm) = (Metrics::new(), Metrics::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (e2, c2) = (em.clone(), cm.clone());
-    let c_cfg = cluster_cfg.clone();
-    rt.block_on(async move {
-        let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
-        let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
-        let start = Instant::now();
-        while !(cm.faces_applied.get() >= 9
-            && em.dead_letters.get() >= 2
-            && cm.outbox_depth.get() == 0)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "embed {} / cluster {}",
-                em.faces_embedded.get(),
-                cm.faces_applied.get()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stop_tx.send(true).unwrap();
-        embed.await.unwrap().unwrap();
-        cluster.await.unwrap().unwrap();
-        assert_eq!(em.faces_embedded.get(), 9);
-    });
+    let (em, cluster_cfg) = embed_then_cluster(&kafka, dir.path(), faces.path(), &[]);
+    assert_eq!(em.faces_embedded.get(), 9);
     check_image_dead_letters(kafka.bootstrap_servers());
     assert_eq!(assignments(&cluster_cfg, &ids), in_process);
     // The embeddings topic carries the embedder's vectors exactly, keyed by face id.
@@ -500,57 +516,11 @@ fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
 
     // (b) role embed -> embeddings topic -> role cluster (which has no CLIP of its own).
     let kafka = mock(1);
-    kafka.create_topic("face-embeddings", 1).unwrap();
-    let pub_cfg = config(kafka.bootstrap_servers(), &dir.path().join("unused"), 128);
-    assert_eq!(
-        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces.path()).unwrap(),
-        11
-    );
-    let role = |group: &str, role: &str, input: &str, state: &str| {
-        let mut env = crate::support::env(
-            kafka.bootstrap_servers(),
-            &dir.path().join(state),
-            128,
-            "127.0.0.1:0",
-        );
-        env.push(("CLIP_CLUSTER__KAFKA__GROUP_ID".into(), group.into()));
-        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), role.into()));
-        env.push((
-            "CLIP_CLUSTER__KAFKA__INPUT_TOPICS".into(),
-            format!("[\"{input}\"]"),
-        ));
-        env.push((
-            "CLIP_CLUSTER__KAFKA__EMBEDDINGS_TOPIC".into(),
-            "face-embeddings".into(),
-        ));
-        env
-    };
-    let embed_cfg = with_clip(role("embedders", "embed", FACES, "unused-embed"));
-    let cluster_cfg = clip_cluster::config::Config::load_from(
-        None,
-        &role("clusterers", "cluster", "face-embeddings", "cluster"),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (em, cm) = (Metrics::new(), Metrics::new());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (e2, c2) = (em.clone(), cm.clone());
-    let c_cfg = cluster_cfg.clone();
-    rt.block_on(async move {
-        let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
-        let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
-        let start = Instant::now();
-        while !(cm.faces_applied.get() >= 9
-            && em.dead_letters.get() >= 2
-            && cm.outbox_depth.get() == 0)
-        {
-            assert!(start.elapsed() < Duration::from_secs(120));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stop_tx.send(true).unwrap();
-        embed.await.unwrap().unwrap();
-        cluster.await.unwrap().unwrap();
-    });
+    let clip_vars: Vec<(String, String)> = clip_env
+        .iter()
+        .map(|(k, v)| (k.to_string(), format!("\"{}\"", v.display())))
+        .collect();
+    let (_, cluster_cfg) = embed_then_cluster(&kafka, dir.path(), faces.path(), &clip_vars);
     let out = read_topic(
         kafka.bootstrap_servers(),
         "face-embeddings",

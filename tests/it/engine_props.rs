@@ -61,6 +61,25 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
     }
 }
 
+/// A neighbour proxy in 4-D whose proxies visibly move with the neighbourhood (two strong
+/// directions), for the refresh properties.
+fn moving_proxy() -> clip_cluster::proxy::NeighborProxy {
+    use clip_cluster::proxy::{Directions, NeighborProxy};
+    NeighborProxy {
+        directions: Some(Directions {
+            dim: 4,
+            vectors: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            sigmas: vec![0.3, 0.2],
+        }),
+        strength: 1.0,
+        temperature: 0.05,
+        context_k: 3,
+        min_neighbors: 1,
+        with_context: false,
+        attention: None,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -90,21 +109,8 @@ proptest! {
         t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3, 0.6]),
         centers in 1usize..6, refresh in 1usize..6,
     ) {
-        use clip_cluster::proxy::{Directions, NeighborProxy};
         let dim = 4;
-        let proxy = NeighborProxy {
-            directions: Some(Directions {
-                dim,
-                vectors: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-                sigmas: vec![0.3, 0.2],
-            }),
-            strength: 1.0,
-            temperature: 0.05,
-            context_k: 3,
-            min_neighbors: 1,
-            with_context: false,
-            attention: None,
-        };
+        let proxy = moving_proxy();
         let mut p = params(dim, k, t1, t2, 8);
         p.refresh = refresh;
         let mut e = Engine::with_stages(p, ExactIndex::new(dim), proxy, clip_cluster::engine::CosineScorer);
@@ -207,21 +213,8 @@ fn hnsw_stream_agrees_with_exact_batch() {
 /// The refresh property above is not vacuous: on such data faces are re-linked.
 #[test]
 fn refresh_relinks_faces_on_clustered_data() {
-    use clip_cluster::proxy::{Directions, NeighborProxy};
     let dim = 4;
-    let proxy = NeighborProxy {
-        directions: Some(Directions {
-            dim,
-            vectors: vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-            sigmas: vec![0.3, 0.2],
-        }),
-        strength: 1.0,
-        temperature: 0.05,
-        context_k: 3,
-        min_neighbors: 1,
-        with_context: false,
-        attention: None,
-    };
+    let proxy = moving_proxy();
     let mut p = params(dim, 3, 0.6, 0.3, 8);
     p.refresh = 3;
     let mut e = Engine::with_stages(
