@@ -39,6 +39,7 @@ pub mod dlib_resnet;
 pub mod domain;
 pub mod edge;
 pub mod embed;
+pub mod embed_bench;
 pub mod engine;
 pub mod eval;
 pub mod features;

@@ -260,6 +260,30 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The identity network's faces/s at each batch size and dtype on a device, and its parity
+    /// with the CPU in f32 (max |diff|, min cosine), on seeded synthetic chips. Made for the GPU
+    /// machine (no Rust there): e.g. `bench-embed --device cuda:0 --dtype f32,bf16 --batch
+    /// 64,512,2048`.
+    BenchEmbed {
+        /// "cpu", "cuda" or "cuda:N".
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Comma-separated: f32, bf16, f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Comma-separated batch sizes.
+        #[arg(long, default_value = "64,512,2048")]
+        batch: String,
+        /// Timed passes per cell (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iterations: usize,
+        /// dlib's network file (default: embed.model_path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// One JSON object per cell on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Insert benchmark with durable state (throughput, growth, memory per face).
     Bench {
         #[arg(long, default_value_t = 100_000)]
@@ -840,6 +864,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .join(", "),
                 out.display()
             );
+            Ok(())
+        }
+        Command::BenchEmbed {
+            device,
+            dtype,
+            batch,
+            iterations,
+            model,
+            json,
+        } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let model = model.unwrap_or(cfg.embed.model_path.clone());
+            let dtypes = dtype
+                .split(',')
+                .map(|d| {
+                    clip_cluster::embed_bench::dtype_of(d.trim()).with_context(|| {
+                        format!("--dtype {d}: want f32, bf16 or f16 (comma-separated)")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let batches = batch
+                .split(',')
+                .map(|b| {
+                    b.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|b| (1..=65_536).contains(b))
+                        .with_context(|| format!("--batch {b}: want sizes in 1..=65536"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(iterations >= 1, "--iterations must be at least 1");
+            clip_cluster::embed_bench::run(&model, &device, &dtypes, &batches, iterations, &mut |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{} {} batch {:>5}: {:>9.1} faces/s ({} x {:.3} s); vs CPU f32 over {} faces: max |diff| {:.2e}, min cosine {:.6}",
+                        r.device,
+                        r.dtype,
+                        r.batch,
+                        r.faces_per_second,
+                        r.iterations,
+                        r.seconds / r.iterations as f64,
+                        r.parity_faces,
+                        r.max_abs_diff_vs_cpu_f32,
+                        r.min_cosine_vs_cpu_f32
+                    );
+                }
+            })
+            .map_err(anyhow::Error::msg)?;
             Ok(())
         }
         Command::Generate {

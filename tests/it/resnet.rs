@@ -153,3 +153,33 @@ fn half_precision_on_the_cpu_is_emulated_close_to_f32() {
         }
     }
 }
+
+/// `bench-embed`'s measurement (what a GPU run will print) works on the CPU: f32 is the CPU
+/// reference itself (zero difference), emulated bf16 stays close, every cell has a speed.
+#[test]
+fn bench_embed_measures_speed_and_parity() {
+    let Some(dir) = models_dir() else { return };
+    let model = dir.join("dlib_face_recognition_resnet_model_v1.dat");
+    let mut seen = 0;
+    let rows = clip_cluster::embed_bench::run(
+        &model,
+        "cpu",
+        &[DType::F32, DType::BF16],
+        &[1, 3],
+        1,
+        &mut |_| seen += 1,
+    )
+    .unwrap();
+    assert_eq!((rows.len(), seen), (4, 4));
+    for r in &rows {
+        assert!(r.faces_per_second > 0.0 && r.parity_faces == 3);
+        if r.dtype == "f32" {
+            assert_eq!(r.max_abs_diff_vs_cpu_f32, 0.0);
+        } else {
+            assert!(r.min_cosine_vs_cpu_f32 > 0.999, "{r:?}");
+        }
+    }
+    assert!(
+        clip_cluster::embed_bench::run(&model, "tpu", &[DType::F32], &[1], 1, &mut |_| {}).is_err()
+    );
+}
