@@ -713,16 +713,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
 
         // Faces whose out-list changes, and the sources whose kept flags may change.
-        let mut changed: Vec<u32> = adopters.iter().map(|a| a.0).collect();
-        changed.sort_unstable();
-        let mut sources: Vec<u32> = changed.clone();
-        if p.t2 > 0.0 {
-            for &c in &changed {
-                sources.extend_from_slice(&self.faces[c as usize].inn);
-            }
-            sources.sort_unstable();
-            sources.dedup();
-        }
+        let sources = self.sources_of(adopters.iter().map(|a| a.0).collect());
         // Undirected status before the change, for every pair an out-edge of a source touches.
         let before = self.kept_pairs(&sources);
 
@@ -896,6 +887,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
         inn.insert(pos, j);
         self.touch_face(j);
+    }
+
+    /// The faces whose kept flags may change when the out-lists of `changed` change: those faces,
+    /// and with intimacy (`t2 > 0`) their in-neighbours too; sorted, once each.
+    fn sources_of(&self, mut changed: Vec<u32>) -> Vec<u32> {
+        if self.params.t2 > 0.0 {
+            for i in 0..changed.len() {
+                let c = changed[i] as usize;
+                changed.extend_from_slice(&self.faces[c].inn);
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
     }
 
     /// Undirected kept status of every pair an out-edge of a `sources` face touches.

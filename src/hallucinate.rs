@@ -157,7 +157,11 @@ impl Hallucinator {
                 self.mapper.clip_dim
             )));
         }
-        let zero = vec![0f32; c.len()];
+        // H's answer for no CLIP change (the average move of a face toward another picture of the
+        // same person, i.e. toward the population's centre): the same for every attribute, and
+        // taken out of each, or every variant drifts to the centre and proxies of different
+        // people meet there.
+        let still = self.mapper.forward(f, &vec![0f32; c.len()]);
         self.directions
             .iter()
             .map(|d| {
@@ -171,12 +175,8 @@ impl Hallucinator {
                 }
                 let ca = crate::prompts::hallucinate(c, d);
                 let delta: Vec<f32> = ca.iter().zip(c).map(|(a, b)| a - b).collect();
-                // The edit's own effect: H's answer for no CLIP change (the average move of a
-                // face toward another picture of the same person, i.e. toward the population's
-                // centre) is taken out, or every variant drifts to the centre and proxies of
-                // different people meet there.
+                // The edit's own effect.
                 let moved = self.mapper.forward(f, &delta);
-                let still = self.mapper.forward(f, &zero);
                 let mut fa: Vec<f32> = f
                     .iter()
                     .zip(moved.iter().zip(&still))

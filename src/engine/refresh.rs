@@ -98,16 +98,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut changed: Vec<u32> = vec![j];
         changed.extend_from_slice(&holders);
         changed.extend(adopters.iter().map(|a| a.0));
-        changed.sort_unstable();
-        changed.dedup();
-        let mut sources = changed.clone();
-        if p.t2 > 0.0 {
-            for &c in &changed {
-                sources.extend_from_slice(&self.faces[c as usize].inn);
-            }
-            sources.sort_unstable();
-            sources.dedup();
-        }
+        let sources = self.sources_of(changed);
         let before = self.kept_pairs(&sources);
 
         // Apply: the proxy, j's out-list, the rescored in-edges, the adoptions.

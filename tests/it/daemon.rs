@@ -239,6 +239,31 @@ fn check_image_dead_letters(bootstrap: &str) {
     );
 }
 
+/// The test faces' image bytes (`<person>/<id>.jpg` under `faces`) and their vectors from the
+/// configured embedder, in `ids` order.
+fn embed_test_faces(
+    cfg: &clip_cluster::config::Config,
+    faces: &std::path::Path,
+    ids: &[String],
+) -> (Vec<Vec<u8>>, Vec<Vec<f32>>) {
+    use clip_cluster::embed::FaceEmbedder;
+    let embedder = clip_cluster::embed::DlibEmbedder::from_config(cfg).unwrap();
+    let bytes: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let person = &id[..id.len() - 5];
+            std::fs::read(faces.join(person).join(format!("{id}.jpg"))).unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let vectors = embedder
+        .embed_encoded(&refs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    (bytes, vectors)
+}
+
 /// Publishes the test faces, then runs role "embed" (with `embed_env` added to its
 /// configuration) into the embeddings topic and role "cluster" from it, in two consumer groups,
 /// until the nine faces are applied, the two broken images dead-lettered and the outbox empty.
@@ -308,7 +333,6 @@ fn embed_then_cluster(
 
 #[test]
 fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
-    use clip_cluster::embed::FaceEmbedder;
     if models_dir().is_none() {
         return;
     }
@@ -333,20 +357,7 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
     assert!(in_process.iter().all(Option::is_some), "{in_process:?}");
 
     // The same vectors applied without Kafka give the same clusters.
-    let embedder = clip_cluster::embed::DlibEmbedder::from_config(&cfg).unwrap();
-    let bytes: Vec<Vec<u8>> = ids
-        .iter()
-        .map(|id| {
-            let person = &id[..id.len() - 5];
-            std::fs::read(faces.path().join(person).join(format!("{id}.jpg"))).unwrap()
-        })
-        .collect();
-    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-    let vectors: Vec<Vec<f32>> = embedder
-        .embed_encoded(&refs)
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (_, vectors) = embed_test_faces(&cfg, faces.path(), &ids);
     let ref_cfg = config("unused:9092", &dir.path().join("reference"), 128);
     {
         let mut c = Clusterer::open(&ref_cfg).unwrap();
@@ -391,7 +402,6 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
 /// role "cluster" (which reads them from the envelope) end with the same clusters and proxies.
 #[test]
 fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
-    use clip_cluster::embed::FaceEmbedder;
     let Some(models) = models_dir() else { return };
     let vocab = models.join("bpe_simple_vocab_16e6.txt.gz");
     if !vocab.exists() {
@@ -466,20 +476,8 @@ fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
         .unwrap();
     let n_var = stage.n_variants();
     assert!(n_var > 0);
-    let embedder = clip_cluster::embed::DlibEmbedder::from_config(&all_cfg).unwrap();
-    let bytes: Vec<Vec<u8>> = ids
-        .iter()
-        .map(|id| {
-            let person = &id[..id.len() - 5];
-            std::fs::read(faces.path().join(person).join(format!("{id}.jpg"))).unwrap()
-        })
-        .collect();
+    let (bytes, vectors) = embed_test_faces(&all_cfg, faces.path(), &ids);
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-    let vectors: Vec<Vec<f32>> = embedder
-        .embed_encoded(&refs)
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
     let opt: Vec<Option<&[f32]>> = vectors.iter().map(|v| Some(v.as_slice())).collect();
     let want = stage.variants(&refs, &opt).unwrap();
     assert!(want.iter().all(|v| v.len() == n_var * 128));
