@@ -28,6 +28,8 @@ pub enum ClustererError {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Edge(#[from] crate::edge::EdgeError),
+    #[error(transparent)]
+    Calibration(#[from] crate::calibrate::ReferenceError),
 }
 
 /// Result of applying one batch.
@@ -40,6 +42,8 @@ pub struct BatchResult {
     pub events: Vec<Event>,
     /// Proxies of older faces the batch's insertions refreshed (`proxy.refresh_per_insert`).
     pub refreshed: usize,
+    /// Faces of the batch that wait for the calibration decision (stored, not yet applied).
+    pub waiting: usize,
 }
 
 pub struct Clusterer {
@@ -47,6 +51,14 @@ pub struct Clusterer {
     store: Store,
     index_dir: PathBuf,
     snapshot_every: u32,
+    /// What the engine runs with (src/calibrate.rs); `None` while a new state's first faces
+    /// wait for the decision.
+    decision: Option<crate::calibrate::Decision>,
+    /// The faces that wait, in arrival order (stored under `q:`).
+    waiting: Vec<crate::store::WaitingFace>,
+    calibration: crate::calibrate::CalibrationParams,
+    /// The configuration the engine is rebuilt from once the decision is made.
+    cfg: Config,
 }
 
 /// The fingerprint a configuration gives its state.
@@ -56,17 +68,34 @@ pub fn fingerprint(cfg: &Config) -> Fingerprint {
 
 fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
     let e = &cfg.engine;
+    let c = &cfg.calibration;
+    let mut graph = format!(
+        "k={} search_k={} t1={} t2={} proxy={proxy} score={}",
+        e.k,
+        e.search_k,
+        e.t1,
+        e.t2,
+        edge_id(cfg)
+    );
+    // States written before weak faces existed keep their fingerprint.
+    if cfg.quality.min_score > 0.0 {
+        graph.push_str(&format!(" min_quality={}", cfg.quality.min_score));
+    }
+    if c.mode != crate::calibrate::CalibrationMode::Trained {
+        graph.push_str(&format!(
+            " calibration={:?}:{}:z={}:ref={}:cos={}:tol={}",
+            c.mode,
+            c.warmup,
+            c.z,
+            file_id(&c.reference_path),
+            c.min_centroid_cos,
+            c.tolerance
+        ));
+    }
     Fingerprint {
         model: cfg.model.name.clone(),
         dim: cfg.model.dim,
-        graph: format!(
-            "k={} search_k={} t1={} t2={} proxy={proxy} score={}",
-            e.k,
-            e.search_k,
-            e.t1,
-            e.t2,
-            edge_id(cfg)
-        ),
+        graph,
     }
 }
 
@@ -173,6 +202,23 @@ pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError>
     })
 }
 
+/// What the engine runs with under a calibration decision: the configured parts and
+/// `engine.t1` ("trained"), or the identity proxy, the cosine and the calibrated threshold.
+pub fn stages_for(
+    cfg: &Config,
+    decision: &crate::calibrate::Decision,
+) -> Result<(crate::engine::EngineParams, ProxyModel, EdgeModel), ClustererError> {
+    let mut p = cfg.engine_params();
+    Ok(match decision {
+        crate::calibrate::Decision::Trained { .. } => (p, proxy_model(cfg)?, edge_model(cfg)?),
+        crate::calibrate::Decision::Stream { t1, .. } => {
+            p.t1 = *t1;
+            p.refresh = 0;
+            (p, ProxyModel::Identity, EdgeModel::Cosine)
+        }
+    })
+}
+
 fn basename(covers: u32) -> String {
     format!("hnsw-{covers:010}")
 }
@@ -181,11 +227,36 @@ impl Clusterer {
     /// Opens the state at `cfg.store.path`, loading the index snapshot or rebuilding it.
     pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
         let path = cfg.store.path.clone();
-        let proxy = proxy_model(cfg)?;
-        let scorer = edge_model(cfg)?;
+        // The configured parts are read (and checked) even when the stream may not use them.
+        proxy_model(cfg)?;
+        edge_model(cfg)?;
         let store = Store::open(&path, &fingerprint(cfg), cfg.store.cache_bytes)?;
         let restored = store.load()?;
         let n = restored.faces.len() as u32;
+        let calibration = cfg.calibration_params()?;
+        let decision = match store.calibration()? {
+            Some(d) => Some(d),
+            // A state with faces and no decision was written by trained-only versions.
+            None if n > 0 || !calibration.needs_warmup() => {
+                Some(crate::calibrate::Decision::Trained { seen: None })
+            }
+            None => None,
+        };
+        let waiting = if decision.is_none() {
+            store.waiting()?
+        } else {
+            Vec::new()
+        };
+        match &decision {
+            Some(d) => log_decision(d),
+            None => info!(
+                waiting = waiting.len(),
+                warmup = calibration.warmup,
+                "calibration: a new state; its first faces wait until there are enough to tell whether the trained parts fit this stream"
+            ),
+        }
+        let provisional = crate::calibrate::Decision::Trained { seen: None };
+        let (params, proxy, scorer) = stages_for(cfg, decision.as_ref().unwrap_or(&provisional))?;
         let index_dir = path.join("index");
         let hnsw = cfg.hnsw_params();
         let snapshot_every = cfg.index.snapshot_every_faces;
@@ -222,13 +293,93 @@ impl Clusterer {
             // A long replay is not repeated at the next start.
             snapshot(&store, &index_dir, &index, n)?;
         }
-        let engine = Engine::restore(cfg.engine_params(), index, proxy, scorer, restored);
+        let engine = Engine::restore(params, index, proxy, scorer, restored);
         Ok(Self {
             engine,
             store,
             index_dir,
             snapshot_every,
+            decision,
+            waiting,
+            calibration,
+            cfg: cfg.clone(),
         })
+    }
+
+    /// The calibration decision, once made.
+    pub fn decision(&self) -> Option<&crate::calibrate::Decision> {
+        self.decision.as_ref()
+    }
+
+    /// Faces waiting for the calibration decision.
+    pub fn n_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Takes `face` into the warm-up queue (checked first; a face id already waiting is a
+    /// duplicate). Returns whether it was taken.
+    fn wait(
+        &mut self,
+        face: &(&str, &[f32], &[f32], &FaceMeta),
+        warmup: &mut crate::store::Warmup,
+    ) -> Result<bool, EngineError> {
+        let (id, v, extra, meta) = *face;
+        crate::engine::check_face(id, v, extra, self.cfg.model.dim)?;
+        if self.waiting.iter().any(|w| w.face_id == id) {
+            return Ok(false);
+        }
+        let w = crate::store::WaitingFace {
+            face_id: id.to_string(),
+            vector: v.to_vec(),
+            variants: extra.to_vec(),
+            meta: meta.clone(),
+        };
+        warmup.waiting.push((self.waiting.len() as u32, w.clone()));
+        self.waiting.push(w);
+        Ok(true)
+    }
+
+    /// Decides from the waiting faces, rebuilds the engine for the decision and applies them.
+    fn decide(
+        &mut self,
+        res: &mut BatchResult,
+        warmup: &mut crate::store::Warmup,
+    ) -> Result<(), ClustererError> {
+        let d = self.cfg.model.dim;
+        let mut rows = Vec::with_capacity(self.waiting.len() * d);
+        for w in &self.waiting {
+            // Checked when it was taken.
+            if let Ok(v) = crate::engine::normalize(&w.face_id, &w.vector, d) {
+                rows.extend_from_slice(&v);
+            }
+        }
+        let decision = self
+            .calibration
+            .decide(&crate::calibrate::profile(&rows, d));
+        log_decision(&decision);
+        let (params, proxy, scorer) = stages_for(&self.cfg, &decision)?;
+        let mut hnsw = self.cfg.hnsw_params();
+        hnsw.capacity_hint = hnsw.capacity_hint.max(self.waiting.len());
+        self.engine = Engine::with_stages(params, HnswIndex::new(hnsw), proxy, scorer);
+        for w in std::mem::take(&mut self.waiting) {
+            let (o, events) = self
+                .engine
+                .insert_full(&w.face_id, &w.vector, &w.variants, &w.meta)
+                .map_err(|e| StoreError::Write {
+                    path: self.cfg.store.path.clone(),
+                    reason: format!("a waiting face no longer applies: {e}"),
+                })?;
+            if matches!(o, Outcome::Applied { .. }) {
+                res.applied += 1;
+                res.events.extend(events);
+            }
+            warmup.clear_waiting += 1;
+        }
+        res.waiting = 0;
+        warmup.waiting.clear();
+        warmup.decision = Some(decision);
+        self.decision = Some(decision);
+        Ok(())
     }
 
     pub fn engine(&self) -> &Engine<HnswIndex, ProxyModel, EdgeModel> {
@@ -275,14 +426,29 @@ impl Clusterer {
     ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
         let refreshed_before = self.engine.n_refreshed();
-        for (i, (id, v, extra, meta)) in faces.iter().enumerate() {
+        let mut warmup = crate::store::Warmup::default();
+        for (i, face) in faces.iter().enumerate() {
+            if self.decision.is_none() {
+                match self.wait(face, &mut warmup) {
+                    Ok(true) => res.waiting += 1,
+                    Ok(false) => res.duplicates += 1,
+                    Err(e) => res.rejected.push((i, e)),
+                }
+                if self.waiting.len() >= self.calibration.warmup {
+                    self.decide(&mut res, &mut warmup)?;
+                }
+                continue;
+            }
+            let (id, v, extra, meta) = *face;
             match self.engine.insert_full(id, v, extra, meta) {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);
                     if (seq + 1) % self.snapshot_every == 0 {
                         // The snapshot may only cover what is durable.
-                        self.store.commit(&self.engine.take_changes(), &[])?;
+                        let w = std::mem::take(&mut warmup);
+                        self.store
+                            .commit_with(&self.engine.take_changes(), &w, &[])?;
                         snapshot(&self.store, &self.index_dir, self.engine.index(), seq + 1)?;
                     }
                 }
@@ -290,9 +456,31 @@ impl Clusterer {
                 Err(e) => res.rejected.push((i, e)),
             }
         }
-        self.store.commit(&self.engine.take_changes(), positions)?;
+        self.store
+            .commit_with(&self.engine.take_changes(), &warmup, positions)?;
         res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
+    }
+}
+
+fn log_decision(d: &crate::calibrate::Decision) {
+    match d {
+        crate::calibrate::Decision::Trained { seen: Some(p) } => info!(
+            median = p.median,
+            spread = p.spread,
+            centroid_cos = p.centroid_cos,
+            "calibration: the stream is the trained space; running the configured edge scorer, proxy and engine.t1"
+        ),
+        crate::calibrate::Decision::Trained { seen: None } => {
+            info!("calibration: running the configured edge scorer, proxy and engine.t1")
+        }
+        crate::calibrate::Decision::Stream { t1, seen: profile } => warn!(
+            median = profile.median,
+            spread = profile.spread,
+            centroid_cos = profile.centroid_cos,
+            t1,
+            "calibration: the stream is not the space the trained parts were fitted in; running the cosine of the raw vectors with a threshold calibrated from the stream (calibration.z); `clip-cluster calibrate` fits this model from labelled faces"
+        ),
     }
 }
 

@@ -150,6 +150,25 @@ pub struct EngineConfig {
     pub t2: f32,
 }
 
+/// `[calibration]`: whether the trained parts fit the stream's space (see `calibrate`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    pub mode: crate::calibrate::CalibrationMode,
+    pub warmup: usize,
+    pub z: f32,
+    pub reference_path: PathBuf,
+    pub min_centroid_cos: f32,
+    pub tolerance: f32,
+}
+
+/// `[quality]`: which faces may link clusters (see `quality`, `engine::EngineParams::min_quality`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QualityConfig {
+    pub min_score: f32,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
@@ -272,6 +291,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     pub clip: ClipConfig,
     pub engine: EngineConfig,
+    pub quality: QualityConfig,
+    pub calibration: CalibrationConfig,
     pub index: IndexConfig,
     pub store: StoreConfig,
     pub daemon: DaemonConfig,
@@ -313,6 +334,15 @@ impl Config {
             self.proxy.mode = ProxyMode::Identity;
             changed.push(
                 "proxy.mode = \"identity\" (the learned directions belong to the embedder's space)"
+                    .into(),
+            );
+        }
+        if self.calibration == d.calibration
+            && self.calibration.mode != crate::calibrate::CalibrationMode::Trained
+        {
+            self.calibration.mode = crate::calibrate::CalibrationMode::Trained;
+            changed.push(
+                "calibration.mode = \"trained\" (the generator's threshold fits its own space)"
                     .into(),
             );
         }
@@ -543,6 +573,29 @@ impl Config {
                 "must be a cosine similarity in [-1, 1)",
             ));
         }
+        let c = &self.calibration;
+        if !(2..=5000).contains(&c.warmup) {
+            return Err(bad("calibration.warmup", c.warmup, "must be in 2..=5000"));
+        }
+        for (key, v) in [
+            ("calibration.z", c.z),
+            ("calibration.tolerance", c.tolerance),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(key, v, "must be a finite number > 0"));
+            }
+        }
+        if !(c.min_centroid_cos.is_finite() && (-1.0..=1.0).contains(&c.min_centroid_cos)) {
+            return Err(bad(
+                "calibration.min_centroid_cos",
+                c.min_centroid_cos,
+                "must be in [-1, 1]",
+            ));
+        }
+        let q = self.quality.min_score;
+        if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+            return Err(bad("quality.min_score", q, "must be in [0, 1]"));
+        }
         if !(e.t2.is_finite() && (0.0..1.0).contains(&e.t2)) {
             return Err(bad(
                 "engine.t2",
@@ -741,12 +794,40 @@ impl Config {
             search_k: self.engine.search_k,
             t1: self.engine.t1,
             t2: self.engine.t2,
+            min_quality: self.quality.min_score,
             refresh: match self.proxy.mode {
                 ProxyMode::Identity => 0,
                 ProxyMode::Neighbor => self.proxy.refresh_per_insert,
             },
             refresh_min_change: self.proxy.refresh_min_change,
         }
+    }
+
+    /// The calibration settings, with the reference profile read from `reference_path` when the
+    /// mode compares against it ("auto").
+    pub fn calibration_params(
+        &self,
+    ) -> Result<crate::calibrate::CalibrationParams, crate::calibrate::ReferenceError> {
+        use crate::calibrate::{read_reference, CalibrationMode, SpaceProfile};
+        let c = &self.calibration;
+        let reference = if c.mode == CalibrationMode::Auto {
+            read_reference(&c.reference_path, self.model.dim)?
+        } else {
+            SpaceProfile {
+                centroid: vec![0.0; self.model.dim],
+                median: 0.0,
+                spread: 1.0,
+                pairs: 0,
+            }
+        };
+        Ok(crate::calibrate::CalibrationParams {
+            mode: c.mode,
+            warmup: c.warmup,
+            z: c.z,
+            reference,
+            min_centroid_cos: c.min_centroid_cos,
+            tolerance: c.tolerance,
+        })
     }
 
     pub fn hnsw_params(&self) -> HnswParams {

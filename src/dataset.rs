@@ -112,6 +112,8 @@ pub struct Embedded {
     pub labels: Vec<i64>,
     pub names: Vec<String>,
     pub paths: Vec<PathBuf>,
+    /// Per row, the face's quality score (src/quality.rs), -1 when the embedder gave none.
+    pub quality: Vec<f32>,
     pub rejected: BTreeMap<String, usize>,
     pub seconds: f64,
 }
@@ -136,6 +138,7 @@ pub fn embed(
     let mut data = Vec::with_capacity(images.len() * dim);
     let mut labels = Vec::with_capacity(images.len());
     let mut paths = Vec::with_capacity(images.len());
+    let mut quality = Vec::with_capacity(images.len());
     let mut rejected = BTreeMap::new();
     for (c, part) in images.chunks(chunk.max(1)).enumerate() {
         let bytes: Vec<Vec<u8>> = part
@@ -150,10 +153,11 @@ pub fn embed(
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         for (img, r) in part.iter().zip(embedder.embed_encoded(&refs)) {
             match r {
-                Ok(v) => {
-                    data.extend_from_slice(&v);
+                Ok(f) => {
+                    data.extend_from_slice(&f.vector);
                     labels.push(label_of[img.identity.as_str()]);
                     paths.push(img.path.clone());
+                    quality.push(f.quality.unwrap_or(-1.0));
                 }
                 Err(crate::embed::EmbedError::Model(m)) => return Err(DatasetError::Model(m)),
                 Err(e) => {
@@ -172,6 +176,7 @@ pub fn embed(
         labels,
         names,
         paths,
+        quality,
         rejected,
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -275,6 +275,7 @@ pub fn run(
                     source_id: Some(format!("camera-{}", i % 7)),
                     image_id: Some(format!("photo-{}", i / 2)),
                     ts: Some(1_700_000_000_000 + i as i64),
+                    quality: None,
                 };
                 let payload = rows.payload(i, &id, &meta)?;
                 pending.push(send(&producer, faces_topic, &id, &payload).await?);

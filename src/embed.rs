@@ -40,6 +40,14 @@ impl EmbedError {
     }
 }
 
+/// One embedded face: its identity vector and, when the embedder can tell, its quality score
+/// (src/quality.rs, from the chip the network saw).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedFace {
+    pub vector: Vec<f32>,
+    pub quality: Option<f32>,
+}
+
 /// Turns encoded face crops into identity vectors.
 pub trait FaceEmbedder: Send + Sync {
     /// Identifies the model and preprocessing; part of the state fingerprint, so a state built with
@@ -49,7 +57,7 @@ pub trait FaceEmbedder: Send + Sync {
     fn dim(&self) -> usize;
     /// Embeds a batch of encoded images (JPEG/PNG/WebP bytes). One result per input, in order; a bad
     /// image fails alone and never its neighbours in the batch.
-    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, EmbedError>>;
+    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>>;
 }
 
 /// Why the embedder could not start: each message names the file or key and the fix.
@@ -200,8 +208,10 @@ impl FaceEmbedder for DlibEmbedder {
         DIM
     }
 
-    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<Vec<f32>, EmbedError>> {
+    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>> {
         let chips = self.chips(images);
+        let side = crate::dlib_resnet::CHIP;
+        let params = crate::quality::QualityParams::default();
         let ok: Vec<&[u8]> = chips
             .iter()
             .filter_map(|c| c.as_ref().ok())
@@ -225,7 +235,13 @@ impl FaceEmbedder for DlibEmbedder {
                     }
                     let n = group.len().max(1) as f32;
                     sum.iter_mut().for_each(|a| *a /= n);
-                    Ok(sum)
+                    let quality = group
+                        .last()
+                        .map(|chip| crate::quality::measure(chip, side).score(&params));
+                    Ok(EmbeddedFace {
+                        vector: sum,
+                        quality,
+                    })
                 })
             })
             .collect()

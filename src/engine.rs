@@ -45,6 +45,10 @@ pub struct EngineParams {
     pub refresh: usize,
     /// A recomputed proxy replaces the old one only when 1 - cos(old, new) exceeds this.
     pub refresh_min_change: f32,
+    /// Faces whose quality (`FaceMeta::quality`) is below this are weak: each is assigned by its
+    /// best edge to a face that is not weak and links nothing else, so it never joins two
+    /// clusters. 0 = no face is weak.
+    pub min_quality: f32,
 }
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
@@ -117,6 +121,10 @@ pub struct FaceMeta {
     /// Capture time, milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,
+    /// Face quality in [0, 1] (src/quality.rs: from the chip, or the producer's own); none =
+    /// unknown, treated as good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f32>,
 }
 
 /// What happened, in the order it happened. Cluster ids are stable: a merge keeps the older id,
@@ -135,6 +143,11 @@ pub enum Event {
         image_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<f32>,
+        /// The face is below `quality.min_score`: assigned by one edge, never joining clusters.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        low_quality: bool,
     },
     /// A cluster that did not exist before: a new face with no kept edge.
     ClusterCreated { cluster_id: u64, face_id: String },
@@ -201,6 +214,8 @@ struct Face {
     inn: Vec<u32>,
     /// Internal component label (an index into `comps`).
     comp: u32,
+    /// Below `min_quality`: its only kept edge is its best one to a face that is not weak.
+    weak: bool,
 }
 
 /// A connected component. Its label is internal; `cluster_id` is what the world sees.
@@ -231,6 +246,8 @@ pub struct NewFace {
     pub identity: Option<Vec<f32>>,
     /// Hallucinated variants made upstream (empty when none), kept for the refresh.
     pub variants: Vec<f32>,
+    /// Below `min_quality` (see `EngineParams::min_quality`).
+    pub weak: bool,
 }
 
 /// Counters that must survive a restart for ids and sequences to continue, not repeat.
@@ -275,6 +292,8 @@ pub struct Restored {
     pub refreshed: Vec<(u32, Vec<f32>)>,
     /// Upstream hallucinated variants of the faces that had them.
     pub variants: Vec<(u32, Vec<f32>)>,
+    /// Faces that were weak at insertion, sorted.
+    pub weak: Vec<u32>,
     pub faces: Vec<FaceRecord>,
     pub comps: Vec<(u32, CompRecord)>,
     pub counters: Counters,
@@ -299,6 +318,8 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     extras: Vec<Vec<f32>>,
     /// Proxies refreshed (re-linked) by this process.
     n_refreshed: u64,
+    /// Weak faces held (kept flags are then computed even without intimacy).
+    n_weak: usize,
     /// Indexed by internal label; `size == 0` marks a retired label.
     comps: Vec<CompRecord>,
     /// Components with `size > 0`, kept up to date so that reading it is not a scan over every
@@ -355,6 +376,29 @@ pub fn normalize(face_id: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, Engin
     Ok(v.iter().map(|x| (*x as f64 / norm) as f32).collect())
 }
 
+/// Checks a face as `Engine::insert_full` takes it (id, vector, upstream variants) and returns
+/// its normalized identity vector.
+pub fn check_face(
+    face_id: &str,
+    vector: &[f32],
+    extra: &[f32],
+    dim: usize,
+) -> Result<Vec<f32>, EngineError> {
+    if extra.len() % dim != 0 || extra.iter().any(|x| !x.is_finite()) {
+        return Err(EngineError::BadVariants {
+            face_id: face_id.to_string(),
+            len: extra.len(),
+            dim,
+        });
+    }
+    if face_id.is_empty() {
+        return Err(EngineError::EmptyId {
+            face_id: face_id.to_string(),
+        });
+    }
+    normalize(face_id, vector, dim)
+}
+
 impl<I: NeighborIndex> Engine<I> {
     /// An engine with the identity proxy and the cosine scorer.
     pub fn new(params: EngineParams, index: I) -> Self {
@@ -375,6 +419,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             proxies: Vec::new(),
             identities: Vec::new(),
             n_refreshed: 0,
+            n_weak: 0,
             extras: Vec::new(),
             comps: Vec::new(),
             live_comps: 0,
@@ -410,15 +455,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     .collect(),
                 inn: Vec::new(),
                 comp: f.comp,
+                weak: false,
             })
             .collect();
+        for &s in &r.weak {
+            e.faces[s as usize].weak = true;
+        }
+        e.n_weak = r.weak.len();
         for (seq, f) in r.faces.iter().enumerate() {
             for &(to, _) in &f.out {
                 // Sequence order makes every in-list sorted without a sort.
                 e.faces[to as usize].inn.push(seq as u32);
             }
         }
-        if params.t2 > 0.0 {
+        if e.flags_needed() {
             for s in 0..n as u32 {
                 e.refresh_kept(s);
             }
@@ -479,6 +529,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
     pub fn n_faces(&self) -> usize {
         self.faces.len()
+    }
+
+    /// Faces held back from bridging because their quality is below `min_quality`.
+    pub fn n_weak(&self) -> usize {
+        self.n_weak
+    }
+
+    /// Whether kept flags are anything but "every edge": with intimacy, or with weak faces.
+    fn flags_needed(&self) -> bool {
+        self.params.t2 > 0.0 || self.n_weak > 0
     }
 
     /// Proxies the bounded refresh recomputed and re-linked since this engine was built.
@@ -632,27 +692,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         extra: &[f32],
         meta: &FaceMeta,
     ) -> Result<(Outcome, Vec<Event>), EngineError> {
-        if extra.len() % self.params.dim != 0 || extra.iter().any(|x| !x.is_finite()) {
-            return Err(EngineError::BadVariants {
-                face_id: face_id.to_string(),
-                len: extra.len(),
-                dim: self.params.dim,
-            });
-        }
-        if face_id.is_empty() {
-            return Err(EngineError::EmptyId {
-                face_id: face_id.to_string(),
-            });
-        }
+        let identity = check_face(face_id, vector, extra, self.params.dim)?;
         if let Some(&seq) = self.by_id.get(face_id) {
             return Ok((Outcome::Duplicate { seq }, Vec::new()));
         }
         if self.faces.len() >= u32::MAX as usize - 1 {
             return Err(EngineError::Full(self.faces.len()));
         }
-        let identity = normalize(face_id, vector, self.params.dim)?;
         let seq = self.faces.len() as u32;
         let p = self.params;
+        let weak = meta.quality.is_some_and(|q| q < p.min_quality);
 
         // A generator that looks at the neighbourhood sees the identity vector's neighbours; the
         // proxy is then inserted, and its own neighbours come from the insertion's traversal.
@@ -734,7 +783,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             out: own_out.clone(),
             inn: Vec::new(),
             comp,
+            weak,
         });
+        self.n_weak += usize::from(weak);
         self.mark.push(0);
         let boxed: Box<str> = face_id.into();
         self.face_ids.push(boxed.clone());
@@ -753,7 +804,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.adopt(j, seq, score, evicted);
         }
         self.touch_face(seq);
-        if p.t2 > 0.0 {
+        if self.flags_needed() {
             // The new face's in-list now holds its adopters; their in-neighbours are sources too.
             let mut all = sources.clone();
             all.push(seq);
@@ -811,6 +862,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 source_id: meta.source_id.clone(),
                 image_id: meta.image_id.clone(),
                 ts: meta.ts,
+                quality: meta.quality,
+                low_quality: weak,
             },
         ));
         if self.track {
@@ -820,6 +873,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 proxy,
                 identity: generated.map(|_| identity),
                 variants: extra.to_vec(),
+                weak,
             });
         }
         self.refresh_around(seq, &cands, &mut events);
@@ -837,15 +891,30 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.directed_kept(a, b) || self.directed_kept(b, a)
     }
 
-    /// Recomputes the intimacy flags of `s`'s out-edges. With self-loops, E' = E + I:
-    /// common(i,j) = |({i} + out(i)) & ({j} + in(j))|, deg(x) = |out(x)| + 1, and i->j is kept when
-    /// max(common/deg(i), common/deg(j)) > t2.
+    /// Recomputes the kept flags of `s`'s out-edges.
+    /// - Intimacy (t2 > 0). With self-loops, E' = E + I: common(i,j) = |({i} + out(i)) & ({j} +
+    ///   in(j))|, deg(x) = |out(x)| + 1, and i->j passes when max(common/deg(i), common/deg(j)) > t2.
+    /// - Weak faces: no edge to a weak face is kept, and a weak face keeps only its first edge to
+    ///   a face that is not weak, so it hangs on one cluster and never joins two. (Letting weak
+    ///   faces also link to each other by their best edge cost more than it gained: BENCHMARKS.md,
+    ///   QUALITY.)
     fn refresh_kept(&mut self, s: u32) {
         let t2 = self.params.t2;
         let n_out = self.faces[s as usize].out.len();
+        let weak_s = self.faces[s as usize].weak;
+        let mut anchored = false;
         for idx in 0..n_out {
             let j = self.faces[s as usize].out[idx].to;
             let fj = &self.faces[j as usize];
+            if fj.weak || (weak_s && anchored) {
+                self.faces[s as usize].out[idx].kept = false;
+                continue;
+            }
+            anchored = true;
+            if t2 <= 0.0 {
+                self.faces[s as usize].out[idx].kept = true;
+                continue;
+            }
             let fs = &self.faces[s as usize];
             // s itself is in {j}+in(j) because s->j; j is in {s}+out(s) and in {j}.
             let mut common = 2usize;
@@ -1184,8 +1253,15 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
 /// The same graph rules computed at once over a finished set of proxies: out-lists from the index
 /// (the face itself excluded), intimacy over the whole graph, connected components by union-find.
+/// `weak[i]` marks the weak faces (see `EngineParams::min_quality`; empty = none).
 /// Returns one component label per face (labels are the smallest member's sequence).
-pub fn batch<I: NeighborIndex>(params: &EngineParams, proxies: &[f32], index: &I) -> Vec<u32> {
+pub fn batch<I: NeighborIndex>(
+    params: &EngineParams,
+    proxies: &[f32],
+    index: &I,
+    weak: &[bool],
+) -> Vec<u32> {
+    let is_weak = |i: usize| weak.get(i).copied().unwrap_or(false);
     let d = params.dim;
     let n = proxies.len() / d;
     let mut out: Vec<Vec<Edge>> = Vec::with_capacity(n);
@@ -1225,7 +1301,12 @@ pub fn batch<I: NeighborIndex>(params: &EngineParams, proxies: &[f32], index: &I
         x
     }
     for i in 0..n {
+        let mut anchored = false;
         for e in &out[i] {
+            if is_weak(e.to as usize) || (is_weak(i) && anchored) {
+                continue;
+            }
+            anchored = true;
             let keep = if params.t2 > 0.0 {
                 let j = e.to as usize;
                 let common = 2 + out[i]
@@ -1263,6 +1344,7 @@ mod tests {
             t2,
             refresh: 0,
             refresh_min_change: 0.0,
+            min_quality: 0.0,
         }
     }
 
@@ -1320,6 +1402,8 @@ mod tests {
                     source_id: None,
                     image_id: None,
                     ts: None,
+                    quality: None,
+                    low_quality: false,
                 }
             ]
         );
@@ -1327,6 +1411,54 @@ mod tests {
         assert_eq!(o, Outcome::Duplicate { seq: 2 });
         assert!(ev.is_empty());
         assert_eq!(e.assignments(), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn a_weak_face_joins_one_cluster_and_never_bridges_two() {
+        let v = |deg: f32| {
+            let r = deg.to_radians();
+            [r.cos(), r.sin()]
+        };
+        let mut p = params(2, 4, 0.9, 0.0);
+        p.min_quality = 0.5;
+        let meta = |q: f32| FaceMeta {
+            quality: Some(q),
+            ..Default::default()
+        };
+        // Two clusters 20 degrees apart (cos 0.94 > t1 inside each, 0.94 between a and c).
+        let mut weak = Engine::new(p, ExactIndex::new(2));
+        let mut good = Engine::new(p, ExactIndex::new(2));
+        for (id, deg) in [("a", 0.0), ("b", 2.0), ("c", 20.0), ("d", 22.0)] {
+            for e in [&mut weak, &mut good] {
+                e.insert_with(id, &v(deg), &meta(0.9)).unwrap();
+            }
+        }
+        assert_eq!(weak.n_clusters(), 2);
+        // x sits between them, close to both: as a good face it merges them; as a weak one it
+        // hangs on its best neighbour's cluster only.
+        let (_, ev) = good.insert_with("x", &v(11.0), &meta(0.9)).unwrap();
+        assert!(ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
+        assert_eq!(good.n_clusters(), 1);
+        let (_, ev) = weak.insert_with("x", &v(12.0), &meta(0.2)).unwrap();
+        assert!(!ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::FaceAssigned {
+                low_quality: true,
+                quality: Some(q),
+                ..
+            } if *q == 0.2
+        )));
+        assert_eq!(weak.n_clusters(), 2);
+        assert_eq!(weak.n_weak(), 1);
+        // Its best neighbour is c (20 degrees, 8 away): x joins c's cluster.
+        assert_eq!(weak.cluster_of(4), weak.cluster_of(2));
+        // A second weak face right next to x does not link to it (weak to weak), but to its
+        // first neighbour that is not weak.
+        weak.insert_with("y", &v(12.5), &meta(0.1)).unwrap();
+        assert!(!weak.kept_edges().contains(&(4, 5)));
+        assert_eq!(weak.n_clusters(), 2);
+        assert_eq!(weak.cluster_of(5), weak.cluster_of(2));
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct EvalSettings {
     /// Per face (row i = row i of the features), hallucinated variants made upstream, whole
     /// vectors of the features' width; given to the stream's proxy generator.
     pub variants: Option<Features>,
+    /// Per face (row i = row i of the features), its quality score (negative = unknown); faces
+    /// below `quality.min_score` are weak.
+    pub quality: Option<Vec<f32>>,
 }
 
 /// The one JSON object `eval --json` prints.
@@ -83,6 +86,9 @@ pub struct EvalReport {
     pub pairwise: Prf,
     pub bcubed: Prf,
     pub nmi: f64,
+    /// What the stream ran with: "trained" (the configured parts), or "stream t1=<cosine>"
+    /// when the calibration found another space (src/calibrate.rs).
+    pub calibration: String,
     pub seconds: f64,
     pub faces_per_second: f64,
 }
@@ -165,8 +171,18 @@ pub fn run(
     }
     let feats = Features { dim: d, data };
     let labels: Vec<i64> = order.iter().map(|&i| labels[i]).collect();
+    let quality: Vec<Option<f32>> = order
+        .iter()
+        .map(|&i| {
+            s.quality
+                .as_ref()
+                .and_then(|q| q.get(i).copied())
+                .filter(|v| *v >= 0.0)
+        })
+        .collect();
 
     let start = Instant::now();
+    let mut calibration = String::from("trained");
     let predicted: Vec<Option<u64>> = match s.algorithm {
         Algorithm::Stream | Algorithm::Batch => {
             let mut p = cfg.engine_params();
@@ -180,16 +196,36 @@ pub fn run(
             let mut h = cfg.hnsw_params();
             h.capacity_hint = n;
             if s.algorithm == Algorithm::Stream {
-                let proxy = crate::clusterer::proxy_model(cfg)
+                // As the daemon: the first `warmup` faces decide the space (src/calibrate.rs).
+                let c = cfg
+                    .calibration_params()
                     .map_err(|e| EvalError::Proxy(e.to_string()))?;
-                let scorer = crate::clusterer::edge_model(cfg)
-                    .map_err(|e| EvalError::Edge(e.to_string()))?;
+                let decision = if c.needs_warmup() {
+                    let w = c.warmup.min(n);
+                    c.decide(&crate::calibrate::profile(&feats.data[..w * d], d))
+                } else {
+                    crate::calibrate::Decision::Trained { seen: None }
+                };
+                let (cp, proxy, scorer) = crate::clusterer::stages_for(cfg, &decision)
+                    .map_err(|e| EvalError::Proxy(e.to_string()))?;
+                if let crate::calibrate::Decision::Stream { t1, seen } = decision {
+                    p.t1 = s.threshold.unwrap_or(t1);
+                    p.refresh = cp.refresh;
+                    tracing::info!(
+                        "calibration: the stream is not the trained space (centroid cosine {:.4}, median {:.4}, spread {:.4}): cosine of the raw vectors, t1 {:.4}",
+                        seen.centroid_cos, seen.median, seen.spread, p.t1
+                    );
+                    calibration = format!("stream t1={:.4}", p.t1);
+                }
                 let mut e = Engine::with_stages(p, HnswIndex::new(h), proxy, scorer);
                 e.set_tracking(false);
-                let none = crate::engine::FaceMeta::default();
                 for (i, &row) in order.iter().enumerate() {
                     let extra = s.variants.as_ref().map_or(&[][..], |v| v.row(row));
-                    e.insert_full(&i.to_string(), feats.row(i), extra, &none)
+                    let meta = crate::engine::FaceMeta {
+                        quality: quality[i],
+                        ..Default::default()
+                    };
+                    e.insert_full(&i.to_string(), feats.row(i), extra, &meta)
                         .map_err(|source| EvalError::Engine { row, source })?;
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
@@ -202,7 +238,11 @@ pub fn run(
                     idx.insert(i as u32, feats.row(i));
                 }
                 progress(n / 2, n);
-                let labels = batch(&p, &feats.data, &idx);
+                let weak: Vec<bool> = quality
+                    .iter()
+                    .map(|q| q.is_some_and(|q| q < p.min_quality))
+                    .collect();
+                let labels = batch(&p, &feats.data, &idx, &weak);
                 progress(n, n);
                 labels.into_iter().map(|l| Some(l as u64)).collect()
             }
@@ -273,7 +313,105 @@ pub fn run(
         pairwise: scores.pairwise,
         bcubed: scores.bcubed,
         nmi: scores.nmi,
+        calibration,
         seconds,
         faces_per_second: n as f64 / seconds.max(1e-9),
     })
+}
+
+/// What `calibrate` found for a labelled sample of a user's own faces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibrated {
+    /// The sample's pair-similarity profile (its first `calibration.warmup` faces in stream order).
+    pub profile: crate::calibrate::SpaceProfile,
+    /// The best cosine threshold for the stream on the raw vectors.
+    pub t1: f32,
+    /// The stream's report at that threshold.
+    pub best: EvalReport,
+    /// Every threshold tried, with its BCubed F.
+    pub tried: Vec<(f32, f64)>,
+}
+
+/// Fits the stream to a labelled sample of another space: the cosine of the raw vectors
+/// (no trained parts), `engine.t1` swept over median + z * spread for z in 1.0..=8.0 (step 0.25)
+/// of the sample's own profile, the best BCubed F kept. `k` and `t2` stay as configured.
+pub fn calibrate(
+    cfg: &Config,
+    features: &Features,
+    labels: &[i64],
+    order: Order,
+    seed: u64,
+    progress: &dyn Fn(f32, f64),
+) -> Result<Calibrated, EvalError> {
+    let mut c = cfg.clone();
+    c.edge.scorer = crate::config::EdgeScorerKind::Cosine;
+    c.proxy.mode = crate::config::ProxyMode::Identity;
+    c.calibration.mode = crate::calibrate::CalibrationMode::Trained;
+    let n = features.n();
+    let shuffled: Vec<usize> = match order {
+        Order::Input => (0..n).collect(),
+        Order::Shuffled => {
+            let mut o: Vec<usize> = (0..n).collect();
+            o.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            o
+        }
+    };
+    let d = features.dim;
+    let w = cfg.calibration.warmup.min(n);
+    let first: Vec<f32> = shuffled[..w]
+        .iter()
+        .flat_map(|&i| features.row(i).iter().copied())
+        .collect();
+    let profile = crate::calibrate::profile(&first, d);
+    let mut tried = Vec::new();
+    let mut best: Option<(f32, EvalReport)> = None;
+    for step in 0..=28 {
+        let t1 = profile.median + (1.0 + 0.25 * step as f32) * profile.spread;
+        if !(-1.0..0.999).contains(&t1) {
+            continue;
+        }
+        let s = EvalSettings {
+            algorithm: Algorithm::Stream,
+            threshold: Some(t1),
+            k: None,
+            order,
+            seed,
+            variants: None,
+            quality: None,
+        };
+        let r = run(&c, features, labels, s, &|_, _| {})?;
+        progress(t1, r.bcubed.f);
+        tried.push((t1, r.bcubed.f));
+        if best.as_ref().is_none_or(|(_, b)| r.bcubed.f > b.bcubed.f) {
+            best = Some((t1, r));
+        }
+    }
+    let (t1, best) = best.ok_or(EvalError::Threshold(profile.median))?;
+    // The reference a stream is compared with: the whole sample's centroid, and the median and
+    // spread of its first faces' pairs (as a stream measures them).
+    let profile = crate::calibrate::SpaceProfile {
+        centroid: crate::calibrate::centroid(&features.data, d),
+        ..profile
+    };
+    Ok(Calibrated {
+        profile,
+        t1,
+        best,
+        tried,
+    })
+}
+
+impl Calibrated {
+    /// The configuration fragment that runs the stream fitted to this space.
+    pub fn to_toml(&self, source: &str) -> String {
+        format!(
+            "# Written by `clip-cluster calibrate` from {source}: the stream fitted to this model's\n\
+             # space (BCubed F {:.4} on the sample at t1 {:.4}). Give it with --config, and set\n\
+             # [model] name and dim for the model, so that its states are never mixed with others.\n\
+             [edge]\nscorer = \"cosine\"\n\n[proxy]\nmode = \"identity\"\n\n[engine]\nt1 = {}\n\n\
+             [calibration]\n# The threshold above fits this space: no warm-up decision needed.\n\
+             mode = \"trained\"\nreference_median = {}\nreference_spread = {}\n",
+            self.best.bcubed.f, self.t1, self.t1, self.profile.median, self.profile.spread
+        )
+    }
 }

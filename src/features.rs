@@ -95,6 +95,13 @@ pub enum FeaturesError {
         line: usize,
         text: String,
     },
+    /// A score line is not a finite number.
+    #[error("{} line {line}: {text:?} is not a number; each line must hold one score", path.display())]
+    BadScore {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
     /// The two files describe different numbers of faces.
     #[error(
         "{} holds {n_features} feature rows but {} holds {n_labels} labels; \
@@ -231,6 +238,37 @@ pub fn write_labels(path: &Path, labels: &[i64]) -> Result<(), FeaturesError> {
         writeln!(out, "{label}").map_err(write_err)?;
     }
     out.flush().map_err(write_err)
+}
+
+/// Writes one number per line (per-face scores beside a features file).
+pub fn write_scores(path: &Path, scores: &[f32]) -> Result<(), FeaturesError> {
+    let text: String = scores.iter().map(|s| format!("{s}\n")).collect();
+    std::fs::write(path, text).map_err(|source| FeaturesError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads one finite number per line; a line that is not one is reported with its number.
+pub fn read_scores(path: &Path) -> Result<Vec<f32>, FeaturesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FeaturesError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            l.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| FeaturesError::BadScore {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    text: l.to_string(),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -125,6 +125,11 @@ enum Command {
         /// Vectors per row of --hallucinated.
         #[arg(long, default_value_t = 5)]
         variants: usize,
+        /// Each face's quality score, one number per line, line i = row i of --features
+        /// (`embed --quality-out` writes it; -1 = unknown); faces below quality.min_score are
+        /// weak (assigned, never joining clusters).
+        #[arg(long, requires = "features", conflicts_with = "people")]
+        quality: Option<PathBuf>,
         /// Print exactly one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -156,6 +161,10 @@ enum Command {
         /// input of `train --clip-features`; needs [clip] weights.
         #[arg(long)]
         clip_out: Option<PathBuf>,
+        /// Also write each embedded face's quality score (src/quality.rs), one per line, line i
+        /// = row i of --out: the input of `eval --quality`.
+        #[arg(long)]
+        quality_out: Option<PathBuf>,
     },
     /// The standard LFW verification protocol on pairs.txt: 10 folds, the Euclidean threshold
     /// chosen on nine and tested on the tenth; mean and standard deviation of the accuracy.
@@ -246,6 +255,30 @@ enum Command {
         mapper: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Fits the stream to another embedding model from a labelled sample of the user's own faces:
+    /// the cosine threshold with the best BCubed F on the sample and the space's profile, written
+    /// as a configuration file to give with --config.
+    Calibrate {
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        labels: PathBuf,
+        /// Row width of --features (default: model.dim).
+        #[arg(long)]
+        dim: Option<usize>,
+        /// Where the configuration fragment goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the sample's profile (centroid, median pair cosine, spread) as a
+        /// calibration reference (`calibration.reference_path`): streams that match it are
+        /// this space.
+        #[arg(long)]
+        reference_out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Order::Shuffled)]
+        order: Order,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Writes seeded synthetic identities in learn-to-cluster format (.bin rows + .meta labels).
     Generate {
@@ -451,12 +484,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             hallucinated,
             variants,
+            quality,
         } => {
             let mut env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
                 .collect();
             let synthetic_input = features.is_none() && faces.is_none();
             let mut variant_rows = None;
+            let mut quality_rows = None;
             let (feats, labs) = match (features, labels, faces) {
                 (_, _, Some(dir)) => {
                     let base = Config::load_from(cli.config.as_deref(), &env)?;
@@ -473,6 +508,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         Some(h) => Some(read_features(h, variants * d)?),
                         None => None,
                     };
+                    if let Some(q) = &quality {
+                        let scores = clip_cluster::features::read_scores(q)?;
+                        anyhow::ensure!(
+                            scores.len() == feats.n(),
+                            "{} holds {} quality scores for {} faces in {}",
+                            q.display(),
+                            scores.len(),
+                            feats.n(),
+                            f.display()
+                        );
+                        quality_rows = Some(scores);
+                    }
                     let (feats, labs, side) =
                         only_people_with(feats, side, labs, &l, people.as_deref())?;
                     variant_rows = side;
@@ -510,6 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 order,
                 seed,
                 variants: variant_rows,
+                quality: quality_rows,
             };
             let report = clip_cluster::eval::run(&cfg, &feats, &labs, settings, &|i, n| {
                 if !json || i == n {
@@ -549,6 +597,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             chip,
             clip_out,
+            quality_out,
         } => {
             let cfg = config_with_chip(cli.config.as_deref(), chip)?;
             // CLIP is loaded (and its files checked) before the long embedding run.
@@ -598,6 +647,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             clip_cluster::features::write_features(&out, &e.features)?;
             clip_cluster::features::write_labels(&labels_out, &e.labels)?;
+            if let Some(q) = &quality_out {
+                clip_cluster::features::write_scores(q, &e.quality)?;
+            }
             let names = names_out.unwrap_or_else(|| {
                 let mut p = labels_out.clone().into_os_string();
                 p.push(".names");
@@ -914,6 +966,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             })
             .map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
+        Command::Calibrate {
+            features,
+            labels,
+            dim,
+            out,
+            reference_out,
+            order,
+            seed,
+        } => {
+            let env: Vec<(String, String)> = std::env::vars()
+                .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
+                .collect();
+            let base = Config::load_from(cli.config.as_deref(), &env)?;
+            let d = dim.unwrap_or(base.model.dim);
+            let feats = read_features(&features, d)?;
+            let labs = read_labels(&labels)?;
+            check_counts(&feats, &labs, &features, &labels)?;
+            let mut cfg = base;
+            cfg.model.dim = d;
+            let fit = clip_cluster::eval::calibrate(&cfg, &feats, &labs, order, seed, &|t1, f| {
+                eprintln!("  t1 {t1:.4}: BCubed F {f:.4}");
+            })?;
+            std::fs::write(&out, fit.to_toml(&features.display().to_string()))
+                .with_context(|| format!("writing {}", out.display()))?;
+            if let Some(r) = &reference_out {
+                std::fs::write(r, serde_json::to_string_pretty(&fit.profile)? + "\n")
+                    .with_context(|| format!("writing {}", r.display()))?;
+            }
+            eprintln!(
+                "profile: median {:.4}, spread {:.4}; best t1 {:.4}: BCubed F {:.4} (P {:.4} R {:.4}), pairwise F {:.4}; wrote {}",
+                fit.profile.median,
+                fit.profile.spread,
+                fit.t1,
+                fit.best.bcubed.f,
+                fit.best.bcubed.precision,
+                fit.best.bcubed.recall,
+                fit.best.pairwise.f,
+                out.display()
+            );
             Ok(())
         }
         Command::Generate {

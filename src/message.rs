@@ -307,6 +307,7 @@ pub fn decode(
             source_id: header_str(headers, "source_id")?,
             image_id: header_str(headers, "image_id")?,
             ts,
+            quality: None,
         };
         return Ok(FaceMessage {
             face_id,
@@ -400,6 +401,7 @@ mod tests {
             source_id: Some("cam-1".into()),
             image_id: Some("frame-9".into()),
             ts: Some(1700000000000),
+            quality: None,
         };
         let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
         let m = dec(None, &[], &bytes).unwrap();

@@ -10,6 +10,9 @@
 //!   vector the face was indexed with)
 //! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
 //! - `h:<seq>` -> the face's hallucinated variants made upstream (CLIP), when it had any
+//! - `w:<seq>` -> (empty) the face was weak at insertion (quality below `quality.min_score`)
+//! - `q:<n>` -> a face of a new state waiting for the calibration decision (JSON); `m:calibration`
+//!   -> the decision (JSON), written with the batch that applies the waiting faces
 //! - `r:<seq>` -> component label and out-list (rewritten when either changes)
 //! - `c:<label>` -> cluster id and size
 //! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
@@ -20,6 +23,27 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{ChangeSet, CompRecord, Counters, Event, FaceRecord, Restored};
+
+/// A face of a new state that waits for the calibration decision (`calibrate`), as received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingFace {
+    pub face_id: String,
+    pub vector: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<f32>,
+    #[serde(default)]
+    pub meta: crate::engine::FaceMeta,
+}
+
+/// The calibration warm-up's part of a commit (see `Store::commit_with`).
+#[derive(Debug, Clone, Default)]
+pub struct Warmup {
+    /// Faces that start waiting, with their place in the queue.
+    pub waiting: Vec<(u32, WaitingFace)>,
+    /// The decision; with it, the first `clear_waiting` waiting faces leave the queue.
+    pub decision: Option<crate::calibrate::Decision>,
+    pub clear_waiting: u32,
+}
 
 /// A file beside the database that says "this directory holds clip-cluster state", so that a
 /// database that comes back empty after damage is reported instead of silently started afresh.
@@ -361,7 +385,38 @@ impl Store {
         cs: &ChangeSet,
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StoreError> {
+        self.commit_with(cs, &Warmup::default(), positions)
+    }
+
+    /// As `commit`, with the calibration warm-up's changes in the same atomic batch: faces that
+    /// wait for the decision (`q:<n>`), or the decision itself, which removes the waiting faces
+    /// (they are in `cs` as applied faces then).
+    pub fn commit_with(
+        &self,
+        cs: &ChangeSet,
+        warmup: &Warmup,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        let json_err = |e: serde_json::Error| StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        for (n, f) in &warmup.waiting {
+            b.insert(
+                key(b'q', &n.to_be_bytes()),
+                serde_json::to_vec(f).map_err(json_err)?,
+            );
+        }
+        if let Some(d) = &warmup.decision {
+            for n in 0..warmup.clear_waiting {
+                b.remove(key(b'q', &n.to_be_bytes()));
+            }
+            b.insert(
+                &b"m:calibration"[..],
+                serde_json::to_vec(d).map_err(json_err)?,
+            );
+        }
         for f in &cs.new_faces {
             let seq = f.seq.to_be_bytes();
             b.insert(key(b'f', f.face_id.as_bytes()), &f.seq.to_le_bytes()[..]);
@@ -376,6 +431,9 @@ impl Store {
             if !f.variants.is_empty() {
                 let h: Vec<u8> = f.variants.iter().flat_map(|x| x.to_le_bytes()).collect();
                 b.insert(key(b'h', &seq), h);
+            }
+            if f.weak {
+                b.insert(key(b'w', &seq), &[][..]);
             }
         }
         for (seq, r) in &cs.faces {
@@ -414,6 +472,33 @@ impl Store {
         }
         b.insert(&b"m:counters"[..], encode_counters(&cs.counters));
         self.write(b)
+    }
+
+    /// The calibration decision of this state, once made.
+    pub fn calibration(&self) -> Result<Option<crate::calibrate::Decision>, StoreError> {
+        match self.get(b"m:calibration")? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt("m:calibration", &e.to_string())),
+        }
+    }
+
+    /// The faces waiting for the calibration decision, in arrival order.
+    pub fn waiting(&self) -> Result<Vec<WaitingFace>, StoreError> {
+        let mut out = Vec::new();
+        for (i, kv) in self.db.scan_prefix(b"q:").enumerate() {
+            let (k, v) = kv.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let kname = format!("q:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            if seq_from_key(&k) != Some(i as u32) {
+                return Err(self.corrupt(&kname, &format!("expected waiting face {i} here")));
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| self.corrupt(&kname, &e.to_string()))?);
+        }
+        Ok(out)
     }
 
     /// A caller position written by `commit`.
@@ -468,6 +553,7 @@ impl Store {
             identities: Vec::with_capacity(n * d),
             refreshed: Vec::new(),
             variants: Vec::new(),
+            weak: Vec::new(),
             faces: Vec::with_capacity(n),
             comps: Vec::new(),
             counters,
@@ -514,6 +600,14 @@ impl Store {
                 .filter(|_| r.done() && (seq as usize) < n)
                 .ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
             out.refreshed.push((seq, proxy));
+        }
+        for kv in self.db.scan_prefix(b"w:") {
+            let (k, _) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("w:", "short key"))?;
+            if seq as usize >= n {
+                return Err(self.corrupt(&format!("w:{seq}"), "no such face"));
+            }
+            out.weak.push(seq);
         }
         for kv in self.db.scan_prefix(b"h:") {
             let (k, v) = kv.map_err(iter_err)?;

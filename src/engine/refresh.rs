@@ -193,6 +193,7 @@ mod tests {
             t2,
             refresh,
             refresh_min_change: 1e-4,
+            min_quality: 0.0,
         }
     }
 

@@ -91,7 +91,7 @@ impl Daemon {
                 })
             });
             let checked = match checked {
-                Ok(v) => normalize(&slot.0, &v, dim).map(|_| v).map_err(|e| {
+                Ok(f) => normalize(&slot.0, &f.vector, dim).map(|_| f).map_err(|e| {
                     Ok(Rejection {
                         reason: engine_reason(&e),
                         message: e.to_string(),
@@ -100,9 +100,11 @@ impl Daemon {
                 Err(e) => Err(e),
             };
             match checked {
-                Ok(v) => {
+                Ok(f) => {
                     self.metrics.faces_embedded.inc();
-                    slot.1 = v;
+                    slot.1 = f.vector;
+                    // The producer's own quality, when it sent one, wins over the chip's.
+                    slot.2.quality = slot.2.quality.or(f.quality);
                 }
                 Err(Err(fatal)) => return Err(fatal),
                 Err(Ok(rejection)) => {

@@ -138,15 +138,19 @@ pub(super) async fn run(
                         reason: Reason::from(&e),
                         message: e.to_string(),
                     }),
-                    Ok(v) => normalize(&id, &v, dim).map(|_| v).map_err(|e| Rejection {
-                        reason: super::batch::engine_reason(&e),
-                        message: e.to_string(),
-                    }),
+                    Ok(f) => normalize(&id, &f.vector, dim)
+                        .map(|_| f)
+                        .map_err(|e| Rejection {
+                            reason: super::batch::engine_reason(&e),
+                            message: e.to_string(),
+                        }),
                 };
                 match checked {
-                    Ok(v) => {
+                    Ok(f) => {
                         metrics.faces_embedded.inc();
-                        kept.push((i, id, meta, Some(v), x));
+                        let mut meta = meta;
+                        meta.quality = meta.quality.or(f.quality);
+                        kept.push((i, id, meta, Some(f.vector), x));
                     }
                     Err(rejection) => dead.push(letter(&msgs[i], rejection)),
                 }

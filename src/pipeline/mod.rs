@@ -207,14 +207,14 @@ async fn load_embedder(
 fn clip_variants(
     clip: Option<&crate::hallucinate::ClipStage>,
     images: &[&[u8]],
-    results: &[Result<Vec<f32>, crate::embed::EmbedError>],
+    results: &[Result<crate::embed::EmbeddedFace, crate::embed::EmbedError>],
 ) -> Result<Vec<Vec<f32>>, PipelineError> {
     let Some(clip) = clip else {
         return Ok(vec![Vec::new(); images.len()]);
     };
     let ids: Vec<Option<&[f32]>> = results
         .iter()
-        .map(|r| r.as_ref().ok().map(Vec::as_slice))
+        .map(|r| r.as_ref().ok().map(|f| f.vector.as_slice()))
         .collect();
     clip.variants(images, &ids)
         .map_err(|e| PipelineError::Embed(format!("CLIP: {e}")))

@@ -137,6 +137,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             source_id: Some("cam".into()),
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
+            quality: None,
         };
         r.apply_with_meta(&[(format!("face-{i}").as_str(), v.as_slice(), &meta)], &[])
             .unwrap();

@@ -32,6 +32,7 @@ fn reference(vs: &[Vec<f32>], dim: usize) -> (Vec<Option<u64>>, BTreeMap<u64, se
             source_id: Some("cam".into()),
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
+            quality: None,
         };
         c.apply_with_meta(&[(ids[i].as_str(), v.as_slice(), &meta)], &[])
             .unwrap();
@@ -259,7 +260,7 @@ fn embed_test_faces(
     let vectors = embedder
         .embed_encoded(&refs)
         .into_iter()
-        .map(Result::unwrap)
+        .map(|r| r.unwrap().vector)
         .collect();
     (bytes, vectors)
 }

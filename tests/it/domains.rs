@@ -78,6 +78,7 @@ fn faces_of(p: i32, n: usize, first: usize) -> Faces {
             source_id: Some(format!("camera-{p}")),
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
+            quality: None,
         })
         .collect();
     Faces { ids, vs, metas }

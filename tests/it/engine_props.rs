@@ -58,6 +58,23 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
         t2,
         refresh: 0,
         refresh_min_change: 0.0,
+        min_quality: 0.0,
+    }
+}
+
+/// Every `every`-th face (0: none) has quality 0.1, below the tests' `min_quality` 0.5; the
+/// others 0.9 or none.
+fn quality_meta(i: usize, every: usize) -> clip_cluster::engine::FaceMeta {
+    let quality = if every > 0 && i % every == 1 {
+        Some(0.1)
+    } else if i % 2 == 0 {
+        Some(0.9)
+    } else {
+        None
+    };
+    clip_cluster::engine::FaceMeta {
+        quality,
+        ..Default::default()
     }
 }
 
@@ -88,12 +105,14 @@ proptest! {
     fn clusters_are_components_after_every_insert(
         seed in 0u64..10_000, n in 2usize..90, k in 1usize..6,
         t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3, 0.6]),
-        centers in 1usize..8,
+        centers in 1usize..8, weak_every in prop::sample::select(vec![0usize, 2, 3, 5]),
     ) {
         let dim = 4;
-        let mut e = Engine::new(params(dim, k, t1, t2, 1000), ExactIndex::new(dim));
+        let mut p = params(dim, k, t1, t2, 1000);
+        p.min_quality = 0.5;
+        let mut e = Engine::new(p, ExactIndex::new(dim));
         for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
-            e.insert(&format!("f{i}"), v).unwrap();
+            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
             let m = e.n_faces();
             prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
             prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
@@ -133,22 +152,45 @@ proptest! {
     fn stream_equals_batch(
         seed in 0u64..10_000, n in 2usize..120, k in 1usize..8,
         t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.4, 0.7]),
-        centers in 1usize..10,
+        centers in 1usize..10, weak_every in prop::sample::select(vec![0usize, 2, 4]),
     ) {
         let dim = 5;
-        let p = params(dim, k, t1, t2, 1000);
+        let mut p = params(dim, k, t1, t2, 1000);
+        p.min_quality = 0.5;
         let vs = data(seed, n, dim, centers, 0.5);
         let mut e = Engine::new(p, ExactIndex::new(dim));
         let mut idx = ExactIndex::new(dim);
         let mut proxies = Vec::new();
+        let weak: Vec<bool> = (0..n).map(|i| quality_meta(i, weak_every).quality == Some(0.1)).collect();
         for (i, v) in vs.iter().enumerate() {
-            e.insert(&format!("f{i}"), v).unwrap();
+            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
             let pv = e.proxy(i as u32).to_vec();
             clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
             proxies.extend_from_slice(&pv);
         }
-        let b = batch(&p, &proxies, &idx);
+        let b = batch(&p, &proxies, &idx, &weak);
         prop_assert_eq!(partition(&e.assignments()), partition(&b));
+        prop_assert_eq!(e.n_weak(), weak.iter().filter(|w| **w).count());
+        // Weak faces never join two clusters: the faces that are not weak are grouped exactly
+        // as the kept edges among themselves alone group them, and no kept edge links two weak
+        // faces.
+        for (a, b) in e.kept_edges() {
+            prop_assert!(!(weak[a as usize] && weak[b as usize]));
+        }
+        let good: Vec<u32> = (0..n as u32).filter(|&i| !weak[i as usize]).collect();
+        let among: Vec<(u32, u32)> = e
+            .kept_edges()
+            .into_iter()
+            .filter(|&(a, b)| !weak[a as usize] && !weak[b as usize])
+            .collect();
+        let alone = components(n, &among);
+        let clusters = e.assignments();
+        for (x, &a) in good.iter().enumerate() {
+            for &b in &good[x + 1..] {
+                let same_alone = alone.iter().any(|c| c.contains(&a) && c.contains(&b));
+                prop_assert_eq!(clusters[a as usize] == clusters[b as usize], same_alone, "faces {} and {}", a, b);
+            }
+        }
     }
 
     /// The same input order gives the same events, and re-applying a face id is a no-op.
@@ -198,7 +240,7 @@ fn hnsw_stream_agrees_with_exact_batch() {
         e.insert(&i.to_string(), v).unwrap();
         exact.insert(i as u32, v);
     }
-    let b: Vec<i64> = batch(&p, &s.data, &exact)
+    let b: Vec<i64> = batch(&p, &s.data, &exact, &[])
         .into_iter()
         .map(i64::from)
         .collect();

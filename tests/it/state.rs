@@ -7,7 +7,12 @@ use clip_cluster::config::Config;
 use clip_cluster::synth::{generate, SynthParams};
 
 fn config(dir: &Path, dim: usize) -> Config {
-    let env = vec![
+    config_with(dir, dim, &[("CALIBRATION__MODE", "trained")])
+}
+
+/// `config` with more `CLIP_CLUSTER__` overrides (section__key, value).
+fn config_with(dir: &Path, dim: usize, extra: &[(&str, &str)]) -> Config {
+    let mut env = vec![
         (
             "CLIP_CLUSTER__STORE__PATH".to_string(),
             dir.display().to_string(),
@@ -30,6 +35,9 @@ fn config(dir: &Path, dim: usize) -> Config {
         ),
         ("CLIP_CLUSTER__ENGINE__T2".to_string(), "0.3".to_string()),
     ];
+    for (k, v) in extra {
+        env.push((format!("CLIP_CLUSTER__{k}"), v.to_string()));
+    }
     Config::load_from(None, &env).unwrap()
 }
 
@@ -88,6 +96,59 @@ fn restart_anywhere_equals_an_uninterrupted_run() {
         assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
         assert_eq!(outbox(&b), want.1, "stopped at {stop}");
     }
+}
+
+/// A new state's first faces wait for the calibration decision (stored, no events), are applied
+/// all at once when the warm-up is full, and a restart anywhere, during the warm-up or after,
+/// continues exactly as an uninterrupted run; the decision is stored and never made again.
+#[test]
+fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
+    let dim = 32;
+    let n = 300;
+    let (ids, vs) = faces(n, dim);
+    let cal = [
+        ("CALIBRATION__MODE", "stream"),
+        ("CALIBRATION__WARMUP", "120"),
+    ];
+    let full = tempfile::tempdir().unwrap();
+    let mut a = Clusterer::open(&config_with(full.path(), dim, &cal)).unwrap();
+    let r = a.apply(&pairs(&ids, &vs, 0..119), &[]).unwrap();
+    assert_eq!((r.applied, r.waiting, r.events.len()), (0, 119, 0));
+    assert!(a.decision().is_none() && a.engine().n_faces() == 0);
+    let r = a.apply(&pairs(&ids, &vs, 119..121), &[]).unwrap();
+    assert_eq!(
+        (r.applied, r.waiting),
+        (121, 0),
+        "the warm-up and the face after it"
+    );
+    let decided = *a.decision().expect("decided at 120 faces");
+    let clip_cluster::calibrate::Decision::Stream { t1, .. } = decided else {
+        panic!("mode stream decides a threshold: {decided:?}")
+    };
+    assert!(t1 > 0.0 && t1 < 1.0, "{t1}");
+    apply(&mut a, &ids, &vs, 121..n, 37);
+    let want = (a.engine().assignments(), outbox(&a));
+    drop(a);
+    for stop in [1, 60, 119, 120, 121, 250] {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Clusterer::open(&config_with(d.path(), dim, &cal)).unwrap();
+        apply(&mut b, &ids, &vs, 0..stop, 37);
+        drop(b);
+        let mut b = Clusterer::open(&config_with(d.path(), dim, &cal)).unwrap();
+        assert_eq!(b.n_waiting(), stop.min(120) % 120, "stopped at {stop}");
+        apply(&mut b, &ids, &vs, stop..n, 37);
+        assert_eq!(b.decision(), Some(&decided), "stopped at {stop}");
+        assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
+        assert_eq!(outbox(&b), want.1, "stopped at {stop}");
+    }
+}
+
+fn pairs<'a>(
+    ids: &'a [String],
+    vs: &'a [Vec<f32>],
+    r: std::ops::Range<usize>,
+) -> Vec<(&'a str, &'a [f32])> {
+    r.map(|i| (ids[i].as_str(), vs[i].as_slice())).collect()
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(Strin
         ("ADMIN__LISTEN", admin.to_string()),
         ("SOURCE__MAX_BATCH", "64".to_string()),
         ("INDEX__SNAPSHOT_EVERY_FACES", "500".to_string()),
+        // These tests are about the daemon's mechanics with a handful of faces: no warm-up
+        // (the calibration warm-up has its own tests in state.rs).
+        ("CALIBRATION__MODE", "trained".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
@@ -199,6 +202,7 @@ pub fn face_payload(i: usize, v: &[f32]) -> Vec<u8> {
         source_id: Some("cam".into()),
         image_id: Some(format!("img-{}", i / 2)),
         ts: Some(i as i64),
+        quality: None,
     };
     embedding_envelope(&format!("face-{i}"), &meta, v)
 }
