@@ -155,7 +155,7 @@ impl CalibrationParams {
 
 /// The profile of `rows` (row-major, `dim` wide, unit length): all pairs.
 pub fn profile(rows: &[f32], dim: usize) -> SpaceProfile {
-    let n = if dim == 0 { 0 } else { rows.len() / dim };
+    let n = rows.len().checked_div(dim).unwrap_or(0);
     let centroid = centroid(rows, dim);
     let mut sims = Vec::with_capacity(n * n.saturating_sub(1) / 2);
     for i in 0..n {
@@ -285,7 +285,7 @@ mod tests {
     fn a_reference_file_of_the_wrong_width_or_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("ref.json");
-        let p = profile(&unit_rows(&[0.0, 10.0, 20.0]), 2);
+        let p = profile(&unit_rows(&[0.0, 30.0, 100.0]), 2);
         std::fs::write(&good, serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(read_reference(&good, 2).unwrap(), p);
         let e = read_reference(&good, 3).unwrap_err();

@@ -1419,16 +1419,16 @@ mod tests {
             let r = deg.to_radians();
             [r.cos(), r.sin()]
         };
-        let mut p = params(2, 4, 0.9, 0.0);
+        let mut p = params(2, 4, 0.95, 0.0);
         p.min_quality = 0.5;
         let meta = |q: f32| FaceMeta {
             quality: Some(q),
             ..Default::default()
         };
-        // Two clusters 20 degrees apart (cos 0.94 > t1 inside each, 0.94 between a and c).
+        // Two clusters 28 degrees apart (cos 0.9994 inside each, at most 0.883 between them).
         let mut weak = Engine::new(p, ExactIndex::new(2));
         let mut good = Engine::new(p, ExactIndex::new(2));
-        for (id, deg) in [("a", 0.0), ("b", 2.0), ("c", 20.0), ("d", 22.0)] {
+        for (id, deg) in [("a", 0.0), ("b", 2.0), ("c", 30.0), ("d", 32.0)] {
             for e in [&mut weak, &mut good] {
                 e.insert_with(id, &v(deg), &meta(0.9)).unwrap();
             }
@@ -1436,10 +1436,10 @@ mod tests {
         assert_eq!(weak.n_clusters(), 2);
         // x sits between them, close to both: as a good face it merges them; as a weak one it
         // hangs on its best neighbour's cluster only.
-        let (_, ev) = good.insert_with("x", &v(11.0), &meta(0.9)).unwrap();
+        let (_, ev) = good.insert_with("x", &v(16.0), &meta(0.9)).unwrap();
         assert!(ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
         assert_eq!(good.n_clusters(), 1);
-        let (_, ev) = weak.insert_with("x", &v(12.0), &meta(0.2)).unwrap();
+        let (_, ev) = weak.insert_with("x", &v(17.0), &meta(0.2)).unwrap();
         assert!(!ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
         assert!(ev.iter().any(|e| matches!(
             e,
@@ -1451,11 +1451,11 @@ mod tests {
         )));
         assert_eq!(weak.n_clusters(), 2);
         assert_eq!(weak.n_weak(), 1);
-        // Its best neighbour is c (20 degrees, 8 away): x joins c's cluster.
+        // Its best neighbour is c (13 degrees away, b 15): x joins c's cluster.
         assert_eq!(weak.cluster_of(4), weak.cluster_of(2));
         // A second weak face right next to x does not link to it (weak to weak), but to its
         // first neighbour that is not weak.
-        weak.insert_with("y", &v(12.5), &meta(0.1)).unwrap();
+        weak.insert_with("y", &v(17.5), &meta(0.1)).unwrap();
         assert!(!weak.kept_edges().contains(&(4, 5)));
         assert_eq!(weak.n_clusters(), 2);
         assert_eq!(weak.cluster_of(5), weak.cluster_of(2));

@@ -62,10 +62,11 @@ pub enum Reason {
     ImageTooLarge,
     ImageUnusable,
     Duplicate,
+    BadQuality,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::UnknownFormat,
@@ -83,6 +84,7 @@ impl Reason {
         Reason::ImageTooLarge,
         Reason::ImageUnusable,
         Reason::Duplicate,
+        Reason::BadQuality,
     ];
 
     pub fn class(self) -> &'static str {
@@ -104,6 +106,7 @@ impl Reason {
             Reason::ImageTooLarge => "image_too_large",
             Reason::ImageUnusable => "image_unusable",
             Reason::Duplicate => "duplicate_in_batch",
+            Reason::BadQuality => "bad_quality",
         }
     }
 }
@@ -236,6 +239,14 @@ pub fn decode(
     if first == Some(b'{') {
         let env: Envelope = serde_json::from_slice(bytes)
             .map_err(|e| reject(Reason::BadJson, format!("JSON envelope: {e}")))?;
+        if let Some(q) = env.meta.quality {
+            if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+                return Err(reject(
+                    Reason::BadQuality,
+                    format!("quality {q} is not a score in [0, 1]"),
+                ));
+            }
+        }
         let face_id = env
             .face_id
             .filter(|s| !s.is_empty())
@@ -408,6 +419,21 @@ mod tests {
         assert_eq!(m.face_id, "f1");
         assert_eq!(m.meta, meta);
         assert_eq!(m.payload, Payload::Embedding(vec![0.1, 0.2, 0.3]));
+    }
+
+    #[test]
+    fn a_producers_quality_rides_with_the_face_and_is_checked() {
+        let meta = FaceMeta {
+            quality: Some(0.25),
+            ..Default::default()
+        };
+        let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
+        assert_eq!(dec(None, &[], &bytes).unwrap().meta.quality, Some(0.25));
+        for q in ["1.5", "-0.1", "1e40"] {
+            let bytes = format!(r#"{{"face_id":"f","quality":{q},"embedding":[0.1,0.2,0.3]}}"#);
+            let e = dec(None, &[], bytes.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reason::BadQuality, "{q}: {e}");
+        }
     }
 
     #[test]

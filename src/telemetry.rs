@@ -24,6 +24,10 @@ pub struct Metrics {
     pub proxies_refreshed: IntCounter,
     /// Image messages turned into identity vectors by this process's embedder.
     pub faces_embedded: IntCounter,
+    /// Faces assigned as weak (quality below `quality.min_score`): they never join clusters.
+    pub faces_low_quality: IntCounter,
+    /// Faces stored while a new state's calibration warm-up waits for its decision.
+    pub faces_waiting: IntCounter,
     /// Time to embed one batch's images (decode, chip, network), in seconds.
     pub embed_duration: Histogram,
     /// Messages rejected, by reason (each also goes to the dead-letter topic).
@@ -146,6 +150,14 @@ impl Metrics {
             faces_embedded: counter(
                 "faces_embedded_total",
                 "Image messages embedded into identity vectors by this process.",
+            ),
+            faces_low_quality: counter(
+                "faces_low_quality_total",
+                "Faces assigned below quality.min_score: held to one edge, never joining two clusters.",
+            ),
+            faces_waiting: counter(
+                "faces_calibration_waiting_total",
+                "Faces stored to wait for a new state's calibration decision (calibration.warmup); applied when it is made.",
             ),
             embed_duration: histogram(
                 "embed_batch_duration_seconds",

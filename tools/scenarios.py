@@ -449,9 +449,43 @@ class Prep:
 
 # ---------------------------------------------------------------- evaluation
 
+def quality_file(args, base):
+    """base.quality: each row's chip quality score (src/quality.rs), measured by the project's
+    own examples/quality_probe on the row's image (the same measure the daemon's embedder uses).
+    Written once from base.paths; None when the probe is not built (then no face is weak)."""
+    out = Path(str(base) + ".quality")
+    if out.exists():
+        return out
+    probe = REPO / "target" / "release" / "examples" / "quality_probe"
+    if not probe.exists():
+        print("  no %s (cargo build --release --example quality_probe): evaluating without "
+              "quality scores" % probe, file=sys.stderr)
+        return None
+    images = Path(args.lfw) / "images"
+    rows = []
+    for p in Path(str(base) + ".paths").read_text().splitlines():
+        q = Path(p)
+        rows.append(q if q.exists() else images / p)
+    listing = Path(str(base) + ".quality-list")
+    listing.write_text("".join("%s\n" % r for r in sorted(set(rows))))
+    res = subprocess.run([str(probe), str(listing)], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, RUST_LOG="error"))
+    if res.returncode != 0:
+        sys.exit("quality_probe failed: %s" % res.stderr[-2000:])
+    score = {}
+    for line in res.stdout.splitlines():
+        f = line.split("\t")
+        score[f[0]] = f[4]
+    out.write_text("".join("%s\n" % score.get(str(r), "-1") for r in rows))
+    return out
+
+
 def evaluate(args, base, algorithm, threshold=None, env_extra=None):
     cmd = ["nice", "-n", "10", args.bin, "eval", "--features", str(base) + ".bin",
            "--labels", str(base) + ".meta", "--order", "input", "--json", "--algorithm", algorithm]
+    q = quality_file(args, base)
+    if q is not None:
+        cmd += ["--quality", str(q)]
     if threshold is not None:
         cmd += ["--threshold", str(threshold)]
     env = dict(os.environ, RUST_LOG="error")

@@ -329,6 +329,21 @@ impl Daemon {
             self.summary.applied += result.applied as u64;
             self.summary.duplicates += result.duplicates as u64;
             self.metrics.faces_applied.inc_by(result.applied as u64);
+            self.metrics.faces_waiting.inc_by(result.waiting as u64);
+            let weak = result
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        crate::engine::Event::FaceAssigned {
+                            low_quality: true,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            self.metrics.faces_low_quality.inc_by(weak as u64);
             self.metrics
                 .proxies_refreshed
                 .inc_by(result.refreshed as u64);

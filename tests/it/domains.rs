@@ -161,7 +161,7 @@ fn check_domains(bootstrap: &str, state: &Path, faces: &BTreeMap<i32, Faces>) {
         want.insert(domain_name(*p), want_events);
     }
     let total: usize = want.values().map(BTreeMap::len).sum();
-    let records = read_topic(bootstrap, EVENTS, Duration::from_secs(60), |r| {
+    let records = read_topic(bootstrap, EVENTS, Duration::from_secs(120), |r| {
         events(r)
             .iter()
             .map(|e| e.0.clone())
