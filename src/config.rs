@@ -330,6 +330,13 @@ impl Config {
                 self.engine.k
             ));
         }
+        if self.engine.t2 == d.engine.t2 && d.engine.t2 != crate::synth::CALIBRATED_T2 {
+            self.engine.t2 = crate::synth::CALIBRATED_T2;
+            changed.push(format!(
+                "engine.t2 = {} (the generator's calibrated intimacy threshold)",
+                self.engine.t2
+            ));
+        }
         if self.proxy == d.proxy && self.proxy.mode != ProxyMode::Identity {
             self.proxy.mode = ProxyMode::Identity;
             changed.push(

@@ -66,6 +66,8 @@ const SHARED: f32 = 0.87;
 pub const CALIBRATED_T1: f32 = 0.93;
 /// The out-list length the synthetic benchmarks and quality tables were measured with.
 pub const CALIBRATED_K: usize = 10;
+/// The intimacy threshold they were measured with (none).
+pub const CALIBRATED_T2: f32 = 0.0;
 const IDENTITY: f32 = 0.06;
 const MODE: f32 = 0.03;
 const FACE: f32 = 0.04;
