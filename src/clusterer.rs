@@ -227,9 +227,6 @@ impl Clusterer {
     /// Opens the state at `cfg.store.path`, loading the index snapshot or rebuilding it.
     pub fn open(cfg: &Config) -> Result<Self, ClustererError> {
         let path = cfg.store.path.clone();
-        // The configured parts are read (and checked) even when the stream may not use them.
-        proxy_model(cfg)?;
-        edge_model(cfg)?;
         let store = Store::open(&path, &fingerprint(cfg), cfg.store.cache_bytes)?;
         let restored = store.load()?;
         let n = restored.faces.len() as u32;
@@ -255,8 +252,14 @@ impl Clusterer {
                 "calibration: a new state; its first faces wait until there are enough to tell whether the trained parts fit this stream"
             ),
         }
+        // Until a decision the engine is built with the configured parts, so their files are
+        // read and checked at start-up either way; a stream decision reads them here too.
         let provisional = crate::calibrate::Decision::Trained { seen: None };
         let (params, proxy, scorer) = stages_for(cfg, decision.as_ref().unwrap_or(&provisional))?;
+        if matches!(decision, Some(crate::calibrate::Decision::Stream { .. })) {
+            proxy_model(cfg)?;
+            edge_model(cfg)?;
+        }
         let index_dir = path.join("index");
         let hnsw = cfg.hnsw_params();
         let snapshot_every = cfg.index.snapshot_every_faces;

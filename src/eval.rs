@@ -119,6 +119,17 @@ pub enum EvalError {
     },
     #[error("--k {0} must be in 1..=256")]
     K(usize),
+    #[error("calibration: {0}")]
+    Calibration(#[from] crate::calibrate::ReferenceError),
+}
+
+/// The order in which `n` rows arrive: as in the file, or a seeded permutation.
+fn stream_order(n: usize, order: Order, seed: u64) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..n).collect();
+    if order == Order::Shuffled {
+        o.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+    o
 }
 
 /// Clusters `features` with the chosen algorithm and scores the result against `labels`.
@@ -156,14 +167,7 @@ pub fn run(
         }
     }
     let n = features.n();
-    let order: Vec<usize> = match s.order {
-        Order::Input => (0..n).collect(),
-        Order::Shuffled => {
-            let mut o: Vec<usize> = (0..n).collect();
-            o.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(s.seed));
-            o
-        }
-    };
+    let order = stream_order(n, s.order, s.seed);
     let d = features.dim;
     let mut data = Vec::with_capacity(n * d);
     for &i in &order {
@@ -197,9 +201,7 @@ pub fn run(
             h.capacity_hint = n;
             if s.algorithm == Algorithm::Stream {
                 // As the daemon: the first `warmup` faces decide the space (src/calibrate.rs).
-                let c = cfg
-                    .calibration_params()
-                    .map_err(|e| EvalError::Proxy(e.to_string()))?;
+                let c = cfg.calibration_params()?;
                 let decision = if c.needs_warmup() {
                     let w = c.warmup.min(n);
                     c.decide(&crate::calibrate::profile(&feats.data[..w * d], d))
@@ -348,14 +350,7 @@ pub fn calibrate(
     c.proxy.mode = crate::config::ProxyMode::Identity;
     c.calibration.mode = crate::calibrate::CalibrationMode::Trained;
     let n = features.n();
-    let shuffled: Vec<usize> = match order {
-        Order::Input => (0..n).collect(),
-        Order::Shuffled => {
-            let mut o: Vec<usize> = (0..n).collect();
-            o.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-            o
-        }
-    };
+    let shuffled = stream_order(n, order, seed);
     let d = features.dim;
     let w = cfg.calibration.warmup.min(n);
     let first: Vec<f32> = shuffled[..w]

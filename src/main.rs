@@ -25,6 +25,30 @@ struct Cli {
     command: Command,
 }
 
+/// Labelled learn-to-cluster files, as `train` and `calibrate` read them.
+#[derive(clap::Args)]
+struct LabeledFeatures {
+    /// Raw little-endian f32 rows.
+    #[arg(long)]
+    features: PathBuf,
+    /// One integer label per line, line i = row i.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Row width of --features (default: model.dim).
+    #[arg(long)]
+    dim: Option<usize>,
+}
+
+impl LabeledFeatures {
+    /// The rows (normalized) and labels, checked to describe the same faces.
+    fn read(&self, default_dim: usize) -> anyhow::Result<(Features, Vec<i64>)> {
+        let feats = read_features(&self.features, self.dim.unwrap_or(default_dim))?;
+        let labs = read_labels(&self.labels)?;
+        check_counts(&feats, &labs, &self.features, &self.labels)?;
+        Ok((feats, labs))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The daemon: consume faces from Kafka, cluster them durably, emit events. Stops cleanly on
@@ -183,14 +207,9 @@ enum Command {
     /// head (a pair classifier trained with candle-nn; --edge-out, for edge.weights_path), each as
     /// safetensors. Seeded and deterministic: the same input and seed give the same files.
     Train {
-        /// learn-to-cluster features of the training identities (e.g. `embed --people peopleDevTrain.txt`).
-        #[arg(long)]
-        features: PathBuf,
-        #[arg(long)]
-        labels: PathBuf,
-        /// Row width of --features (default: model.dim).
-        #[arg(long)]
-        dim: Option<usize>,
+        /// The training identities' features and labels (e.g. `embed --people peopleDevTrain.txt`).
+        #[command(flatten)]
+        input: LabeledFeatures,
         /// Directions to keep.
         #[arg(long, default_value_t = 16)]
         directions: usize,
@@ -260,13 +279,8 @@ enum Command {
     /// the cosine threshold with the best BCubed F on the sample and the space's profile, written
     /// as a configuration file to give with --config.
     Calibrate {
-        #[arg(long)]
-        features: PathBuf,
-        #[arg(long)]
-        labels: PathBuf,
-        /// Row width of --features (default: model.dim).
-        #[arg(long)]
-        dim: Option<usize>,
+        #[command(flatten)]
+        input: LabeledFeatures,
         /// Where the configuration fragment goes.
         #[arg(long)]
         out: PathBuf,
@@ -702,9 +716,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train {
-            features,
-            labels,
-            dim,
+            input,
             directions,
             people,
             out,
@@ -729,9 +741,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--mapper-out needs --clip-features (CLIP image embeddings of the same faces)"
             );
             let cfg = Config::load(cli.config.as_deref())?;
-            let feats = read_features(&features, dim.unwrap_or(cfg.model.dim))?;
-            let labs = read_labels(&labels)?;
-            check_counts(&feats, &labs, &features, &labels)?;
+            let (feats, labs) = input.read(cfg.model.dim)?;
+            let LabeledFeatures {
+                features, labels, ..
+            } = input;
             let clip_rows = match &clip_features {
                 Some(path) => {
                     let c = read_features(path, clip_dim)?;
@@ -969,24 +982,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Calibrate {
-            features,
-            labels,
-            dim,
+            input,
             out,
             reference_out,
             order,
             seed,
         } => {
-            let env: Vec<(String, String)> = std::env::vars()
-                .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
-                .collect();
-            let base = Config::load_from(cli.config.as_deref(), &env)?;
-            let d = dim.unwrap_or(base.model.dim);
-            let feats = read_features(&features, d)?;
-            let labs = read_labels(&labels)?;
-            check_counts(&feats, &labs, &features, &labels)?;
-            let mut cfg = base;
-            cfg.model.dim = d;
+            let mut cfg = Config::load(cli.config.as_deref())?;
+            let (feats, labs) = input.read(cfg.model.dim)?;
+            let features = input.features;
+            cfg.model.dim = feats.dim;
             let fit = clip_cluster::eval::calibrate(&cfg, &feats, &labs, order, seed, &|t1, f| {
                 eprintln!("  t1 {t1:.4}: BCubed F {f:.4}");
             })?;
