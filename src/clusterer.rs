@@ -80,6 +80,12 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
     // States written before weak faces existed keep their fingerprint.
     if cfg.quality.min_score > 0.0 {
         graph.push_str(&format!(" min_quality={}", cfg.quality.min_score));
+        if cfg.quality.weak_margin < 1.0 {
+            graph.push_str(&format!(" weak_margin={}", cfg.quality.weak_margin));
+        }
+    }
+    if e.support > 0.0 {
+        graph.push_str(&format!(" support={}", e.support));
     }
     if c.mode != crate::calibrate::CalibrationMode::Trained {
         graph.push_str(&format!(

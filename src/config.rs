@@ -148,6 +148,7 @@ pub struct EngineConfig {
     pub search_k: usize,
     pub t1: f32,
     pub t2: f32,
+    pub support: f32,
 }
 
 /// `[calibration]`: whether the trained parts fit the stream's space (see `calibrate`).
@@ -167,6 +168,7 @@ pub struct CalibrationConfig {
 #[serde(deny_unknown_fields)]
 pub struct QualityConfig {
     pub min_score: f32,
+    pub weak_margin: f32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -603,6 +605,21 @@ impl Config {
         if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
             return Err(bad("quality.min_score", q, "must be in [0, 1]"));
         }
+        let w = self.quality.weak_margin;
+        if !(w.is_finite() && (0.0..=1.0).contains(&w)) {
+            return Err(bad(
+                "quality.weak_margin",
+                w,
+                "must be in [0, 1]; 1 = a weak face keeps only its one edge",
+            ));
+        }
+        if !(e.support.is_finite() && (0.0..=1.0).contains(&e.support)) {
+            return Err(bad(
+                "engine.support",
+                e.support,
+                "must be in [0, 1]; 0 = connected components",
+            ));
+        }
         if !(e.t2.is_finite() && (0.0..1.0).contains(&e.t2)) {
             return Err(bad(
                 "engine.t2",
@@ -802,6 +819,8 @@ impl Config {
             t1: self.engine.t1,
             t2: self.engine.t2,
             min_quality: self.quality.min_score,
+            weak_margin: self.quality.weak_margin,
+            support: self.engine.support,
             refresh: match self.proxy.mode {
                 ProxyMode::Identity => 0,
                 ProxyMode::Neighbor => self.proxy.refresh_per_insert,

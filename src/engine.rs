@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::index::{dot, rank, Neighbor, NeighborIndex};
 
 mod refresh;
+mod support;
 
 /// Graph rules of the engine. Validated by the configuration layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +50,14 @@ pub struct EngineParams {
     /// best edge to a face that is not weak and links nothing else, so it never joins two
     /// clusters. 0 = no face is weak.
     pub min_quality: f32,
+    /// Weak faces' edges beyond that one are kept only when their score is above
+    /// `t1 + weak_margin * (1 - t1)` (near-certain links); 1 = never.
+    pub weak_margin: f32,
+    /// Cluster-level linkage: kept edges in descending score join two clusters only when the
+    /// kept edges between them number at least `max(1, ceil(support * min(|A|, |B|)))`, so one
+    /// false edge cannot merge two grown clusters. 0 = clusters are the connected components of
+    /// the kept edges.
+    pub support: f32,
 }
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
@@ -145,7 +154,8 @@ pub enum Event {
         ts: Option<i64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quality: Option<f32>,
-        /// The face is below `quality.min_score`: assigned by one edge, never joining clusters.
+        /// The face is below `quality.min_score`: assigned by one edge, joining clusters only
+        /// by near-certain edges (`quality.weak_margin`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         low_quality: bool,
     },
@@ -155,7 +165,8 @@ pub enum Event {
     ClustersMerged { into: u64, from: u64, n_faces: u64 },
     /// `n_faces` faces left `from` for the new cluster `into`; FaceMoved events name them.
     ClusterSplit { from: u64, into: u64, n_faces: u64 },
-    /// An existing face changed cluster because of a split.
+    /// An existing face changed cluster: it left in a split, or, with cluster-level linkage
+    /// (`engine.support`), the recomputed grouping put it with another cluster.
     FaceMoved { face_id: String, from: u64, to: u64 },
 }
 
@@ -588,6 +599,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             .collect()
     }
 
+    /// The out-list of a face as (neighbour seq, score, kept), in rank order.
+    pub fn out_edges(&self, seq: u32) -> Vec<(u32, f32, bool)> {
+        self.faces[seq as usize]
+            .out
+            .iter()
+            .map(|e| (e.to, e.score, e.kept))
+            .collect()
+    }
+
+    /// Whether a face is weak (quality below `min_quality`).
+    pub fn is_weak(&self, seq: u32) -> bool {
+        self.faces[seq as usize].weak
+    }
+
     /// The kept undirected edges, each once as (smaller seq, larger seq), sorted.
     pub fn kept_edges(&self) -> Vec<(u32, u32)> {
         let mut v: Vec<(u32, u32)> = self
@@ -817,7 +842,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut sources_after = sources.clone();
         sources_after.push(seq);
         let mut events = Vec::new();
-        self.apply_kept_diff(&before, &sources_after, seq, &mut events);
+        self.apply_kept_diff(&before, &sources_after, None, seq, &mut events);
 
         let comp = self.faces[seq as usize].comp;
         if self.comps[comp as usize].cluster_id == PENDING {
@@ -900,17 +925,21 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     ///   QUALITY.)
     fn refresh_kept(&mut self, s: u32) {
         let t2 = self.params.t2;
+        let sure = self.weak_threshold();
         let n_out = self.faces[s as usize].out.len();
         let weak_s = self.faces[s as usize].weak;
         let mut anchored = false;
         for idx in 0..n_out {
             let j = self.faces[s as usize].out[idx].to;
             let fj = &self.faces[j as usize];
-            if fj.weak || (weak_s && anchored) {
+            let certain = self.faces[s as usize].out[idx].score > sure;
+            if !certain && (fj.weak || (weak_s && anchored)) {
                 self.faces[s as usize].out[idx].kept = false;
                 continue;
             }
-            anchored = true;
+            if !fj.weak {
+                anchored = true;
+            }
             if t2 <= 0.0 {
                 self.faces[s as usize].out[idx].kept = true;
                 continue;
@@ -928,6 +957,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let c = common as f32;
             let kept = (c / deg_s).max(c / deg_j) > t2;
             self.faces[s as usize].out[idx].kept = kept;
+        }
+    }
+
+    /// The score above which an edge touching a weak face is kept like any other.
+    fn weak_threshold(&self) -> f32 {
+        let p = &self.params;
+        if p.weak_margin >= 1.0 {
+            f32::INFINITY
+        } else {
+            p.t1 + p.weak_margin * (1.0 - p.t1)
         }
     }
 
@@ -987,7 +1026,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     /// After the out-lists of `sources_after` (sorted; every face whose out-list or kept flags
-    /// changed) were rewritten: the undirected edges that appeared or vanished since `before`
+    /// changed) were rewritten (and, for a refresh, `rescored`'s edges all rescored): the undirected edges that appeared or vanished since `before`
     /// (from `kept_pairs` over the same faces before the change) are applied to the components,
     /// additions first, then removals, a face that bridges two parts being linked before the
     /// eviction that would otherwise split and re-merge them.
@@ -995,6 +1034,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         &mut self,
         before: &HashMap<(u32, u32), bool>,
         sources_after: &[u32],
+        rescored: Option<u32>,
         cause: u32,
         events: &mut Vec<Event>,
     ) {
@@ -1034,6 +1074,22 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         added.sort_unstable();
         removed.sort_unstable();
+        if self.params.support > 0.0 {
+            // The rule also reads scores: a face whose edges were rescored is a seed too.
+            let mut seeds: Vec<u32> = added
+                .iter()
+                .chain(&removed)
+                .flat_map(|&(a, b)| [a, b])
+                .chain(rescored)
+                .collect();
+            if seeds.is_empty() {
+                return;
+            }
+            seeds.sort_unstable();
+            seeds.dedup();
+            self.regroup(&seeds, cause, events);
+            return;
+        }
         self.visible = removed.clone();
         for &(a, b) in &added {
             self.union(a, b, cause, events);
@@ -1252,8 +1308,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 }
 
 /// The same graph rules computed at once over a finished set of proxies: out-lists from the index
-/// (the face itself excluded), intimacy over the whole graph, connected components by union-find.
-/// `weak[i]` marks the weak faces (see `EngineParams::min_quality`; empty = none).
+/// (the face itself excluded), intimacy over the whole graph, then the cluster rule over the kept
+/// edges (`support::partition`: connected components, or cluster-level linkage). `weak[i]` marks the weak faces (see `EngineParams::min_quality`; empty = none).
 /// Returns one component label per face (labels are the smallest member's sequence).
 pub fn batch<I: NeighborIndex>(
     params: &EngineParams,
@@ -1292,21 +1348,22 @@ pub fn batch<I: NeighborIndex>(
             inn[e.to as usize].push(i as u32);
         }
     }
-    let mut parent: Vec<u32> = (0..n as u32).collect();
-    fn find(p: &mut [u32], mut x: u32) -> u32 {
-        while p[x as usize] != x {
-            p[x as usize] = p[p[x as usize] as usize];
-            x = p[x as usize];
-        }
-        x
-    }
+    let sure = if params.weak_margin >= 1.0 {
+        f32::INFINITY
+    } else {
+        params.t1 + params.weak_margin * (1.0 - params.t1)
+    };
+    let mut kept: Vec<(u32, u32, f32)> = Vec::new();
     for i in 0..n {
         let mut anchored = false;
         for e in &out[i] {
-            if is_weak(e.to as usize) || (is_weak(i) && anchored) {
+            let certain = e.score > sure;
+            if !certain && (is_weak(e.to as usize) || (is_weak(i) && anchored)) {
                 continue;
             }
-            anchored = true;
+            if !is_weak(e.to as usize) {
+                anchored = true;
+            }
             let keep = if params.t2 > 0.0 {
                 let j = e.to as usize;
                 let common = 2 + out[i]
@@ -1319,15 +1376,12 @@ pub fn batch<I: NeighborIndex>(
                 true
             };
             if keep {
-                let (ra, rb) = (find(&mut parent, i as u32), find(&mut parent, e.to));
-                if ra != rb {
-                    let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-                    parent[hi as usize] = lo;
-                }
+                let (a, b) = pair(i as u32, e.to);
+                kept.push((a, b, e.score));
             }
         }
     }
-    (0..n as u32).map(|i| find(&mut parent, i)).collect()
+    support::partition(n, kept, params.support)
 }
 
 #[cfg(test)]
@@ -1345,6 +1399,8 @@ mod tests {
             refresh: 0,
             refresh_min_change: 0.0,
             min_quality: 0.0,
+            weak_margin: 1.0,
+            support: 0.0,
         }
     }
 

@@ -75,6 +75,8 @@ pub struct EvalSettings {
     /// Per face (row i = row i of the features), its quality score (negative = unknown); faces
     /// below `quality.min_score` are weak.
     pub quality: Option<Vec<f32>>,
+    /// Where the stream writes its final graph (`eval --graph-out`), if anywhere.
+    pub graph_out: Option<std::path::PathBuf>,
 }
 
 /// The one JSON object `eval --json` prints.
@@ -119,8 +121,32 @@ pub enum EvalError {
     },
     #[error("--k {0} must be in 1..=256")]
     K(usize),
+    #[error("cannot write the graph to {path}: {source}")]
+    GraphOut {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("calibration: {0}")]
     Calibration(#[from] crate::calibrate::ReferenceError),
+}
+
+/// `eval --graph-out`: one line per face in stream order, `<row> <label> <weak> <to>:<score>:<kept>...`.
+fn write_graph<I: NeighborIndex, P: crate::engine::ProxyGenerator, S: crate::engine::EdgeScorer>(
+    e: &Engine<I, P, S>,
+    labels: &[i64],
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (seq, label) in labels.iter().enumerate().take(e.n_faces()) {
+        let seq = seq as u32;
+        write!(w, "{seq} {label} {}", u8::from(e.is_weak(seq)))?;
+        for (to, score, kept) in e.out_edges(seq) {
+            write!(w, " {to}:{score}:{}", u8::from(kept))?;
+        }
+        writeln!(w)?;
+    }
+    w.flush()
 }
 
 /// The order in which `n` rows arrive: as in the file, or a seeded permutation.
@@ -232,6 +258,12 @@ pub fn run(
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
                     }
+                }
+                if let Some(path) = &s.graph_out {
+                    write_graph(&e, &labels, path).map_err(|source| EvalError::GraphOut {
+                        path: path.clone(),
+                        source,
+                    })?;
                 }
                 e.assignments().into_iter().map(Some).collect()
             } else {
@@ -373,6 +405,7 @@ pub fn calibrate(
             seed,
             variants: None,
             quality: None,
+            graph_out: None,
         };
         let r = run(&c, features, labels, s, &|_, _| {})?;
         progress(t1, r.bcubed.f);

@@ -151,9 +151,14 @@ enum Command {
         variants: usize,
         /// Each face's quality score, one number per line, line i = row i of --features
         /// (`embed --quality-out` writes it; -1 = unknown); faces below quality.min_score are
-        /// weak (assigned, never joining clusters).
+        /// weak (assigned by one edge; other links only when near-certain).
         #[arg(long, requires = "features", conflicts_with = "people")]
         quality: Option<PathBuf>,
+        /// With `--algorithm stream`: write the final graph, one line per face in stream order:
+        /// `<row> <label> <weak 0|1> <to>:<score>:<kept 0|1> ...` (out-list in rank order), for
+        /// studying cluster rules offline.
+        #[arg(long)]
+        graph_out: Option<PathBuf>,
         /// Print exactly one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -499,6 +504,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             hallucinated,
             variants,
             quality,
+            graph_out,
         } => {
             let mut env: Vec<(String, String)> = std::env::vars()
                 .filter(|(k, _)| k.starts_with(clip_cluster::config::ENV_PREFIX))
@@ -572,6 +578,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 variants: variant_rows,
                 quality: quality_rows,
+                graph_out,
             };
             let report = clip_cluster::eval::run(&cfg, &feats, &labs, settings, &|i, n| {
                 if !json || i == n {

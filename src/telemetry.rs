@@ -153,7 +153,7 @@ impl Metrics {
             ),
             faces_low_quality: counter(
                 "faces_low_quality_total",
-                "Faces assigned below quality.min_score: held to one edge, never joining two clusters.",
+                "Faces assigned below quality.min_score: held to one edge, other links only when near-certain (quality.weak_margin).",
             ),
             faces_waiting: counter(
                 "faces_calibration_waiting_total",

@@ -148,7 +148,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 self.refresh_kept(s);
             }
         }
-        self.apply_kept_diff(&before, &sources, cause, events);
+        self.apply_kept_diff(&before, &sources, Some(j), cause, events);
         if self.track {
             let v = self.proxy(j).to_vec();
             match self.changes.refreshed.iter_mut().find(|(s, _)| *s == j) {
@@ -194,6 +194,8 @@ mod tests {
             refresh,
             refresh_min_change: 1e-4,
             min_quality: 0.0,
+            weak_margin: 1.0,
+            support: 0.0,
         }
     }
 

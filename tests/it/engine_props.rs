@@ -59,6 +59,8 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
         refresh: 0,
         refresh_min_change: 0.0,
         min_quality: 0.0,
+        weak_margin: 1.0,
+        support: 0.0,
     }
 }
 
@@ -269,4 +271,195 @@ fn refresh_relinks_faces_on_clustered_data() {
         e.insert(&format!("f{i}"), v).unwrap();
     }
     assert!(e.n_refreshed() > 30, "{} re-links", e.n_refreshed());
+}
+
+/// The kept undirected edges with their scores (the higher of the two directions).
+fn kept_scored<I, P, S>(e: &Engine<I, P, S>) -> Vec<(u32, u32, f32)>
+where
+    I: clip_cluster::index::NeighborIndex,
+    P: clip_cluster::engine::ProxyGenerator,
+    S: clip_cluster::engine::EdgeScorer,
+{
+    let mut m = std::collections::BTreeMap::<(u32, u32), f32>::new();
+    for s in 0..e.n_faces() as u32 {
+        for (to, score, kept) in e.out_edges(s) {
+            if kept {
+                let k = (s.min(to), s.max(to));
+                let v = m.entry(k).or_insert(f32::NEG_INFINITY);
+                *v = v.max(score);
+            }
+        }
+    }
+    m.into_iter().map(|((a, b), s)| (a, b, s)).collect()
+}
+
+/// Cluster-level linkage written plainly (quadratic): kept edges in descending score (ties by
+/// pair); an edge between two clusters merges them when the kept edges between the two number at
+/// least max(1, ceil(support * smaller size)).
+fn support_oracle(n: usize, edges: &[(u32, u32, f32)], support: f32) -> Vec<Vec<u32>> {
+    let mut lab: Vec<usize> = (0..n).collect();
+    let mut order = edges.to_vec();
+    order.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+    for &(a, b, _) in &order {
+        let (la, lb) = (lab[a as usize], lab[b as usize]);
+        if la == lb {
+            continue;
+        }
+        let size = |l: usize| lab.iter().filter(|&&x| x == l).count();
+        let links = edges
+            .iter()
+            .filter(|&&(x, y, _)| {
+                let (lx, ly) = (lab[x as usize], lab[y as usize]);
+                (lx == la && ly == lb) || (lx == lb && ly == la)
+            })
+            .count() as u32;
+        let need = ((support * size(la).min(size(lb)) as f32).ceil() as u32).max(1);
+        if links >= need {
+            for l in lab.iter_mut() {
+                if *l == lb {
+                    *l = la;
+                }
+            }
+        }
+    }
+    partition(&lab)
+}
+
+/// Replays the engine's events into a face -> cluster map.
+fn replay(
+    map: &mut std::collections::HashMap<String, u64>,
+    events: &[clip_cluster::engine::Event],
+) {
+    use clip_cluster::engine::Event;
+    for ev in events {
+        match ev {
+            Event::FaceAssigned {
+                face_id,
+                cluster_id,
+                ..
+            } => {
+                map.insert(face_id.clone(), *cluster_id);
+            }
+            Event::ClustersMerged { into, from, .. } => {
+                for c in map.values_mut() {
+                    if c == from {
+                        *c = *into;
+                    }
+                }
+            }
+            Event::FaceMoved { face_id, to, .. } => {
+                map.insert(face_id.clone(), *to);
+            }
+            Event::ClusterCreated { .. } | Event::ClusterSplit { .. } => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// With cluster-level linkage, after every insertion the clusters are exactly the rule's
+    /// partition of the kept edges, the cluster count is right, and the events replayed give
+    /// every face's cluster id.
+    #[test]
+    fn support_clusters_follow_the_rule_and_the_events(
+        seed in 0u64..10_000, n in 2usize..80, k in 1usize..6,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3]),
+        support in prop::sample::select(vec![0.2f32, 0.5, 1.0]),
+        centers in 1usize..6, weak_every in prop::sample::select(vec![0usize, 3]),
+        refresh in prop::sample::select(vec![0usize, 3]),
+    ) {
+        let dim = 4;
+        let mut p = params(dim, k, t1, t2, 8);
+        p.support = support;
+        p.min_quality = 0.5;
+        p.weak_margin = 0.5;
+        p.refresh = refresh;
+        let mut e = Engine::with_stages(p, ExactIndex::new(dim), moving_proxy(), clip_cluster::engine::CosineScorer);
+        let mut map = std::collections::HashMap::new();
+        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+            let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            replay(&mut map, &events);
+            let m = e.n_faces();
+            let want = support_oracle(m, &kept_scored(&e), support);
+            prop_assert_eq!(partition(&e.assignments()), want.clone());
+            prop_assert_eq!(e.n_clusters(), want.len());
+            let ids = e.assignments();
+            for (s, id) in ids.iter().enumerate() {
+                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
+            }
+        }
+    }
+
+    /// With cluster-level linkage and near-certain weak links, the stream still equals the batch
+    /// computation over an exact index.
+    #[test]
+    fn support_stream_equals_batch(
+        seed in 0u64..10_000, n in 2usize..120, k in 1usize..8,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.4]),
+        support in prop::sample::select(vec![0.3f32, 0.7]),
+        centers in 1usize..10, weak_every in prop::sample::select(vec![0usize, 2, 4]),
+    ) {
+        let dim = 5;
+        let mut p = params(dim, k, t1, t2, 1000);
+        p.min_quality = 0.5;
+        p.weak_margin = 0.6;
+        p.support = support;
+        let vs = data(seed, n, dim, centers, 0.5);
+        let mut e = Engine::new(p, ExactIndex::new(dim));
+        let mut idx = ExactIndex::new(dim);
+        let mut proxies = Vec::new();
+        let weak: Vec<bool> = (0..n).map(|i| quality_meta(i, weak_every).quality == Some(0.1)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            let pv = e.proxy(i as u32).to_vec();
+            clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
+            proxies.extend_from_slice(&pv);
+        }
+        let b = batch(&p, &proxies, &idx, &weak);
+        prop_assert_eq!(partition(&e.assignments()), partition(&b));
+        // A kept edge that touches a weak face is the weak face's one anchor or near-certain.
+        let sure = t1 + 0.6 * (1.0 - t1);
+        for (a, b, s) in kept_scored(&e) {
+            if weak[a as usize] && weak[b as usize] {
+                prop_assert!(s > sure, "weak pair {}-{} kept at {}", a, b, s);
+            }
+        }
+    }
+}
+
+/// One false edge does not merge two grown clusters under cluster-level linkage; with connected
+/// components the same insert merges everything.
+#[test]
+fn a_single_bridge_does_not_merge_two_clusters() {
+    use clip_cluster::engine::Event;
+    let unit = |v: [f32; 3]| {
+        let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
+        vec![v[0] / n, v[1] / n, v[2] / n]
+    };
+    let run = |support: f32| {
+        let mut p = params(3, 2, 0.6, 0.0, 1000);
+        p.support = support;
+        let mut e = Engine::new(p, ExactIndex::new(3));
+        // Two tight groups of four, orthogonal to each other (cos ~0: no edge between them).
+        for i in 0..4 {
+            let d = 0.01 * i as f32;
+            e.insert(&format!("a{i}"), &unit([1.0, d, 0.0])).unwrap();
+            e.insert(&format!("b{i}"), &unit([0.0, d, 1.0])).unwrap();
+        }
+        assert_eq!(e.n_clusters(), 2);
+        // Halfway between: cos 0.707 to a0 and to b0, one kept edge to each group.
+        let (_, ev) = e.insert("bridge", &unit([1.0, 0.0, 1.0])).unwrap();
+        (e, ev)
+    };
+    let (e, ev) = run(0.5);
+    let (a, b, bridge) = (e.cluster_of(0), e.cluster_of(1), e.cluster_of(8));
+    assert_ne!(a, b, "one bridge face merged two clusters of four: {ev:?}");
+    assert!(!ev.iter().any(|x| matches!(x, Event::ClustersMerged { .. })));
+    // A single face joins a cluster by one edge.
+    assert!(bridge == a || bridge == b);
+    assert_eq!(e.n_clusters(), 2);
+    let (e, ev) = run(0.0);
+    assert_eq!(e.n_clusters(), 1);
+    assert!(ev.iter().any(|x| matches!(x, Event::ClustersMerged { .. })));
 }

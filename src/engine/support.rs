@@ -1,0 +1,324 @@
+//! The cluster rule over the kept edges. With `EngineParams::support = 0` clusters are the
+//! connected components (single linkage), kept up to date edge by edge by `union` and `cut`. With
+//! `support > 0` (cluster-level linkage) one false edge is not enough to merge two grown clusters:
+//! the kept edges are taken in descending score (ties by pair), and an edge between two different
+//! clusters A and B merges them only when the kept edges between A and B number at least
+//! `max(1, ceil(support * min(|A|, |B|)))`. A face joins a cluster by one edge; two clusters of 10
+//! need 3 edges between them at 0.3. The result is a function of the kept graph alone, and of each
+//! connected component of it separately, so the stream recomputes it over the components an
+//! insertion touched (`regroup`) and equals the batch computation over the whole graph.
+//!
+//! Ids stay stable across a recomputation: an old cluster's heir is the new part holding most of
+//! its faces (ties: the part holding its oldest face); a part keeps the oldest id among the clusters
+//! it is heir to (the others merged into it), a part heir to none gets a new id (a split; or, for
+//! a new face alone, the id `insert` creates).
+
+use std::collections::HashMap;
+
+use super::{CompRecord, EdgeScorer, Engine, Event, ProxyGenerator, PENDING};
+use crate::index::NeighborIndex;
+
+/// Cluster label of each of `n` nodes (the smallest node of its cluster) for the undirected kept
+/// `edges` (a < b, any order, duplicates allowed: the highest score counts).
+pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32) -> Vec<u32> {
+    edges.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)).then(y.2.total_cmp(&x.2)));
+    edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    fn find(p: &mut [u32], mut x: u32) -> u32 {
+        while p[x as usize] != x {
+            p[x as usize] = p[p[x as usize] as usize];
+            x = p[x as usize];
+        }
+        x
+    }
+    if support <= 0.0 {
+        for &(a, b, _) in &edges {
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            if ra != rb {
+                parent[ra.max(rb) as usize] = ra.min(rb);
+            }
+        }
+    } else {
+        let mut size = vec![1u32; n];
+        // Kept edges between clusters, by cluster root; merged small into large.
+        let mut between: Vec<HashMap<u32, u32>> = vec![HashMap::new(); n];
+        for &(a, b, _) in &edges {
+            *between[a as usize].entry(b).or_default() += 1;
+            *between[b as usize].entry(a).or_default() += 1;
+        }
+        edges.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+        for &(a, b, _) in &edges {
+            let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+            if ra == rb {
+                continue;
+            }
+            let links = between[ra as usize].get(&rb).copied().unwrap_or(0);
+            let smaller = size[ra as usize].min(size[rb as usize]) as f32;
+            let need = ((support * smaller).ceil() as u32).max(1);
+            if links < need {
+                continue;
+            }
+            // Keep the root with the larger map; fold the other's counts into it.
+            let (keep, gone) = if between[ra as usize].len() >= between[rb as usize].len() {
+                (ra, rb)
+            } else {
+                (rb, ra)
+            };
+            parent[gone as usize] = keep;
+            size[keep as usize] += size[gone as usize];
+            let moved = std::mem::take(&mut between[gone as usize]);
+            for (c, m) in moved {
+                if c == keep {
+                    continue;
+                }
+                *between[keep as usize].entry(c).or_default() += m;
+                let other = &mut between[c as usize];
+                other.remove(&gone);
+                *other.entry(keep).or_default() += m;
+            }
+            between[keep as usize].remove(&gone);
+        }
+    }
+    // Label = smallest member.
+    let roots: Vec<u32> = (0..n as u32).map(|i| find(&mut parent, i)).collect();
+    let mut smallest: HashMap<u32, u32> = HashMap::new();
+    for (i, &r) in roots.iter().enumerate() {
+        smallest.entry(r).or_insert(i as u32);
+    }
+    roots.iter().map(|r| smallest[r]).collect()
+}
+
+impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
+    /// Cluster-level linkage after the kept edges around `seeds` changed: recomputes the rule over
+    /// the connected components of the kept graph holding the seeds and applies the new partition
+    /// with stable ids, emitting merges, splits and moves.
+    pub(super) fn regroup(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) {
+        // The region: every face connected to a seed by kept edges. Each old cluster that has a
+        // face in it lies wholly inside (its faces were connected, and every edge that vanished
+        // has both ends among the seeds).
+        let (stamp, _) = self.next_stamps();
+        let mut region: Vec<u32> = Vec::new();
+        for &s in seeds {
+            if self.mark[s as usize] != stamp {
+                self.mark[s as usize] = stamp;
+                region.push(s);
+            }
+        }
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < region.len() {
+            let x = region[i];
+            i += 1;
+            self.adjacent(x, &mut buf);
+            for &y in &buf {
+                if self.mark[y as usize] != stamp {
+                    self.mark[y as usize] = stamp;
+                    region.push(y);
+                }
+            }
+        }
+        region.sort_unstable();
+        let local = |x: u32| {
+            region
+                .binary_search(&x)
+                .expect("kept neighbour in the region") as u32
+        };
+        let mut edges: Vec<(u32, u32, f32)> = Vec::new();
+        for (li, &x) in region.iter().enumerate() {
+            for e in &self.faces[x as usize].out {
+                if e.kept {
+                    let lj = local(e.to);
+                    let (a, b) = if (li as u32) < lj {
+                        (li as u32, lj)
+                    } else {
+                        (lj, li as u32)
+                    };
+                    edges.push((a, b, e.score));
+                }
+            }
+        }
+        let part = partition(region.len(), edges, self.params.support);
+
+        // Parts in order of their oldest face (labels are smallest members, region is sorted).
+        let mut part_index: HashMap<u32, usize> = HashMap::new();
+        let mut parts: Vec<Vec<u32>> = Vec::new();
+        for (li, &x) in region.iter().enumerate() {
+            let p = *part_index.entry(part[li]).or_insert_with(|| {
+                parts.push(Vec::new());
+                parts.len() - 1
+            });
+            parts[p].push(x);
+        }
+        // Old labels (PENDING = the new face's own label) and each one's heir part.
+        // label -> (part -> (count, oldest face))
+        let mut spread: HashMap<u32, HashMap<usize, (u32, u32)>> = HashMap::new();
+        for (pi, faces) in parts.iter().enumerate() {
+            for &x in faces {
+                let l = self.faces[x as usize].comp;
+                let ent = spread.entry(l).or_default().entry(pi).or_insert((0, x));
+                ent.0 += 1;
+                ent.1 = ent.1.min(x);
+            }
+        }
+        let mut heir: HashMap<u32, usize> = HashMap::new();
+        for (&l, by_part) in &spread {
+            if self.comps[l as usize].cluster_id == PENDING {
+                continue;
+            }
+            let best = by_part
+                .iter()
+                .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1)))
+                .map(|(&p, _)| p)
+                .expect("a label present in the region");
+            debug_assert_eq!(
+                by_part.values().map(|v| v.0).sum::<u32>(),
+                self.comps[l as usize].size,
+                "old cluster {l} wholly inside the region"
+            );
+            heir.insert(l, best);
+        }
+        let mut heirs_of: Vec<Vec<u32>> = vec![Vec::new(); parts.len()];
+        for (&l, &p) in &heir {
+            heirs_of[p].push(l);
+        }
+        for h in &mut heirs_of {
+            h.sort_by_key(|&l| self.comps[l as usize].cluster_id);
+        }
+        let mut labels_before: Vec<u32> = region
+            .iter()
+            .map(|&x| self.faces[x as usize].comp)
+            .collect();
+        labels_before.sort_unstable();
+        labels_before.dedup();
+
+        // Every old label loses its faces first; parts then take theirs.
+        for &l in &labels_before {
+            self.comps[l as usize].size = 0;
+            self.touch_comp(l);
+        }
+        for (pi, faces) in parts.iter().enumerate() {
+            let size = faces.len() as u32;
+            let (label, id) = if let Some(&l) = heirs_of[pi].first() {
+                (l, self.comps[l as usize].cluster_id)
+            } else if faces
+                .iter()
+                .all(|&x| self.comps[self.faces[x as usize].comp as usize].cluster_id == PENDING)
+            {
+                // The new face alone: `insert` names it (ClusterCreated).
+                (self.faces[faces[0] as usize].comp, PENDING)
+            } else {
+                let l = self.comps.len() as u32;
+                let id = self.next_cluster_id;
+                self.next_cluster_id += 1;
+                self.comps.push(CompRecord {
+                    cluster_id: id,
+                    size: 0,
+                });
+                (l, id)
+            };
+            self.comps[label as usize].size = size;
+            self.touch_comp(label);
+            // Merges: the other clusters this part is heir to.
+            for &l in heirs_of[pi].iter().skip(1) {
+                let n_faces = spread[&l][&pi].0 as u64;
+                events.push(self.emit(
+                    cause,
+                    Event::ClustersMerged {
+                        into: id,
+                        from: self.comps[l as usize].cluster_id,
+                        n_faces,
+                    },
+                ));
+            }
+            // Splits into a new cluster, then the faces that changed cluster without a merge.
+            let is_new = heirs_of[pi].is_empty() && id != PENDING;
+            if is_new {
+                let mut from: Vec<u32> = spread
+                    .iter()
+                    .filter(|(&l, by)| {
+                        by.contains_key(&pi) && self.comps[l as usize].cluster_id != PENDING
+                    })
+                    .map(|(&l, _)| l)
+                    .collect();
+                from.sort_by_key(|&l| self.comps[l as usize].cluster_id);
+                for l in from {
+                    let n_faces = spread[&l][&pi].0 as u64;
+                    events.push(self.emit(
+                        cause,
+                        Event::ClusterSplit {
+                            from: self.comps[l as usize].cluster_id,
+                            into: id,
+                            n_faces,
+                        },
+                    ));
+                }
+            }
+            for &x in faces {
+                let old = self.faces[x as usize].comp;
+                if old == label {
+                    continue;
+                }
+                let old_id = self.comps[old as usize].cluster_id;
+                let merged = heir.get(&old) == Some(&pi);
+                self.faces[x as usize].comp = label;
+                self.touch_face(x);
+                // The new face before its FaceAssigned has no id yet (PENDING): no move for it.
+                if old_id != PENDING && !merged {
+                    let face_id = self.face_ids[x as usize].to_string();
+                    events.push(self.emit(
+                        cause,
+                        Event::FaceMoved {
+                            face_id,
+                            from: old_id,
+                            to: id,
+                        },
+                    ));
+                }
+            }
+        }
+        let mut labels_after: Vec<u32> = region
+            .iter()
+            .map(|&x| self.faces[x as usize].comp)
+            .collect();
+        labels_after.sort_unstable();
+        labels_after.dedup();
+        self.live_comps = self.live_comps + labels_after.len() - labels_before.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition;
+
+    /// Two cliques of four (0..4, 4..8) and `bridges` weaker edges between them.
+    fn two_cliques(bridges: u32) -> Vec<(u32, u32, f32)> {
+        let mut e = Vec::new();
+        for base in [0u32, 4] {
+            for a in base..base + 4 {
+                for b in a + 1..base + 4 {
+                    e.push((a, b, 0.95));
+                }
+            }
+        }
+        for i in 0..bridges {
+            e.push((i, 4 + i, 0.5));
+        }
+        e
+    }
+
+    #[test]
+    fn merges_need_support_relative_to_the_smaller_cluster() {
+        // Components: one bridge merges.
+        assert_eq!(partition(8, two_cliques(1), 0.0), vec![0; 8]);
+        // The cliques form first (higher scores); then 0.5 of 4 = 2 links are needed, counted
+        // over every kept edge between the two.
+        let one = partition(8, two_cliques(1), 0.5);
+        assert_eq!(one, vec![0, 0, 0, 0, 4, 4, 4, 4], "{one:?}");
+        let two = partition(8, two_cliques(2), 0.5);
+        assert_eq!(two, vec![0; 8], "{two:?}");
+        // Labels are the smallest member; a duplicate pair counts once.
+        let mut dup = two_cliques(1);
+        dup.push((0, 4, 0.3));
+        assert_eq!(partition(8, dup, 0.5), vec![0, 0, 0, 0, 4, 4, 4, 4]);
+    }
+}
