@@ -243,6 +243,10 @@ pub struct SourceConfig {
     pub max_batch_wait_ms: u64,
     pub max_message_bytes: usize,
     pub max_image_pixels: u64,
+    /// Whether the Kafka message key is the face id of a message that carries none. Off by
+    /// default: producers key by domain (tenant, camera group) for scale-out, and taking that
+    /// key as the face id would make every face of a tenant after the first a duplicate.
+    pub key_is_face_id: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -999,6 +1003,20 @@ mod tests {
         )];
         let c = Config::load_from(None, &env).unwrap();
         assert_eq!(c.store.path, PathBuf::from("/tmp/x y"));
+    }
+
+    #[test]
+    fn the_message_key_is_not_the_face_id_unless_configured() {
+        // Producers key by domain for scale-out: the key must not silently become the face id.
+        let c = Config::defaults().unwrap();
+        assert!(!c.source.key_is_face_id);
+        assert!(!crate::message::Limits::from_config(&c).key_is_face_id);
+        let env = vec![(
+            "CLIP_CLUSTER__SOURCE__KEY_IS_FACE_ID".to_string(),
+            "true".to_string(),
+        )];
+        let c = Config::load_from(None, &env).unwrap();
+        assert!(crate::message::Limits::from_config(&c).key_is_face_id);
     }
 
     #[test]

@@ -21,6 +21,11 @@
 //!    - PNG and WebP with the `image` crate, with its own allocation limits as a second fence.
 //!    - Grey is replicated to R = G = B; alpha is dropped, not composited (as Pillow's
 //!      `convert("RGB")`); 16-bit samples are scaled to 8 bits by `image`.
+//!    - A panic anywhere in steps 1 to 4 (a decoder's bug on crafted bytes) is caught
+//!      (`guard_decode`) and refused as `DecodeError::Panicked`, dead-lettered as `image_decode`
+//!      like any undecodable image: otherwise one such message would stop the daemon and be read
+//!      again on every restart. This needs the default `panic = "unwind"` (Cargo.toml sets no
+//!      `panic = "abort"`); the default panic hook still prints the panic to stderr.
 //! 5. The chip, by `ChipMode`:
 //!    - `Centre`: a square crop of side `floor(crop_fraction * min(w, h) + 0.5)` at
 //!      `((w - side) / 2, (h - side) / 2)` (integer division), resized to 150x150 with Pillow's
@@ -99,7 +104,7 @@ impl RgbImage {
 }
 
 /// Why bytes did not become a chip. Every variant is refused without a panic and without
-/// allocating more than the limits allow.
+/// allocating more than the limits allow (a decoder's own panic becomes `Panicked`).
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum DecodeError {
     #[error("empty input (0 bytes)")]
@@ -136,6 +141,9 @@ pub enum DecodeError {
         format: &'static str,
         detail: String,
     },
+    /// A decoder panicked on the input: a bug in it that crafted bytes reach, not a daemon bug.
+    #[error("the image decoder panicked on this input: {0}")]
+    Panicked(String),
 }
 
 impl DecodeError {
@@ -150,6 +158,7 @@ impl DecodeError {
             DecodeError::UnknownFormat => "unknown_format",
             DecodeError::UnsupportedFormat(_) => "unsupported_format",
             DecodeError::Corrupt { .. } => "corrupt",
+            DecodeError::Panicked(_) => "decoder_panic",
         }
     }
 }
@@ -165,7 +174,8 @@ impl From<DecodeError> for EmbedError {
             DecodeError::Empty
             | DecodeError::UnknownFormat
             | DecodeError::UnsupportedFormat(_)
-            | DecodeError::Corrupt { .. } => EmbedError::Decode(msg),
+            | DecodeError::Corrupt { .. }
+            | DecodeError::Panicked(_) => EmbedError::Decode(msg),
         }
     }
 }
@@ -228,9 +238,36 @@ fn check_dimensions(width: u64, height: u64, limits: &DecodeLimits) -> Result<()
     Ok(())
 }
 
+/// Runs `f`, a decode, turning a panic inside it into `DecodeError::Panicked` with the panic's
+/// message. The decoders (libjpeg-turbo's wrapper, `image`'s PNG and WebP readers) work on bytes
+/// from the network; a panic in one of them is a property of the message, so it must be
+/// dead-lettered like any bad message rather than unwind through the stage and stop the daemon.
+///
+/// `f`'s captures are asserted unwind-safe: a decode's inputs are read-only and its buffers are
+/// its own, dropped on the unwind, so nothing half-written outlives the panic. A caller whose
+/// closure writes to state it keeps must not read that state after a `Panicked`.
+pub fn guard_decode<T, F: FnOnce() -> Result<T, DecodeError>>(f: F) -> Result<T, DecodeError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            Err(DecodeError::Panicked(detail))
+        }
+    }
+}
+
 /// Decodes JPEG, PNG or WebP bytes to RGB8 within `limits` (see the module docs for the order of
-/// the checks and what each decoder does).
+/// the checks and what each decoder does). A decoder's panic is returned as
+/// `DecodeError::Panicked` (`guard_decode`).
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
+    guard_decode(|| decode_unguarded(bytes, limits))
+}
+
+fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -706,5 +743,46 @@ mod tests {
             "image_decode"
         );
         assert_eq!(EmbedError::from(DecodeError::Empty).class(), "image_decode");
+        let panicked = DecodeError::Panicked("index out of bounds".into());
+        assert_eq!(panicked.class(), "decoder_panic");
+        assert_eq!(EmbedError::from(panicked).class(), "image_decode");
+    }
+
+    #[test]
+    fn a_decoder_panic_is_a_decode_error() {
+        // A decoder that panics on crafted bytes, as `image`'s or a codec crate's might: the panic
+        // stops at the guard, with its message, and the caller gets an ordinary error.
+        let bytes = b"\x89PNG\r\n\x1a\n crafted";
+        let e = guard_decode(|| -> Result<RgbImage, DecodeError> {
+            let n = bytes.len();
+            panic!("crafted chunk length {n} past the end")
+        })
+        .unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Panicked("crafted chunk length 16 past the end".into())
+        );
+        assert_eq!(e.class(), "decoder_panic");
+        // Dead-lettered and counted as an undecodable image.
+        let reason = crate::message::Reason::from(&EmbedError::from(e));
+        assert_eq!(reason, crate::message::Reason::ImageDecode);
+        assert_eq!(reason.class(), "image_decode");
+        // A panic payload that is a &'static str, and one that is neither string type.
+        let e = guard_decode(|| -> Result<(), DecodeError> { panic!("static message") });
+        assert_eq!(e, Err(DecodeError::Panicked("static message".into())));
+        let e = guard_decode(|| -> Result<(), DecodeError> { std::panic::panic_any(7u32) });
+        assert_eq!(e, Err(DecodeError::Panicked("(no message)".into())));
+        // What the guard lets through unchanged: the result, good or bad.
+        assert_eq!(guard_decode(|| Ok(3)), Ok(3));
+        assert_eq!(
+            guard_decode(|| -> Result<(), _> { Err(DecodeError::Empty) }),
+            Err(DecodeError::Empty)
+        );
+        // The process goes on after the panics above (the profile unwinds, it does not abort),
+        // and decodes the next image.
+        assert_eq!(
+            decode(&[], &DecodeLimits::default()),
+            Err(DecodeError::Empty)
+        );
     }
 }

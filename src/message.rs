@@ -5,7 +5,10 @@
 //! (a) raw JPEG/PNG/WebP bytes with headers `face_id`, `source_id`, `image_id`, `ts`;
 //! (b) a JSON envelope `{face_id, source_id, image_id, ts, image_b64 | embedding}`.
 //!
-//! The face id comes from the envelope or the `face_id` header, else from the message key.
+//! The face id comes from the envelope or the `face_id` header. A message without one is refused
+//! as `missing_face_id`, unless `source.key_is_face_id` declares the message key to be the face id:
+//! producers key messages by their domain (tenant, camera group) for scale-out, and that key taken
+//! as the face id would make every face of a domain after the first a duplicate, silently.
 //! Image payloads are recognized here and embedded by the pipeline (role all / embed); a role
 //! without an embedder rejects them with `image_unsupported`.
 
@@ -34,11 +37,26 @@ pub struct FaceMessage {
 /// Most hallucinated variants one message may carry.
 pub const MAX_VARIANTS: usize = 64;
 
-/// Limits checked before anything is allocated for a message.
+/// What decoding a message checks it against: limits checked before anything is allocated for
+/// it, and where its face id may come from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub dim: usize,
+    /// `source.key_is_face_id`: a message without a face id takes its key as the face id,
+    /// instead of being refused as `missing_face_id`.
+    pub key_is_face_id: bool,
+}
+
+impl Limits {
+    /// The limits `cfg` sets (`source.*`, `model.dim`).
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Limits {
+            max_message_bytes: cfg.source.max_message_bytes,
+            dim: cfg.model.dim,
+            key_is_face_id: cfg.source.key_is_face_id,
+        }
+    }
 }
 
 /// Why a message was rejected: a bounded set, used as the metric label and the dead-letter
@@ -210,7 +228,8 @@ fn header_str(headers: &[(String, Vec<u8>)], name: &str) -> Result<Option<String
     }
 }
 
-/// Decodes one message. `key` is the Kafka message key.
+/// Decodes one message. `key` is the Kafka message key, the face id of a message without one
+/// only when `limits.key_is_face_id`.
 pub fn decode(
     key: Option<&[u8]>,
     headers: &[(String, Vec<u8>)],
@@ -232,9 +251,18 @@ pub fn decode(
         return Err(reject(Reason::Empty, "message has no payload"));
     }
     let key_id = key
+        .filter(|_| limits.key_is_face_id)
         .and_then(|k| std::str::from_utf8(k).ok())
         .filter(|k| !k.is_empty())
         .map(str::to_string);
+    let missing = |carrier: &str| {
+        let hint = if limits.key_is_face_id {
+            " and no (UTF-8) message key"
+        } else {
+            "; send one (the message key is the face id only with source.key_is_face_id = true)"
+        };
+        reject(Reason::MissingFaceId, format!("no face_id {carrier}{hint}"))
+    };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first == Some(b'{') {
         let env: Envelope = serde_json::from_slice(bytes)
@@ -251,12 +279,7 @@ pub fn decode(
             .face_id
             .filter(|s| !s.is_empty())
             .or(key_id)
-            .ok_or_else(|| {
-                reject(
-                    Reason::MissingFaceId,
-                    "no face_id in the envelope and no message key",
-                )
-            })?;
+            .ok_or_else(|| missing("in the envelope"))?;
         let payload = match (env.embedding, env.image_b64) {
             (Some(_), Some(_)) => {
                 return Err(reject(
@@ -299,12 +322,7 @@ pub fn decode(
         let face_id = header_str(headers, "face_id")?
             .filter(|s| !s.is_empty())
             .or(key_id)
-            .ok_or_else(|| {
-                reject(
-                    Reason::MissingFaceId,
-                    "no face_id header and no message key",
-                )
-            })?;
+            .ok_or_else(|| missing("header"))?;
         let ts = match header_str(headers, "ts")? {
             None => None,
             Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
@@ -392,9 +410,11 @@ mod tests {
     const L: Limits = Limits {
         max_message_bytes: 4096,
         dim: 3,
+        key_is_face_id: false,
     };
 
-    fn dec(
+    fn dec_with(
+        limits: &Limits,
         key: Option<&str>,
         headers: &[(&str, &str)],
         payload: &[u8],
@@ -403,7 +423,15 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect();
-        decode(key.map(str::as_bytes), &h, Some(payload), &L)
+        decode(key.map(str::as_bytes), &h, Some(payload), limits)
+    }
+
+    fn dec(
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<FaceMessage, Rejection> {
+        dec_with(&L, key, headers, payload)
     }
 
     #[test]
@@ -476,10 +504,63 @@ mod tests {
     }
 
     #[test]
-    fn key_is_the_default_face_id() {
-        let m = dec(Some("k7"), &[], br#"{"embedding":[1,0,0]}"#).unwrap();
+    fn a_keyed_message_without_face_id_is_refused_by_default() {
+        // Producers key by domain (tenant): that key is not a face id, so the message is refused
+        // rather than every face of the tenant after the first becoming a duplicate.
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        for (headers, payload) in [
+            (&[][..], &br#"{"embedding":[1,0,0]}"#[..]),
+            (
+                &[("face_id", "")][..],
+                &br#"{"face_id":"","embedding":[1,0,0]}"#[..],
+            ),
+            (&[][..], &jpeg[..]),
+            (&[("face_id", ""), ("image_id", "p1")][..], &jpeg[..]),
+        ] {
+            let e = dec(Some("tenant-1"), headers, payload).unwrap_err();
+            assert_eq!(e.reason, Reason::MissingFaceId, "{e}");
+            assert_eq!(e.reason.class(), "missing_face_id");
+            assert!(e.message.contains("source.key_is_face_id"), "{e}");
+        }
+        // A face id of its own is taken, key or no key.
+        let m = dec(
+            Some("tenant-1"),
+            &[],
+            br#"{"face_id":"f1","embedding":[1,0,0]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.face_id, "f1");
+        let m = dec(Some("tenant-1"), &[("face_id", "f2")], &jpeg).unwrap();
+        assert_eq!(m.face_id, "f2");
+    }
+
+    #[test]
+    fn key_is_the_face_id_when_configured() {
+        let keyed = Limits {
+            key_is_face_id: true,
+            ..L
+        };
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        let m = dec_with(&keyed, Some("k7"), &[], br#"{"embedding":[1,0,0]}"#).unwrap();
         assert_eq!(m.face_id, "k7");
-        let e = dec(None, &[], br#"{"embedding":[1,0,0]}"#).unwrap_err();
+        let m = dec_with(&keyed, Some("k8"), &[], &jpeg).unwrap();
+        assert_eq!(m.face_id, "k8");
+        // The message's own face id still wins over the key.
+        let m = dec_with(&keyed, Some("k7"), &[("face_id", "f9")], &jpeg).unwrap();
+        assert_eq!(m.face_id, "f9");
+        // No key (or an empty or non-UTF-8 one): nothing to take.
+        for key in [None, Some("")] {
+            let e = dec_with(&keyed, key, &[], br#"{"embedding":[1,0,0]}"#).unwrap_err();
+            assert_eq!(e.reason, Reason::MissingFaceId);
+        }
+        let h = Vec::new();
+        let e = decode(
+            Some(&[0xff, 0xfe][..]),
+            &h,
+            Some(&br#"{"embedding":[1,0,0]}"#[..]),
+            &keyed,
+        )
+        .unwrap_err();
         assert_eq!(e.reason, Reason::MissingFaceId);
     }
 
@@ -517,7 +598,7 @@ mod tests {
             );
         }
         // JSON cannot carry NaN, but a producer may send a huge number that overflows f32.
-        let e = dec(Some("k"), &[], br#"{"embedding":[1e39,0,0]}"#).unwrap_err();
+        let e = dec(Some("k"), &[], br#"{"face_id":"a","embedding":[1e39,0,0]}"#).unwrap_err();
         assert_eq!(e.reason, Reason::NotFinite, "{e}");
         let big = vec![b' '; 5000];
         assert_eq!(
@@ -539,7 +620,7 @@ mod tests {
         assert_eq!(m.meta.image_id.as_deref(), Some("p1"));
         assert_eq!(m.meta.ts, Some(12));
         assert!(matches!(m.payload, Payload::Image(_)));
-        let e = dec(Some("k"), &[("ts", "noon")], &jpeg).unwrap_err();
+        let e = dec(Some("k"), &[("face_id", "f9"), ("ts", "noon")], &jpeg).unwrap_err();
         assert_eq!(e.reason, Reason::BadHeader);
     }
 }

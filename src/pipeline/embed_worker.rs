@@ -50,10 +50,7 @@ pub(super) async fn run(
     info!(topics = ?topics, out = %cfg.kafka.embeddings_topic, group = %cfg.kafka.group_id, "embedding worker consuming");
     health.set_started(true);
 
-    let limits = Limits {
-        max_message_bytes: cfg.source.max_message_bytes,
-        dim: cfg.model.dim,
-    };
+    let limits = Limits::from_config(&cfg);
     let dim = cfg.model.dim;
     let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
     let mut summary = RunSummary::default();

@@ -294,10 +294,7 @@ pub async fn run(
     let rebalances = Arc::new(Rebalances::default());
     let consumer = Arc::new(consumer(&cfg, &metrics, rebalances.clone())?);
     let mut d = Daemon {
-        limits: Limits {
-            max_message_bytes: cfg.source.max_message_bytes,
-            dim: cfg.model.dim,
-        },
+        limits: Limits::from_config(&cfg),
         cfg: cfg.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
