@@ -287,9 +287,10 @@ impl Clusterer {
                 }
             }
         } else if n > 0 {
-            warn!(
+            // Normal below the first snapshot (index.snapshot_every_faces): not a warning.
+            info!(
                 faces = n,
-                "no HNSW snapshot; rebuilding the index from the store"
+                "no HNSW snapshot yet; building the index from the store"
             );
         }
         let mut index = index.unwrap_or_else(|| HnswIndex::new(hnsw));

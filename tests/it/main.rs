@@ -7,6 +7,7 @@ mod daemon;
 mod dashboards;
 mod domains;
 mod engine_props;
+mod logs;
 mod prep;
 mod resnet;
 mod state;
