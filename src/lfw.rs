@@ -29,15 +29,15 @@ pub enum LfwError {
 }
 
 /// Finds the LFW root: the flag, else the environment, else `../shared/data/lfw` from the working
-/// directory or from this crate's directory.
+/// directory or from this crate's directory. A flag or variable that is given is the only place
+/// looked at: a wrong path is an error, never a silent fall-back to another copy.
 pub fn locate(flag: Option<&Path>) -> Result<PathBuf, LfwError> {
     let mut candidates = Vec::new();
     if let Some(f) = flag {
         candidates.push(f.to_path_buf());
+    } else if let Some(e) = std::env::var_os(ENV_LFW) {
+        candidates.push(PathBuf::from(e));
     } else {
-        if let Some(e) = std::env::var_os(ENV_LFW) {
-            candidates.push(PathBuf::from(e));
-        }
         candidates.push(PathBuf::from("../shared/data/lfw"));
         candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/lfw"));
     }

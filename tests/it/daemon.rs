@@ -184,13 +184,7 @@ fn a_broker_outage_is_ridden_through() {
 
 /// Nine LFW faces of three people plus two broken images, in a directory `publish_images` reads.
 fn lfw_faces() -> Option<tempfile::TempDir> {
-    let lfw = match clip_cluster::lfw::locate(None) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            return None;
-        }
-    };
+    let lfw = crate::support::lfw_root("lfw_faces")?;
     let dir = tempfile::tempdir().unwrap();
     for name in ["Colin_Powell", "George_W_Bush", "Tony_Blair"] {
         std::fs::create_dir_all(dir.path().join(name)).unwrap();

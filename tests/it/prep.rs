@@ -2,7 +2,8 @@
 //! `tests/fixtures/prep/reference.json` and `tests/fixtures/dlib/embeddings.json` were made by
 //! `tools/dlib/prep_reference.py` and `tools/dlib/reference.py`. Tests that need LFW
 //! (`CLIP_CLUSTER_LFW` or `../shared/data/lfw`) or the shape predictor (`CLIP_CLUSTER_MODELS` or
-//! `models/`) print why and return when those are missing; bad-input tests need nothing.
+//! `models/`) print why and return when those are missing, and fail instead under
+//! `CLIP_CLUSTER_REQUIRE_LFW` / `CLIP_CLUSTER_REQUIRE_MODELS` (CI); bad-input tests need nothing.
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -19,18 +20,7 @@ fn repo() -> PathBuf {
 }
 
 fn lfw_root(test: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("CLIP_CLUSTER_LFW")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data/lfw"));
-    if root.join("images").is_dir() {
-        Some(root)
-    } else {
-        println!(
-            "SKIP {test}: LFW not found at {} (set CLIP_CLUSTER_LFW)",
-            root.display()
-        );
-        None
-    }
+    crate::support::lfw_root(test)
 }
 
 fn predictor(test: &str) -> Option<Arc<ShapePredictor>> {
@@ -39,10 +29,16 @@ fn predictor(test: &str) -> Option<Arc<ShapePredictor>> {
         .unwrap_or_else(|| repo().join("models"));
     let path = dir.join("shape_predictor_5_face_landmarks.dat");
     if !path.is_file() {
-        println!(
-            "SKIP {test}: {} not found (run tools/dlib/fetch_models.sh or set CLIP_CLUSTER_MODELS)",
+        let msg = format!(
+            "{} not found (run tools/dlib/fetch_models.sh or set CLIP_CLUSTER_MODELS)",
             path.display()
         );
+        // CI sets this so that a setup that failed to fetch the weights fails these tests.
+        assert!(
+            std::env::var_os("CLIP_CLUSTER_REQUIRE_MODELS").is_none(),
+            "{test}: {msg}"
+        );
+        println!("SKIP {test}: {msg}");
         return None;
     }
     Some(Arc::new(

@@ -354,3 +354,20 @@ pub fn models_dir() -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// LFW's root (`CLIP_CLUSTER_LFW`, else `../shared/data/lfw`), or None with a printed reason. With
+/// `CLIP_CLUSTER_REQUIRE_LFW` set (`.ci/run` sets it whenever LFW is on the machine) a missing
+/// LFW fails the test instead: in CI nothing skips silently.
+pub fn lfw_root(test: &str) -> Option<std::path::PathBuf> {
+    match clip_cluster::lfw::locate(None) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CLIP_CLUSTER_REQUIRE_LFW").is_none(),
+                "{test}: {e}"
+            );
+            eprintln!("SKIP {test}: {e}");
+            None
+        }
+    }
+}
