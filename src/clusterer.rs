@@ -102,7 +102,31 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
         model: cfg.model.name.clone(),
         dim: cfg.model.dim,
         graph,
+        embedder: cfg.embed.enabled.then(|| embedder_id(cfg)),
     }
+}
+
+/// The built-in embedder as it enters the fingerprint: every setting that changes the vectors of
+/// an image (network and landmark files by content, chip geometry, passes, flip, dtype).
+pub fn embedder_id(cfg: &Config) -> String {
+    let e = &cfg.embed;
+    let chip = match e.chip {
+        crate::config::ChipKind::Centre => format!("centre{}", e.crop_fraction),
+        crate::config::ChipKind::Aligned => format!(
+            "align5-{}-b{}-p{}-l{}{}",
+            file_id(&e.landmarks_path),
+            e.box_fraction,
+            e.padding,
+            e.landmark_passes,
+            if e.average_passes { "+passavg" } else { "" }
+        ),
+    };
+    format!(
+        "dlib-resnet-{}/{chip}{}/{:?}",
+        file_id(&e.model_path),
+        if e.flip_average { "+flip" } else { "" },
+        e.dtype
+    )
 }
 
 /// The proxy settings as they enter the fingerprint: "identity", or the neighbour proxy's
@@ -144,10 +168,26 @@ fn file_id(path: &Path) -> String {
     if path.as_os_str().is_empty() {
         return "none".into();
     }
+    // Hashed once per process per (path, size, mtime): the network file is 22 MB and a process
+    // may open many states.
+    type FileKey = (PathBuf, u64, std::time::SystemTime);
+    static SEEN: std::sync::Mutex<Vec<(FileKey, String)>> = std::sync::Mutex::new(Vec::new());
+    let key = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((path.to_path_buf(), m.len(), m.modified().ok()?)));
+    if let Some(k) = &key {
+        if let Some((_, id)) = SEEN.lock().unwrap().iter().find(|(x, _)| x == k) {
+            return id.clone();
+        }
+    }
     use sha2::Digest;
-    std::fs::read(path)
+    let id = std::fs::read(path)
         .map(|b| format!("{:x}", sha2::Sha256::digest(&b))[..12].to_string())
-        .unwrap_or_else(|_| "unreadable".into())
+        .unwrap_or_else(|_| "unreadable".into());
+    if let Some(k) = key {
+        SEEN.lock().unwrap().push((k, id.clone()));
+    }
+    id
 }
 
 /// The edge scorer as it enters the fingerprint: "cosine" (the fingerprint of every state written

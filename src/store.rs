@@ -103,6 +103,11 @@ pub struct Fingerprint {
     pub dim: usize,
     /// The graph rules; a state built under other rules would mix two graphs.
     pub graph: String,
+    /// The built-in embedder that turns image messages into vectors (network and landmark files,
+    /// chip geometry, passes, flip, dtype), when it is enabled. States written before it was
+    /// recorded have none and adopt the configured one at their next open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<String>,
 }
 
 impl std::fmt::Display for Fingerprint {
@@ -111,7 +116,11 @@ impl std::fmt::Display for Fingerprint {
             f,
             "model {} dim {} graph {}",
             self.model, self.dim, self.graph
-        )
+        )?;
+        if let Some(e) = &self.embedder {
+            write!(f, " embedder {e}")?;
+        }
+        Ok(())
     }
 }
 
@@ -326,7 +335,36 @@ impl Store {
                     .ok_or_else(|| store.corrupt("m:fingerprint", "missing"))?;
                 let stored: Fingerprint = serde_json::from_slice(&fp)
                     .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
-                if &stored != fingerprint {
+                // The embedder is compared only when both sides name one: a role that embeds
+                // nothing (embed.enabled = false) cannot mix image vectors into the state.
+                let same_graph = Fingerprint {
+                    embedder: None,
+                    ..stored.clone()
+                } == Fingerprint {
+                    embedder: None,
+                    ..fingerprint.clone()
+                };
+                let adopt =
+                    same_graph && stored.embedder.is_none() && fingerprint.embedder.is_some();
+                let compatible = same_graph
+                    && (stored.embedder.is_none()
+                        || fingerprint.embedder.is_none()
+                        || stored.embedder == fingerprint.embedder);
+                if adopt {
+                    // Written before the embedder was part of the fingerprint: record it now.
+                    tracing::warn!(
+                        embedder = fingerprint.embedder.as_deref().unwrap_or_default(),
+                        "state written before the embedder was fingerprinted: recording the configured embedder; from now on another embedder setting is refused"
+                    );
+                    let fp = serde_json::to_vec(fingerprint)
+                        .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
+                    let werr = |e: sled::Error| StoreError::Write {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    };
+                    store.db.insert(&b"m:fingerprint"[..], fp).map_err(werr)?;
+                    store.db.flush().map_err(werr)?;
+                } else if !compatible {
                     return Err(StoreError::Fingerprint {
                         path: path.to_path_buf(),
                         stored: stored.to_string(),

@@ -543,3 +543,67 @@ fn restart_with_upstream_variants_and_refresh_equals_an_uninterrupted_run() {
         assert!(proxies(&b) == want.2, "stopped at {stop}: proxies");
     }
 }
+
+/// The embedder's settings are part of the state's fingerprint: vectors of another chip geometry,
+/// flip or network are refused, never mixed. A role without the embedder is not refused, and a
+/// state written without an embedder id adopts the configured one once.
+#[test]
+fn embedder_settings_are_part_of_the_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(dir.path(), 8);
+    assert!(base.embed.enabled);
+    drop(Clusterer::open(&base).unwrap());
+    for (key, value) in [
+        ("EMBED__BOX_FRACTION", "0.8"),
+        ("EMBED__FLIP_AVERAGE", "true"),
+        ("EMBED__CHIP", "\"centre\""),
+        ("EMBED__DTYPE", "\"bf16\""),
+        ("EMBED__MODEL_PATH", "\"Cargo.toml\""),
+    ] {
+        let other = config_with(
+            dir.path(),
+            8,
+            &[("CALIBRATION__MODE", "trained"), (key, value)],
+        );
+        let e = Clusterer::open(&other)
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+        assert!(e.to_string().contains("embedder"), "{key}: {e}");
+    }
+    // Embedding disabled: nothing to mix, the state opens.
+    let vectors_only = config_with(
+        dir.path(),
+        8,
+        &[
+            ("CALIBRATION__MODE", "trained"),
+            ("EMBED__ENABLED", "false"),
+        ],
+    );
+    drop(Clusterer::open(&vectors_only).unwrap());
+    drop(Clusterer::open(&base).unwrap());
+
+    // A state created without an embedder id records the configured one at its next open, and
+    // from then on refuses another.
+    let old = tempfile::tempdir().unwrap();
+    drop(
+        Clusterer::open(&config_with(
+            old.path(),
+            8,
+            &[
+                ("CALIBRATION__MODE", "trained"),
+                ("EMBED__ENABLED", "false"),
+            ],
+        ))
+        .unwrap(),
+    );
+    drop(Clusterer::open(&config(old.path(), 8)).unwrap());
+    let flipped = config_with(
+        old.path(),
+        8,
+        &[
+            ("CALIBRATION__MODE", "trained"),
+            ("EMBED__FLIP_AVERAGE", "true"),
+        ],
+    );
+    assert!(Clusterer::open(&flipped).is_err());
+}
