@@ -1,10 +1,11 @@
 //! What leaves the daemon: events from a domain's outbox to the events topic, and bad messages to
 //! the dead-letter topic, both through one idempotent producer (acks=all). An outbox entry is
 //! removed only after the broker acknowledged it; a dead letter is retried until acknowledged,
-//! because the input offset is committed past it right after. The tasks are spawned by
-//! `pipeline`.
+//! because the input offset is committed past it right after, or until shutdown gives up on it
+//! (then that offset is not committed). The tasks are spawned by `pipeline`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,27 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio::sync::{watch, Notify};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::engine::Event;
 use crate::message::Rejection;
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(
+        "{n_letters} dead letters could not be delivered to {topic} before shutdown (last error: \
+         {last_error}); the offsets of their batch were left uncommitted, so the messages are \
+         read again at the next start. Check that the topic exists and this producer may write to it"
+    )]
+    DeadLettersUndelivered {
+        n_letters: usize,
+        topic: String,
+        last_error: String,
+    },
+}
 
 /// Version of the event JSON on the events topic.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -286,13 +301,26 @@ pub struct DeadLetter {
     pub rejection: Rejection,
 }
 
-/// Sends the dead letters and waits until the broker acknowledged every one of them.
+/// Sends the dead letters and waits until the broker acknowledged every one of them, retrying
+/// with a backoff for as long as the daemon runs: committing past a message that reached neither
+/// the state nor the dead-letter topic would lose it. Once `stop` turns true (or its sender is
+/// gone, which stops the daemon too), it keeps trying for `sink.drain_timeout_ms` more and then
+/// gives up with `SinkError::DeadLettersUndelivered`: the caller must then leave the batch's
+/// offsets unstored and stop, so that the messages are read again at the next start.
+///
+/// # Cancel safety
+/// Dropping the future may leave some letters delivered and others not; that is safe only
+/// because the caller then stores no offset of the batch, as on an error.
 pub async fn send_dead_letters(
     producer: &FutureProducer,
     cfg: &Config,
     metrics: &Metrics,
     dead: &[DeadLetter],
-) {
+    stop: &watch::Receiver<bool>,
+) -> Result<(), SinkError> {
+    if dead.is_empty() {
+        return Ok(());
+    }
     for d in dead {
         metrics
             .faces_rejected
@@ -300,6 +328,22 @@ pub async fn send_dead_letters(
             .inc();
         warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = d.rejection.reason.class(), "{}", d.rejection.message);
     }
+    let topic = &cfg.kafka.dead_letter_topic;
+    let mut shutdown = Shutdown {
+        stop: stop.clone(),
+        grace: Duration::from_millis(cfg.sink.drain_timeout_ms),
+        deadline: None,
+    };
+    let mut last_error = String::from("none yet: acknowledgements still pending");
+    let give_up = |last_error: String| {
+        let e = SinkError::DeadLettersUndelivered {
+            n_letters: dead.len(),
+            topic: topic.clone(),
+            last_error,
+        };
+        error!(n_letters = dead.len(), topic = %topic, "{e}");
+        e
+    };
     let mut attempt = 0u32;
     loop {
         let mut futures = Vec::with_capacity(dead.len());
@@ -332,8 +376,7 @@ pub async fn send_dead_letters(
                     value: Some(v.as_bytes()),
                 });
             }
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&cfg.kafka.dead_letter_topic).headers(headers);
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
             if let Some(k) = &d.key {
                 record = record.key(k.as_slice());
             }
@@ -344,22 +387,61 @@ pub async fn send_dead_letters(
         }
         let mut ok = true;
         for f in futures {
-            if let Err((e, _)) = f.await {
-                metrics
-                    .kafka_errors
-                    .with_label_values(&["dead_letter"])
-                    .inc();
-                warn!(error = %e, "dead-letter delivery failed; retrying");
-                ok = false;
+            match shutdown.before_giving_up(f).await {
+                Some(Ok(_)) => {}
+                Some(Err((e, _))) => {
+                    metrics
+                        .kafka_errors
+                        .with_label_values(&["dead_letter"])
+                        .inc();
+                    warn!(error = %e, "dead-letter delivery failed; retrying");
+                    last_error = e.to_string();
+                    ok = false;
+                }
+                // The letters not acknowledged yet may still arrive: at least once, as always.
+                None => return Err(give_up(last_error)),
             }
         }
         if ok {
             metrics.dead_letters.inc_by(dead.len() as u64);
-            return;
+            return Ok(());
         }
         attempt += 1;
-        // Retry until it works: committing past a message that reached neither the state nor the
-        // dead-letter topic would lose it.
-        tokio::time::sleep(Duration::from_millis((100 * attempt as u64).min(5000))).await;
+        let backoff = Duration::from_millis((100 * attempt as u64).min(5000));
+        if shutdown
+            .before_giving_up(tokio::time::sleep(backoff))
+            .await
+            .is_none()
+        {
+            return Err(give_up(last_error));
+        }
+    }
+}
+
+/// The daemon's shutdown as a dead-letter round sees it: nothing until `stop` turns true, then a
+/// deadline `grace` later.
+struct Shutdown {
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+    /// Set when shutdown was first seen.
+    deadline: Option<Instant>,
+}
+
+impl Shutdown {
+    /// `fut`'s output, or None when the deadline passed first.
+    async fn before_giving_up<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            if let Some(d) = self.deadline {
+                return tokio::time::timeout_at(d.into(), &mut fut).await.ok();
+            }
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                // A dropped sender stops the daemon's loop too: treat it as shutdown.
+                _ = self.stop.wait_for(|s| *s) => {
+                    self.deadline = Some(Instant::now() + self.grace);
+                }
+            }
+        }
     }
 }

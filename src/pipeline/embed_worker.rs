@@ -55,6 +55,8 @@ pub(super) async fn run(
     let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
     let mut summary = RunSummary::default();
     let mut stop_rx = stop.clone();
+    // Set when the last batch could not finish before shutdown (its offsets are not stored).
+    let mut failed: Option<PipelineError> = None;
     loop {
         // Assignment changes need no action here (no state); drop the record of them.
         rebalances
@@ -187,7 +189,14 @@ pub(super) async fn run(
                 Err(_) => return Err(PipelineError::Embed("producer dropped a delivery".into())),
             }
         }
-        crate::sink::send_dead_letters(&producer, &cfg, &metrics, &dead).await;
+        // If shutdown gives up on the dead letters, the batch's offsets are not stored: it is
+        // embedded again at the next start.
+        if let Err(e) =
+            crate::sink::send_dead_letters(&producer, &cfg, &metrics, &dead, &stop).await
+        {
+            failed = Some(PipelineError::Sink(e));
+            break;
+        }
         summary.dead_letters += dead.len() as u64;
         summary.applied += out.len() as u64;
         for ((t, p), o) in &ends {
@@ -212,7 +221,10 @@ pub(super) async fn run(
     }
     let _ = producer.flush(Duration::from_secs(5));
     let _ = admin.await;
-    Ok(summary)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
 }
 
 fn letter(m: &Msg, rejection: Rejection) -> DeadLetter {

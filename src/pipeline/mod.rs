@@ -7,7 +7,9 @@
 //! 2. route each message to its domain (single mode: the one domain; per-partition mode: its
 //!    partition's);
 //! 3. skip messages below the durable position of their partition (already processed before a crash);
-//! 4. decode and validate; bad messages go to the dead-letter topic, and we wait for its acks;
+//! 4. decode and validate; bad messages go to the dead-letter topic, and we wait for its acks
+//!    (after shutdown was asked for, at most `sink.drain_timeout_ms`: then the batch ends here,
+//!    its offsets unstored, and the run returns an error);
 //! 5. apply each domain's good faces and commit its state + outbox + partition positions to sled
 //!    (fsync), on a blocking thread per domain;
 //! 6. only then store the offsets for Kafka's commit.
@@ -69,6 +71,8 @@ pub enum PipelineError {
     State(#[from] ClustererError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
     #[error("admin listener on {addr}: {reason}")]
     Admin { addr: String, reason: String },
     #[error("the face embedder cannot start: {0}")]
@@ -161,6 +165,9 @@ struct Daemon {
     /// Drainers of domains closed by a revocation, finishing their round.
     closing: Vec<JoinHandle<Result<(), StoreError>>>,
     summary: RunSummary,
+    /// The daemon's shutdown signal, for the waits inside a batch (dead letters) that must end
+    /// when it stops.
+    stop: watch::Receiver<bool>,
 }
 
 impl Daemon {
@@ -262,7 +269,9 @@ async fn start_admin(
 }
 
 /// Runs the daemon until `stop` turns true. Returns when the last batch is durable, offsets are
-/// committed and the outboxes are drained (or their bound passed).
+/// committed and the outboxes are drained (or their bound passed). A batch whose dead letters
+/// were still undelivered when shutdown's grace (`sink.drain_timeout_ms`) ended is not applied and
+/// its offsets are not committed; the run shuts down as usual and returns `PipelineError::Sink`.
 pub async fn run(
     cfg: Config,
     metrics: Metrics,
@@ -310,6 +319,7 @@ pub async fn run(
         next_attempt: 0,
         closing: Vec::new(),
         summary: RunSummary::default(),
+        stop: stop.clone(),
     };
     if cfg.daemon.domains == DomainMode::Single {
         // The one domain opens before consuming; a state that cannot open stops the daemon.
@@ -327,6 +337,8 @@ pub async fn run(
 
     let mut stop_rx = stop.clone();
     let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
+    // Set when the last batch could not finish before shutdown (its offsets are not stored).
+    let mut failed: Option<PipelineError> = None;
     loop {
         d.handle_changes().await;
         d.retry_due();
@@ -363,7 +375,16 @@ pub async fn run(
         // Partitions assigned or revoked while the batch was collected: act first, so that no
         // message is applied to a domain this process no longer owns.
         d.handle_changes().await;
-        d.process(batch, started).await?;
+        match d.process(batch, started).await {
+            Ok(()) => {}
+            // Shutdown gave up on the batch's dead letters: none of its offsets is stored, the
+            // rest shuts down as usual, and the run fails with this error.
+            Err(e @ PipelineError::Sink(_)) => {
+                failed = Some(e);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
     }
 
     info!("stopping: committing offsets and draining the outbox");
@@ -397,6 +418,9 @@ pub async fn run(
     }
     let _ = producer.flush(Duration::from_secs(5));
     let _ = admin.await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let mut summary = std::mem::take(&mut d.summary);
     summary.events = metrics.events_total();
     summary.outbox_left = outbox_left;

@@ -5,6 +5,7 @@ mod clip;
 mod crash;
 mod daemon;
 mod dashboards;
+mod dead_letters;
 mod domains;
 mod engine_props;
 mod logs;
