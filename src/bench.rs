@@ -20,6 +20,17 @@ pub struct Window {
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    /// Where the vectors came from: "synthetic" (the seeded generator) or "dlib-like <file>"
+    /// (real vectors of a features file, each face one of them plus noise).
+    pub vectors: String,
+    /// The graph configuration that ran: edge scorer ("learned", "cosine", or "cosine
+    /// (calibrated t1=...)" when the calibration found another space), proxy mode, cluster rule.
+    pub edge_scorer: String,
+    pub proxy_mode: String,
+    pub cluster_rule: String,
+    /// `engine.t1` as configured (the calibrated value is in `edge_scorer`).
+    pub t1: f32,
+    pub k: usize,
     pub n_faces: usize,
     pub dim: usize,
     pub batch: usize,
@@ -69,18 +80,54 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// Runs the insert benchmark on seeded synthetic identities. Windows end just before 10K, 100K,
-/// 1M and the last face; each window's rate is measured over `window` faces.
+/// `n` dlib-like vectors: face i is a seeded random row of `base` (real vectors, e.g. LFW embedded
+/// by the project) plus isotropic Gaussian noise, renormalized, the noise sized so that a copy
+/// sits at cosine ~0.99 to its row: near-duplicates as a camera's repeated frames are, and small
+/// enough that the pair-similarity profile stays the trained space's (at 0.975 every pair cosine
+/// shrinks by 5% and the calibration rightly calls it another space).
+pub fn dlib_like(base: &crate::features::Features, n: usize, seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+    let d = base.dim;
+    let sigma = ((1.0 / (0.99f64 * 0.99) - 1.0) / d as f64).sqrt() as f32;
+    let noise = Normal::new(0.0f32, sigma).expect("finite sigma");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        let row = base.row(rng.gen_range(0..base.n()));
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        let mut v: Vec<f32> = row
+            .iter()
+            .map(|x| x / norm + noise.sample(&mut rng))
+            .collect();
+        let nv = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= nv);
+        out.extend_from_slice(&v);
+    }
+    out
+}
+
+/// Runs the insert benchmark on `data` (`n` rows of `cfg.model.dim`; `None` = seeded synthetic
+/// identities), with `vectors` naming them in the report. Windows end just before 10K, 100K, 1M
+/// and the last face; each window's rate is measured over `window` faces.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: &Config,
     n: usize,
     batch: usize,
     window: usize,
     seed: u64,
+    data: Option<Vec<f32>>,
+    vectors: &str,
     progress: &dyn Fn(usize),
 ) -> anyhow::Result<BenchReport> {
     let dim = cfg.model.dim;
-    let data = generate(SynthParams::new(n, dim, seed)).data;
+    let data = data.unwrap_or_else(|| generate(SynthParams::new(n, dim, seed)).data);
+    anyhow::ensure!(
+        data.len() == n * dim,
+        "{} values for {n} faces of {dim}",
+        data.len()
+    );
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
     let rss0 = rss_bytes();
     let mut c = Clusterer::open(cfg)?;
@@ -115,7 +162,32 @@ pub fn run(
     }
     let seconds = start.elapsed().as_secs_f64();
     let rss = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+    let edge_scorer = match c.decision() {
+        Some(crate::calibrate::Decision::Stream { t1, .. }) => {
+            format!("cosine (calibrated t1={t1:.4})")
+        }
+        _ => match cfg.edge.scorer {
+            crate::config::EdgeScorerKind::Cosine => "cosine".into(),
+            crate::config::EdgeScorerKind::Learned => "learned".into(),
+        },
+    };
+    let proxy_mode = match c.decision() {
+        Some(crate::calibrate::Decision::Stream { .. }) => "identity (calibrated)".into(),
+        _ => format!("{:?}", cfg.proxy.mode).to_lowercase(),
+    };
+    let support = c.engine().params().support;
+    let cluster_rule = if support > 0.0 {
+        format!("support {support}")
+    } else {
+        "components".into()
+    };
     Ok(BenchReport {
+        vectors: vectors.to_string(),
+        edge_scorer,
+        proxy_mode,
+        cluster_rule,
+        t1: cfg.engine.t1,
+        k: cfg.engine.k,
         n_faces: n,
         dim,
         batch,

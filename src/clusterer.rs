@@ -260,6 +260,11 @@ pub fn stages_for(
         crate::calibrate::Decision::Stream { t1, .. } => {
             p.t1 = *t1;
             p.refresh = 0;
+            // Connected components: a threshold read off the stream can leave large components,
+            // and the cluster-level rule's cost is the components an insertion touches (45x
+            // slower on a synthetic space, BENCHMARKS.md 8b); on the training spaces it gained
+            // nothing here (foreign-map train 0.8274 vs 0.8275).
+            p.support = 0.0;
             (p, ProxyModel::Identity, EdgeModel::Cosine)
         }
     })

@@ -239,6 +239,7 @@ pub fn run(
                 if let crate::calibrate::Decision::Stream { t1, seen } = decision {
                     p.t1 = s.threshold.unwrap_or(t1);
                     p.refresh = cp.refresh;
+                    p.support = cp.support;
                     tracing::info!(
                         "calibration: the stream is not the trained space (centroid cosine {:.4}, median {:.4}, spread {:.4}): cosine of the raw vectors, t1 {:.4}",
                         seen.centroid_cos, seen.median, seen.spread, p.t1

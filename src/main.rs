@@ -349,6 +349,15 @@ enum Command {
         window: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Dlib-like vectors: each face a seeded random row of this features file (real vectors,
+        /// e.g. LFW embedded by `embed`) plus noise (cosine ~0.99 to its row). Without it, the
+        /// seeded synthetic generator.
+        #[arg(long)]
+        features: Option<PathBuf>,
+        /// Run the synthetic generator's calibrated settings (cosine, identity proxy, its t1, k and
+        /// t2) instead of the shipped default configuration.
+        #[arg(long, conflicts_with = "features")]
+        synthetic_settings: bool,
         /// State directory (must not exist; removed afterwards unless --keep).
         #[arg(long)]
         state: Option<PathBuf>,
@@ -1051,6 +1060,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             window,
             seed,
+            features,
+            synthetic_settings,
             state,
             keep,
             json,
@@ -1083,15 +1094,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ])
                 .collect();
             let mut cfg = Config::load_from(cli.config.as_deref(), &env)?;
-            for c in cfg.use_synthetic_settings() {
-                eprintln!("synthetic faces: {c}");
-            }
-            let step = (faces / 20).max(1);
-            let report = clip_cluster::bench::run(&cfg, faces, batch, window, seed, &|i| {
-                if i % step == 0 || i == faces {
-                    eprintln!("  {i} faces");
+            if synthetic_settings {
+                for c in cfg.use_synthetic_settings() {
+                    eprintln!("synthetic faces: {c}");
                 }
-            })?;
+            }
+            let (data, vectors) = match &features {
+                Some(f) => {
+                    let base = clip_cluster::features::read_features(f, dim)?;
+                    anyhow::ensure!(base.n() > 0, "{} holds no vectors", f.display());
+                    let v = clip_cluster::bench::dlib_like(&base, faces, seed);
+                    (Some(v), format!("dlib-like {}", f.display()))
+                }
+                None => (None, "synthetic".to_string()),
+            };
+            let step = (faces / 20).max(1);
+            let report =
+                clip_cluster::bench::run(&cfg, faces, batch, window, seed, data, &vectors, &|i| {
+                    if i % step == 0 || i == faces {
+                        eprintln!("  {i} faces");
+                    }
+                })?;
             if !keep {
                 let _ = std::fs::remove_dir_all(&state);
             }

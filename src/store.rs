@@ -352,9 +352,9 @@ impl Store {
                         || stored.embedder == fingerprint.embedder);
                 if adopt {
                     // Written before the embedder was part of the fingerprint: record it now.
-                    tracing::warn!(
+                    tracing::info!(
                         embedder = fingerprint.embedder.as_deref().unwrap_or_default(),
-                        "state written before the embedder was fingerprinted: recording the configured embedder; from now on another embedder setting is refused"
+                        "the state's fingerprint names no embedder yet: recording the configured one; from now on another embedder setting is refused"
                     );
                     let fp = serde_json::to_vec(fingerprint)
                         .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
