@@ -4,7 +4,7 @@
 //! Then SIGTERM stops it cleanly (exit 0).
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
@@ -16,27 +16,6 @@ use crate::support::*;
 
 const N: usize = 5000;
 const KILLS: usize = 25;
-
-fn start(envs: &[(String, String)], log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_clip-cluster"))
-        .arg("run")
-        .envs(envs.iter().cloned())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the binary starts")
-}
-
-/// A metric's value from the daemon's /metrics, if it answers.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
 
 #[test]
 fn sigkill_at_random_points_loses_and_duplicates_nothing() {

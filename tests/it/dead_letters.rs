@@ -5,7 +5,7 @@
 //! topic back, nothing is lost.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
@@ -19,27 +19,6 @@ use crate::support::*;
 /// A dead-letter topic that the mock cluster does not have (and, with auto-creation off, never
 /// makes): every delivery to it fails.
 const MISSING_DLQ: &str = "faces-dlq-missing";
-
-fn start(envs: &[(String, String)], log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_clip-cluster"))
-        .arg("run")
-        .envs(envs.iter().cloned())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the binary starts")
-}
-
-/// A series' value from the daemon's /metrics (`name` with its labels, if any), if it answers.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
 
 /// Polls until `cond` holds, failing with the daemon's log after `timeout`.
 fn wait_until(what: &str, timeout: Duration, log: &Path, mut cond: impl FnMut() -> bool) {

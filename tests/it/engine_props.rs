@@ -80,6 +80,31 @@ fn quality_meta(i: usize, every: usize) -> clip_cluster::engine::FaceMeta {
     }
 }
 
+/// The stream over `vs` on an exact index (every `weak_every`-th face weak, see `quality_meta`),
+/// and the batch computation over the stream's proxies: (stream engine, batch labels, weak flags).
+fn stream_and_batch(
+    p: EngineParams,
+    vs: &[Vec<f32>],
+    weak_every: usize,
+) -> (Engine<ExactIndex>, Vec<u32>, Vec<bool>) {
+    let dim = p.dim;
+    let mut e = Engine::new(p, ExactIndex::new(dim));
+    let mut idx = ExactIndex::new(dim);
+    let mut proxies = Vec::new();
+    let weak: Vec<bool> = (0..vs.len())
+        .map(|i| quality_meta(i, weak_every).quality == Some(0.1))
+        .collect();
+    for (i, v) in vs.iter().enumerate() {
+        e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every))
+            .unwrap();
+        let pv = e.proxy(i as u32).to_vec();
+        clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
+        proxies.extend_from_slice(&pv);
+    }
+    let b = batch(&p, &proxies, &idx, &weak);
+    (e, b, weak)
+}
+
 /// A neighbour proxy in 4-D whose proxies visibly move with the neighbourhood (two strong
 /// directions), for the refresh properties.
 fn moving_proxy() -> clip_cluster::proxy::NeighborProxy {
@@ -159,18 +184,7 @@ proptest! {
         let dim = 5;
         let mut p = params(dim, k, t1, t2, 1000);
         p.min_quality = 0.5;
-        let vs = data(seed, n, dim, centers, 0.5);
-        let mut e = Engine::new(p, ExactIndex::new(dim));
-        let mut idx = ExactIndex::new(dim);
-        let mut proxies = Vec::new();
-        let weak: Vec<bool> = (0..n).map(|i| quality_meta(i, weak_every).quality == Some(0.1)).collect();
-        for (i, v) in vs.iter().enumerate() {
-            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
-            let pv = e.proxy(i as u32).to_vec();
-            clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
-            proxies.extend_from_slice(&pv);
-        }
-        let b = batch(&p, &proxies, &idx, &weak);
+        let (e, b, weak) = stream_and_batch(p, &data(seed, n, dim, centers, 0.5), weak_every);
         prop_assert_eq!(partition(&e.assignments()), partition(&b));
         prop_assert_eq!(e.n_weak(), weak.iter().filter(|w| **w).count());
         // Weak faces never join two clusters: the faces that are not weak are grouped exactly
@@ -405,18 +419,7 @@ proptest! {
         p.min_quality = 0.5;
         p.weak_margin = 0.6;
         p.support = support;
-        let vs = data(seed, n, dim, centers, 0.5);
-        let mut e = Engine::new(p, ExactIndex::new(dim));
-        let mut idx = ExactIndex::new(dim);
-        let mut proxies = Vec::new();
-        let weak: Vec<bool> = (0..n).map(|i| quality_meta(i, weak_every).quality == Some(0.1)).collect();
-        for (i, v) in vs.iter().enumerate() {
-            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
-            let pv = e.proxy(i as u32).to_vec();
-            clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
-            proxies.extend_from_slice(&pv);
-        }
-        let b = batch(&p, &proxies, &idx, &weak);
+        let (e, b, weak) = stream_and_batch(p, &data(seed, n, dim, centers, 0.5), weak_every);
         prop_assert_eq!(partition(&e.assignments()), partition(&b));
         // A kept edge that touches a weak face is the weak face's one anchor or near-certain.
         let sure = t1 + 0.6 * (1.0 - t1);

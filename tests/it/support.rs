@@ -371,3 +371,25 @@ pub fn lfw_root(test: &str) -> Option<std::path::PathBuf> {
         }
     }
 }
+
+/// Starts the real binary with `run` and these `CLIP_CLUSTER__` variables, its log in `log`.
+pub fn start(envs: &[(String, String)], log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_clip-cluster"))
+        .arg("run")
+        .envs(envs.iter().cloned())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// A series' value from the daemon's /metrics (`name` with its labels, if any), if it answers.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
