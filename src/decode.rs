@@ -64,6 +64,20 @@ pub struct DecodeLimits {
     pub min_image_side_px: u32,
 }
 
+impl DecodeLimits {
+    /// The limits the configuration sets (`source.max_message_bytes`, `source.max_image_pixels`,
+    /// `embed.max_image_side`): every stage that decodes an image (the embedder, the CLIP stage)
+    /// takes these, so no stage accepts an image another refuses.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        DecodeLimits {
+            max_image_bytes: cfg.source.max_message_bytes,
+            max_image_pixels: cfg.source.max_image_pixels,
+            max_image_side_px: cfg.embed.max_image_side,
+            ..DecodeLimits::default()
+        }
+    }
+}
+
 impl Default for DecodeLimits {
     /// Generous for face crops: 16 MiB, 4096x4096 pixels (48 MiB decoded), 8192 px a side, 16 px
     /// minimum.

@@ -132,12 +132,7 @@ impl DlibEmbedder {
                 landmark_passes: e.landmark_passes,
             },
         };
-        let limits = DecodeLimits {
-            max_image_bytes: cfg.source.max_message_bytes,
-            max_image_pixels: cfg.source.max_image_pixels,
-            max_image_side_px: e.max_image_side,
-            ..DecodeLimits::default()
-        };
+        let limits = DecodeLimits::from_config(cfg);
         Ok(DlibEmbedder {
             net,
             prep: Preprocessor { limits, mode },

@@ -194,6 +194,8 @@ impl Hallucinator {
 pub struct ClipStage {
     pub clip: crate::clip::Clip,
     pub hallucinator: Hallucinator,
+    /// The configured image limits, the embedder's own (`DecodeLimits::from_config`).
+    pub limits: crate::decode::DecodeLimits,
 }
 
 #[derive(Debug, Error)]
@@ -224,6 +226,7 @@ impl ClipStage {
         Ok(Some(Self {
             clip,
             hallucinator: Hallucinator { directions, mapper },
+            limits: crate::decode::DecodeLimits::from_config(cfg),
         }))
     }
 
@@ -240,7 +243,7 @@ impl ClipStage {
         images: &[&[u8]],
         identities: &[Option<&[f32]>],
     ) -> Result<Vec<Vec<f32>>, crate::clip::ClipError> {
-        let limits = crate::decode::DecodeLimits::default();
+        let limits = &self.limits;
         let mut out = vec![Vec::new(); images.len()];
         let mut which = Vec::new();
         let mut decoded = Vec::new();
@@ -248,7 +251,7 @@ impl ClipStage {
             if f.is_none() {
                 continue;
             }
-            let Ok(rgb) = crate::decode::decode(bytes, &limits) else {
+            let Ok(rgb) = crate::decode::decode(bytes, limits) else {
                 continue;
             };
             if let Some(img) =

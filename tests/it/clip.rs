@@ -488,3 +488,78 @@ fn clip_architecture_is_inferred_from_64_wide_heads() {
         (7, 12, 8)
     );
 }
+
+/// The CLIP stage decodes with the configured image limits, the embedder's own: an image the
+/// configuration refuses gets no variants there either, and the default takes it.
+#[test]
+fn clip_stage_honours_the_configured_image_limits() {
+    let Some(vocab) = vocab() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hidden = 4;
+    let mapper = clip_cluster::hallucinate::Mapper {
+        dim: 128,
+        clip_dim: 16,
+        hidden,
+        w1: vec![0.01; hidden * 144],
+        b1: vec![0.0; hidden],
+        w2: vec![0.01; 128 * hidden],
+        b2: vec![0.0; 128],
+    };
+    let mapper_path = dir.path().join("mapper.safetensors");
+    mapper.save(&mapper_path).unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let quoted = |p: PathBuf| format!("\"{}\"", p.display());
+    let cfg = |extra: &[(&str, &str)]| {
+        let mut env = vec![
+            ("CLIP_CLUSTER__CLIP__WEIGHTS".to_string(), quoted(weights())),
+            (
+                "CLIP_CLUSTER__CLIP__MODEL_CONFIG".to_string(),
+                quoted(fixture_dir().join("clip_tiny.json")),
+            ),
+            (
+                "CLIP_CLUSTER__CLIP__VOCAB".to_string(),
+                quoted(vocab.clone()),
+            ),
+            (
+                "CLIP_CLUSTER__CLIP__PROMPTS".to_string(),
+                quoted(root.join("config/prompts.toml")),
+            ),
+            (
+                "CLIP_CLUSTER__CLIP__MAPPER_PATH".to_string(),
+                quoted(mapper_path.clone()),
+            ),
+        ];
+        for (k, v) in extra {
+            env.push((format!("CLIP_CLUSTER__{k}"), v.to_string()));
+        }
+        clip_cluster::config::Config::load_from(None, &env).unwrap()
+    };
+    // A 64x48 PNG and an identity vector.
+    let img = RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let f: Vec<f32> = (0..128).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
+    let variants = |c: &clip_cluster::config::Config| {
+        let stage = clip_cluster::hallucinate::ClipStage::from_config(c)
+            .unwrap()
+            .expect("CLIP is on");
+        stage.variants(&[&png], &[Some(&f)]).unwrap().remove(0)
+    };
+    assert!(
+        !variants(&cfg(&[])).is_empty(),
+        "the default limits take a 64x48 image"
+    );
+    let small = cfg(&[("EMBED__MAX_IMAGE_SIDE", "32")]);
+    assert_eq!(
+        clip_cluster::decode::DecodeLimits::from_config(&small).max_image_side_px,
+        32
+    );
+    assert!(
+        variants(&small).is_empty(),
+        "embed.max_image_side = 32 refuses a 64 px image in the CLIP stage too"
+    );
+}
