@@ -215,14 +215,19 @@ pub fn run(
     let mut calibration = String::from("trained");
     let predicted: Vec<Option<u64>> = match s.algorithm {
         Algorithm::Stream | Algorithm::Batch => {
-            let mut p = cfg.engine_params();
-            if let Some(t) = s.threshold {
-                p.t1 = t;
-            }
-            if let Some(k) = s.k {
-                p.k = k;
-                p.search_k = p.search_k.max(k);
-            }
+            // `--threshold` and `--k` over the rules that run (the configured ones, or the
+            // calibration's for a stream decision).
+            let overridden = |mut p: crate::engine::EngineParams| {
+                if let Some(t) = s.threshold {
+                    p.t1 = t;
+                }
+                if let Some(k) = s.k {
+                    p.k = k;
+                    p.search_k = p.search_k.max(k);
+                }
+                p
+            };
+            let p = overridden(cfg.engine_params());
             let mut h = cfg.hnsw_params();
             h.capacity_hint = n;
             if s.algorithm == Algorithm::Stream {
@@ -236,10 +241,8 @@ pub fn run(
                 };
                 let (cp, proxy, scorer) = crate::clusterer::stages_for(cfg, &decision)
                     .map_err(|e| EvalError::Proxy(e.to_string()))?;
-                if let crate::calibrate::Decision::Stream { t1, seen } = decision {
-                    p.t1 = s.threshold.unwrap_or(t1);
-                    p.refresh = cp.refresh;
-                    p.support = cp.support;
+                let p = overridden(cp);
+                if let crate::calibrate::Decision::Stream { seen, .. } = decision {
                     tracing::info!(
                         "calibration: the stream is not the trained space (centroid cosine {:.4}, median {:.4}, spread {:.4}): cosine of the raw vectors, t1 {:.4}",
                         seen.centroid_cos, seen.median, seen.spread, p.t1

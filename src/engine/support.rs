@@ -184,12 +184,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for h in &mut heirs_of {
             h.sort_by_key(|&l| self.comps[l as usize].cluster_id);
         }
-        let mut labels_before: Vec<u32> = region
-            .iter()
-            .map(|&x| self.faces[x as usize].comp)
-            .collect();
-        labels_before.sort_unstable();
-        labels_before.dedup();
+        let labels_before = self.labels_of(&region);
 
         // Every old label loses its faces first; parts then take theirs.
         for &l in &labels_before {
@@ -276,13 +271,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 }
             }
         }
-        let mut labels_after: Vec<u32> = region
-            .iter()
-            .map(|&x| self.faces[x as usize].comp)
-            .collect();
-        labels_after.sort_unstable();
-        labels_after.dedup();
+        let labels_after = self.labels_of(&region);
         self.live_comps = self.live_comps + labels_after.len() - labels_before.len();
+    }
+
+    /// The distinct cluster labels of `faces`, sorted.
+    fn labels_of(&self, faces: &[u32]) -> Vec<u32> {
+        let mut labels: Vec<u32> = faces.iter().map(|&x| self.faces[x as usize].comp).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        labels
     }
 }
 
