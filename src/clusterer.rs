@@ -86,6 +86,9 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
     }
     if e.support > 0.0 {
         graph.push_str(&format!(" support={}", e.support));
+        if e.support_region > 0 {
+            graph.push_str(&format!(" region={}", e.support_region));
+        }
     }
     if c.mode != crate::calibrate::CalibrationMode::Trained {
         graph.push_str(&format!(

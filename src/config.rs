@@ -149,6 +149,7 @@ pub struct EngineConfig {
     pub t1: f32,
     pub t2: f32,
     pub support: f32,
+    pub support_region: usize,
 }
 
 /// `[calibration]`: whether the trained parts fit the stream's space (see `calibrate`).
@@ -825,6 +826,7 @@ impl Config {
             min_quality: self.quality.min_score,
             weak_margin: self.quality.weak_margin,
             support: self.engine.support,
+            support_region: self.engine.support_region,
             refresh: match self.proxy.mode {
                 ProxyMode::Identity => 0,
                 ProxyMode::Neighbor => self.proxy.refresh_per_insert,

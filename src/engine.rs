@@ -58,6 +58,12 @@ pub struct EngineParams {
     /// false edge cannot merge two grown clusters. 0 = clusters are the connected components of
     /// the kept edges.
     pub support: f32,
+    /// The most faces the cluster-level rule recomputes at once (`support > 0`). An insertion
+    /// whose kept-graph component is larger applies the rule locally instead: a new kept edge
+    /// merges its two clusters when the kept edges between them reach the support, a lost edge
+    /// splits a cluster only when the cluster falls apart; the cost is then bounded by the
+    /// clusters touched, not by the component. 0 = no bound (always the exact rule).
+    pub support_region: usize,
 }
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
@@ -331,6 +337,11 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     n_refreshed: u64,
     /// Weak faces held (kept flags are then computed even without intimacy).
     n_weak: usize,
+    /// Insertions whose kept-graph component was over `support_region` (this process).
+    bounded_regroups: u64,
+    /// The face being inserted until its `FaceAssigned` is emitted (u32::MAX: none): a split
+    /// before then moves it without a `FaceMoved` (the assignment tells its final cluster).
+    unannounced: u32,
     /// Indexed by internal label; `size == 0` marks a retired label.
     comps: Vec<CompRecord>,
     /// Components with `size > 0`, kept up to date so that reading it is not a scan over every
@@ -431,6 +442,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             identities: Vec::new(),
             n_refreshed: 0,
             n_weak: 0,
+            bounded_regroups: 0,
+            unannounced: u32::MAX,
             extras: Vec::new(),
             comps: Vec::new(),
             live_comps: 0,
@@ -545,6 +558,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Faces held back from bridging because their quality is below `min_quality`.
     pub fn n_weak(&self) -> usize {
         self.n_weak
+    }
+
+    /// Changes the cluster rule applied locally because the kept-graph component was over
+    /// `EngineParams::support_region` (since this engine was built or restored).
+    pub fn bounded_regroups(&self) -> u64 {
+        self.bounded_regroups
     }
 
     /// Whether kept flags are anything but "every edge": with intimacy, or with weak faces.
@@ -842,7 +861,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut sources_after = sources.clone();
         sources_after.push(seq);
         let mut events = Vec::new();
+        self.unannounced = seq;
         self.apply_kept_diff(&before, &sources_after, None, seq, &mut events);
+        self.unannounced = u32::MAX;
 
         let comp = self.faces[seq as usize].comp;
         if self.comps[comp as usize].cluster_id == PENDING {
@@ -1087,7 +1108,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             }
             seeds.sort_unstable();
             seeds.dedup();
-            self.regroup(&seeds, cause, events);
+            if self.regroup(&seeds, cause, events) {
+                return;
+            }
+            // The component is over `support_region`: the rule applied locally (support.rs).
+            self.bounded_regroups += 1;
+            self.regroup_locally(&added, &removed, cause, events);
             return;
         }
         self.visible = removed.clone();
@@ -1201,6 +1227,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// component fell apart, at a cost bounded by twice the smaller part; the smaller part gets a
     /// new id (on a tie, the part holding the oldest face keeps the id).
     fn cut(&mut self, a: u32, b: u32, cause: u32, events: &mut Vec<Event>) {
+        // The search stays inside the edge's cluster (with connected components, its component;
+        // with the local support rule, an edge between two clusters splits nothing).
+        let label = self.faces[a as usize].comp;
+        if self.faces[b as usize].comp != label {
+            return;
+        }
         let (sa, sb) = self.next_stamps();
         let mut qa = vec![a];
         let mut qb = vec![b];
@@ -1225,7 +1257,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     if m == other {
                         return; // still connected
                     }
-                    if m != own {
+                    if m != own && self.faces[y as usize].comp == label {
                         self.mark[y as usize] = own;
                         q.push(y);
                     }
@@ -1244,7 +1276,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             ir += 1;
             self.adjacent(x, &mut buf);
             for &y in &buf {
-                if self.mark[y as usize] != own_r {
+                if self.mark[y as usize] != own_r && self.faces[y as usize].comp == label {
                     self.mark[y as usize] = own_r;
                     rest.push(y);
                 }
@@ -1292,7 +1324,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             },
         ));
         for &x in &moved {
-            if x != cause {
+            if x != self.unannounced {
                 let face_id = self.face_ids[x as usize].to_string();
                 events.push(self.emit(
                     cause,
@@ -1401,6 +1433,7 @@ mod tests {
             min_quality: 0.0,
             weak_margin: 1.0,
             support: 0.0,
+            support_region: 0,
         }
     }
 

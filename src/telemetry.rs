@@ -28,6 +28,8 @@ pub struct Metrics {
     pub faces_low_quality: IntCounter,
     /// Faces stored while a new state's calibration warm-up waits for its decision.
     pub faces_waiting: IntCounter,
+    /// Changes the cluster-level rule applied locally (component over `engine.support_region`).
+    pub cluster_rule_local: IntCounter,
     /// Time to embed one batch's images (decode, chip, network), in seconds.
     pub embed_duration: Histogram,
     /// Messages rejected, by reason (each also goes to the dead-letter topic).
@@ -154,6 +156,10 @@ impl Metrics {
             faces_low_quality: counter(
                 "faces_low_quality_total",
                 "Faces assigned below quality.min_score: held to one edge, other links only when near-certain (quality.weak_margin).",
+            ),
+            cluster_rule_local: counter(
+                "cluster_rule_local_total",
+                "Insertions whose connected part of the kept graph was over engine.support_region: the cluster-level rule applied to the clusters touched only.",
             ),
             faces_waiting: counter(
                 "faces_calibration_waiting_total",

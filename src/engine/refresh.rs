@@ -196,6 +196,7 @@ mod tests {
             min_quality: 0.0,
             weak_margin: 1.0,
             support: 0.0,
+            support_region: 0,
         }
     }
 

@@ -92,7 +92,13 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Cluster-level linkage after the kept edges around `seeds` changed: recomputes the rule over
     /// the connected components of the kept graph holding the seeds and applies the new partition
     /// with stable ids, emitting merges, splits and moves.
-    pub(super) fn regroup(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) {
+    /// Returns false, having changed nothing, when those components hold more than
+    /// `support_region` faces.
+    pub(super) fn regroup(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) -> bool {
+        let bound = match self.params.support_region {
+            0 => usize::MAX,
+            b => b,
+        };
         // The region: every face connected to a seed by kept edges. Each old cluster that has a
         // face in it lies wholly inside (its faces were connected, and every edge that vanished
         // has both ends among the seeds).
@@ -115,6 +121,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     self.mark[y as usize] = stamp;
                     region.push(y);
                 }
+            }
+            if region.len() > bound {
+                return false;
             }
         }
         region.sort_unstable();
@@ -273,6 +282,100 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         let labels_after = self.labels_of(&region);
         self.live_comps = self.live_comps + labels_after.len() - labels_before.len();
+        true
+    }
+
+    /// The rule applied locally, for a change whose component is over `support_region`: the
+    /// added kept edges in descending score (ties by pair), each merging its two clusters when
+    /// the kept edges between them number at least `max(1, ceil(support * smaller size))` (so a
+    /// new face joins the cluster of its best edge); then each removed edge splits its cluster
+    /// if the cluster fell apart. Clusters stay connected by their own kept edges; the cost is
+    /// the clusters the change touched (the smaller of each pair counted), never the component.
+    pub(super) fn regroup_locally(
+        &mut self,
+        added: &[(u32, u32)],
+        removed: &[(u32, u32)],
+        cause: u32,
+        events: &mut Vec<Event>,
+    ) {
+        let mut added: Vec<(u32, u32, f32)> = added
+            .iter()
+            .map(|&(a, b)| (a, b, self.pair_score(a, b)))
+            .collect();
+        added.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+        // Removed edges stay visible to the walks until their own cut, as with components.
+        self.visible = removed.to_vec();
+        for &(a, b, _) in &added {
+            if self.supported(a, b) {
+                self.union(a, b, cause, events);
+            }
+        }
+        for (n, &(a, b)) in removed.iter().enumerate() {
+            self.visible = removed[n + 1..].to_vec();
+            self.cut(a, b, cause, events);
+        }
+        self.visible.clear();
+    }
+
+    /// The higher score of the kept directed edges between `a` and `b`.
+    fn pair_score(&self, a: u32, b: u32) -> f32 {
+        let one = |x: u32, y: u32| {
+            self.faces[x as usize]
+                .out
+                .iter()
+                .filter(|e| e.to == y && e.kept)
+                .map(|e| e.score)
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        one(a, b).max(one(b, a))
+    }
+
+    /// Whether the kept edges between the clusters of `a` and `b` (different clusters) reach the
+    /// support: counted from the smaller cluster's faces, stopping as soon as they do.
+    fn supported(&mut self, a: u32, b: u32) -> bool {
+        let (la, lb) = (self.faces[a as usize].comp, self.faces[b as usize].comp);
+        if la == lb {
+            return false;
+        }
+        let (sa, sb) = (self.comps[la as usize].size, self.comps[lb as usize].size);
+        let need = ((self.params.support * sa.min(sb) as f32).ceil() as u32).max(1);
+        if need <= 1 {
+            return true; // the edge itself
+        }
+        let (start, own, other) = if sa <= sb { (a, la, lb) } else { (b, lb, la) };
+        // Walk the smaller cluster (connected by its kept edges, or by removed edges not yet
+        // cut) and count its distinct kept neighbours in the other.
+        let (stamp, seen) = self.next_stamps();
+        let mut stack = vec![start];
+        self.mark[start as usize] = stamp;
+        let mut buf = Vec::new();
+        let mut links = 0u32;
+        while let Some(x) = stack.pop() {
+            self.adjacent(x, &mut buf);
+            for &y in &buf {
+                let l = self.faces[y as usize].comp;
+                if l == own && self.mark[y as usize] != stamp {
+                    self.mark[y as usize] = stamp;
+                    stack.push(y);
+                } else if l == other && self.mark[y as usize] != seen {
+                    // Each (x, y) pair once: y's mark is reset per x below.
+                    self.mark[y as usize] = seen;
+                    if self.undirected_kept(x, y) {
+                        links += 1;
+                        if links >= need {
+                            return true;
+                        }
+                    }
+                }
+            }
+            // Unmark this face's neighbours in the other cluster, so that the next face counts its own.
+            for &y in &buf {
+                if self.faces[y as usize].comp == other {
+                    self.mark[y as usize] = 0;
+                }
+            }
+        }
+        false
     }
 
     /// The distinct cluster labels of `faces`, sorted.

@@ -363,6 +363,11 @@ impl Daemon {
             self.metrics.outbox_depth.add(result.events.len() as i64);
             if let Some(c) = &dom.clusterer {
                 dom.faces.set(c.engine().n_faces() as i64);
+                let local = c.engine().bounded_regroups();
+                self.metrics
+                    .cluster_rule_local
+                    .inc_by(local.saturating_sub(dom.local_rule_seen));
+                dom.local_rule_seen = local;
             }
             dom.notify.notify_one();
             if !result.rejected.is_empty() {

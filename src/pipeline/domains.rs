@@ -82,6 +82,7 @@ impl Daemon {
                 drainer,
                 faces,
                 outbox,
+                local_rule_seen: 0,
             },
         );
     }

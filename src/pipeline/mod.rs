@@ -119,6 +119,8 @@ struct Domain {
     drainer: JoinHandle<Result<(), StoreError>>,
     faces: IntGauge,
     outbox: IntGauge,
+    /// The engine's `bounded_regroups` as last counted into the metric.
+    local_rule_seen: u64,
 }
 
 /// Where an assigned partition stands (per-partition mode).

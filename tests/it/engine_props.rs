@@ -61,6 +61,7 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
         min_quality: 0.0,
         weak_margin: 1.0,
         support: 0.0,
+        support_region: 0,
     }
 }
 
@@ -148,7 +149,8 @@ proptest! {
 
     /// With the neighbour proxy and the bounded refresh (older faces' proxies recomputed and
     /// re-linked after each insert), clusters stay exactly the connected components of the kept
-    /// edges, and every out-list stays ranked, short and above t1.
+    /// edges, every out-list stays ranked, short and above t1, and the events replay to every
+    /// face's cluster (a refresh that splits the new face off after its assignment moves it).
     #[test]
     fn refresh_keeps_clusters_equal_to_components(
         seed in 0u64..10_000, n in 2usize..70, k in 1usize..5,
@@ -160,8 +162,13 @@ proptest! {
         let mut p = params(dim, k, t1, t2, 8);
         p.refresh = refresh;
         let mut e = Engine::with_stages(p, ExactIndex::new(dim), proxy, clip_cluster::engine::CosineScorer);
+        let mut map = std::collections::HashMap::new();
         for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
-            e.insert(&format!("f{i}"), v).unwrap();
+            let (_, events) = e.insert(&format!("f{i}"), v).unwrap();
+            replay(&mut map, &events);
+            for (s, id) in e.assignments().iter().enumerate() {
+                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
+            }
             let m = e.n_faces();
             prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
             prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
@@ -431,6 +438,86 @@ proptest! {
     }
 }
 
+/// Whether every cluster of `e` is connected by the kept edges between its own faces.
+fn clusters_connected<I, P, S>(e: &Engine<I, P, S>) -> bool
+where
+    I: clip_cluster::index::NeighborIndex,
+    P: clip_cluster::engine::ProxyGenerator,
+    S: clip_cluster::engine::EdgeScorer,
+{
+    let labels = e.assignments();
+    let inside: Vec<(u32, u32)> = kept_scored(e)
+        .into_iter()
+        .filter(|&(a, b, _)| labels[a as usize] == labels[b as usize])
+        .map(|(a, b, _)| (a, b))
+        .collect();
+    components(labels.len(), &inside) == partition(&labels)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// With a small `support_region` the rule runs locally on most insertions: the events still
+    /// replay to every face's cluster, every cluster stays connected by its own kept edges, the
+    /// cluster count is right, and a run that never went over the bound is the exact rule.
+    #[test]
+    fn support_local_rule_keeps_the_invariants(
+        seed in 0u64..10_000, n in 2usize..120, k in 1usize..6,
+        t1 in 0.3f32..0.95, t2 in prop::sample::select(vec![0.0f32, 0.3]),
+        support in prop::sample::select(vec![0.3f32, 0.7]),
+        region in 2usize..16,
+        centers in 1usize..6, weak_every in prop::sample::select(vec![0usize, 3]),
+        refresh in prop::sample::select(vec![0usize, 3]),
+    ) {
+        let dim = 4;
+        let mut p = params(dim, k, t1, t2, 8);
+        p.support = support;
+        p.support_region = region;
+        p.min_quality = 0.5;
+        p.weak_margin = 0.5;
+        p.refresh = refresh;
+        let mut e = Engine::with_stages(p, ExactIndex::new(dim), moving_proxy(), clip_cluster::engine::CosineScorer);
+        let mut map = std::collections::HashMap::new();
+        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+            let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            replay(&mut map, &events);
+            let ids = e.assignments();
+            for (s, id) in ids.iter().enumerate() {
+                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
+            }
+            prop_assert!(clusters_connected(&e), "a cluster not connected after insert {}", i);
+            prop_assert_eq!(e.n_clusters(), partition(&ids).len());
+        }
+        if e.bounded_regroups() == 0 {
+            prop_assert_eq!(partition(&e.assignments()), support_oracle(e.n_faces(), &kept_scored(&e), support));
+        }
+    }
+}
+
+/// A stream whose kept graph is one chain over the bound runs the local rule (counted), and the
+/// same stream with no bound runs the exact rule; both keep their clusters connected.
+#[test]
+fn a_component_over_the_bound_runs_the_local_rule() {
+    let run = |region: usize| {
+        let mut p = params(2, 2, 0.9, 0.0, 1000);
+        p.support = 0.3;
+        p.support_region = region;
+        let mut e = Engine::new(p, ExactIndex::new(2));
+        // Points on an arc, each close to the previous: one chain of kept edges.
+        for i in 0..40 {
+            let a = 0.02 * i as f32;
+            e.insert(&format!("f{i}"), &[a.cos(), a.sin()]).unwrap();
+        }
+        e
+    };
+    let local = run(8);
+    assert!(local.bounded_regroups() > 0);
+    assert!(clusters_connected(&local));
+    let exact = run(0);
+    assert_eq!(exact.bounded_regroups(), 0);
+    assert!(clusters_connected(&exact));
+}
+
 /// One false edge does not merge two grown clusters under cluster-level linkage; with connected
 /// components the same insert merges everything.
 #[test]
@@ -440,9 +527,10 @@ fn a_single_bridge_does_not_merge_two_clusters() {
         let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
         vec![v[0] / n, v[1] / n, v[2] / n]
     };
-    let run = |support: f32| {
+    let run = |support: f32, region: usize| {
         let mut p = params(3, 2, 0.6, 0.0, 1000);
         p.support = support;
+        p.support_region = region;
         let mut e = Engine::new(p, ExactIndex::new(3));
         // Two tight groups of four, orthogonal to each other (cos ~0: no edge between them).
         for i in 0..4 {
@@ -455,14 +543,18 @@ fn a_single_bridge_does_not_merge_two_clusters() {
         let (_, ev) = e.insert("bridge", &unit([1.0, 0.0, 1.0])).unwrap();
         (e, ev)
     };
-    let (e, ev) = run(0.5);
-    let (a, b, bridge) = (e.cluster_of(0), e.cluster_of(1), e.cluster_of(8));
-    assert_ne!(a, b, "one bridge face merged two clusters of four: {ev:?}");
-    assert!(!ev.iter().any(|x| matches!(x, Event::ClustersMerged { .. })));
-    // A single face joins a cluster by one edge.
-    assert!(bridge == a || bridge == b);
-    assert_eq!(e.n_clusters(), 2);
-    let (e, ev) = run(0.0);
+    // The exact rule, and the local one (the bridge's component, 9 faces, is over 3).
+    for region in [0, 3] {
+        let (e, ev) = run(0.5, region);
+        let (a, b, bridge) = (e.cluster_of(0), e.cluster_of(1), e.cluster_of(8));
+        assert_ne!(a, b, "one bridge face merged two clusters of four: {ev:?}");
+        assert!(!ev.iter().any(|x| matches!(x, Event::ClustersMerged { .. })));
+        // A single face joins a cluster by one edge.
+        assert!(bridge == a || bridge == b);
+        assert_eq!(e.n_clusters(), 2);
+        assert_eq!(e.bounded_regroups() > 0, region > 0);
+    }
+    let (e, ev) = run(0.0, 0);
     assert_eq!(e.n_clusters(), 1);
     assert!(ev.iter().any(|x| matches!(x, Event::ClustersMerged { .. })));
 }
