@@ -91,6 +91,9 @@ pub struct EvalReport {
     /// What the stream ran with: "trained" (the configured parts), or "stream t1=<cosine>"
     /// when the calibration found another space (src/calibrate.rs).
     pub calibration: String,
+    /// Stream: insertions whose kept-graph component was over `engine.support_region`, where
+    /// the cluster rule ran locally (0 for the other algorithms).
+    pub cluster_rule_local: u64,
     pub seconds: f64,
     pub faces_per_second: f64,
 }
@@ -213,6 +216,7 @@ pub fn run(
 
     let start = Instant::now();
     let mut calibration = String::from("trained");
+    let mut cluster_rule_local = 0;
     let predicted: Vec<Option<u64>> = match s.algorithm {
         Algorithm::Stream | Algorithm::Batch => {
             // `--threshold` and `--k` over the rules that run (the configured ones, or the
@@ -269,6 +273,7 @@ pub fn run(
                         source,
                     })?;
                 }
+                cluster_rule_local = e.bounded_regroups();
                 e.assignments().into_iter().map(Some).collect()
             } else {
                 let mut idx = HnswIndex::new(h);
@@ -352,6 +357,7 @@ pub fn run(
         bcubed: scores.bcubed,
         nmi: scores.nmi,
         calibration,
+        cluster_rule_local,
         seconds,
         faces_per_second: n as f64 / seconds.max(1e-9),
     })
