@@ -166,9 +166,7 @@ proptest! {
         for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
             let (_, events) = e.insert(&format!("f{i}"), v).unwrap();
             replay(&mut map, &events);
-            for (s, id) in e.assignments().iter().enumerate() {
-                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
-            }
+            check_replay(&map, &e, i)?;
             let m = e.n_faces();
             prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
             prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
@@ -376,6 +374,53 @@ fn replay(
     }
 }
 
+/// Whether the replayed `map` gives every face of `e` its cluster id (after insert `i`).
+fn check_replay<I, P, S>(
+    map: &std::collections::HashMap<String, u64>,
+    e: &Engine<I, P, S>,
+    i: usize,
+) -> Result<(), TestCaseError>
+where
+    I: clip_cluster::index::NeighborIndex,
+    P: clip_cluster::engine::ProxyGenerator,
+    S: clip_cluster::engine::EdgeScorer,
+{
+    for (s, id) in e.assignments().iter().enumerate() {
+        prop_assert_eq!(
+            map.get(&format!("f{s}")),
+            Some(id),
+            "face {} after insert {}",
+            s,
+            i
+        );
+    }
+    Ok(())
+}
+
+/// The cluster-level rule's property engine: 4-D, the moving neighbour proxy, the cosine, weak
+/// faces below 0.5 with near-certain links above t1 + 0.5 (1 - t1).
+fn support_engine(
+    k: usize,
+    t1: f32,
+    t2: f32,
+    support: f32,
+    region: usize,
+    refresh: usize,
+) -> Engine<ExactIndex, clip_cluster::proxy::NeighborProxy, clip_cluster::engine::CosineScorer> {
+    let mut p = params(4, k, t1, t2, 8);
+    p.support = support;
+    p.support_region = region;
+    p.min_quality = 0.5;
+    p.weak_margin = 0.5;
+    p.refresh = refresh;
+    Engine::with_stages(
+        p,
+        ExactIndex::new(4),
+        moving_proxy(),
+        clip_cluster::engine::CosineScorer,
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -390,25 +435,16 @@ proptest! {
         centers in 1usize..6, weak_every in prop::sample::select(vec![0usize, 3]),
         refresh in prop::sample::select(vec![0usize, 3]),
     ) {
-        let dim = 4;
-        let mut p = params(dim, k, t1, t2, 8);
-        p.support = support;
-        p.min_quality = 0.5;
-        p.weak_margin = 0.5;
-        p.refresh = refresh;
-        let mut e = Engine::with_stages(p, ExactIndex::new(dim), moving_proxy(), clip_cluster::engine::CosineScorer);
+        let mut e = support_engine(k, t1, t2, support, 0, refresh);
         let mut map = std::collections::HashMap::new();
-        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+        for (i, v) in data(seed, n, 4, centers, 0.6).iter().enumerate() {
             let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
             replay(&mut map, &events);
             let m = e.n_faces();
             let want = support_oracle(m, &kept_scored(&e), support);
             prop_assert_eq!(partition(&e.assignments()), want.clone());
             prop_assert_eq!(e.n_clusters(), want.len());
-            let ids = e.assignments();
-            for (s, id) in ids.iter().enumerate() {
-                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
-            }
+            check_replay(&map, &e, i)?;
         }
     }
 
@@ -469,22 +505,13 @@ proptest! {
         centers in 1usize..6, weak_every in prop::sample::select(vec![0usize, 3]),
         refresh in prop::sample::select(vec![0usize, 3]),
     ) {
-        let dim = 4;
-        let mut p = params(dim, k, t1, t2, 8);
-        p.support = support;
-        p.support_region = region;
-        p.min_quality = 0.5;
-        p.weak_margin = 0.5;
-        p.refresh = refresh;
-        let mut e = Engine::with_stages(p, ExactIndex::new(dim), moving_proxy(), clip_cluster::engine::CosineScorer);
+        let mut e = support_engine(k, t1, t2, support, region, refresh);
         let mut map = std::collections::HashMap::new();
-        for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
+        for (i, v) in data(seed, n, 4, centers, 0.6).iter().enumerate() {
             let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
             replay(&mut map, &events);
+            check_replay(&map, &e, i)?;
             let ids = e.assignments();
-            for (s, id) in ids.iter().enumerate() {
-                prop_assert_eq!(map.get(&format!("f{s}")), Some(id), "face {} after insert {}", s, i);
-            }
             prop_assert!(clusters_connected(&e), "a cluster not connected after insert {}", i);
             prop_assert_eq!(e.n_clusters(), partition(&ids).len());
         }
