@@ -29,7 +29,7 @@ pub enum ClustererError {
     #[error(transparent)]
     Edge(#[from] crate::edge::EdgeError),
     #[error(transparent)]
-    Calibration(#[from] crate::calibrate::ReferenceError),
+    Calibration(#[from] crate::engine::calibrate::ReferenceError),
 }
 
 /// Result of applying one batch.
@@ -53,10 +53,10 @@ pub struct Clusterer {
     snapshot_every: u32,
     /// What the engine runs with (src/calibrate.rs); `None` while a new state's first faces
     /// wait for the decision.
-    decision: Option<crate::calibrate::Decision>,
+    decision: Option<crate::engine::calibrate::Decision>,
     /// The faces that wait, in arrival order (stored under `q:`).
     waiting: Vec<crate::store::WaitingFace>,
-    calibration: crate::calibrate::CalibrationParams,
+    calibration: crate::engine::calibrate::CalibrationParams,
     /// The configuration the engine is rebuilt from once the decision is made.
     cfg: Config,
 }
@@ -90,7 +90,7 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
             graph.push_str(&format!(" region={}", e.support_region));
         }
     }
-    if c.mode != crate::calibrate::CalibrationMode::Trained {
+    if c.mode != crate::engine::calibrate::CalibrationMode::Trained {
         graph.push_str(&format!(
             " calibration={:?}:{}:z={}:ref={}:cos={}:tol={}",
             c.mode,
@@ -241,7 +241,7 @@ pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError>
                 attention: if x.attention_path.as_os_str().is_empty() {
                     None
                 } else {
-                    Some(crate::attention::Attention::load(
+                    Some(crate::proxy::attention::Attention::load(
                         &x.attention_path,
                         cfg.model.dim,
                     )?)
@@ -255,12 +255,14 @@ pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError>
 /// `engine.t1` ("trained"), or the identity proxy, the cosine and the calibrated threshold.
 pub fn stages_for(
     cfg: &Config,
-    decision: &crate::calibrate::Decision,
+    decision: &crate::engine::calibrate::Decision,
 ) -> Result<(crate::engine::EngineParams, ProxyModel, EdgeModel), ClustererError> {
     let mut p = cfg.engine_params();
     Ok(match decision {
-        crate::calibrate::Decision::Trained { .. } => (p, proxy_model(cfg)?, edge_model(cfg)?),
-        crate::calibrate::Decision::Stream { t1, .. } => {
+        crate::engine::calibrate::Decision::Trained { .. } => {
+            (p, proxy_model(cfg)?, edge_model(cfg)?)
+        }
+        crate::engine::calibrate::Decision::Stream { t1, .. } => {
             p.t1 = *t1;
             p.refresh = 0;
             // Connected components: a threshold read off the stream can leave large components,
@@ -289,7 +291,7 @@ impl Clusterer {
             Some(d) => Some(d),
             // A state with faces and no decision was written by trained-only versions.
             None if n > 0 || !calibration.needs_warmup() => {
-                Some(crate::calibrate::Decision::Trained { seen: None })
+                Some(crate::engine::calibrate::Decision::Trained { seen: None })
             }
             None => None,
         };
@@ -308,9 +310,12 @@ impl Clusterer {
         }
         // Until a decision the engine is built with the configured parts, so their files are
         // read and checked at start-up either way; a stream decision reads them here too.
-        let provisional = crate::calibrate::Decision::Trained { seen: None };
+        let provisional = crate::engine::calibrate::Decision::Trained { seen: None };
         let (params, proxy, scorer) = stages_for(cfg, decision.as_ref().unwrap_or(&provisional))?;
-        if matches!(decision, Some(crate::calibrate::Decision::Stream { .. })) {
+        if matches!(
+            decision,
+            Some(crate::engine::calibrate::Decision::Stream { .. })
+        ) {
             proxy_model(cfg)?;
             edge_model(cfg)?;
         }
@@ -365,7 +370,7 @@ impl Clusterer {
     }
 
     /// The calibration decision, once made.
-    pub fn decision(&self) -> Option<&crate::calibrate::Decision> {
+    pub fn decision(&self) -> Option<&crate::engine::calibrate::Decision> {
         self.decision.as_ref()
     }
 
@@ -413,7 +418,7 @@ impl Clusterer {
         }
         let decision = self
             .calibration
-            .decide(&crate::calibrate::profile(&rows, d));
+            .decide(&crate::engine::calibrate::profile(&rows, d));
         log_decision(&decision);
         let (params, proxy, scorer) = stages_for(&self.cfg, &decision)?;
         let mut hnsw = self.cfg.hnsw_params();
@@ -521,18 +526,18 @@ impl Clusterer {
     }
 }
 
-fn log_decision(d: &crate::calibrate::Decision) {
+fn log_decision(d: &crate::engine::calibrate::Decision) {
     match d {
-        crate::calibrate::Decision::Trained { seen: Some(p) } => info!(
+        crate::engine::calibrate::Decision::Trained { seen: Some(p) } => info!(
             median = p.median,
             spread = p.spread,
             centroid_cos = p.centroid_cos,
             "calibration: the stream is the trained space; running the configured edge scorer, proxy and engine.t1"
         ),
-        crate::calibrate::Decision::Trained { seen: None } => {
+        crate::engine::calibrate::Decision::Trained { seen: None } => {
             info!("calibration: running the configured edge scorer, proxy and engine.t1")
         }
-        crate::calibrate::Decision::Stream { t1, seen: profile } => warn!(
+        crate::engine::calibrate::Decision::Stream { t1, seen: profile } => warn!(
             median = profile.median,
             spread = profile.spread,
             centroid_cos = profile.centroid_cos,

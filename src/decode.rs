@@ -1,802 +1,626 @@
-//! The decode stage: encoded face-crop bytes in, the 150x150 RGB chip the face-recognition network
-//! takes out. It owns the input limits (checked from the header, before any pixel buffer is
-//! allocated), the decoders, a bit-exact port of Pillow's bilinear resampler, the centre chip, and
-//! `Preprocessor`, the one entry point the embedder calls. Landmarks and the aligned chip live in
-//! `align`.
+//! Input messages: what a face looks like on the wire, and the decoding that turns bytes into a
+//! face or a typed rejection. Pure functions over bytes, no Kafka types, so every bad-input case is
+//! unit-tested here. Formats (JSON Schema: `schemas/face-message.schema.json`):
 //!
-//! # The pipeline, exactly
-//! 1. Empty input and input over `DecodeLimits::max_image_bytes` are refused.
-//! 2. The format comes from the magic bytes: JPEG, PNG or WebP; anything else is refused.
-//! 3. Width and height are read from the header alone. A side over `max_image_side_px`, a pixel
-//!    count over `max_image_pixels` (decompression bombs: a 100-byte PNG can claim 10^10 pixels)
-//!    or a side under `min_image_side_px` is refused before a pixel buffer exists.
-//! 4. Decoding to RGB8, row-major HWC:
-//!    - JPEG with libjpeg-turbo through its TurboJPEG API at its defaults (accurate integer IDCT,
-//!      "fancy" triangular chroma upsampling). These are Pillow's defaults too, so the pixels are
-//!      bit-identical to Pillow's `Image.open(..).convert("RGB")`, which the dlib reference
-//!      fixtures were made with. The pure-Rust decoder inside `image` (zune-jpeg) differs from it
-//!      in 13.7% of the bytes of 50 LFW images, by up to 13 levels, and a 1-level change moves
-//!      the dlib embedding by up to 4e-3: hence the C library. Progressive JPEGs are limited to
-//!      `MAX_JPEG_SCANS` scans (a known slow-decode attack). CMYK/YCCK JPEGs are refused.
-//!    - PNG and WebP with the `image` crate, with its own allocation limits as a second fence.
-//!    - Grey is replicated to R = G = B; alpha is dropped, not composited (as Pillow's
-//!      `convert("RGB")`); 16-bit samples are scaled to 8 bits by `image`.
-//!    - A panic anywhere in steps 1 to 4 (a decoder's bug on crafted bytes) is caught
-//!      (`guard_decode`) and refused as `DecodeError::Panicked`, dead-lettered as `image_decode`
-//!      like any undecodable image: otherwise one such message would stop the daemon and be read
-//!      again on every restart. This needs the default `panic = "unwind"` (Cargo.toml sets no
-//!      `panic = "abort"`); the default panic hook still prints the panic to stderr.
-//! 5. The chip, by `ChipMode`:
-//!    - `Centre`: a square crop of side `floor(crop_fraction * min(w, h) + 0.5)` at
-//!      `((w - side) / 2, (h - side) / 2)` (integer division), resized to 150x150 with Pillow's
-//!      `Image.resize(.., BILINEAR)` reproduced bit for bit (`resize_bilinear`). For 250x250 LFW
-//!      and 0.5 this is Pillow's `crop((62, 62, 187, 187)).resize((150, 150), BILINEAR)`, the
-//!      preprocessing of `tests/fixtures/dlib/embeddings.json`.
-//!    - `Aligned`: dlib's 5-point landmarks on a centred box (optionally predicted again from the
-//!      box those landmarks imply, `landmark_passes`), then dlib's `get_face_chip`
-//!      (`align::face_chip`), the preprocessing dlib's face-recognition model was trained with.
+//! (a) raw JPEG/PNG/WebP bytes with headers `face_id`, `source_id`, `image_id`, `ts`;
+//! (b) a JSON envelope `{face_id, source_id, image_id, ts, image_b64 | embedding}`.
+//!
+//! The face id comes from the envelope or the `face_id` header. A message without one is refused
+//! as `missing_face_id`, unless `source.key_is_face_id` declares the message key to be the face id:
+//! producers key messages by their domain (tenant, camera group) for scale-out, and that key taken
+//! as the face id would make every face of a domain after the first a duplicate, silently.
+//! Image payloads are recognized here and embedded by the pipeline (role all / embed); a role
+//! without an embedder rejects them with `image_unsupported`.
 
-use std::io::Cursor;
-use std::sync::Arc;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
-use thiserror::Error;
+pub use crate::engine::FaceMeta;
 
-use crate::align::{self, ShapePredictor};
-use crate::embed::EmbedError;
-
-/// Side of the chip the face-recognition network takes.
-pub const CHIP_SIZE_PX: usize = 150;
-
-/// Most scans a progressive JPEG may have. libjpeg-turbo's documentation suggests a limit for
-/// untrusted input because each scan re-decodes the image; real encoders write about 10.
-pub const MAX_JPEG_SCANS: u32 = 500;
-
-/// What an input image may be. Checked from the header before decoding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeLimits {
-    /// Largest encoded input in bytes; bigger messages are refused unread.
-    pub max_image_bytes: usize,
-    /// Most pixels (width * height) the header may claim; bounds the RGB buffer to 3x this.
-    pub max_image_pixels: u64,
-    /// Longest side in pixels (also bounds the resampler's coefficient tables).
-    pub max_image_side_px: u32,
-    /// Shortest usable side in pixels; smaller images hold no recognisable face.
-    pub min_image_side_px: u32,
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Embedding(Vec<f32>),
+    Image(Vec<u8>),
 }
 
-impl DecodeLimits {
-    /// The limits the configuration sets (`source.max_message_bytes`, `source.max_image_pixels`,
-    /// `embed.max_image_side`): every stage that decodes an image (the embedder, the CLIP stage)
-    /// takes these, so no stage accepts an image another refuses.
+/// A decoded input message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceMessage {
+    pub face_id: String,
+    pub meta: FaceMeta,
+    pub payload: Payload,
+    /// Hallucinated variants of the face made upstream (the envelope's `hallucinated`, e.g. by
+    /// an embedding worker with CLIP): whole vectors of `dim`, row after row; empty when none.
+    pub variants: Vec<f32>,
+}
+
+/// Most hallucinated variants one message may carry.
+pub const MAX_VARIANTS: usize = 64;
+
+/// What decoding a message checks it against: limits checked before anything is allocated for
+/// it, and where its face id may come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub dim: usize,
+    /// `source.key_is_face_id`: a message without a face id takes its key as the face id,
+    /// instead of being refused as `missing_face_id`.
+    pub key_is_face_id: bool,
+}
+
+impl Limits {
+    /// The limits `cfg` sets (`source.*`, `model.dim`).
     pub fn from_config(cfg: &crate::config::Config) -> Self {
-        DecodeLimits {
-            max_image_bytes: cfg.source.max_message_bytes,
-            max_image_pixels: cfg.source.max_image_pixels,
-            max_image_side_px: cfg.embed.max_image_side,
-            ..DecodeLimits::default()
+        Limits {
+            max_message_bytes: cfg.source.max_message_bytes,
+            dim: cfg.model.dim,
+            key_is_face_id: cfg.source.key_is_face_id,
         }
     }
 }
 
-impl Default for DecodeLimits {
-    /// Generous for face crops: 16 MiB, 4096x4096 pixels (48 MiB decoded), 8192 px a side, 16 px
-    /// minimum.
-    fn default() -> Self {
-        DecodeLimits {
-            max_image_bytes: 16 << 20,
-            max_image_pixels: 4096 * 4096,
-            max_image_side_px: 8192,
-            min_image_side_px: 16,
-        }
-    }
-}
-
-/// A decoded image: 8-bit RGB, row-major, `width * height * 3` bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub pixels: Vec<u8>,
-}
-
-impl RgbImage {
-    /// Wraps `pixels`; `None` when the length is not `width * height * 3`.
-    pub fn new(width: usize, height: usize, pixels: Vec<u8>) -> Option<Self> {
-        (width.checked_mul(height)?.checked_mul(3)? == pixels.len()).then_some(RgbImage {
-            width,
-            height,
-            pixels,
-        })
-    }
-
-    /// The pixel at column `x`, row `y` (caller keeps them in range).
-    #[inline]
-    pub fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = (y * self.width + x) * 3;
-        [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
-    }
-}
-
-/// Why bytes did not become a chip. Every variant is refused without a panic and without
-/// allocating more than the limits allow (a decoder's own panic becomes `Panicked`).
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum DecodeError {
-    #[error("empty input (0 bytes)")]
-    Empty,
-    #[error("{n_bytes} bytes exceeds max_image_bytes = {max_image_bytes}")]
-    TooManyBytes {
-        n_bytes: usize,
-        max_image_bytes: usize,
-    },
-    #[error("{width}x{height} has a side over max_image_side_px = {max_image_side_px}")]
-    SideTooLong {
-        width: u64,
-        height: u64,
-        max_image_side_px: u32,
-    },
-    #[error("{width}x{height} = {} pixels exceeds max_image_pixels = {max_image_pixels}", width * height)]
-    TooManyPixels {
-        width: u64,
-        height: u64,
-        max_image_pixels: u64,
-    },
-    #[error("{width}x{height} has a side under min_image_side_px = {min_image_side_px}")]
-    TooSmall {
-        width: u64,
-        height: u64,
-        min_image_side_px: u32,
-    },
-    #[error("not a JPEG, PNG or WebP image (unrecognised leading bytes)")]
-    UnknownFormat,
-    #[error("unsupported image format: {0}")]
-    UnsupportedFormat(String),
-    #[error("corrupt or truncated {format}: {detail}")]
-    Corrupt {
-        format: &'static str,
-        detail: String,
-    },
-    /// A decoder panicked on the input: a bug in it that crafted bytes reach, not a daemon bug.
-    #[error("the image decoder panicked on this input: {0}")]
-    Panicked(String),
-}
-
-impl DecodeError {
-    /// A bounded snake_case label for metrics and dead-letter reasons.
-    pub fn class(&self) -> &'static str {
-        match self {
-            DecodeError::Empty => "empty",
-            DecodeError::TooManyBytes { .. } => "too_many_bytes",
-            DecodeError::SideTooLong { .. } => "side_too_long",
-            DecodeError::TooManyPixels { .. } => "too_many_pixels",
-            DecodeError::TooSmall { .. } => "too_small",
-            DecodeError::UnknownFormat => "unknown_format",
-            DecodeError::UnsupportedFormat(_) => "unsupported_format",
-            DecodeError::Corrupt { .. } => "corrupt",
-            DecodeError::Panicked(_) => "decoder_panic",
-        }
-    }
-}
-
-impl From<DecodeError> for EmbedError {
-    fn from(e: DecodeError) -> Self {
-        let msg = format!("{} ({e})", e.class());
-        match e {
-            DecodeError::TooManyBytes { .. }
-            | DecodeError::SideTooLong { .. }
-            | DecodeError::TooManyPixels { .. } => EmbedError::TooLarge(msg),
-            DecodeError::TooSmall { .. } => EmbedError::Unusable(msg),
-            DecodeError::Empty
-            | DecodeError::UnknownFormat
-            | DecodeError::UnsupportedFormat(_)
-            | DecodeError::Corrupt { .. }
-            | DecodeError::Panicked(_) => EmbedError::Decode(msg),
-        }
-    }
-}
-
-/// The formats we decode, from the magic bytes.
+/// Why a message was rejected: a bounded set, used as the metric label and the dead-letter
+/// header `clip_cluster.error.class`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Jpeg,
-    Png,
-    WebP,
+pub enum Reason {
+    TooLarge,
+    Empty,
+    UnknownFormat,
+    BadJson,
+    MissingFaceId,
+    BadBase64,
+    BothPayloads,
+    NoPayload,
+    WrongDimension,
+    NotFinite,
+    ZeroVector,
+    BadHeader,
+    ImageUnsupported,
+    ImageDecode,
+    ImageTooLarge,
+    ImageUnusable,
+    Duplicate,
+    BadQuality,
 }
 
-impl Format {
-    fn name(self) -> &'static str {
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::TooLarge,
+        Reason::Empty,
+        Reason::UnknownFormat,
+        Reason::BadJson,
+        Reason::MissingFaceId,
+        Reason::BadBase64,
+        Reason::BothPayloads,
+        Reason::NoPayload,
+        Reason::WrongDimension,
+        Reason::NotFinite,
+        Reason::ZeroVector,
+        Reason::BadHeader,
+        Reason::ImageUnsupported,
+        Reason::ImageDecode,
+        Reason::ImageTooLarge,
+        Reason::ImageUnusable,
+        Reason::Duplicate,
+        Reason::BadQuality,
+    ];
+
+    pub fn class(self) -> &'static str {
         match self {
-            Format::Jpeg => "jpeg",
-            Format::Png => "png",
-            Format::WebP => "webp",
+            Reason::TooLarge => "too_large",
+            Reason::Empty => "empty",
+            Reason::UnknownFormat => "unknown_format",
+            Reason::BadJson => "bad_json",
+            Reason::MissingFaceId => "missing_face_id",
+            Reason::BadBase64 => "bad_base64",
+            Reason::BothPayloads => "both_payloads",
+            Reason::NoPayload => "no_payload",
+            Reason::WrongDimension => "wrong_dimension",
+            Reason::NotFinite => "not_finite",
+            Reason::ZeroVector => "zero_vector",
+            Reason::BadHeader => "bad_header",
+            Reason::ImageUnsupported => "image_unsupported",
+            Reason::ImageDecode => "image_decode",
+            Reason::ImageTooLarge => "image_too_large",
+            Reason::ImageUnusable => "image_unusable",
+            Reason::Duplicate => "duplicate_in_batch",
+            Reason::BadQuality => "bad_quality",
         }
     }
 }
 
-fn sniff(bytes: &[u8]) -> Result<Format, DecodeError> {
-    match image::guess_format(bytes) {
-        Ok(image::ImageFormat::Jpeg) => Ok(Format::Jpeg),
-        Ok(image::ImageFormat::Png) => Ok(Format::Png),
-        Ok(image::ImageFormat::WebP) => Ok(Format::WebP),
-        Ok(other) => Err(DecodeError::UnsupportedFormat(
-            format!("{other:?}").to_lowercase(),
-        )),
-        Err(_) => Err(DecodeError::UnknownFormat),
-    }
-}
-
-fn check_dimensions(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), DecodeError> {
-    let side = u64::from(limits.max_image_side_px);
-    if width > side || height > side {
-        return Err(DecodeError::SideTooLong {
-            width,
-            height,
-            max_image_side_px: limits.max_image_side_px,
-        });
-    }
-    // Sides are bounded by a u32 here, so the product cannot overflow a u64.
-    if width * height > limits.max_image_pixels {
-        return Err(DecodeError::TooManyPixels {
-            width,
-            height,
-            max_image_pixels: limits.max_image_pixels,
-        });
-    }
-    let min = u64::from(limits.min_image_side_px.max(1));
-    if width < min || height < min {
-        return Err(DecodeError::TooSmall {
-            width,
-            height,
-            min_image_side_px: limits.min_image_side_px,
-        });
-    }
-    Ok(())
-}
-
-/// Runs `f`, a decode, turning a panic inside it into `DecodeError::Panicked` with the panic's
-/// message. The decoders (libjpeg-turbo's wrapper, `image`'s PNG and WebP readers) work on bytes
-/// from the network; a panic in one of them is a property of the message, so it must be
-/// dead-lettered like any bad message rather than unwind through the stage and stop the daemon.
-///
-/// `f`'s captures are asserted unwind-safe: a decode's inputs are read-only and its buffers are
-/// its own, dropped on the unwind, so nothing half-written outlives the panic. A caller whose
-/// closure writes to state it keeps must not read that state after a `Panicked`.
-pub fn guard_decode<T, F: FnOnce() -> Result<T, DecodeError>>(f: F) -> Result<T, DecodeError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let detail = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_string());
-            Err(DecodeError::Panicked(detail))
+impl From<&crate::embed::EmbedError> for Reason {
+    fn from(e: &crate::embed::EmbedError) -> Self {
+        use crate::embed::EmbedError;
+        match e {
+            EmbedError::Decode(_) => Reason::ImageDecode,
+            EmbedError::TooLarge(_) => Reason::ImageTooLarge,
+            EmbedError::Unusable(_) | EmbedError::Model(_) => Reason::ImageUnusable,
         }
     }
 }
 
-/// Decodes JPEG, PNG or WebP bytes to RGB8 within `limits` (see the module docs for the order of
-/// the checks and what each decoder does). A decoder's panic is returned as
-/// `DecodeError::Panicked` (`guard_decode`).
-pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    guard_decode(|| decode_unguarded(bytes, limits))
+/// A rejected message: the class and a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {message}", reason.class())]
+pub struct Rejection {
+    pub reason: Reason,
+    pub message: String,
 }
 
-fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    if bytes.len() > limits.max_image_bytes {
-        return Err(DecodeError::TooManyBytes {
-            n_bytes: bytes.len(),
-            max_image_bytes: limits.max_image_bytes,
-        });
-    }
-    match sniff(bytes)? {
-        Format::Jpeg => decode_jpeg(bytes, limits),
-        format => decode_with_image(bytes, format, limits),
+fn reject(reason: Reason, message: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        message: message.into(),
     }
 }
 
-fn jpeg_error(e: turbojpeg::Error) -> DecodeError {
-    DecodeError::Corrupt {
-        format: "jpeg",
-        detail: e.to_string(),
-    }
+/// The JSON envelope, as written by producers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_id: Option<String>,
+    #[serde(flatten)]
+    pub meta: FaceMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_b64: Option<String>,
+    /// Read as f64 so that a value beyond f32's range is reported as not finite, not as bad JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f64>>,
+    /// Hallucinated variants of the face in identity space (with `embedding` only), each of
+    /// `model.dim` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hallucinated: Option<Vec<Vec<f64>>>,
 }
 
-fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let mut tj = turbojpeg::Decompressor::new().map_err(jpeg_error)?;
-    let header = tj.read_header(bytes).map_err(jpeg_error)?;
-    check_dimensions(header.width as u64, header.height as u64, limits)?;
-    if matches!(
-        header.colorspace,
-        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
-    ) {
-        return Err(DecodeError::UnsupportedFormat("cmyk jpeg".into()));
-    }
-    tj.set_scan_limit(MAX_JPEG_SCANS).map_err(jpeg_error)?;
-    let (width, height) = (header.width, header.height);
-    let mut pixels = vec![0u8; width * height * 3];
-    let out = turbojpeg::Image {
-        pixels: pixels.as_mut_slice(),
-        width,
-        pitch: width * 3,
-        height,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    // libjpeg-turbo reports a truncated file as a warning after filling the rest with grey;
-    // TurboJPEG turns that warning into an error, which is what we want (Pillow refuses too).
-    tj.decompress(bytes, out).map_err(jpeg_error)?;
-    Ok(RgbImage {
-        width,
-        height,
-        pixels,
-    })
+/// The envelope as written: values as f32, so each prints in its shortest f32 form (about half
+/// the bytes of the f64 form) and reads back exactly.
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    face_id: &'a str,
+    #[serde(flatten)]
+    meta: &'a FaceMeta,
+    embedding: &'a [f32],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hallucinated: Vec<&'a [f32]>,
 }
 
-/// Width and height from a PNG's IHDR chunk, which the format requires to come first. Read by
-/// hand because the `image` crate's PNG reader wants the stream up to the first IDAT before it
-/// reports a size, and a bomb need not have one.
-fn png_dimensions(bytes: &[u8]) -> Result<(u32, u32), DecodeError> {
-    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    if bytes.len() < 24 || &bytes[12..16] != b"IHDR" {
-        return Err(DecodeError::Corrupt {
-            format: "png",
-            detail: "no IHDR chunk after the signature".into(),
-        });
-    }
-    Ok((be(16), be(20)))
+/// Serializes an embedding message (the format `produce` and `demo` write).
+pub fn embedding_envelope(face_id: &str, meta: &FaceMeta, embedding: &[f32]) -> Vec<u8> {
+    embedding_envelope_with(face_id, meta, embedding, &[])
 }
 
-fn decode_with_image(
-    bytes: &[u8],
-    format: Format,
-    limits: &DecodeLimits,
-) -> Result<RgbImage, DecodeError> {
-    let image_format = match format {
-        Format::Png => image::ImageFormat::Png,
-        _ => image::ImageFormat::WebP,
-    };
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
-        format: format.name(),
-        detail: e.to_string(),
-    };
-    let (w, h) = match format {
-        Format::Png => png_dimensions(bytes)?,
-        // The WebP reader parses the RIFF chunk headers only.
-        _ => image::ImageReader::with_format(Cursor::new(bytes), image_format)
-            .into_dimensions()
-            .map_err(corrupt)?,
-    };
-    check_dimensions(u64::from(w), u64::from(h), limits)?;
-    // The `image` crate's own limits are a second fence (its decoders check them before
-    // allocating): the decoded buffer, up to 8 bytes a pixel for 16-bit RGBA, plus scratch.
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), image_format);
-    let mut l = image::Limits::default();
-    l.max_image_width = Some(limits.max_image_side_px);
-    l.max_image_height = Some(limits.max_image_side_px);
-    l.max_alloc = Some(limits.max_image_pixels.saturating_mul(16));
-    reader.limits(l);
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::TooManyPixels {
-            width: u64::from(w),
-            height: u64::from(h),
-            max_image_pixels: limits.max_image_pixels,
-        },
-        e => corrupt(e),
-    })?;
-    let rgb = img.into_rgb8();
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    Ok(RgbImage {
-        width,
-        height,
-        pixels: rgb.into_raw(),
-    })
-}
-
-// ------------------------------------------------------------------------------------------------
-// Pillow's bilinear resampler (src/libImaging/Resample.c), bit for bit.
-
-/// Pillow's fixed-point precision for 8-bit images: 32 bits minus 8 for the pixel minus 2 spare.
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-/// Per output position along one axis: the first input index, how many inputs, and their
-/// fixed-point weights (`ksize` slots each).
-struct AxisCoeffs {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    k: Vec<i32>,
-}
-
-/// `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear (triangle) filter, support 1
-/// scaled by the downscale factor. The source window is `[0, in_size)`; the crop offset is applied
-/// by the caller, as Pillow's `crop(..).resize(..)` does. Every expression keeps Pillow's order
-/// of double operations so the rounded weights are identical.
-fn axis_coeffs(in_size: usize, out_size: usize) -> AxisCoeffs {
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut k = vec![0i32; out_size * ksize];
-    let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C's (int) cast truncates toward zero, like `as i64`.
-        let xmin = ((center - support + 0.5) as i64).max(0);
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
-        let (xmin, n) = (xmin as usize, xmax.max(0) as usize);
-        let mut ww = 0.0;
-        for (x, wx) in w.iter_mut().enumerate().take(n) {
-            let t = (((x + xmin) as f64 - center + 0.5) * ss).abs();
-            *wx = if t < 1.0 { 1.0 - t } else { 0.0 };
-            ww += *wx;
-        }
-        for x in 0..n {
-            let v = if ww != 0.0 { w[x] / ww } else { w[x] };
-            let f = v * f64::from(1u32 << PRECISION_BITS);
-            k[xx * ksize + x] = if v < 0.0 {
-                (-0.5 + f) as i32
-            } else {
-                (0.5 + f) as i32
-            };
-        }
-        bounds.push((xmin, n));
-    }
-    AxisCoeffs { ksize, bounds, k }
-}
-
-#[inline]
-fn clip8(v: i32) -> u8 {
-    if v >= (1 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
-/// Pillow's `img.crop((x0, y0, x0 + w, y0 + h)).resize((out_w, out_h), Image.BILINEAR)` on RGB8,
-/// bit for bit: the horizontal pass first (rounded to 8 bits), then the vertical pass.
-///
-/// # Panics
-/// When `window` (x0, y0, width, height) is empty or not inside `src`: callers derive it from the
-/// image (`centre_crop`), so that is a bug, not bad data. The accumulators are i32 like Pillow's: bilinear weights are
-/// positive and sum to 2^22 plus at most half a unit a tap, so 255 times that stays under 2^31.
-pub fn resize_bilinear(
-    src: &RgbImage,
-    window: (usize, usize, usize, usize),
-    out_w: usize,
-    out_h: usize,
+/// As `embedding_envelope`, with the face's hallucinated variants (`variants`: whole vectors of
+/// the embedding's length, row after row), as embedding workers with CLIP write them.
+pub fn embedding_envelope_with(
+    face_id: &str,
+    meta: &FaceMeta,
+    embedding: &[f32],
+    variants: &[f32],
 ) -> Vec<u8> {
-    let (x0, y0, w, h) = window;
-    assert!(
-        x0 + w <= src.width && y0 + h <= src.height && w > 0 && h > 0,
-        "resize window {window:?} outside the image"
-    );
-    let hc = axis_coeffs(w, out_w);
-    let vc = axis_coeffs(h, out_h);
-    // Rows of the window the vertical pass reads, as Pillow's ybox_first..ybox_last.
-    let row_first = vc.bounds[0].0;
-    let row_last = vc
-        .bounds
-        .iter()
-        .map(|&(a, n)| a + n)
-        .max()
-        .unwrap_or(row_first);
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let need_horizontal = w != out_w;
-    let need_vertical = h != out_h;
-
-    // Horizontal pass over the rows the vertical pass needs.
-    let n_rows = row_last - row_first;
-    let tmp_w = if need_horizontal { out_w } else { w };
-    let mut tmp = vec![0u8; n_rows * tmp_w * 3];
-    for r in 0..n_rows {
-        let src_row = &src.pixels[((y0 + row_first + r) * src.width + x0) * 3..];
-        let dst_row = &mut tmp[r * tmp_w * 3..(r + 1) * tmp_w * 3];
-        if !need_horizontal {
-            dst_row.copy_from_slice(&src_row[..w * 3]);
-            continue;
-        }
-        for (xx, &(xmin, n)) in hc.bounds.iter().enumerate() {
-            let k = &hc.k[xx * hc.ksize..xx * hc.ksize + n];
-            let (mut s0, mut s1, mut s2) = (half, half, half);
-            for (x, &kx) in k.iter().enumerate() {
-                let p = &src_row[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                s0 += i32::from(p[0]) * kx;
-                s1 += i32::from(p[1]) * kx;
-                s2 += i32::from(p[2]) * kx;
-            }
-            dst_row[xx * 3] = clip8(s0);
-            dst_row[xx * 3 + 1] = clip8(s1);
-            dst_row[xx * 3 + 2] = clip8(s2);
-        }
-    }
-    if !need_vertical {
-        return tmp;
-    }
-
-    // Vertical pass.
-    let mut out = vec![0u8; out_h * tmp_w * 3];
-    for (yy, &(ymin, n)) in vc.bounds.iter().enumerate() {
-        let k = &vc.k[yy * vc.ksize..yy * vc.ksize + n];
-        let dst_row = &mut out[yy * tmp_w * 3..(yy + 1) * tmp_w * 3];
-        for (xc, d) in dst_row.iter_mut().enumerate() {
-            let mut s = half;
-            for (y, &ky) in k.iter().enumerate() {
-                s += i32::from(tmp[(ymin - row_first + y) * tmp_w * 3 + xc]) * ky;
-            }
-            *d = clip8(s);
-        }
-    }
-    out
+    let hallucinated = if embedding.is_empty() {
+        Vec::new()
+    } else {
+        variants.chunks(embedding.len()).collect()
+    };
+    serde_json::to_vec(&EnvelopeOut {
+        face_id,
+        meta,
+        embedding,
+        hallucinated,
+    })
+    .unwrap_or_default()
 }
 
-/// The centred square crop `Centre` mode takes: `(left, top, side)` with
-/// `side = floor(crop_fraction * min(w, h) + 0.5)` clamped to `1..=min(w, h)`.
-pub fn centre_crop(width: usize, height: usize, crop_fraction: f64) -> (usize, usize, usize) {
-    let short = width.min(height);
-    let side = ((crop_fraction * short as f64 + 0.5).floor().max(1.0) as usize).min(short);
-    ((width - side) / 2, (height - side) / 2, side)
+fn is_image(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xD8, 0xFF])
+        || b.starts_with(b"\x89PNG\r\n\x1a\n")
+        || (b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP")
 }
 
-/// The `Centre` chip: `centre_crop` resized to `size` x `size` with Pillow's bilinear filter.
-/// Returns `size * size * 3` bytes, RGB HWC.
-pub fn centre_chip(rgb: &RgbImage, crop_fraction: f64, size: usize) -> Vec<u8> {
-    let (left, top, side) = centre_crop(rgb.width, rgb.height, crop_fraction);
-    resize_bilinear(rgb, (left, top, side, side), size, size)
-}
-
-// ------------------------------------------------------------------------------------------------
-
-/// How the chip is cut from the decoded crop.
-#[derive(Debug, Clone)]
-pub enum ChipMode {
-    /// A centred square, `crop_fraction` of the shorter side, resized (no landmarks). 0.5 on
-    /// LFW's 250x250 deep-funneled images reproduces the embedding fixtures' preprocessing.
-    Centre { crop_fraction: f32 },
-    /// dlib's alignment: 5 landmarks predicted on a centred square box of side `box_fraction` of
-    /// the shorter side (the daemon gets face crops, not photos, so there is no detector), then
-    /// dlib's face chip with `padding` (dlib's default 0.25). On 50 LFW images (crops 2.2x the
-    /// detector box) the landmarks from the 1/2.2 box lie 0.40 px on average from dlib's on its
-    /// own HOG-detector box, and any fraction from 0.34 to 0.50 gives 0.34 to 0.43 px: the
-    /// predictor's first cascade levels absorb most of the box error. Predicting again on a box
-    /// merely re-centred on the landmarks did not bring them closer (0.35 to 0.66 px); with
-    /// `landmark_passes` > 1 each further pass starts from the detector-like box
-    /// `align::DETECTOR_BOX_MAP` derives from the previous landmarks (`align::refined_box`).
-    /// Those lie nearer dlib's, but LFW accuracy does not move (98.67% vs 98.70%, as the real
-    /// dlib's from its own detector box, 98.73%: BENCHMARKS.md section 5).
-    Aligned {
-        predictor: Arc<ShapePredictor>,
-        box_fraction: f32,
-        padding: f32,
-        /// Shape-predictor passes, at least 1 (`embed.landmark_passes`).
-        landmark_passes: u32,
-    },
-}
-
-/// Encoded bytes to the network's 150x150 RGB chip: `decode` within `limits`, then `mode`.
-#[derive(Debug, Clone)]
-pub struct Preprocessor {
-    pub limits: DecodeLimits,
-    pub mode: ChipMode,
-}
-
-impl Preprocessor {
-    /// The chip for one encoded image: 150 * 150 * 3 bytes, RGB, row-major HWC.
-    pub fn chip(&self, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let rgb = decode(bytes, &self.limits)?;
-        Ok(self.chip_of(&rgb))
+fn header_str(headers: &[(String, Vec<u8>)], name: &str) -> Result<Option<String>, Rejection> {
+    match headers.iter().find(|(k, _)| k == name) {
+        None => Ok(None),
+        Some((_, v)) => String::from_utf8(v.clone())
+            .map(Some)
+            .map_err(|_| reject(Reason::BadHeader, format!("header {name} is not UTF-8"))),
     }
+}
 
-    /// The chip for an already decoded image.
-    pub fn chip_of(&self, rgb: &RgbImage) -> Vec<u8> {
-        match &self.mode {
-            ChipMode::Centre { crop_fraction } => {
-                centre_chip(rgb, f64::from(*crop_fraction), CHIP_SIZE_PX)
-            }
-            ChipMode::Aligned {
-                predictor,
-                box_fraction,
-                padding,
-                landmark_passes,
-            } => {
-                let rect = align::centred_box(rgb.width, rgb.height, f64::from(*box_fraction));
-                let parts =
-                    predictor.predict_passes(rgb, rect, *landmark_passes, &align::DETECTOR_BOX_MAP);
-                align::face_chip(rgb, &parts, CHIP_SIZE_PX, f64::from(*padding))
+/// Decodes one message. `key` is the Kafka message key, the face id of a message without one
+/// only when `limits.key_is_face_id`.
+pub fn decode(
+    key: Option<&[u8]>,
+    headers: &[(String, Vec<u8>)],
+    payload: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<FaceMessage, Rejection> {
+    let bytes = payload.unwrap_or_default();
+    if bytes.len() > limits.max_message_bytes {
+        return Err(reject(
+            Reason::TooLarge,
+            format!(
+                "message of {} bytes exceeds source.max_message_bytes = {}",
+                bytes.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(reject(Reason::Empty, "message has no payload"));
+    }
+    let key_id = key
+        .filter(|_| limits.key_is_face_id)
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    let missing = |carrier: &str| {
+        let hint = if limits.key_is_face_id {
+            " and no (UTF-8) message key"
+        } else {
+            "; send one (the message key is the face id only with source.key_is_face_id = true)"
+        };
+        reject(Reason::MissingFaceId, format!("no face_id {carrier}{hint}"))
+    };
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'{') {
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| reject(Reason::BadJson, format!("JSON envelope: {e}")))?;
+        if let Some(q) = env.meta.quality {
+            if !(q.is_finite() && (0.0..=1.0).contains(&q)) {
+                return Err(reject(
+                    Reason::BadQuality,
+                    format!("quality {q} is not a score in [0, 1]"),
+                ));
             }
         }
-    }
-
-    /// The chips of every landmark pass, first to last (`Aligned` with `landmark_passes` = n: n
-    /// chips, the last one `chip_of`'s); `Centre` has one. `embed.average_passes` averages their
-    /// vectors: each pass aligns the face slightly differently, and the mean of the vectors is
-    /// a steadier estimate than any one (as dlib's `num_jitters`, without the randomness).
-    pub fn pass_chips_of(&self, rgb: &RgbImage) -> Vec<Vec<u8>> {
-        match &self.mode {
-            ChipMode::Centre { .. } => vec![self.chip_of(rgb)],
-            ChipMode::Aligned {
-                predictor,
-                box_fraction,
-                padding,
-                landmark_passes,
-            } => {
-                let rect = align::centred_box(rgb.width, rgb.height, f64::from(*box_fraction));
-                predictor
-                    .predict_each_pass(rgb, rect, *landmark_passes, &align::DETECTOR_BOX_MAP)
-                    .iter()
-                    .map(|parts| align::face_chip(rgb, parts, CHIP_SIZE_PX, f64::from(*padding)))
-                    .collect()
+        let face_id = env
+            .face_id
+            .filter(|s| !s.is_empty())
+            .or(key_id)
+            .ok_or_else(|| missing("in the envelope"))?;
+        let payload = match (env.embedding, env.image_b64) {
+            (Some(_), Some(_)) => {
+                return Err(reject(
+                    Reason::BothPayloads,
+                    "envelope has both embedding and image_b64",
+                ))
             }
-        }
+            (None, None) => {
+                return Err(reject(
+                    Reason::NoPayload,
+                    "envelope has neither embedding nor image_b64",
+                ))
+            }
+            (Some(v), None) => Payload::Embedding(check_embedding(v, limits.dim)?),
+            (None, Some(b64)) => {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| reject(Reason::BadBase64, format!("image_b64: {e}")))?;
+                Payload::Image(raw)
+            }
+        };
+        let variants = match (env.hallucinated, &payload) {
+            (None, _) => Vec::new(),
+            (Some(_), Payload::Image(_)) => {
+                return Err(reject(
+                    Reason::BadJson,
+                    "hallucinated variants come with an embedding, not with an image",
+                ))
+            }
+            (Some(h), Payload::Embedding(_)) => check_variants(h, limits.dim)?,
+        };
+        return Ok(FaceMessage {
+            face_id,
+            meta: env.meta,
+            payload,
+            variants,
+        });
     }
-
-    /// A short description for the state fingerprint: `centre0.5`, or
-    /// `align5-<first 8 hex of the predictor's SHA-256>-b<box_fraction>-p<padding>`, with
-    /// `-l<landmark_passes>` appended when there is more than one pass (so one-pass ids are those
-    /// of before the option existed). Floats print in Rust's shortest round-trip form, so two
-    /// different settings never share an id.
-    pub fn id(&self) -> String {
-        match &self.mode {
-            ChipMode::Centre { crop_fraction } => format!("centre{crop_fraction}"),
-            ChipMode::Aligned {
-                predictor,
-                box_fraction,
-                padding,
-                landmark_passes,
-            } => {
-                let passes = if *landmark_passes > 1 {
-                    format!("-l{landmark_passes}")
-                } else {
-                    String::new()
-                };
-                format!(
-                    "align5-{}-b{box_fraction}-p{padding}{passes}",
-                    &predictor.sha256()[..8]
+    if is_image(bytes) {
+        let face_id = header_str(headers, "face_id")?
+            .filter(|s| !s.is_empty())
+            .or(key_id)
+            .ok_or_else(|| missing("header"))?;
+        let ts = match header_str(headers, "ts")? {
+            None => None,
+            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
+                reject(
+                    Reason::BadHeader,
+                    format!("header ts = {s:?} is not an integer (ms since epoch)"),
                 )
+            })?),
+        };
+        let meta = FaceMeta {
+            source_id: header_str(headers, "source_id")?,
+            image_id: header_str(headers, "image_id")?,
+            ts,
+            quality: None,
+        };
+        return Ok(FaceMessage {
+            face_id,
+            meta,
+            payload: Payload::Image(bytes.to_vec()),
+            variants: Vec::new(),
+        });
+    }
+    Err(reject(
+        Reason::UnknownFormat,
+        "payload is neither a JSON envelope nor a JPEG/PNG/WebP image",
+    ))
+}
+
+fn check_variants(h: Vec<Vec<f64>>, dim: usize) -> Result<Vec<f32>, Rejection> {
+    if h.len() > MAX_VARIANTS {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("{} hallucinated variants, at most {MAX_VARIANTS}", h.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(h.len() * dim);
+    for (a, v) in h.into_iter().enumerate() {
+        if v.len() != dim {
+            return Err(reject(
+                Reason::WrongDimension,
+                format!(
+                    "hallucinated[{a}] has {} values, model.dim is {dim}",
+                    v.len()
+                ),
+            ));
+        }
+        for (i, x) in v.into_iter().enumerate() {
+            let y = x as f32;
+            if !y.is_finite() {
+                return Err(reject(
+                    Reason::NotFinite,
+                    format!("hallucinated[{a}][{i}] is not finite"),
+                ));
             }
+            out.push(y);
         }
     }
+    Ok(out)
+}
+
+fn check_embedding(v: Vec<f64>, dim: usize) -> Result<Vec<f32>, Rejection> {
+    let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+    if v.len() != dim {
+        return Err(reject(
+            Reason::WrongDimension,
+            format!("embedding has {} values, model.dim is {dim}", v.len()),
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(reject(
+            Reason::NotFinite,
+            format!("embedding[{i}] is not finite"),
+        ));
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return Err(reject(Reason::ZeroVector, "embedding is all zeros"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn gradient(w: usize, h: usize) -> RgbImage {
-        let mut px = Vec::with_capacity(w * h * 3);
-        for y in 0..h {
-            for x in 0..w {
-                px.extend_from_slice(&[
-                    (x * 255 / w.max(2)) as u8,
-                    (y * 255 / h.max(2)) as u8,
-                    ((x + y) % 256) as u8,
-                ]);
-            }
+    const L: Limits = Limits {
+        max_message_bytes: 4096,
+        dim: 3,
+        key_is_face_id: false,
+    };
+
+    fn dec_with(
+        limits: &Limits,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<FaceMessage, Rejection> {
+        let h: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        decode(key.map(str::as_bytes), &h, Some(payload), limits)
+    }
+
+    fn dec(
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) -> Result<FaceMessage, Rejection> {
+        dec_with(&L, key, headers, payload)
+    }
+
+    #[test]
+    fn embedding_envelope_round_trips() {
+        let meta = FaceMeta {
+            source_id: Some("cam-1".into()),
+            image_id: Some("frame-9".into()),
+            ts: Some(1700000000000),
+            quality: None,
+        };
+        let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
+        let m = dec(None, &[], &bytes).unwrap();
+        assert_eq!(m.face_id, "f1");
+        assert_eq!(m.meta, meta);
+        assert_eq!(m.payload, Payload::Embedding(vec![0.1, 0.2, 0.3]));
+    }
+
+    #[test]
+    fn a_producers_quality_rides_with_the_face_and_is_checked() {
+        let meta = FaceMeta {
+            quality: Some(0.25),
+            ..Default::default()
+        };
+        let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
+        assert_eq!(dec(None, &[], &bytes).unwrap().meta.quality, Some(0.25));
+        for q in ["1.5", "-0.1", "1e40"] {
+            let bytes = format!(r#"{{"face_id":"f","quality":{q},"embedding":[0.1,0.2,0.3]}}"#);
+            let e = dec(None, &[], bytes.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, Reason::BadQuality, "{q}: {e}");
         }
-        RgbImage::new(w, h, px).unwrap()
     }
 
     #[test]
-    fn resize_identity_and_constant() {
-        let g = gradient(40, 30);
-        assert_eq!(resize_bilinear(&g, (0, 0, 40, 30), 40, 30), g.pixels);
-        let flat = RgbImage::new(7, 9, vec![77; 7 * 9 * 3]).unwrap();
-        // Weights are normalised, so a flat image stays flat up- and downscaled.
-        assert!(resize_bilinear(&flat, (0, 0, 7, 9), 150, 150)
-            .iter()
-            .all(|&v| v == 77));
-        let big = RgbImage::new(400, 300, vec![200; 400 * 300 * 3]).unwrap();
-        assert!(resize_bilinear(&big, (10, 20, 300, 250), 150, 150)
-            .iter()
-            .all(|&v| v == 200));
+    fn hallucinated_variants_ride_with_the_embedding_and_are_checked() {
+        let meta = FaceMeta::default();
+        let bytes = embedding_envelope_with(
+            "f1",
+            &meta,
+            &[1.0, 0.0, 0.0],
+            &[0.0, 1.0, 0.0, 0.5, 0.5, 0.0],
+        );
+        let m = dec(None, &[], &bytes).unwrap();
+        assert_eq!(m.variants, vec![0.0, 1.0, 0.0, 0.5, 0.5, 0.0]);
+        // Without variants the envelope has no such field, and none come back.
+        let plain = embedding_envelope("f1", &meta, &[1.0, 0.0, 0.0]);
+        assert!(!String::from_utf8_lossy(&plain).contains("hallucinated"));
+        assert!(dec(None, &[], &plain).unwrap().variants.is_empty());
+        let many = format!(
+            r#"{{"face_id":"a","embedding":[1,0,0],"hallucinated":[{}]}}"#,
+            vec!["[1,0,0]"; MAX_VARIANTS + 1].join(",")
+        );
+        for (payload, reason) in [
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"hallucinated":[[1,0]]}"#.to_vec(),
+                Reason::WrongDimension,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"hallucinated":[[1,0,1e39]]}"#.to_vec(),
+                Reason::NotFinite,
+            ),
+            (
+                br#"{"face_id":"a","image_b64":"AA==","hallucinated":[[1,0,0]]}"#.to_vec(),
+                Reason::BadJson,
+            ),
+            (many.into_bytes(), Reason::TooLarge),
+        ] {
+            let e = dec(None, &[], &payload).unwrap_err();
+            assert_eq!(e.reason, reason, "{}", e.message);
+        }
     }
 
     #[test]
-    fn coefficients_match_pillow_for_125_to_150() {
-        // Pillow: scale = 125/150, support 1, output 0 centred at 0.41667 reads inputs 0..1.
-        let c = axis_coeffs(125, 150);
-        assert_eq!(c.ksize, 3);
-        assert_eq!(c.bounds[0], (0, 1));
-        assert_eq!(c.k[0], 1 << PRECISION_BITS);
-        let total: i64 = c.k[3..6].iter().map(|&v| i64::from(v)).sum();
-        assert!((total - (1 << PRECISION_BITS)).abs() <= 2, "{total}");
+    fn a_keyed_message_without_face_id_is_refused_by_default() {
+        // Producers key by domain (tenant): that key is not a face id, so the message is refused
+        // rather than every face of the tenant after the first becoming a duplicate.
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        for (headers, payload) in [
+            (&[][..], &br#"{"embedding":[1,0,0]}"#[..]),
+            (
+                &[("face_id", "")][..],
+                &br#"{"face_id":"","embedding":[1,0,0]}"#[..],
+            ),
+            (&[][..], &jpeg[..]),
+            (&[("face_id", ""), ("image_id", "p1")][..], &jpeg[..]),
+        ] {
+            let e = dec(Some("tenant-1"), headers, payload).unwrap_err();
+            assert_eq!(e.reason, Reason::MissingFaceId, "{e}");
+            assert_eq!(e.reason.class(), "missing_face_id");
+            assert!(e.message.contains("source.key_is_face_id"), "{e}");
+        }
+        // A face id of its own is taken, key or no key.
+        let m = dec(
+            Some("tenant-1"),
+            &[],
+            br#"{"face_id":"f1","embedding":[1,0,0]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.face_id, "f1");
+        let m = dec(Some("tenant-1"), &[("face_id", "f2")], &jpeg).unwrap();
+        assert_eq!(m.face_id, "f2");
     }
 
     #[test]
-    fn centre_crop_box() {
-        assert_eq!(centre_crop(250, 250, 0.5), (62, 62, 125));
-        assert_eq!(centre_crop(300, 200, 0.5), (100, 50, 100));
-        assert_eq!(centre_crop(3, 3, 0.01), (1, 1, 1));
-    }
-
-    #[test]
-    fn limits_before_decoding() {
-        let l = DecodeLimits::default();
-        assert_eq!(decode(&[], &l), Err(DecodeError::Empty));
-        let small = DecodeLimits {
-            max_image_bytes: 3,
-            ..l.clone()
+    fn key_is_the_face_id_when_configured() {
+        let keyed = Limits {
+            key_is_face_id: true,
+            ..L
         };
-        assert_eq!(
-            decode(&[0xff, 0xd8, 0xff, 0xe0], &small)
-                .unwrap_err()
-                .class(),
-            "too_many_bytes"
-        );
-        assert_eq!(
-            decode(b"hello world, not an image", &l),
-            Err(DecodeError::UnknownFormat)
-        );
-        assert_eq!(
-            decode(b"GIF89a\x01\x00\x01\x00", &l).unwrap_err().class(),
-            "unsupported_format"
-        );
-    }
-
-    #[test]
-    fn errors_map_to_embed_classes() {
-        let too_big = DecodeError::TooManyPixels {
-            width: 100_000,
-            height: 100_000,
-            max_image_pixels: 1,
-        };
-        assert_eq!(EmbedError::from(too_big).class(), "image_too_large");
-        let small = DecodeError::TooSmall {
-            width: 2,
-            height: 2,
-            min_image_side_px: 16,
-        };
-        assert_eq!(EmbedError::from(small).class(), "image_unusable");
-        assert_eq!(
-            EmbedError::from(DecodeError::UnknownFormat).class(),
-            "image_decode"
-        );
-        assert_eq!(EmbedError::from(DecodeError::Empty).class(), "image_decode");
-        let panicked = DecodeError::Panicked("index out of bounds".into());
-        assert_eq!(panicked.class(), "decoder_panic");
-        assert_eq!(EmbedError::from(panicked).class(), "image_decode");
-    }
-
-    #[test]
-    fn a_decoder_panic_is_a_decode_error() {
-        // A decoder that panics on crafted bytes, as `image`'s or a codec crate's might: the panic
-        // stops at the guard, with its message, and the caller gets an ordinary error.
-        let bytes = b"\x89PNG\r\n\x1a\n crafted";
-        let e = guard_decode(|| -> Result<RgbImage, DecodeError> {
-            let n = bytes.len();
-            panic!("crafted chunk length {n} past the end")
-        })
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        let m = dec_with(&keyed, Some("k7"), &[], br#"{"embedding":[1,0,0]}"#).unwrap();
+        assert_eq!(m.face_id, "k7");
+        let m = dec_with(&keyed, Some("k8"), &[], &jpeg).unwrap();
+        assert_eq!(m.face_id, "k8");
+        // The message's own face id still wins over the key.
+        let m = dec_with(&keyed, Some("k7"), &[("face_id", "f9")], &jpeg).unwrap();
+        assert_eq!(m.face_id, "f9");
+        // No key (or an empty or non-UTF-8 one): nothing to take.
+        for key in [None, Some("")] {
+            let e = dec_with(&keyed, key, &[], br#"{"embedding":[1,0,0]}"#).unwrap_err();
+            assert_eq!(e.reason, Reason::MissingFaceId);
+        }
+        let h = Vec::new();
+        let e = decode(
+            Some(&[0xff, 0xfe][..]),
+            &h,
+            Some(&br#"{"embedding":[1,0,0]}"#[..]),
+            &keyed,
+        )
         .unwrap_err();
+        assert_eq!(e.reason, Reason::MissingFaceId);
+    }
+
+    #[test]
+    fn bad_messages_get_their_reason() {
+        let cases: Vec<(&[u8], Reason)> = vec![
+            (b"", Reason::Empty),
+            (b"\x00\x01garbage", Reason::UnknownFormat),
+            (br#"{"face_id":"a","embedding":[1,0"#, Reason::BadJson),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"colour":1}"#,
+                Reason::BadJson,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0]}"#,
+                Reason::WrongDimension,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[0,0,0]}"#,
+                Reason::ZeroVector,
+            ),
+            (
+                br#"{"face_id":"a","embedding":[1,0,0],"image_b64":"AA=="}"#,
+                Reason::BothPayloads,
+            ),
+            (br#"{"face_id":"a"}"#, Reason::NoPayload),
+            (br#"{"face_id":"a","image_b64":"!!!"}"#, Reason::BadBase64),
+        ];
+        for (bytes, reason) in cases {
+            assert_eq!(
+                dec(Some("k"), &[], bytes).unwrap_err().reason,
+                reason,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // JSON cannot carry NaN, but a producer may send a huge number that overflows f32.
+        let e = dec(Some("k"), &[], br#"{"face_id":"a","embedding":[1e39,0,0]}"#).unwrap_err();
+        assert_eq!(e.reason, Reason::NotFinite, "{e}");
+        let big = vec![b' '; 5000];
         assert_eq!(
-            e,
-            DecodeError::Panicked("crafted chunk length 16 past the end".into())
+            dec(Some("k"), &[], &big).unwrap_err().reason,
+            Reason::TooLarge
         );
-        assert_eq!(e.class(), "decoder_panic");
-        // Dead-lettered and counted as an undecodable image.
-        let reason = crate::message::Reason::from(&EmbedError::from(e));
-        assert_eq!(reason, crate::message::Reason::ImageDecode);
-        assert_eq!(reason.class(), "image_decode");
-        // A panic payload that is a &'static str, and one that is neither string type.
-        let e = guard_decode(|| -> Result<(), DecodeError> { panic!("static message") });
-        assert_eq!(e, Err(DecodeError::Panicked("static message".into())));
-        let e = guard_decode(|| -> Result<(), DecodeError> { std::panic::panic_any(7u32) });
-        assert_eq!(e, Err(DecodeError::Panicked("(no message)".into())));
-        // What the guard lets through unchanged: the result, good or bad.
-        assert_eq!(guard_decode(|| Ok(3)), Ok(3));
-        assert_eq!(
-            guard_decode(|| -> Result<(), _> { Err(DecodeError::Empty) }),
-            Err(DecodeError::Empty)
-        );
-        // The process goes on after the panics above (the profile unwinds, it does not abort),
-        // and decodes the next image.
-        assert_eq!(
-            decode(&[], &DecodeLimits::default()),
-            Err(DecodeError::Empty)
-        );
+    }
+
+    #[test]
+    fn raw_images_take_ids_from_headers() {
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        let m = dec(
+            Some("k"),
+            &[("face_id", "f9"), ("image_id", "p1"), ("ts", "12")],
+            &jpeg,
+        )
+        .unwrap();
+        assert_eq!(m.face_id, "f9");
+        assert_eq!(m.meta.image_id.as_deref(), Some("p1"));
+        assert_eq!(m.meta.ts, Some(12));
+        assert!(matches!(m.payload, Payload::Image(_)));
+        let e = dec(Some("k"), &[("face_id", "f9"), ("ts", "noon")], &jpeg).unwrap_err();
+        assert_eq!(e.reason, Reason::BadHeader);
     }
 }

@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 use crate::engine::EdgeScorer;
-use crate::features::Features;
+use crate::eval::features::Features;
 
 #[derive(Debug, Error)]
 pub enum EdgeError {
@@ -295,7 +295,7 @@ pub fn train(
             sub.extend_from_slice(unit.row(i));
         }
         let sub = Features { dim: d, data: sub };
-        let knn = crate::knn::brute_force(&sub, opts.k);
+        let knn = crate::eval::knn::brute_force(&sub, opts.k);
         for (a, list) in knn.neighbors.iter().enumerate() {
             for &(b, s) in list {
                 let b = b as usize;

@@ -17,8 +17,8 @@ use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::decode::Rejection;
 use crate::engine::Event;
-use crate::message::Rejection;
 use crate::store::{OutboxEntry, Store, StoreError};
 use crate::telemetry::Metrics;
 

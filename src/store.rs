@@ -41,7 +41,7 @@ pub struct Warmup {
     /// Faces that start waiting, with their place in the queue.
     pub waiting: Vec<(u32, WaitingFace)>,
     /// The decision; with it, the first `clear_waiting` waiting faces leave the queue.
-    pub decision: Option<crate::calibrate::Decision>,
+    pub decision: Option<crate::engine::calibrate::Decision>,
     pub clear_waiting: u32,
 }
 
@@ -513,7 +513,7 @@ impl Store {
     }
 
     /// The calibration decision of this state, once made.
-    pub fn calibration(&self) -> Result<Option<crate::calibrate::Decision>, StoreError> {
+    pub fn calibration(&self) -> Result<Option<crate::engine::calibrate::Decision>, StoreError> {
         match self.get(b"m:calibration")? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)

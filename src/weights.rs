@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 
-use crate::features::Features;
+use crate::eval::features::Features;
 
 /// All tensors of a safetensors file, on the CPU. Err: why the file cannot be read.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, String> {

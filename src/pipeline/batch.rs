@@ -10,8 +10,8 @@ use tracing::{error, warn};
 use super::source::Msg;
 use super::{Daemon, PartitionKey, PipelineError, Slot};
 use crate::config::Role;
+use crate::decode::{decode, Payload, Reason, Rejection};
 use crate::engine::{normalize, EngineError, Event, FaceMeta};
-use crate::message::{decode, Payload, Reason, Rejection};
 use crate::sink::DeadLetter;
 
 pub(super) fn position_key(topic: &str, partition: i32) -> Vec<u8> {

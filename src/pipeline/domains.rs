@@ -1,7 +1,7 @@
 //! Domains in the loop: opening a partition's domain (the guard, then the state) on a blocking
 //! thread while the partition waits paused, serving or blocking it, closing it when the partition
 //! is revoked, retrying what can be retried, and single mode's split check. Rules in
-//! `crate::domain`.
+//! `crate::pipeline::domain`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use super::source::{committed_offset, one_partition, Change, Msg, SourceContext}
 use super::{Daemon, Domain, OpenResult, PartitionKey, PipelineError, Slot, RETRY_BLOCKED};
 use crate::clusterer::{Clusterer, ClustererError};
 use crate::config::Config;
-use crate::domain::{fresh_decision, Blocked, Fresh};
+use crate::pipeline::domain::{fresh_decision, Blocked, Fresh};
 use crate::sink::{DrainMode, Outbox};
 use crate::store::StoreError;
 
@@ -26,7 +26,7 @@ pub(super) fn open_domain(
     key: &PartitionKey,
 ) -> Result<Clusterer, Blocked> {
     let dir = &cfg.store.path;
-    if !crate::domain::has_state(dir) {
+    if !crate::pipeline::domain::has_state(dir) {
         let committed = committed_offset(consumer, key).map_err(Blocked::CommittedUnknown)?;
         match fresh_decision(committed, cfg.daemon.allow_fresh_domains) {
             Fresh::Start => {}

@@ -19,8 +19,8 @@ use tracing::{info, warn};
 use super::source::{collect_batch, consumer, Msg, Rebalances};
 use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
+use crate::decode::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
 use crate::engine::{normalize, FaceMeta};
-use crate::message::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
 use crate::sink::{producer, queue_send, DeadLetter};
 use crate::telemetry::Metrics;
 

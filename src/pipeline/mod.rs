@@ -30,6 +30,9 @@
 //! Files: `mod.rs` the loop, its state and shutdown; `source` the consumer and its rebalance
 //! callback; `domains` opening, blocking and closing domains; `batch` the batch path.
 
+pub mod admin;
+pub mod domain;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,11 +45,11 @@ use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
-use crate::admin::Health;
 use crate::clusterer::{Clusterer, ClustererError};
 use crate::config::{Config, DomainMode, Role};
-use crate::domain::Blocked;
-use crate::message::{Limits, Reason};
+use crate::decode::{Limits, Reason};
+use crate::pipeline::admin::Health;
+use crate::pipeline::domain::Blocked;
 use crate::sink::DrainMode;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -261,7 +264,7 @@ async fn start_admin(
         .unwrap_or_else(|_| cfg.admin.listen.clone());
     info!(addr = %bound, "admin endpoints: /metrics /healthz /readyz");
     let health = Arc::new(Health::new(metrics.clone()));
-    let admin = tokio::spawn(crate::admin::serve(
+    let admin = tokio::spawn(crate::pipeline::admin::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -288,7 +291,7 @@ pub async fn run(
         None => None,
     };
     if cfg.daemon.domains == DomainMode::PerPartition {
-        crate::domain::check_root(&cfg.store.path).map_err(PipelineError::Layout)?;
+        crate::pipeline::domain::check_root(&cfg.store.path).map_err(PipelineError::Layout)?;
     }
     for r in Reason::ALL {
         metrics.faces_rejected.with_label_values(&[r.class()]);

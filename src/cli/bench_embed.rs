@@ -1,0 +1,80 @@
+//! `clip-cluster bench-embed`: The identity network's faces/s at each batch size and dtype on a device, and its parity with the CPU in f32 (max |diff|, min cosine), on seeded synthetic chips. Made for the GPU machine (no Rust there): e.g. `bench-embed --device cuda:0 --dtype f32,bf16 --batch 64,512,2048`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// "cpu", "cuda" or "cuda:N".
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Comma-separated: f32, bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "64,512,2048")]
+    pub batch: String,
+    /// Timed passes per cell (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iterations: usize,
+    /// dlib's network file (default: embed.model_path).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// One JSON object per cell on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
+    let Args {
+        device,
+        dtype,
+        batch,
+        iterations,
+        model,
+        json,
+    } = args;
+    let cfg = Config::load(config)?;
+    let model = model.unwrap_or(cfg.embed.model_path.clone());
+    let dtypes = dtype
+        .split(',')
+        .map(|d| {
+            crate::bench::embed::dtype_of(d.trim())
+                .with_context(|| format!("--dtype {d}: want f32, bf16 or f16 (comma-separated)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let batches = batch
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|b| (1..=65_536).contains(b))
+                .with_context(|| format!("--batch {b}: want sizes in 1..=65536"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(iterations >= 1, "--iterations must be at least 1");
+    crate::bench::embed::run(&model, &device, &dtypes, &batches, iterations, &mut |r| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            println!(
+                "{} {} batch {:>5}: {:>9.1} faces/s ({} x {:.3} s); vs CPU f32 over {} faces: max |diff| {:.2e}, min cosine {:.6}",
+                r.device,
+                r.dtype,
+                r.batch,
+                r.faces_per_second,
+                r.iterations,
+                r.seconds / r.iterations as f64,
+                r.parity_faces,
+                r.max_abs_diff_vs_cpu_f32,
+                r.min_cosine_vs_cpu_f32
+            );
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(())
+}

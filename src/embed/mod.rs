@@ -1,0 +1,310 @@
+//! The embed stage: encoded face crops in, identity vectors out. `FaceEmbedder` is the seam the
+//! daemon and the commands use; `DlibEmbedder` (decode -> chip -> dlib ResNet) is the implementation.
+//! Inference is synchronous and batched; callers run it on dedicated threads, never on the reactor.
+
+pub mod align;
+pub mod dlib_format;
+pub mod image;
+pub mod network;
+pub mod quality;
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use thiserror::Error;
+
+use crate::config::{ChipKind, Config, Precision};
+use crate::embed::align::{AlignError, ShapePredictor};
+use crate::embed::image::{ChipMode, DecodeLimits, Preprocessor};
+use crate::embed::network::{DlibResNet, ResNetError, DIM};
+
+/// Why one image could not be embedded. Each variant is a bounded metric label and dead-letter class.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum EmbedError {
+    /// The bytes are not a decodable JPEG/PNG/WebP image (garbage, truncated, unknown format).
+    #[error("image could not be decoded: {0}")]
+    Decode(String),
+    /// Refused before decoding: too many bytes, too many pixels, or a side too long.
+    #[error("image too large: {0}")]
+    TooLarge(String),
+    /// Decodable but unusable (for example smaller than the chip needs).
+    #[error("image unusable: {0}")]
+    Unusable(String),
+    /// The network failed on the batch (a device error); the message is retried, not dead-lettered.
+    #[error("model failure: {0}")]
+    Model(String),
+}
+
+impl EmbedError {
+    pub fn class(&self) -> &'static str {
+        match self {
+            EmbedError::Decode(_) => "image_decode",
+            EmbedError::TooLarge(_) => "image_too_large",
+            EmbedError::Unusable(_) => "image_unusable",
+            EmbedError::Model(_) => "model_failure",
+        }
+    }
+}
+
+/// One embedded face: its identity vector and, when the embedder can tell, its quality score
+/// (src/quality.rs, from the chip the network saw).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedFace {
+    pub vector: Vec<f32>,
+    pub quality: Option<f32>,
+}
+
+/// Turns encoded face crops into identity vectors.
+pub trait FaceEmbedder: Send + Sync {
+    /// Identifies the model and preprocessing; part of the state fingerprint, so a state built with
+    /// one model is never extended with vectors from another.
+    fn model_id(&self) -> String;
+    /// Output dimension.
+    fn dim(&self) -> usize;
+    /// Embeds a batch of encoded images (JPEG/PNG/WebP bytes). One result per input, in order; a bad
+    /// image fails alone and never its neighbours in the batch.
+    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>>;
+}
+
+/// Why the embedder could not start: each message names the file or key and the fix.
+#[derive(Debug, Error)]
+pub enum EmbedSetupError {
+    #[error(transparent)]
+    Model(#[from] ResNetError),
+    #[error(transparent)]
+    Landmarks(#[from] AlignError),
+    #[error("embed.device = \"{device}\": {detail}")]
+    Device { device: String, detail: String },
+}
+
+/// The device named by `embed.device`: "cpu", "cuda" (= "cuda:0") or "cuda:N".
+pub fn device(name: &str) -> Result<Device, EmbedSetupError> {
+    let bad = |detail: String| EmbedSetupError::Device {
+        device: name.to_string(),
+        detail,
+    };
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| bad("expected cuda:N".into()))?,
+                None => return Err(bad("expected cpu, cuda or cuda:N".into())),
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(bad(
+                    "this binary was built without CUDA; rebuild with --features cuda (README)"
+                        .into(),
+                ));
+            }
+            Device::new_cuda(ordinal).map_err(|e| bad(e.to_string()))
+        }
+    }
+}
+
+/// decode -> chip -> dlib ResNet, batched.
+pub struct DlibEmbedder {
+    net: DlibResNet,
+    prep: Preprocessor,
+    batch_size: usize,
+    /// Average each chip's output with its mirror image's (`embed.flip_average`).
+    flip_average: bool,
+    /// Average the vectors of every landmark pass's chip (`embed.average_passes`).
+    average_passes: bool,
+}
+
+impl DlibEmbedder {
+    /// Builds the embedder `[embed]` describes; image limits come from `[embed]` and `[source]`.
+    pub fn from_config(cfg: &Config) -> Result<Self, EmbedSetupError> {
+        let e = &cfg.embed;
+        let dev = device(&e.device)?;
+        let dtype = match e.dtype {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        };
+        let net = DlibResNet::load(&e.model_path, &dev, dtype)?;
+        let mode = match e.chip {
+            ChipKind::Centre => ChipMode::Centre {
+                crop_fraction: e.crop_fraction,
+            },
+            ChipKind::Aligned => ChipMode::Aligned {
+                predictor: Arc::new(ShapePredictor::load(&e.landmarks_path)?),
+                box_fraction: e.box_fraction,
+                padding: e.padding,
+                landmark_passes: e.landmark_passes,
+            },
+        };
+        let limits = DecodeLimits::from_config(cfg);
+        Ok(DlibEmbedder {
+            net,
+            prep: Preprocessor { limits, mode },
+            batch_size: e.batch_size,
+            flip_average: e.flip_average,
+            average_passes: e.average_passes,
+        })
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.prep
+    }
+
+    pub fn network(&self) -> &DlibResNet {
+        &self.net
+    }
+
+    /// Chips for a batch of encoded images, decoded in parallel (rayon); one result per image:
+    /// its chip, or with `average_passes` the chip of every landmark pass.
+    pub fn chips(&self, images: &[&[u8]]) -> Vec<Result<Vec<Vec<u8>>, EmbedError>> {
+        use rayon::prelude::*;
+        images
+            .par_iter()
+            .map(|b| {
+                let rgb =
+                    crate::embed::image::decode(b, &self.prep.limits).map_err(EmbedError::from)?;
+                Ok(if self.average_passes {
+                    self.prep.pass_chips_of(&rgb)
+                } else {
+                    vec![self.prep.chip_of(&rgb)]
+                })
+            })
+            .collect()
+    }
+
+    /// Vectors for chips, `batch_size` at a time; with `flip_average`, each vector is the mean of
+    /// the chip's and its left-right mirror's.
+    pub fn embed_chips(&self, chips: &[&[u8]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(chips.len());
+        let model = |e: ResNetError| EmbedError::Model(e.to_string());
+        for part in chips.chunks(self.batch_size) {
+            let mut v = self.net.embed_chips(part).map_err(model)?;
+            if self.flip_average {
+                let mirrored: Vec<Vec<u8>> = part.iter().map(|c| mirror(c)).collect();
+                let refs: Vec<&[u8]> = mirrored.iter().map(Vec::as_slice).collect();
+                let m = self.net.embed_chips(&refs).map_err(model)?;
+                for (a, b) in v.iter_mut().zip(m) {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x = 0.5 * (*x + y));
+                }
+            }
+            out.extend(v);
+        }
+        Ok(out)
+    }
+}
+
+impl FaceEmbedder for DlibEmbedder {
+    fn model_id(&self) -> String {
+        let flip = if self.flip_average { "+flip" } else { "" };
+        let passes = if self.average_passes { "+passavg" } else { "" };
+        format!(
+            "dlib-resnet-v1-{}/{}{flip}{passes}",
+            &self.net.sha256()[..8],
+            self.prep.id()
+        )
+    }
+
+    fn dim(&self) -> usize {
+        DIM
+    }
+
+    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>> {
+        let chips = self.chips(images);
+        let side = crate::embed::network::CHIP;
+        let params = crate::embed::quality::QualityParams::default();
+        let ok: Vec<&[u8]> = chips
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .flatten()
+            .map(Vec::as_slice)
+            .collect();
+        let mut vectors = match self.embed_chips(&ok) {
+            Ok(v) => v.into_iter(),
+            Err(e) => return chips.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let missing = || EmbedError::Model("missing output row".into());
+        chips
+            .into_iter()
+            .map(|c| {
+                c.and_then(|group| {
+                    // The mean of the image's chips' vectors (one chip: that chip's vector).
+                    let mut sum = vectors.next().ok_or_else(missing)?;
+                    for _ in 1..group.len() {
+                        let v = vectors.next().ok_or_else(missing)?;
+                        sum.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                    }
+                    let n = group.len().max(1) as f32;
+                    sum.iter_mut().for_each(|a| *a /= n);
+                    let quality = group
+                        .last()
+                        .map(|chip| crate::embed::quality::measure(chip, side).score(&params));
+                    Ok(EmbeddedFace {
+                        vector: sum,
+                        quality,
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+/// The left-right mirror of a 150x150x3 RGB chip (other sizes are returned unchanged and fail
+/// the network's size check).
+fn mirror(chip: &[u8]) -> Vec<u8> {
+    let side = crate::embed::network::CHIP;
+    if chip.len() != side * side * 3 {
+        return chip.to_vec();
+    }
+    let mut out = vec![0u8; chip.len()];
+    for r in 0..side {
+        for c in 0..side {
+            let (src, dst) = ((r * side + c) * 3, (r * side + side - 1 - c) * 3);
+            out[dst..dst + 3].copy_from_slice(&chip[src..src + 3]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_flips_columns_and_is_its_own_inverse() {
+        let side = crate::embed::network::CHIP;
+        let chip: Vec<u8> = (0..side * side * 3).map(|i| (i * 7 % 251) as u8).collect();
+        let m = mirror(&chip);
+        assert_ne!(m, chip);
+        // Pixel (r, c) moves to (r, side-1-c), channels kept in order.
+        let (r, c) = (3, 10);
+        let src = (r * side + c) * 3;
+        let dst = (r * side + side - 1 - c) * 3;
+        assert_eq!(m[dst..dst + 3], chip[src..src + 3]);
+        assert_eq!(mirror(&m), chip);
+        assert_eq!(mirror(&[1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn embed_errors_have_bounded_classes() {
+        let classes: Vec<&str> = [
+            EmbedError::Decode(String::new()),
+            EmbedError::TooLarge(String::new()),
+            EmbedError::Unusable(String::new()),
+            EmbedError::Model(String::new()),
+        ]
+        .iter()
+        .map(EmbedError::class)
+        .collect();
+        assert_eq!(
+            classes,
+            [
+                "image_decode",
+                "image_too_large",
+                "image_unusable",
+                "model_failure"
+            ]
+        );
+    }
+}

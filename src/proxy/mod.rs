@@ -1,0 +1,530 @@
+//! Attribute hallucination and the neighbour-aware proxy generator (METHOD.md (c) 2-3), with
+//! directions learned from identity-labeled features (the direction source that needs no CLIP).
+//!
+//! Per face, with f its normalized identity vector:
+//! - hallucinated variants: f_a± = norm(f ± s_a u_a) for each learned direction u_a (a leading
+//!   eigenvector of the within-identity scatter: the ways one person's vectors vary, e.g. pose,
+//!   age, expression, light) with strength s_a (the within-identity standard deviation along u_a
+//!   times `proxy.strength`);
+//! - context: q = similarity-weighted mean of the proxies of the face's `context_k` nearest
+//!   indexed faces (weights = max(cosine, 0));
+//! - attention: alpha = softmax_h((W_q q) . (W_k h) / T) over the candidates h in {f, f_a±}
+//!   (plus q itself when `with_context`), W_q = W_k = I (the parameter-free default) or trained
+//!   (`attention`);
+//! - proxy: p = norm(sum_h alpha_h h). Cold start (fewer than `min_neighbors` neighbours): p = f.
+//!
+//! A variant that points toward the neighbourhood wins attention, so the proxy moves toward its
+//! neighbours only along directions in which one identity varies: faces of one person split by
+//! pose or age are pulled together, while the identity-discriminative directions are untouched.
+
+pub mod attention;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use thiserror::Error;
+
+use crate::engine::{IdentityProxy, ProxyGenerator};
+use crate::eval::features::Features;
+use crate::index::Neighbor;
+
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("cannot read proxy weights {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error("proxy weights {path}: {detail}")]
+    Shape { path: String, detail: String },
+    #[error("cannot write proxy weights {path}: {detail}")]
+    Write { path: String, detail: String },
+    #[error("learning directions: {0}")]
+    Learn(String),
+    #[error(transparent)]
+    Attention(#[from] crate::proxy::attention::AttentionError),
+}
+
+/// Learned attribute directions in identity space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Directions {
+    pub dim: usize,
+    /// Unit vectors, row-major, `count * dim`.
+    pub vectors: Vec<f32>,
+    /// Within-identity standard deviation along each direction.
+    pub sigmas: Vec<f32>,
+}
+
+impl Directions {
+    pub fn count(&self) -> usize {
+        self.sigmas.len()
+    }
+
+    pub fn vector(&self, a: usize) -> &[f32] {
+        &self.vectors[a * self.dim..(a + 1) * self.dim]
+    }
+
+    /// The `count` leading eigenvectors of the within-identity scatter of the L2-normalized
+    /// `features` (identities with one face contribute nothing).
+    pub fn learn(features: &Features, labels: &[i64], count: usize) -> Result<Self, ProxyError> {
+        let d = features.dim;
+        if labels.len() != features.n() {
+            return Err(ProxyError::Learn(format!(
+                "{} labels for {} rows",
+                labels.len(),
+                features.n()
+            )));
+        }
+        if count == 0 || count > d {
+            return Err(ProxyError::Learn(format!(
+                "direction count {count} outside 1..={d}"
+            )));
+        }
+        let unit: Vec<Vec<f64>> = (0..features.n())
+            .map(|i| {
+                let r = features.row(i);
+                let n = r
+                    .iter()
+                    .map(|v| (*v as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-12);
+                r.iter().map(|v| *v as f64 / n).collect()
+            })
+            .collect();
+        let mut by_label: HashMap<i64, Vec<usize>> = HashMap::new();
+        for (i, l) in labels.iter().enumerate() {
+            by_label.entry(*l).or_default().push(i);
+        }
+        let mut scatter = vec![0f64; d * d];
+        let mut samples = 0usize;
+        let mut groups: Vec<&Vec<usize>> = by_label.values().filter(|g| g.len() >= 2).collect();
+        groups.sort();
+        for g in groups {
+            let mut mean = vec![0f64; d];
+            for &i in g {
+                for (m, v) in mean.iter_mut().zip(&unit[i]) {
+                    *m += v;
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= g.len() as f64);
+            for &i in g {
+                let x: Vec<f64> = unit[i].iter().zip(&mean).map(|(v, m)| v - m).collect();
+                for r in 0..d {
+                    for c in r..d {
+                        scatter[r * d + c] += x[r] * x[c];
+                    }
+                }
+                samples += 1;
+            }
+        }
+        if samples == 0 {
+            return Err(ProxyError::Learn("no identity has two faces".into()));
+        }
+        for r in 0..d {
+            for c in 0..r {
+                scatter[r * d + c] = scatter[c * d + r];
+            }
+        }
+        scatter.iter_mut().for_each(|v| *v /= samples as f64);
+        let (values, vectors) = symmetric_eigen(&scatter, d);
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+        let mut out = Directions {
+            dim: d,
+            vectors: Vec::with_capacity(count * d),
+            sigmas: Vec::with_capacity(count),
+        };
+        for &k in order.iter().take(count) {
+            // Column k of the eigenvector matrix; sign fixed so the largest component is positive
+            // (a deterministic choice: the variants use both signs anyway).
+            let mut v: Vec<f64> = (0..d).map(|r| vectors[r * d + k]).collect();
+            let big = v
+                .iter()
+                .copied()
+                .fold(0f64, |a, x| if x.abs() > a.abs() { x } else { a });
+            if big < 0.0 {
+                v.iter_mut().for_each(|x| *x = -*x);
+            }
+            out.vectors.extend(v.iter().map(|x| *x as f32));
+            out.sigmas.push(values[k].max(0.0).sqrt() as f32);
+        }
+        Ok(out)
+    }
+
+    /// Writes `directions` [count, dim] and `sigmas` [count] as safetensors.
+    pub fn save(&self, path: &Path) -> Result<(), ProxyError> {
+        let err = |e: candle_core::Error| ProxyError::Write {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let mut m = HashMap::new();
+        m.insert(
+            "directions".to_string(),
+            Tensor::from_vec(self.vectors.clone(), (self.count(), self.dim), &Device::Cpu)
+                .map_err(err)?,
+        );
+        m.insert(
+            "sigmas".to_string(),
+            Tensor::from_vec(self.sigmas.clone(), self.count(), &Device::Cpu).map_err(err)?,
+        );
+        candle_core::safetensors::save(&m, path).map_err(err)
+    }
+
+    /// Reads what `save` wrote; the dimension must be `dim`.
+    pub fn load(path: &Path, dim: usize) -> Result<Self, ProxyError> {
+        let p = path.display().to_string();
+        let m =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ProxyError::Read {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
+        let shape = |detail: String| ProxyError::Shape {
+            path: p.clone(),
+            detail,
+        };
+        let dirs = m
+            .get("directions")
+            .ok_or_else(|| shape("no tensor 'directions'".into()))?;
+        let sig = m
+            .get("sigmas")
+            .ok_or_else(|| shape("no tensor 'sigmas'".into()))?;
+        let (count, d) = dirs.dims2().map_err(|_| {
+            shape(format!(
+                "'directions' has shape {:?}, want [count, {dim}]",
+                dirs.dims()
+            ))
+        })?;
+        if d != dim || sig.dims() != [count] {
+            return Err(shape(format!(
+                "'directions' {:?} and 'sigmas' {:?} do not fit model.dim = {dim}",
+                dirs.dims(),
+                sig.dims()
+            )));
+        }
+        let read = |t: &Tensor| -> Result<Vec<f32>, ProxyError> {
+            t.to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| shape(e.to_string()))
+        };
+        let out = Directions {
+            dim,
+            vectors: read(dirs)?,
+            sigmas: read(sig)?,
+        };
+        if out
+            .vectors
+            .iter()
+            .chain(&out.sigmas)
+            .any(|v| !v.is_finite())
+        {
+            return Err(shape("non-finite values".into()));
+        }
+        Ok(out)
+    }
+}
+
+/// Eigen-decomposition of a symmetric `d x d` matrix (row-major) by cyclic Jacobi rotations:
+/// (eigenvalues, eigenvectors as the columns of a row-major matrix).
+pub fn symmetric_eigen(m: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = m.to_vec();
+    let mut v = vec![0f64; d * d];
+    for i in 0..d {
+        v[i * d + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let off: f64 = (0..d)
+            .flat_map(|r| (0..d).filter(move |&c| c != r).map(move |c| (r, c)))
+            .map(|(r, c)| a[r * d + c].powi(2))
+            .sum();
+        let diag: f64 = (0..d).map(|i| a[i * d + i].powi(2)).sum();
+        if off <= 1e-22 * diag.max(1e-300) {
+            break;
+        }
+        for p in 0..d {
+            for q in p + 1..d {
+                let apq = a[p * d + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..d {
+                    let akp = a[k * d + p];
+                    let akq = a[k * d + q];
+                    a[k * d + p] = c * akp - s * akq;
+                    a[k * d + q] = s * akp + c * akq;
+                }
+                for k in 0..d {
+                    let apk = a[p * d + k];
+                    let aqk = a[q * d + k];
+                    a[p * d + k] = c * apk - s * aqk;
+                    a[q * d + k] = s * apk + c * aqk;
+                }
+                for k in 0..d {
+                    let vkp = v[k * d + p];
+                    let vkq = v[k * d + q];
+                    v[k * d + p] = c * vkp - s * vkq;
+                    v[k * d + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..d).map(|i| a[i * d + i]).collect(), v)
+}
+
+/// Settings of the neighbour-aware proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeighborProxy {
+    /// Hallucination directions; None = no hallucination (candidates f and, with
+    /// `with_context`, q).
+    pub directions: Option<Directions>,
+    /// Global factor on each direction's strength (s_a = strength * sigma_a).
+    pub strength: f32,
+    /// Attention temperature T (the 1/sqrt(d) of METHOD.md is folded into it).
+    pub temperature: f32,
+    /// Neighbours whose proxies form the context q.
+    pub context_k: usize,
+    /// Fewer indexed neighbours than this: cold start, p = f.
+    pub min_neighbors: usize,
+    /// Whether q itself is a candidate (neighbour smoothing).
+    pub with_context: bool,
+    /// Trained W_q, W_k (`attention`); None = W_q = W_k = I.
+    pub attention: Option<crate::proxy::attention::Attention>,
+}
+
+fn norm(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+impl NeighborProxy {
+    /// The candidates for `f` (normalized): f, then f_a+ and f_a- for each direction.
+    pub fn candidates(&self, f: &[f32]) -> Vec<Vec<f32>> {
+        let mut c = vec![f.to_vec()];
+        if let Some(d) = &self.directions {
+            for a in 0..d.count() {
+                let s = self.strength * d.sigmas[a];
+                for sign in [1.0f32, -1.0] {
+                    let mut h: Vec<f32> = f
+                        .iter()
+                        .zip(d.vector(a))
+                        .map(|(x, u)| x + sign * s * u)
+                        .collect();
+                    norm(&mut h);
+                    c.push(h);
+                }
+            }
+        }
+        c
+    }
+}
+
+impl ProxyGenerator for NeighborProxy {
+    fn proxy(
+        &self,
+        identity: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
+        self.proxy_with(identity, &[], neighbors, proxy_of)
+    }
+
+    /// The upstream variants (`extra`, e.g. CLIP hallucinations f_a) join the candidates beside
+    /// the learned-direction variants.
+    fn proxy_with(
+        &self,
+        identity: &[f32],
+        extra: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
+        if neighbors.len() < self.min_neighbors.max(1) {
+            return None;
+        }
+        let d = identity.len();
+        let mut q = vec![0f32; d];
+        let mut total = 0f32;
+        for n in neighbors.iter().take(self.context_k) {
+            let w = n.similarity.max(0.0);
+            if w <= 0.0 {
+                continue;
+            }
+            for (qi, pi) in q.iter_mut().zip(proxy_of(n.seq)) {
+                *qi += w * pi;
+            }
+            total += w;
+        }
+        if total <= 0.0 {
+            return None;
+        }
+        norm(&mut q);
+        let mut cands = self.candidates(identity);
+        for v in extra.chunks_exact(d) {
+            let mut h = v.to_vec();
+            norm(&mut h);
+            cands.push(h);
+        }
+        if self.with_context {
+            cands.push(q.clone());
+        }
+        if cands.len() == 1 {
+            return None;
+        }
+        let r = match &self.attention {
+            Some(a) => a.query(&q),
+            None => q,
+        };
+        let logits: Vec<f32> = cands
+            .iter()
+            .map(|h| h.iter().zip(&r).map(|(a, b)| a * b).sum::<f32>() / self.temperature)
+            .collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let z: f32 = w.iter().sum();
+        let mut p = vec![0f32; d];
+        for (h, wi) in cands.iter().zip(&w) {
+            for (pi, hi) in p.iter_mut().zip(h) {
+                *pi += wi / z * hi;
+            }
+        }
+        norm(&mut p);
+        Some(p)
+    }
+}
+
+/// The proxy generator a state runs with (chosen by `[proxy]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProxyModel {
+    Identity,
+    Neighbor(NeighborProxy),
+}
+
+impl ProxyGenerator for ProxyModel {
+    fn needs_neighbors(&self) -> bool {
+        !matches!(self, ProxyModel::Identity)
+    }
+
+    fn proxy(
+        &self,
+        identity: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
+        self.proxy_with(identity, &[], neighbors, proxy_of)
+    }
+
+    fn proxy_with(
+        &self,
+        identity: &[f32],
+        extra: &[f32],
+        neighbors: &[Neighbor],
+        proxy_of: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
+        match self {
+            ProxyModel::Identity => IdentityProxy.proxy(identity, neighbors, proxy_of),
+            ProxyModel::Neighbor(p) => p.proxy_with(identity, extra, neighbors, proxy_of),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jacobi_recovers_a_known_spectrum() {
+        // A = R diag(3, 1, 0.5) R^T for a rotation R.
+        let (c, s) = (0.6f64, 0.8f64);
+        let r = [c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0];
+        let l = [3.0, 1.0, 0.5];
+        let mut a = vec![0f64; 9];
+        for i in 0..3 {
+            for j in 0..3 {
+                a[i * 3 + j] = (0..3).map(|k| r[i * 3 + k] * l[k] * r[j * 3 + k]).sum();
+            }
+        }
+        let (vals, vecs) = symmetric_eigen(&a, 3);
+        let mut sorted = vals.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for (g, w) in sorted.iter().zip(l) {
+            assert!((g - w).abs() < 1e-10, "{vals:?}");
+        }
+        // A v = lambda v for every column.
+        for k in 0..3 {
+            for i in 0..3 {
+                let av: f64 = (0..3).map(|j| a[i * 3 + j] * vecs[j * 3 + k]).sum();
+                assert!((av - vals[k] * vecs[i * 3 + k]).abs() < 1e-10);
+            }
+        }
+    }
+
+    #[test]
+    fn learned_direction_is_the_within_identity_variation() {
+        // Two identities; within each, faces vary along axis 2 only.
+        let mut data = Vec::new();
+        let mut labels = Vec::new();
+        for (l, base) in [(0i64, [1.0f32, 0.0, 0.0, 0.0]), (1, [0.0, 1.0, 0.0, 0.0])] {
+            for t in [-0.2f32, -0.1, 0.0, 0.1, 0.2] {
+                let mut v = base;
+                v[2] = t;
+                data.extend_from_slice(&v);
+                labels.push(l);
+            }
+        }
+        let f = Features { dim: 4, data };
+        let d = Directions::learn(&f, &labels, 1).unwrap();
+        let u = d.vector(0);
+        assert!(u[2].abs() > 0.99, "{u:?}");
+        assert!(d.sigmas[0] > 0.05);
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.safetensors");
+        d.save(&p).unwrap();
+        assert_eq!(Directions::load(&p, 4).unwrap(), d);
+        assert!(matches!(
+            Directions::load(&p, 8),
+            Err(ProxyError::Shape { .. })
+        ));
+        std::fs::write(&p, b"garbage").unwrap();
+        assert!(matches!(
+            Directions::load(&p, 4),
+            Err(ProxyError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn proxy_moves_toward_the_neighbourhood_along_the_direction_only() {
+        let directions = Directions {
+            dim: 3,
+            vectors: vec![0.0, 0.0, 1.0],
+            sigmas: vec![0.5],
+        };
+        let gen = NeighborProxy {
+            directions: Some(directions),
+            strength: 1.0,
+            temperature: 0.01,
+            context_k: 10,
+            min_neighbors: 1,
+            with_context: false,
+            attention: None,
+        };
+        let f = [1.0f32, 0.0, 0.0];
+        // The neighbour sits off f along both axis 1 (identity) and axis 2 (the direction).
+        let mut nb = vec![0.8f32, 0.3, 0.5];
+        norm(&mut nb);
+        let neighbors = [Neighbor {
+            seq: 0,
+            similarity: 0.8,
+        }];
+        let p = gen.proxy(&f, &neighbors, &|_| nb.clone()).unwrap();
+        assert!(p[2] > 0.3, "moved along the direction: {p:?}");
+        assert!(p[1].abs() < 1e-6, "not along the identity axis: {p:?}");
+        // Cold start: no neighbours, no proxy.
+        assert!(gen.proxy(&f, &[], &|_| nb.clone()).is_none());
+    }
+}
