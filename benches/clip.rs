@@ -9,8 +9,8 @@
 //! Run: `cargo bench --bench clip`. Results: tools/clip/README.md.
 
 use candle_core::{Device, Tensor};
-use clip_cluster::clip::tokenizer::{CONTEXT, EOT, SOT};
-use clip_cluster::clip::{random_tensors, ClipArchitecture, ClipModel};
+use clip_cluster::hallucinate::clip::tokenizer::{CONTEXT, EOT, SOT};
+use clip_cluster::hallucinate::clip::{random_tensors, ClipArchitecture, ClipModel};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use image::RgbImage;
 

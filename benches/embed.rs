@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use clip_cluster::dlib_resnet::{DlibResNet, CHIP};
+use clip_cluster::embed::network::{DlibResNet, CHIP};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {

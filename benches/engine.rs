@@ -7,8 +7,8 @@ use std::hint::black_box;
 use clip_cluster::clusterer::Clusterer;
 use clip_cluster::config::Config;
 use clip_cluster::engine::Engine;
+use clip_cluster::eval::synth::{generate, SynthParams};
 use clip_cluster::index::HnswIndex;
-use clip_cluster::synth::{generate, SynthParams};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const PREFILL: usize = 10_000;

@@ -24,10 +24,9 @@ pub enum ClustererError {
     Store(#[from] StoreError),
     #[error("HNSW snapshot: {0}")]
     Index(#[from] crate::index::IndexError),
+    /// A trained part's file (proxy directions or attention, edge head).
     #[error(transparent)]
-    Proxy(#[from] crate::proxy::ProxyError),
-    #[error(transparent)]
-    Edge(#[from] crate::edge::EdgeError),
+    Weights(#[from] crate::weights::WeightsError),
     #[error(transparent)]
     Calibration(#[from] crate::engine::calibrate::ReferenceError),
 }
@@ -205,7 +204,7 @@ pub fn edge_id(cfg: &Config) -> String {
 }
 
 /// The edge scorer `[edge]` describes (the head read and checked here).
-pub fn edge_model(cfg: &Config) -> Result<EdgeModel, crate::edge::EdgeError> {
+pub fn edge_model(cfg: &Config) -> Result<EdgeModel, crate::weights::WeightsError> {
     Ok(match cfg.edge.scorer {
         crate::config::EdgeScorerKind::Cosine => EdgeModel::Cosine,
         crate::config::EdgeScorerKind::Learned => EdgeModel::Learned(crate::edge::EdgeHead::load(
@@ -216,7 +215,7 @@ pub fn edge_model(cfg: &Config) -> Result<EdgeModel, crate::edge::EdgeError> {
 }
 
 /// The proxy generator `[proxy]` describes (directions read and checked here).
-pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::proxy::ProxyError> {
+pub fn proxy_model(cfg: &Config) -> Result<ProxyModel, crate::weights::WeightsError> {
     let x = &cfg.proxy;
     Ok(match x.mode {
         crate::config::ProxyMode::Identity => ProxyModel::Identity,

@@ -39,3 +39,4 @@ pub mod weights;
 pub mod bench;
 pub mod cli;
 pub mod eval;
+pub mod train;

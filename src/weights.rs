@@ -1,16 +1,37 @@
-//! The safetensors files of the trained parts (`attention`, `edge`, `hallucinate`) and what their
-//! training shares: reading a file and checking each tensor's shape and values, writing one, the
-//! seeded split of identities into fitted and held-out parts, unit rows.
+//! The safetensors files of the trained parts (edge head, proxy directions and attention, CLIP
+//! mapper): reading a file and checking each tensor's shape and values, writing one, and the one
+//! error type all of them report (`WeightsError`, naming the part and the file).
 //!
-//! Errors are plain details; each part wraps them in its own error type with the file's name.
+//! The low-level functions return plain details; the parts wrap them in `WeightsError`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand::seq::SliceRandom;
+use candle_core::{DType, Device, Tensor};
 
-use crate::eval::features::Features;
+/// A trained part's file that cannot be read, does not fit, or cannot be written. `part` names it
+/// as the user knows it ("edge head", "proxy weights", "attention weights", "mapper").
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot read {part} {path}: {detail}")]
+    Read {
+        part: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("{part} {path}: {detail}")]
+    Shape {
+        part: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("cannot write {part} {path}: {detail}")]
+    Write {
+        part: &'static str,
+        path: String,
+        detail: String,
+    },
+}
 
 /// All tensors of a safetensors file, on the CPU. Err: why the file cannot be read.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, String> {
@@ -54,35 +75,4 @@ pub fn write(path: &Path, tensors: &[(&str, &[f32], &[usize])]) -> Result<(), St
         m.insert(name.to_string(), t);
     }
     candle_core::safetensors::save(&m, path).map_err(|e| e.to_string())
-}
-
-/// The identities held out from a fit: `fraction` of the distinct labels, drawn from `rng`.
-pub fn held_out_identities(
-    labels: &[i64],
-    fraction: f64,
-    rng: &mut impl rand::Rng,
-) -> HashSet<i64> {
-    let mut ids: Vec<i64> = labels.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.shuffle(rng);
-    let n = ((ids.len() as f64) * fraction).round() as usize;
-    ids[..n.min(ids.len())].iter().copied().collect()
-}
-
-/// `features` with every row scaled to unit length (zero rows stay zero).
-pub fn unit_rows(features: &Features) -> Features {
-    let mut out = features.clone();
-    for r in out.data.chunks_mut(features.dim) {
-        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if n > 0.0 {
-            r.iter_mut().for_each(|v| *v /= n);
-        }
-    }
-    out
-}
-
-/// A trained variable's values, row-major.
-pub fn var_values(v: &Var) -> candle_core::Result<Vec<f32>> {
-    v.as_tensor().flatten_all()?.to_vec1::<f32>()
 }

@@ -35,8 +35,8 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
     let (_, directions) = crate::hallucinate::clip::from_config(&cfg.clip)?.context(
         "hallucinate needs CLIP for the text directions: set clip.weights (CLIP_CLUSTER__CLIP__WEIGHTS)",
     )?;
-    let f = crate::weights::unit_rows(&read_features(&features, cfg.model.dim)?);
-    let c = crate::weights::unit_rows(&read_features(&clip_features, clip_dim)?);
+    let f = crate::train::unit_rows(&read_features(&features, cfg.model.dim)?);
+    let c = crate::train::unit_rows(&read_features(&clip_features, clip_dim)?);
     anyhow::ensure!(
         f.n() == c.n(),
         "{} faces in {} but {} CLIP rows in {}",

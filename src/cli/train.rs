@@ -108,7 +108,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         only_people_with(feats, clip_rows, labs, &labels, people.as_deref())?;
     let n_ids = labs.iter().collect::<std::collections::BTreeSet<_>>().len();
     if let Some(edge_out) = &edge_out {
-        let opts = crate::edge::EdgeTraining {
+        let opts = crate::train::edge::EdgeTraining {
             k: edge_k,
             hidden: edge_hidden,
             epochs: edge_epochs,
@@ -120,7 +120,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             feats.n(),
             opts.holdout * 100.0
         );
-        let (head, last) = crate::edge::train(&feats, &labs, &opts, &mut |r| {
+        let (head, last) = crate::train::edge::train(&feats, &labs, &opts, &mut |r| {
             eprintln!(
                     "epoch {:>3}/{edge_epochs}: train loss {:.4}, held-out loss {:.4}, held-out accuracy {:.4} (cosine: {:.4}; each at its best threshold)",
                     r.epoch, r.train_loss, r.holdout_loss, r.holdout_accuracy, r.holdout_cosine_accuracy
@@ -140,7 +140,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             "learning {directions} directions from {} faces of {n_ids} identities",
             feats.n()
         );
-        let d = crate::proxy::Directions::learn(&feats, &labs, directions)?;
+        let d = crate::train::directions::learn_directions(&feats, &labs, directions)?;
         d.save(out)?;
         let total: f32 = d.sigmas.iter().map(|s| s * s).sum();
         eprintln!(
@@ -156,7 +156,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         eprintln!("variance along them: {total:.5}");
     }
     if let (Some(h_out), Some(c)) = (&mapper_out, &clip_rows) {
-        let opts = crate::hallucinate::MapperTraining {
+        let opts = crate::train::mapper::MapperTraining {
             seed,
             ..Default::default()
         };
@@ -165,7 +165,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             feats.n(),
             feats.dim
         );
-        let (h, last) = crate::hallucinate::train(&feats, c, &labs, &opts, &mut |r| {
+        let (h, last) = crate::train::mapper::train(&feats, c, &labs, &opts, &mut |r| {
             eprintln!(
                 "epoch {:>3}/{}: train error {:.5}, held-out error {:.5} (H = 0: {:.5})",
                 r.epoch, opts.epochs, r.train_mse, r.holdout_mse, r.holdout_zero_mse
@@ -189,7 +189,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         let crate::proxy::ProxyModel::Neighbor(proxy) = crate::clusterer::proxy_model(&c)? else {
             anyhow::bail!("the neighbour proxy could not be configured");
         };
-        let opts = crate::proxy::attention::AttentionTraining {
+        let opts = crate::train::attention::AttentionTraining {
             k: cfg.engine.search_k.min(10),
             t1: attention_t1,
             epochs: attention_epochs,
@@ -204,7 +204,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             proxy.strength,
             proxy.temperature
         );
-        let (att, last) = crate::proxy::attention::train(&feats, &labs, &proxy, &opts, &mut |r| {
+        let (att, last) = crate::train::attention::train(&feats, &labs, &proxy, &opts, &mut |r| {
             eprintln!(
                 "epoch {:>3}/{attention_epochs}: train loss {:.4}, held-out loss {:.4}, held-out edge accuracy {:.4} (W = I: {:.4})",
                 r.epoch, r.train_loss, r.holdout_loss, r.holdout_accuracy, r.holdout_identity_accuracy

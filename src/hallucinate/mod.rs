@@ -13,9 +13,8 @@
 //! identity-labeled faces with both embeddings (`clip-cluster train --clip-features C.bin
 //! --mapper-out H.safetensors`): for two faces i, j of one person, H([f_i ; c_j - c_i]) should
 //! predict f_j - f_i, how the identity vector moves when the picture changes the way CLIP sees
-//! it change (age, pose, expression, light). Mean squared error, candle-nn's AdamW, identities
-//! split into fitted and held-out parts (the held-out error is reported against H = 0), seeded.
-//! The output layer starts at zero, so an untrained mapper is exactly H = 0.
+//! it change (age, pose, expression, light); the fit lives in `crate::train::mapper`. The output
+//! layer starts at zero, so an untrained mapper is exactly H = 0.
 //!
 //! In the daemon, `ClipStage` runs after the identity network in roles "all" and "embed": the
 //! variants travel with the face (the envelope's `hallucinated`) to the proxy generator.
@@ -23,31 +22,14 @@
 pub mod clip;
 pub mod prompts;
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
-use crate::eval::features::Features;
 use crate::hallucinate::prompts::Direction;
+use crate::weights::WeightsError;
 
-#[derive(Debug, Error)]
-pub enum MapperError {
-    #[error("cannot read mapper {path}: {detail}")]
-    Read { path: String, detail: String },
-    #[error("mapper {path}: {detail}")]
-    Shape { path: String, detail: String },
-    #[error("cannot write mapper {path}: {detail}")]
-    Write { path: String, detail: String },
-    #[error("training the mapper: {0}")]
-    Train(String),
-    #[error("hallucination: {0}")]
-    Input(String),
-}
+const PART: &str = "mapper";
 
 /// H: [f (dim) ; delta_c (clip_dim)] -> hidden (ReLU) -> dim. Row-major weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +65,7 @@ impl Mapper {
     }
 
     /// Writes `mapper.w1`, `mapper.b1`, `mapper.w2`, `mapper.b2` as safetensors.
-    pub fn save(&self, path: &Path) -> Result<(), MapperError> {
+    pub fn save(&self, path: &Path) -> Result<(), WeightsError> {
         let w = self.dim + self.clip_dim;
         crate::weights::write(
             path,
@@ -94,20 +76,23 @@ impl Mapper {
                 ("mapper.b2", &self.b2, &[self.dim]),
             ],
         )
-        .map_err(|detail| MapperError::Write {
+        .map_err(|detail| WeightsError::Write {
+            part: PART,
             path: path.display().to_string(),
             detail,
         })
     }
 
     /// Reads what `save` wrote, for identity vectors of `dim` and CLIP embeddings of `clip_dim`.
-    pub fn load(path: &Path, dim: usize, clip_dim: usize) -> Result<Self, MapperError> {
+    pub fn load(path: &Path, dim: usize, clip_dim: usize) -> Result<Self, WeightsError> {
         let p = path.display().to_string();
-        let m = crate::weights::read(path).map_err(|detail| MapperError::Read {
+        let m = crate::weights::read(path).map_err(|detail| WeightsError::Read {
+            part: PART,
             path: p.clone(),
             detail,
         })?;
-        let shape = |detail: String| MapperError::Shape {
+        let shape = |detail: String| WeightsError::Shape {
+            part: PART,
             path: p.clone(),
             detail: format!(
                 "{detail} (a mapper of [{dim} identity + {clip_dim} CLIP] values to {dim})"
@@ -140,7 +125,7 @@ pub struct Hallucinator {
     pub mapper: Mapper,
 }
 
-fn unit(v: &mut [f32]) {
+pub(crate) fn unit(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
@@ -150,9 +135,9 @@ fn unit(v: &mut [f32]) {
 impl Hallucinator {
     /// f_a for every attribute, in the order of the directions. `f` is the unit identity
     /// vector, `c` the unit CLIP image embedding of the same face.
-    pub fn variants(&self, f: &[f32], c: &[f32]) -> Result<Vec<Vec<f32>>, MapperError> {
+    pub fn variants(&self, f: &[f32], c: &[f32]) -> Result<Vec<Vec<f32>>, HallucinateError> {
         if f.len() != self.mapper.dim || c.len() != self.mapper.clip_dim {
-            return Err(MapperError::Input(format!(
+            return Err(HallucinateError::Input(format!(
                 "identity vector of {} and CLIP embedding of {} values; the mapper takes {} and {}",
                 f.len(),
                 c.len(),
@@ -169,7 +154,7 @@ impl Hallucinator {
             .iter()
             .map(|d| {
                 if d.vector.len() != c.len() {
-                    return Err(MapperError::Input(format!(
+                    return Err(HallucinateError::Input(format!(
                         "direction `{}` has {} values, the CLIP embedding {}",
                         d.name,
                         d.vector.len(),
@@ -201,25 +186,28 @@ pub struct ClipStage {
     pub limits: crate::embed::image::DecodeLimits,
 }
 
+/// Why hallucination cannot start or cannot run on an input.
 #[derive(Debug, Error)]
-pub enum ClipStageError {
+pub enum HallucinateError {
     #[error(transparent)]
     Clip(#[from] crate::hallucinate::clip::ClipError),
     #[error(transparent)]
-    Mapper(#[from] MapperError),
+    Weights(#[from] WeightsError),
     #[error("clip.weights is set but clip.mapper_path is empty: the daemon needs the mapper H (clip-cluster train --clip-features C.bin --mapper-out H.safetensors) to turn CLIP edits into identity variants")]
     NoMapper,
+    #[error("hallucination: {0}")]
+    Input(String),
 }
 
 impl ClipStage {
     /// `None` when `[clip]` is off (empty `weights`). Every file is read and checked here, so
     /// a bad one stops start-up with its name.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Self>, ClipStageError> {
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Self>, HallucinateError> {
         if !cfg.clip.enabled() {
             return Ok(None);
         }
         if cfg.clip.mapper_path.as_os_str().is_empty() {
-            return Err(ClipStageError::NoMapper);
+            return Err(HallucinateError::NoMapper);
         }
         let Some((clip, directions)) = crate::hallucinate::clip::from_config(&cfg.clip)? else {
             return Ok(None);
@@ -278,330 +266,5 @@ impl ClipStage {
             }
         }
         Ok(out)
-    }
-}
-
-/// Settings of `train --mapper-out`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MapperTraining {
-    pub hidden: usize,
-    /// Same-identity pairs per identity (both orders count), at most.
-    pub pairs_per_identity: usize,
-    pub epochs: usize,
-    pub batch: usize,
-    pub learning_rate: f64,
-    pub weight_decay: f64,
-    pub holdout: f64,
-    pub seed: u64,
-}
-
-impl Default for MapperTraining {
-    fn default() -> Self {
-        Self {
-            hidden: 64,
-            pairs_per_identity: 20,
-            epochs: 30,
-            batch: 256,
-            learning_rate: 1e-3,
-            weight_decay: 1e-4,
-            holdout: 0.1,
-            seed: 1,
-        }
-    }
-}
-
-/// One epoch's numbers (mean squared error per vector, summed over dimensions).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MapperEpoch {
-    pub epoch: usize,
-    pub train_mse: f64,
-    pub holdout_mse: f64,
-    /// The held-out error of H = 0 (predicting no change): the bar to clear.
-    pub holdout_zero_mse: f64,
-}
-
-/// Trains H on identity vectors `features` and CLIP embeddings `clip` of the same faces (row i
-/// of each is face i) with identity `labels`.
-pub fn train(
-    features: &Features,
-    clip: &Features,
-    labels: &[i64],
-    opts: &MapperTraining,
-    progress: &mut dyn FnMut(&MapperEpoch),
-) -> Result<(Mapper, MapperEpoch), MapperError> {
-    let (d, e, n) = (features.dim, clip.dim, features.n());
-    let t = |x: candle_core::Error| MapperError::Train(x.to_string());
-    if clip.n() != n || labels.len() != n {
-        return Err(MapperError::Train(format!(
-            "{n} identity vectors, {} CLIP embeddings and {} labels: one of each per face",
-            clip.n(),
-            labels.len()
-        )));
-    }
-    if opts.hidden == 0 || opts.epochs == 0 || opts.batch == 0 || opts.pairs_per_identity == 0 {
-        return Err(MapperError::Train(format!(
-            "hidden, epochs, batch and pairs per identity must be positive ({opts:?})"
-        )));
-    }
-    let (fu, cu) = (
-        crate::weights::unit_rows(features),
-        crate::weights::unit_rows(clip),
-    );
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut by_label: HashMap<i64, Vec<usize>> = HashMap::new();
-    for (i, l) in labels.iter().enumerate() {
-        by_label.entry(*l).or_default().push(i);
-    }
-    let held = crate::weights::held_out_identities(labels, opts.holdout, &mut rng);
-    let mut ids: Vec<i64> = by_label.keys().copied().collect();
-    ids.sort_unstable();
-    // (input, target) rows for each part.
-    let w = d + e;
-    let mut parts: [(Vec<f32>, Vec<f32>); 2] = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    for id in &ids {
-        let g = &by_label[id];
-        if g.len() < 2 {
-            continue;
-        }
-        let mut pairs: Vec<(usize, usize)> = g
-            .iter()
-            .flat_map(|&i| g.iter().filter(move |&&j| j != i).map(move |&j| (i, j)))
-            .collect();
-        pairs.shuffle(&mut rng);
-        let part = &mut parts[usize::from(held.contains(id))];
-        for (i, j) in pairs.into_iter().take(opts.pairs_per_identity) {
-            part.0.extend_from_slice(fu.row(i));
-            part.0
-                .extend(cu.row(j).iter().zip(cu.row(i)).map(|(a, b)| a - b));
-            part.1
-                .extend(fu.row(j).iter().zip(fu.row(i)).map(|(a, b)| a - b));
-        }
-    }
-    let n_fit = parts[0].1.len() / d;
-    let n_hold = parts[1].1.len() / d;
-    if n_fit == 0 {
-        return Err(MapperError::Train(
-            "no identity with two or more faces among the fitted identities".into(),
-        ));
-    }
-    let cpu = Device::Cpu;
-    let bound = (1.0 / w as f32).sqrt();
-    let w1: Vec<f32> = (0..opts.hidden * w)
-        .map(|_| rng.gen_range(-bound..bound))
-        .collect();
-    let w1 =
-        Var::from_tensor(&Tensor::from_vec(w1, (opts.hidden, w), &cpu).map_err(t)?).map_err(t)?;
-    let b1 =
-        Var::from_tensor(&Tensor::zeros(opts.hidden, DType::F32, &cpu).map_err(t)?).map_err(t)?;
-    // Zero output layer: the untrained mapper is H = 0.
-    let w2 = Var::from_tensor(&Tensor::zeros((d, opts.hidden), DType::F32, &cpu).map_err(t)?)
-        .map_err(t)?;
-    let b2 = Var::from_tensor(&Tensor::zeros(d, DType::F32, &cpu).map_err(t)?).map_err(t)?;
-    let forward = |x: &Tensor| -> candle_core::Result<Tensor> {
-        x.matmul(&w1.as_tensor().t()?)?
-            .broadcast_add(b1.as_tensor())?
-            .relu()?
-            .matmul(&w2.as_tensor().t()?)?
-            .broadcast_add(b2.as_tensor())
-    };
-    // Mean over vectors of the squared error summed over dimensions.
-    let mse = |pred: &Tensor, y: &Tensor| -> candle_core::Result<Tensor> {
-        ((pred - y)?.sqr()?.sum(1)?).mean_all()
-    };
-    let hold = if n_hold > 0 {
-        Some((
-            Tensor::from_vec(parts[1].0.clone(), (n_hold, w), &cpu).map_err(t)?,
-            Tensor::from_vec(parts[1].1.clone(), (n_hold, d), &cpu).map_err(t)?,
-        ))
-    } else {
-        None
-    };
-    let zero_mse = match &hold {
-        Some((_, y)) => y
-            .sqr()
-            .and_then(|s| s.sum(1))
-            .and_then(|s| s.mean_all())
-            .and_then(|s| s.to_scalar::<f32>())
-            .map_err(t)? as f64,
-        None => f64::NAN,
-    };
-    let mut opt = AdamW::new(
-        vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()],
-        ParamsAdamW {
-            lr: opts.learning_rate,
-            weight_decay: opts.weight_decay,
-            ..Default::default()
-        },
-    )
-    .map_err(t)?;
-    let mut order: Vec<usize> = (0..n_fit).collect();
-    let mut last = None;
-    for epoch in 1..=opts.epochs {
-        order.shuffle(&mut rng);
-        let mut total = 0f64;
-        for rows in order.chunks(opts.batch) {
-            let mut xb = Vec::with_capacity(rows.len() * w);
-            let mut yb = Vec::with_capacity(rows.len() * d);
-            for &r in rows {
-                xb.extend_from_slice(&parts[0].0[r * w..(r + 1) * w]);
-                yb.extend_from_slice(&parts[0].1[r * d..(r + 1) * d]);
-            }
-            let step = || -> candle_core::Result<(Tensor, f64)> {
-                let xb = Tensor::from_vec(xb, (rows.len(), w), &cpu)?;
-                let yb = Tensor::from_vec(yb, (rows.len(), d), &cpu)?;
-                let loss = mse(&forward(&xb)?, &yb)?;
-                let v = loss.to_scalar::<f32>()? as f64;
-                Ok((loss, v))
-            };
-            let (loss, v) = step().map_err(t)?;
-            opt.backward_step(&loss).map_err(t)?;
-            total += v * rows.len() as f64;
-        }
-        let holdout_mse = match &hold {
-            Some((x, y)) => forward(x)
-                .and_then(|p| mse(&p, y))
-                .and_then(|l| l.to_scalar::<f32>())
-                .map_err(t)? as f64,
-            None => f64::NAN,
-        };
-        let r = MapperEpoch {
-            epoch,
-            train_mse: total / n_fit as f64,
-            holdout_mse,
-            holdout_zero_mse: zero_mse,
-        };
-        progress(&r);
-        last = Some(r);
-    }
-    let read = |v: &Var| crate::weights::var_values(v).map_err(t);
-    let mapper = Mapper {
-        dim: d,
-        clip_dim: e,
-        hidden: opts.hidden,
-        w1: read(&w1)?,
-        b1: read(&b1)?,
-        w2: read(&w2)?,
-        b2: read(&b2)?,
-    };
-    let report = last.ok_or_else(|| MapperError::Train("no epoch ran".into()))?;
-    Ok((mapper, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_distr::{Distribution, Normal};
-
-    /// Faces whose identity vectors change as a fixed linear map of their CLIP change: within one
-    /// identity, f = centre + M c (plus a little noise), c varying per picture.
-    fn toy() -> (Features, Features, Vec<i64>) {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let g = Normal::new(0.0f32, 1.0).unwrap();
-        let (d, e) = (6, 10);
-        let m: Vec<f32> = (0..d * e).map(|_| 0.15 * g.sample(&mut rng)).collect();
-        let (mut fd, mut cd, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        for id in 0..80i64 {
-            let centre: Vec<f32> = (0..d).map(|_| 2.0 * g.sample(&mut rng)).collect();
-            for _ in 0..4 {
-                let mut c: Vec<f32> = (0..e).map(|_| g.sample(&mut rng)).collect();
-                unit(&mut c);
-                for o in 0..d {
-                    let mc: f32 = (0..e).map(|k| m[o * e + k] * c[k]).sum();
-                    fd.push(centre[o] + mc + 0.002 * g.sample(&mut rng));
-                }
-                cd.extend_from_slice(&c);
-                labels.push(id);
-            }
-        }
-        (
-            Features { dim: d, data: fd },
-            Features { dim: e, data: cd },
-            labels,
-        )
-    }
-
-    #[test]
-    fn the_mapper_learns_how_identity_vectors_follow_clip_changes() {
-        let (f, c, l) = toy();
-        let opts = MapperTraining {
-            hidden: 32,
-            epochs: 60,
-            batch: 64,
-            learning_rate: 3e-3,
-            holdout: 0.2,
-            ..Default::default()
-        };
-        let (h, r) = train(&f, &c, &l, &opts, &mut |_| {}).unwrap();
-        assert!(
-            r.holdout_mse < 0.5 * r.holdout_zero_mse,
-            "held-out error {} vs H = 0 {}",
-            r.holdout_mse,
-            r.holdout_zero_mse
-        );
-        let (again, _) = train(&f, &c, &l, &opts, &mut |_| {}).unwrap();
-        assert_eq!(again, h, "seeded");
-
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("h.safetensors");
-        h.save(&p).unwrap();
-        assert_eq!(Mapper::load(&p, 6, 10).unwrap(), h);
-        assert!(matches!(
-            Mapper::load(&p, 6, 12),
-            Err(MapperError::Shape { .. })
-        ));
-        std::fs::write(&p, b"nope").unwrap();
-        assert!(matches!(
-            Mapper::load(&p, 6, 10),
-            Err(MapperError::Read { .. })
-        ));
-
-        // The hallucinator: one unit variant per direction; a zero-strength edit is f itself.
-        let mut dir_v = vec![0f32; 10];
-        dir_v[0] = 1.0;
-        let hall = Hallucinator {
-            directions: vec![
-                Direction {
-                    name: "moved".into(),
-                    vector: dir_v.clone(),
-                    strength: 1.0,
-                },
-                Direction {
-                    name: "still".into(),
-                    vector: dir_v,
-                    strength: 0.0,
-                },
-            ],
-            mapper: h,
-        };
-        let mut fu = f.row(0).to_vec();
-        unit(&mut fu);
-        let mut cu = c.row(0).to_vec();
-        unit(&mut cu);
-        let v = hall.variants(&fu, &cu).unwrap();
-        assert_eq!(v.len(), 2);
-        let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5);
-        let moved: f32 = v[0].iter().zip(&fu).map(|(a, b)| (a - b).abs()).sum();
-        assert!(moved > 1e-3, "the edit moves f");
-        // Zero edit: exactly f.
-        for (a, b) in v[1].iter().zip(&fu) {
-            assert!((a - b).abs() < 1e-6, "a zero edit leaves f as it is");
-        }
-        assert!(matches!(
-            hall.variants(&fu[..5], &cu),
-            Err(MapperError::Input(_))
-        ));
-    }
-
-    #[test]
-    fn an_untrained_mapper_is_zero() {
-        let (f, c, l) = toy();
-        let opts = MapperTraining {
-            epochs: 1,
-            learning_rate: 0.0,
-            ..Default::default()
-        };
-        let (h, _) = train(&f, &c, &l, &opts, &mut |_| {}).unwrap();
-        assert!(h.forward(f.row(0), c.row(0)).iter().all(|x| *x == 0.0));
     }
 }

@@ -83,7 +83,7 @@ pub enum PipelineError {
     #[error("model.dim = {config} but the embedder makes {embedder}-D vectors; set model.dim = {embedder} or embed.enabled = false")]
     EmbedDim { config: usize, embedder: usize },
     #[error("CLIP hallucination cannot start: {0}")]
-    ClipSetup(#[from] crate::hallucinate::ClipStageError),
+    ClipSetup(#[from] crate::hallucinate::HallucinateError),
     #[error(
         "the face embedder failed on a batch (nothing of it is durable; a restart redoes it): {0}"
     )]

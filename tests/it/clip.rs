@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use clip_cluster::clip::image::resize_and_crop;
-use clip_cluster::clip::tokenizer::{ClipTokenizer, TokenizerError, CONTEXT};
-use clip_cluster::clip::{
+use clip_cluster::hallucinate::clip::image::resize_and_crop;
+use clip_cluster::hallucinate::clip::tokenizer::{ClipTokenizer, TokenizerError, CONTEXT};
+use clip_cluster::hallucinate::clip::{
     random_tensors, Activation, Clip, ClipArchitecture, ClipError, ClipModel, TowerShape,
 };
-use clip_cluster::prompts::{hallucinate, Prompts};
+use clip_cluster::hallucinate::prompts::{hallucinate, Prompts};
 use image::RgbImage;
 
 fn fixture_dir() -> PathBuf {
@@ -184,7 +184,10 @@ fn clip_towers_match_the_numpy_reference_to_1e4() {
 fn clip_tokenizer_matches_the_reference_ids() {
     let Some(vocab) = vocab() else { return };
     let tok = ClipTokenizer::load(&vocab).unwrap();
-    assert_eq!(tok.n_tokens(), clip_cluster::clip::tokenizer::VOCAB_SIZE);
+    assert_eq!(
+        tok.n_tokens(),
+        clip_cluster::hallucinate::clip::tokenizer::VOCAB_SIZE
+    );
     let fx = fixture();
     for t in fx["tokens"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
@@ -243,7 +246,7 @@ fn clip_directions_and_hallucination_match_the_reference() {
 fn clip_starts_from_its_config_section() {
     let cfg = clip_cluster::config::Config::load_from(None, &[]).unwrap();
     assert!(!cfg.clip.enabled(), "CLIP is off by default");
-    assert!(clip_cluster::clip::from_config(&cfg.clip)
+    assert!(clip_cluster::hallucinate::clip::from_config(&cfg.clip)
         .unwrap()
         .is_none());
     let Some(vocab) = vocab() else { return };
@@ -253,7 +256,9 @@ fn clip_starts_from_its_config_section() {
     c.model_config = fixture_dir().join("clip_tiny.json");
     c.vocab = vocab;
     c.prompts = root.join("config/prompts.toml");
-    let (clip, dirs) = clip_cluster::clip::from_config(&c).unwrap().unwrap();
+    let (clip, dirs) = clip_cluster::hallucinate::clip::from_config(&c)
+        .unwrap()
+        .unwrap();
     assert_eq!(clip.model().architecture().embed_dim, 16);
     assert_eq!(dirs[0].name, "age");
     // A prompts file that does not parse stops start-up, naming the file and the line.
@@ -265,7 +270,9 @@ fn clip_starts_from_its_config_section() {
     )
     .unwrap();
     c.prompts = bad;
-    let e = clip_cluster::clip::from_config(&c).unwrap_err().to_string();
+    let e = clip_cluster::hallucinate::clip::from_config(&c)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("bad-prompts.toml") && e.contains("line 5"),
         "{e}"
@@ -555,7 +562,7 @@ fn clip_stage_honours_the_configured_image_limits() {
     );
     let small = cfg(&[("EMBED__MAX_IMAGE_SIDE", "32")]);
     assert_eq!(
-        clip_cluster::decode::DecodeLimits::from_config(&small).max_image_side_px,
+        clip_cluster::embed::image::DecodeLimits::from_config(&small).max_image_side_px,
         32
     );
     assert!(

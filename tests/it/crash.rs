@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
-use clip_cluster::synth::{generate, SynthParams};
+use clip_cluster::eval::synth::{generate, SynthParams};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::Producer;
 

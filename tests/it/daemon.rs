@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
-use clip_cluster::synth::{generate, SynthParams};
+use clip_cluster::eval::synth::{generate, SynthParams};
 use clip_cluster::telemetry::Metrics;
 use rdkafka::producer::Producer;
 
@@ -189,11 +189,11 @@ fn lfw_faces() -> Option<tempfile::TempDir> {
     for name in ["Colin_Powell", "George_W_Bush", "Tony_Blair"] {
         std::fs::create_dir_all(dir.path().join(name)).unwrap();
         for n in 1..=3 {
-            let src = clip_cluster::lfw::image_path(&lfw, name, n);
+            let src = clip_cluster::eval::lfw::image_path(&lfw, name, n);
             std::fs::copy(&src, dir.path().join(name).join(src.file_name().unwrap())).unwrap();
         }
     }
-    let real = std::fs::read(clip_cluster::lfw::image_path(&lfw, "Tony_Blair", 4)).unwrap();
+    let real = std::fs::read(clip_cluster::eval::lfw::image_path(&lfw, "Tony_Blair", 4)).unwrap();
     std::fs::create_dir_all(dir.path().join("zz_broken")).unwrap();
     std::fs::write(dir.path().join("zz_broken/truncated.jpg"), &real[..600]).unwrap();
     std::fs::write(
@@ -264,7 +264,7 @@ fn embed_test_faces(
 /// until the nine faces are applied, the two broken images dead-lettered and the outbox empty.
 /// Returns the embed worker's metrics and the cluster worker's configuration.
 fn embed_then_cluster(
-    kafka: &clip_cluster::mock::MockKafka,
+    kafka: &clip_cluster::cli::mock::MockKafka,
     dir: &std::path::Path,
     faces: &std::path::Path,
     embed_env: &[(String, String)],
@@ -272,7 +272,7 @@ fn embed_then_cluster(
     kafka.create_topic("face-embeddings", 1).unwrap();
     let pub_cfg = config(kafka.bootstrap_servers(), &dir.join("unused"), 128);
     assert_eq!(
-        clip_cluster::produce::publish_images(&pub_cfg, FACES, faces).unwrap(),
+        clip_cluster::cli::produce::publish_images(&pub_cfg, FACES, faces).unwrap(),
         11
     );
     let with = |group: &str, role: &str, input: &str, state: &str, extra: &[(String, String)]| {
@@ -342,7 +342,7 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(kafka.bootstrap_servers(), &dir.path().join("all"), 128);
     assert_eq!(
-        clip_cluster::produce::publish_images(&cfg, FACES, faces.path()).unwrap(),
+        clip_cluster::cli::produce::publish_images(&cfg, FACES, faces.path()).unwrap(),
         11
     );
     let summary = run_until_done(cfg.clone(), 9, 2, || {});
@@ -479,7 +479,7 @@ fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
 
     // (a) role all: embeds and hallucinates in process.
     assert_eq!(
-        clip_cluster::produce::publish_images(&all_cfg, FACES, faces.path()).unwrap(),
+        clip_cluster::cli::produce::publish_images(&all_cfg, FACES, faces.path()).unwrap(),
         11
     );
     let summary = run_until_done(all_cfg.clone(), 9, 2, || {});

@@ -9,7 +9,7 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use clip_cluster::clusterer::Clusterer;
-use clip_cluster::synth::{generate, SynthParams};
+use clip_cluster::eval::synth::{generate, SynthParams};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};

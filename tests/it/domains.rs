@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clip_cluster::clusterer::Clusterer;
 use clip_cluster::config::Config;
 use clip_cluster::engine::FaceMeta;
-use clip_cluster::synth::{generate, SynthParams};
+use clip_cluster::eval::synth::{generate, SynthParams};
 use clip_cluster::telemetry::Metrics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
@@ -91,7 +91,7 @@ fn publish(bootstrap: &str, faces: &BTreeMap<i32, Faces>) {
     for i in 0..n {
         for (part, f) in faces {
             let payload =
-                clip_cluster::message::embedding_envelope(&f.ids[i], &f.metas[i], &f.vs[i]);
+                clip_cluster::decode::embedding_envelope(&f.ids[i], &f.metas[i], &f.vs[i]);
             // Keyed by the domain key: what routes a tenant to one partition.
             send_to(&p, *part, &format!("tenant-{part}"), &payload);
         }
@@ -449,7 +449,7 @@ fn a_partition_without_its_state_is_blocked_and_the_others_proceed() {
     assert_eq!(m.metrics.faces_applied.get(), n as u64 * 3);
     stop(&rt, m);
     assert!(
-        !clip_cluster::domain::has_state(&state.join("faces-2")),
+        !clip_cluster::pipeline::domain::has_state(&state.join("faces-2")),
         "no fresh state was started for the blocked domain"
     );
     assert_eq!(

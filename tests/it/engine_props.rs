@@ -243,9 +243,9 @@ proptest! {
 /// where the approximate search misses a neighbour.
 #[test]
 fn hnsw_stream_agrees_with_exact_batch() {
+    use clip_cluster::eval::metrics::evaluate;
+    use clip_cluster::eval::synth::{generate, SynthParams};
     use clip_cluster::index::{HnswIndex, HnswParams, NeighborIndex};
-    use clip_cluster::metrics::evaluate;
-    use clip_cluster::synth::{generate, SynthParams};
     let dim = 128;
     let s = generate(SynthParams::new(3000, dim, 9));
     let p = params(dim, 10, 0.93, 0.0, 32);

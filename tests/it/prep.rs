@@ -9,8 +9,10 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clip_cluster::align::{self, Point, Rect, ShapePredictor};
-use clip_cluster::decode::{self, ChipMode, DecodeError, DecodeLimits, Preprocessor, RgbImage};
+use clip_cluster::embed::align::{self, Point, Rect, ShapePredictor};
+use clip_cluster::embed::image::{
+    self as decode, ChipMode, DecodeError, DecodeLimits, Preprocessor, RgbImage,
+};
 use clip_cluster::embed::EmbedError;
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use clip_cluster::dlib_resnet::{DlibResNet, ResNetError, CHIP, DIM};
+use clip_cluster::embed::network::{DlibResNet, ResNetError, CHIP, DIM};
 
 use crate::support::models_dir;
 
@@ -40,7 +40,7 @@ fn load() -> Option<DlibResNet> {
 #[test]
 fn synthetic_inputs_match_the_reference_to_1e4() {
     let Some(net) = load() else { return };
-    assert_eq!(net.sha256(), clip_cluster::dlib_resnet::MODEL_SHA256);
+    assert_eq!(net.sha256(), clip_cluster::embed::network::MODEL_SHA256);
     let fx = fixture();
     let entries = fx["synthetic"].as_array().unwrap();
     assert_eq!(entries.len(), 2);
@@ -161,7 +161,7 @@ fn bench_embed_measures_speed_and_parity() {
     let Some(dir) = models_dir() else { return };
     let model = dir.join("dlib_face_recognition_resnet_model_v1.dat");
     let mut seen = 0;
-    let rows = clip_cluster::embed_bench::run(
+    let rows = clip_cluster::bench::embed::run(
         &model,
         "cpu",
         &[DType::F32, DType::BF16],
@@ -180,6 +180,7 @@ fn bench_embed_measures_speed_and_parity() {
         }
     }
     assert!(
-        clip_cluster::embed_bench::run(&model, "tpu", &[DType::F32], &[1], 1, &mut |_| {}).is_err()
+        clip_cluster::bench::embed::run(&model, "tpu", &[DType::F32], &[1], 1, &mut |_| {})
+            .is_err()
     );
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clip_cluster::clusterer::Clusterer;
 use clip_cluster::config::Config;
-use clip_cluster::synth::{generate, SynthParams};
+use clip_cluster::eval::synth::{generate, SynthParams};
 
 fn config(dir: &Path, dim: usize) -> Config {
     config_with(dir, dim, &[("CALIBRATION__MODE", "trained")])
@@ -122,7 +122,7 @@ fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
         "the warm-up and the face after it"
     );
     let decided = *a.decision().expect("decided at 120 faces");
-    let clip_cluster::calibrate::Decision::Stream { t1, .. } = decided else {
+    let clip_cluster::engine::calibrate::Decision::Stream { t1, .. } = decided else {
         panic!("mode stream decides a threshold: {decided:?}")
     };
     assert!(t1 > 0.0 && t1 < 1.0, "{t1}");
@@ -333,7 +333,7 @@ fn restart_with_the_neighbour_proxy_equals_an_uninterrupted_run() {
             c.proxy.directions_path = weights.clone();
             c.proxy.refresh_per_insert = refresh;
             c.proxy.refresh_min_change = 0.0;
-            c.engine.t1 = clip_cluster::synth::CALIBRATED_T1;
+            c.engine.t1 = clip_cluster::eval::synth::CALIBRATED_T1;
             c
         };
         let full = tempfile::tempdir().unwrap();
@@ -501,7 +501,7 @@ fn restart_with_upstream_variants_and_refresh_equals_an_uninterrupted_run() {
         c.proxy.directions_path = weights.clone();
         c.proxy.refresh_per_insert = 4;
         c.proxy.refresh_min_change = 0.0;
-        c.engine.t1 = clip_cluster::synth::CALIBRATED_T1;
+        c.engine.t1 = clip_cluster::eval::synth::CALIBRATED_T1;
         c
     };
     let run = |c: &mut Clusterer, range: std::ops::Range<usize>| {

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use clip_cluster::cli::mock::MockKafka;
 use clip_cluster::config::Config;
+use clip_cluster::decode::embedding_envelope;
 use clip_cluster::engine::FaceMeta;
-use clip_cluster::message::embedding_envelope;
-use clip_cluster::mock::MockKafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{ClientConfig, Message};
@@ -359,7 +359,7 @@ pub fn models_dir() -> Option<std::path::PathBuf> {
 /// `CLIP_CLUSTER_REQUIRE_LFW` set (`.ci/run` sets it whenever LFW is on the machine) a missing
 /// LFW fails the test instead: in CI nothing skips silently.
 pub fn lfw_root(test: &str) -> Option<std::path::PathBuf> {
-    match clip_cluster::lfw::locate(None) {
+    match clip_cluster::eval::lfw::locate(None) {
         Ok(p) => Some(p),
         Err(e) => {
             assert!(
