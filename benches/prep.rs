@@ -11,8 +11,9 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clip_cluster::embed::align::ShapePredictor;
-use clip_cluster::embed::image::{self as decode, ChipMode, DecodeLimits, Preprocessor};
+use clip_cluster::embed::chip::{ChipMode, Preprocessor};
+use clip_cluster::embed::image::{self as decode, DecodeLimits};
+use clip_cluster::embed::landmarks::ShapePredictor;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// Faces per iteration, spread evenly over the sorted LFW file list (a fixed, seeded-by-order

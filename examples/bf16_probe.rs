@@ -1,7 +1,7 @@
 //! How far the dlib ResNet's bf16 path is from f32 on the CPU (candle), on the two synthetic
 //! fixture inputs: max |diff| and cosine per input. Run: `cargo run --release --example bf16_probe`.
 use candle_core::{DType, Device};
-use clip_cluster::dlib_resnet::{DlibResNet, CHIP};
+use clip_cluster::embed::network::{DlibResNet, CHIP};
 
 fn main() -> anyhow::Result<()> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

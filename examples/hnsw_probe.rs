@@ -1,6 +1,6 @@
 //! Probe: hnsw_rs insert+search cost per face as the index grows, synthetic vs Gaussian data.
+use clip_cluster::eval::synth::{generate, SynthParams};
 use clip_cluster::index::{HnswIndex, HnswParams, NeighborIndex};
-use clip_cluster::synth::{generate, SynthParams};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use std::time::Instant;

@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     let cfg = Config::load(None)?;
     let embedder = clip_cluster::embed::DlibEmbedder::from_config(&cfg)?;
     let prep = embedder.preprocessor();
-    let params = clip_cluster::quality::QualityParams::default();
+    let params = clip_cluster::embed::quality::QualityParams::default();
     for path in std::fs::read_to_string(&list)?
         .lines()
         .filter(|l| !l.is_empty())
@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
         };
         match prep.chip(&bytes) {
             Ok(chip) => {
-                let q = clip_cluster::quality::measure(&chip, clip_cluster::dlib_resnet::CHIP);
+                let q = clip_cluster::embed::quality::measure(
+                    &chip,
+                    clip_cluster::embed::network::CHIP,
+                );
                 println!(
                     "{path}\t{:.2}\t{:.2}\t{:.4}\t{:.3}",
                     q.brightness,

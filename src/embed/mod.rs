@@ -3,8 +3,10 @@
 //! Inference is synchronous and batched; callers run it on dedicated threads, never on the reactor.
 
 pub mod align;
+pub mod chip;
 pub mod dlib_format;
 pub mod image;
+pub mod landmarks;
 pub mod network;
 pub mod quality;
 
@@ -14,8 +16,9 @@ use candle_core::{DType, Device};
 use thiserror::Error;
 
 use crate::config::{ChipKind, Config, Precision};
-use crate::embed::align::{AlignError, ShapePredictor};
-use crate::embed::image::{ChipMode, DecodeLimits, Preprocessor};
+use crate::embed::chip::{ChipMode, Preprocessor};
+use crate::embed::image::{DecodeError, DecodeLimits};
+use crate::embed::landmarks::{AlignError, ShapePredictor};
 use crate::embed::network::{DlibResNet, ResNetError, DIM};
 
 /// Why one image could not be embedded. Each variant is a bounded metric label and dead-letter class.
@@ -265,6 +268,23 @@ fn mirror(chip: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+impl From<DecodeError> for EmbedError {
+    fn from(e: DecodeError) -> Self {
+        let msg = format!("{} ({e})", e.class());
+        match e {
+            DecodeError::TooManyBytes { .. }
+            | DecodeError::SideTooLong { .. }
+            | DecodeError::TooManyPixels { .. } => EmbedError::TooLarge(msg),
+            DecodeError::TooSmall { .. } => EmbedError::Unusable(msg),
+            DecodeError::Empty
+            | DecodeError::UnknownFormat
+            | DecodeError::UnsupportedFormat(_)
+            | DecodeError::Corrupt { .. }
+            | DecodeError::Panicked(_) => EmbedError::Decode(msg),
+        }
+    }
 }
 
 #[cfg(test)]

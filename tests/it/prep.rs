@@ -9,10 +9,10 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clip_cluster::embed::align::{self, Point, Rect, ShapePredictor};
-use clip_cluster::embed::image::{
-    self as decode, ChipMode, DecodeError, DecodeLimits, Preprocessor, RgbImage,
-};
+use clip_cluster::embed::align;
+use clip_cluster::embed::chip::{self, ChipMode, Preprocessor};
+use clip_cluster::embed::image::{self as decode, DecodeError, DecodeLimits, RgbImage};
+use clip_cluster::embed::landmarks::{self, Point, Rect, ShapePredictor};
 use clip_cluster::embed::EmbedError;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -361,14 +361,15 @@ fn lfw_landmarks_and_chips_match_dlib() {
             e["decoded_rgb_sha256"].as_str().unwrap(),
             "{path}: JPEG decode != Pillow"
         );
-        let cc = decode::centre_chip(&img, centre, size);
+        let cc = chip::centre_chip(&img, centre, size);
         assert_eq!(
             hex_sha256(&cc),
             e["centre_chip"]["sha256"].as_str().unwrap(),
             "{path}: centre chip"
         );
         for (k, f) in e["fixed"].as_array().unwrap().iter().enumerate() {
-            let rect = align::centred_box(img.width, img.height, f["fraction"].as_f64().unwrap());
+            let rect =
+                landmarks::centred_box(img.width, img.height, f["fraction"].as_f64().unwrap());
             assert_eq!(rect, rect_of(&f["box"]), "{path}: fixed box");
             let parts = sp.predict(&img, rect);
             assert_eq!(
@@ -407,7 +408,7 @@ fn lfw_landmarks_and_chips_match_dlib() {
 }
 
 /// The second landmark pass (`embed.landmark_passes = 2`): on the fixture's LFW images the box
-/// `align::refined_box` derives from the first (fixed-box) landmarks must lie nearer dlib's own
+/// `landmarks::refined_box` derives from the first (fixed-box) landmarks must lie nearer dlib's own
 /// HOG-detector box than the fixed box does, and the landmarks predicted from it nearer dlib's
 /// landmarks on that box. (The map was fitted on peopleDevTrain.txt's identities; some fixture
 /// images belong to them, the fit script reports the held-out numbers.)
@@ -441,13 +442,13 @@ fn refined_box_lands_nearer_dlibs_detector_box() {
         }
         let img = decode::decode(&bytes, &limits).unwrap();
         let (det_box, det_parts) = (rect_of(&d["box"]), parts_of(&d["parts"]));
-        let fixed = align::centred_box(img.width, img.height, 1.0 / 2.2);
+        let fixed = landmarks::centred_box(img.width, img.height, 1.0 / 2.2);
         let first = sp.predict(&img, fixed);
-        let refined = align::refined_box(&first, &align::DETECTOR_BOX_MAP);
+        let refined = landmarks::refined_box(&first, &landmarks::DETECTOR_BOX_MAP);
         let second = sp.predict(&img, refined);
         assert_eq!(
             second,
-            sp.predict_passes(&img, fixed, 2, &align::DETECTOR_BOX_MAP)
+            sp.predict_passes(&img, fixed, 2, &landmarks::DETECTOR_BOX_MAP)
         );
         n += 1;
         box_fixed += corner_error(fixed, det_box);
@@ -515,8 +516,8 @@ fn preprocessor_ids_and_aligned_chips() {
         two.id(),
         format!("align5-{}-b0.4-p0.25-l2", &sp.sha256()[..8])
     );
-    let box1 = align::centred_box(200, 180, 0.4);
-    let parts = sp.predict_passes(&img, box1, 2, &align::DETECTOR_BOX_MAP);
+    let box1 = landmarks::centred_box(200, 180, 0.4);
+    let parts = sp.predict_passes(&img, box1, 2, &landmarks::DETECTOR_BOX_MAP);
     assert_eq!(
         two.chip(&png).unwrap(),
         align::face_chip(&img, &parts, 150, 0.25)
