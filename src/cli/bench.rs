@@ -62,21 +62,13 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         "{} exists; the benchmark needs a fresh state directory",
         state.display()
     );
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
-        .chain([
-            ("CLIP_CLUSTER__MODEL__DIM".to_string(), dim.to_string()),
-            (
-                "CLIP_CLUSTER__STORE__PATH".to_string(),
-                state.display().to_string(),
-            ),
-            (
-                "CLIP_CLUSTER__INDEX__CAPACITY_HINT".to_string(),
-                faces.to_string(),
-            ),
-        ])
-        .collect();
-    let mut cfg = Config::load_from(config, &env)?;
+    let flags = crate::config::Overrides {
+        model_dim: Some(dim),
+        store_path: Some(state.clone()),
+        index_capacity_hint: Some(faces),
+        ..Default::default()
+    };
+    let mut cfg = Config::load_overriding(config, &flags)?;
     if synthetic_settings {
         for c in cfg.use_synthetic_settings() {
             eprintln!("synthetic faces: {c}");

@@ -84,20 +84,17 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         quality,
         graph_out,
     } = args;
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
-        .collect();
     let synthetic_input = features.is_none() && faces.is_none();
     let mut variant_rows = None;
     let mut quality_rows = None;
     let (feats, labs) = match (features, labels, faces) {
         (_, _, Some(dir)) => {
-            let base = Config::load_from(config, &env)?;
+            let base = Config::load(config)?;
             let e = embed_dir(&base, &dir, people.as_deref(), None)?;
             (e.features, e.labels)
         }
         (Some(f), Some(l), None) => {
-            let base = Config::load_from(config, &env)?;
+            let base = Config::load(config)?;
             let d = dim.unwrap_or(base.model.dim);
             let feats = read_features(&f, d)?;
             let labs = read_labels(&l)?;
@@ -139,11 +136,11 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
             )
         }
     };
-    env.push((
-        "CLIP_CLUSTER__MODEL__DIM".to_string(),
-        feats.dim.to_string(),
-    ));
-    let mut cfg = Config::load_from(config, &env)?;
+    let flags = crate::config::Overrides {
+        model_dim: Some(feats.dim),
+        ..Default::default()
+    };
+    let mut cfg = Config::load_overriding(config, &flags)?;
     if synthetic_input {
         for c in cfg.use_synthetic_settings() {
             eprintln!("synthetic faces: {c}");

@@ -235,13 +235,11 @@ pub fn config_with_chip(
     file: Option<&std::path::Path>,
     chip: Option<String>,
 ) -> anyhow::Result<Config> {
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
-        .collect();
-    if let Some(c) = chip {
-        env.push(("CLIP_CLUSTER__EMBED__CHIP".into(), format!("\"{c}\"")));
-    }
-    Ok(Config::load_from(file, &env)?)
+    let flags = crate::config::Overrides {
+        embed_chip: chip,
+        ..Default::default()
+    };
+    Ok(Config::load_overriding(file, &flags)?)
 }
 
 pub fn progress_bar(hidden: bool) -> indicatif::ProgressBar {

@@ -140,11 +140,11 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         seed,
         id_prefix,
     } = args;
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
-        .collect();
-    env.push(("CLIP_CLUSTER__KAFKA__BOOTSTRAP_SERVERS".into(), brokers));
-    let cfg = Config::load_from(config, &env)?;
+    let flags = crate::config::Overrides {
+        bootstrap_servers: Some(brokers),
+        ..Default::default()
+    };
+    let cfg = Config::load_overriding(config, &flags)?;
     if let Some(dir) = faces {
         let n = crate::cli::produce::publish_images(&cfg, &topic, &dir)?;
         eprintln!("published {n} images from {} to {topic}", dir.display());

@@ -14,13 +14,11 @@ pub struct Args {
 
 pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
     let Args { role } = args;
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
-        .collect();
-    if let Some(r) = role {
-        env.push(("CLIP_CLUSTER__DAEMON__ROLE".into(), format!("\"{r}\"")));
-    }
-    let cfg = Config::load_from(config, &env)?;
+    let flags = crate::config::Overrides {
+        role,
+        ..Default::default()
+    };
+    let cfg = Config::load_overriding(config, &flags)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
