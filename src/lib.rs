@@ -2,8 +2,9 @@
 //!
 //! Layout, in the order a face travels (ARCHITECTURE.md has the map):
 //! - `config`: raw and resolved configuration (`config/default.toml`, file, environment, flags).
-//! - `pipeline`: the daemon, the only place that wires stages and spawns tasks: the Kafka source,
-//!   clustering domains, the batch core, embedding workers, /metrics and health.
+//! - `pipeline`: the daemon, the only place that wires stages and spawns tasks: clustering
+//!   domains, the batch core, embedding workers, /metrics and health.
+//! - `source`: the Kafka consumer (offsets stored only after a batch is durable).
 //! - `decode`: message bytes -> a face (vector or image) or a rejection, pure.
 //! - `embed`: image bytes -> RGB -> dlib landmarks and chip -> the identity network -> a vector.
 //! - `hallucinate`: CLIP towers, prompts and the mapper into identity space.
@@ -31,6 +32,7 @@ pub mod hallucinate;
 pub mod index;
 pub mod proxy;
 pub mod sink;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 

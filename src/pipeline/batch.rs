@@ -7,12 +7,12 @@ use std::time::Instant;
 use rdkafka::consumer::Consumer;
 use tracing::{error, warn};
 
-use super::source::Msg;
 use super::{Daemon, PartitionKey, PipelineError, Slot};
 use crate::config::Role;
 use crate::decode::{decode, Payload, Reason, Rejection};
 use crate::engine::{normalize, EngineError, Event, FaceMeta};
 use crate::sink::DeadLetter;
+use crate::source::Msg;
 
 pub(super) fn position_key(topic: &str, partition: i32) -> Vec<u8> {
     format!("pos:{topic}:{partition}").into_bytes()

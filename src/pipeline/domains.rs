@@ -11,12 +11,12 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use super::source::{committed_offset, one_partition, Change, Msg, SourceContext};
 use super::{Daemon, Domain, OpenResult, PartitionKey, PipelineError, Slot, RETRY_BLOCKED};
 use crate::clusterer::{Clusterer, ClustererError};
 use crate::config::Config;
 use crate::pipeline::domain::{fresh_decision, Blocked, Fresh};
 use crate::sink::{DrainMode, Outbox};
+use crate::source::{committed_offset, one_partition, Change, Msg, SourceContext};
 use crate::store::StoreError;
 
 /// Opens a partition's domain (blocking): the guard, then the state.

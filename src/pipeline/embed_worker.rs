@@ -16,12 +16,12 @@ use rdkafka::producer::{FutureRecord, Producer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::source::{collect_batch, consumer, Msg, Rebalances};
 use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
 use crate::decode::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
 use crate::engine::{normalize, FaceMeta};
 use crate::sink::{producer, queue_send, DeadLetter};
+use crate::source::{collect_batch, consumer, Msg, Rebalances};
 use crate::telemetry::Metrics;
 
 /// A face on its way out: message index, face id, origin, vector (None until embedded),

@@ -57,11 +57,10 @@ use crate::telemetry::Metrics;
 mod batch;
 mod domains;
 mod embed_worker;
-mod source;
 
 pub use crate::sink::{producer, queue_send, wire_event, EVENT_SCHEMA_VERSION, EVENT_TYPES};
-use source::{collect_batch, consumer, Msg, Rebalances};
-pub use source::{headers_of, SourceContext};
+use crate::source::{collect_batch, consumer, Msg, Rebalances};
+pub use crate::source::{headers_of, SourceContext};
 
 /// How long a retriable block (state locked, committed offset unreadable) waits between tries.
 const RETRY_BLOCKED: Duration = Duration::from_secs(5);
@@ -105,8 +104,7 @@ pub struct RunSummary {
     pub outbox_left: u64,
 }
 
-/// An input partition: (topic, partition).
-type PartitionKey = (String, i32);
+use crate::source::PartitionKey;
 
 /// One open domain: its clusterer (state + index) and its outbox drainer.
 struct Domain {

@@ -12,15 +12,17 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::{PartitionKey, PipelineError};
 use crate::config::Config;
 use crate::telemetry::Metrics;
 
-pub(super) fn consumer(
+/// An input partition: (topic, partition).
+pub type PartitionKey = (String, i32);
+
+pub fn consumer(
     cfg: &Config,
     metrics: &Metrics,
     rebalances: Arc<Rebalances>,
-) -> Result<StreamConsumer<SourceContext>, PipelineError> {
+) -> Result<StreamConsumer<SourceContext>, rdkafka::error::KafkaError> {
     let mut c = ClientConfig::new();
     c.set("group.id", &cfg.kafka.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -65,17 +67,17 @@ pub fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
 
 /// A consumed message, owned: a message of a domain that is still opening waits in a buffer
 /// beyond the consumer's borrow.
-pub(super) struct Msg {
-    pub(super) topic: String,
-    pub(super) partition: i32,
-    pub(super) offset: i64,
-    pub(super) key: Option<Vec<u8>>,
-    pub(super) payload: Option<Vec<u8>>,
-    pub(super) headers: Vec<(String, Vec<u8>)>,
+pub struct Msg {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Msg {
-    pub(super) fn of(m: &BorrowedMessage<'_>) -> Self {
+    pub fn of(m: &BorrowedMessage<'_>) -> Self {
         Self {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -90,7 +92,7 @@ impl Msg {
 /// The batch that starts with `first`: up to `max` messages, waiting at most `wait` after the
 /// first one, and when it started. None when `first` is a consumer error (counted and logged;
 /// the caller backs off and tries again).
-pub(super) async fn collect_batch(
+pub async fn collect_batch(
     consumer: &StreamConsumer<SourceContext>,
     first: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
     max: usize,
@@ -126,12 +128,12 @@ pub(super) async fn collect_batch(
 /// Partition assignment changes seen by the rebalance callback, for the loop to act on (the
 /// callback runs inside `recv`, where nothing may block or wait for the loop).
 #[derive(Default)]
-pub(super) struct Rebalances {
-    pub(super) changes: Mutex<Vec<Change>>,
-    pub(super) notify: Notify,
+pub struct Rebalances {
+    pub changes: Mutex<Vec<Change>>,
+    pub notify: Notify,
 }
 
-pub(super) enum Change {
+pub enum Change {
     Assigned(Vec<PartitionKey>),
     Revoked(Vec<PartitionKey>),
 }
@@ -183,7 +185,7 @@ impl rdkafka::consumer::ConsumerContext for SourceContext {
 }
 
 /// The group's committed offset for one partition (None: nothing committed).
-pub(super) fn committed_offset(
+pub fn committed_offset(
     consumer: &StreamConsumer<SourceContext>,
     key: &PartitionKey,
 ) -> Result<Option<i64>, String> {
@@ -207,7 +209,7 @@ pub(super) fn committed_offset(
     Ok(offset)
 }
 
-pub(super) fn one_partition(key: &PartitionKey) -> TopicPartitionList {
+pub fn one_partition(key: &PartitionKey) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&key.0, key.1);
     tpl

@@ -1,0 +1,67 @@
+//! The byte layout of sled keys and values: a one-byte prefix per tree-like keyspace, big-endian
+//! sequence numbers (so sled's order is the stream's), and the records' fixed encodings.
+
+use super::*;
+
+pub(super) fn key(prefix: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.push(prefix);
+    k.push(b':');
+    k.extend_from_slice(id);
+    k
+}
+
+pub(super) fn encode_counters(c: &Counters) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&c.n_faces.to_le_bytes());
+    v.extend_from_slice(&c.next_cluster_id.to_le_bytes());
+    v.extend_from_slice(&c.next_event_seq.to_le_bytes());
+    v.extend_from_slice(&c.next_comp.to_le_bytes());
+    v
+}
+
+pub(super) fn encode_record(r: &FaceRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + 4 + r.out.len() * 8);
+    v.extend_from_slice(&r.comp.to_le_bytes());
+    v.extend_from_slice(&(r.out.len() as u32).to_le_bytes());
+    for (to, s) in &r.out {
+        v.extend_from_slice(&to.to_le_bytes());
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v
+}
+
+/// A little cursor over a value, with errors that name the key.
+pub(super) struct Reader<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) at: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(s)
+    }
+    pub(super) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    pub(super) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub(super) fn f32s(&mut self, n: usize) -> Option<Vec<f32>> {
+        let raw = self.take(n * 4)?;
+        Some(
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+    pub(super) fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+}
+
+pub(super) fn seq_from_key(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(2..6)?.try_into().ok()?))
+}

@@ -1,0 +1,169 @@
+//! Reading the whole state back at start-up (`Store::load`): every face, its out-list and cluster,
+//! the counters, checked as it is read (corrupt state is fatal and loud).
+
+use super::codec::*;
+use super::*;
+
+impl Store {
+    /// Reads everything the engine needs to resume. Any inconsistency is fatal: corrupt state is
+    /// never silently repaired.
+    pub fn load(&self) -> Result<Restored, StoreError> {
+        let counters = match self.get(b"m:counters")? {
+            None => Counters {
+                n_faces: 0,
+                next_cluster_id: 1,
+                next_event_seq: 0,
+                next_comp: 0,
+            },
+            Some(v) => {
+                let mut r = Reader { b: &v, at: 0 };
+                (|| {
+                    Some(Counters {
+                        n_faces: r.u32()?,
+                        next_cluster_id: r.u64()?,
+                        next_event_seq: r.u64()?,
+                        next_comp: r.u32()?,
+                    })
+                })()
+                .ok_or_else(|| self.corrupt("m:counters", "truncated"))?
+            }
+        };
+        let n = counters.n_faces as usize;
+        let d = self.dim;
+        let mut out = Restored {
+            face_ids: Vec::with_capacity(n),
+            proxies: Vec::with_capacity(n * d),
+            identities: Vec::with_capacity(n * d),
+            refreshed: Vec::new(),
+            variants: Vec::new(),
+            weak: Vec::new(),
+            faces: Vec::with_capacity(n),
+            comps: Vec::new(),
+            counters,
+        };
+        let iter_err = |e: sled::Error| StoreError::Open {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        for (i, kv) in self.db.scan_prefix(b"v:").enumerate() {
+            let (k, v) = kv.map_err(iter_err)?;
+            let kname = format!("v:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            if seq_from_key(&k) != Some(i as u32) {
+                return Err(self.corrupt(&kname, &format!("expected face {i} here")));
+            }
+            let mut r = Reader { b: &v, at: 0 };
+            let parsed = (|| {
+                let len = r.u32()? as usize;
+                let id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+                let has_identity = r.take(1)?[0] == 1;
+                let proxy = r.f32s(d)?;
+                let identity = if has_identity { Some(r.f32s(d)?) } else { None };
+                r.done().then_some((id, proxy, identity))
+            })();
+            let (id, proxy, identity) =
+                parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            out.face_ids.push(id);
+            out.identities
+                .extend_from_slice(identity.as_deref().unwrap_or(&proxy));
+            out.proxies.extend_from_slice(&proxy);
+        }
+        if out.face_ids.len() != n {
+            return Err(self.corrupt(
+                "v:",
+                &format!("{} faces stored, counters say {n}", out.face_ids.len()),
+            ));
+        }
+        for kv in self.db.scan_prefix(b"p:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("p:", "short key"))?;
+            let kname = format!("p:{seq}");
+            let mut r = Reader { b: &v, at: 0 };
+            let proxy = r
+                .f32s(d)
+                .filter(|_| r.done() && (seq as usize) < n)
+                .ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            out.refreshed.push((seq, proxy));
+        }
+        for kv in self.db.scan_prefix(b"w:") {
+            let (k, _) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("w:", "short key"))?;
+            if seq as usize >= n {
+                return Err(self.corrupt(&format!("w:{seq}"), "no such face"));
+            }
+            out.weak.push(seq);
+        }
+        for kv in self.db.scan_prefix(b"h:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("h:", "short key"))?;
+            if v.is_empty() || v.len() % (4 * d) != 0 || seq as usize >= n {
+                return Err(self.corrupt(&format!("h:{seq}"), "bad encoding"));
+            }
+            let vals: Vec<f32> = v
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.variants.push((seq, vals));
+        }
+        for (i, kv) in self.db.scan_prefix(b"r:").enumerate() {
+            let (k, v) = kv.map_err(iter_err)?;
+            let kname = format!("r:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            if seq_from_key(&k) != Some(i as u32) {
+                return Err(self.corrupt(&kname, &format!("expected face {i} here")));
+            }
+            let mut r = Reader { b: &v, at: 0 };
+            let parsed = (|| {
+                let comp = r.u32()?;
+                let len = r.u32()? as usize;
+                let mut edges = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let to = r.u32()?;
+                    let s = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
+                    if to as usize >= n {
+                        return None;
+                    }
+                    edges.push((to, s));
+                }
+                (r.done() && comp < counters.next_comp).then_some(FaceRecord { comp, out: edges })
+            })();
+            out.faces
+                .push(parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?);
+        }
+        if out.faces.len() != n {
+            return Err(self.corrupt(
+                "r:",
+                &format!("{} records stored, counters say {n}", out.faces.len()),
+            ));
+        }
+        for kv in self.db.scan_prefix(b"c:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let label = seq_from_key(&k).ok_or_else(|| self.corrupt("c:", "short key"))?;
+            let mut r = Reader { b: &v, at: 0 };
+            let c = (|| {
+                Some(CompRecord {
+                    cluster_id: r.u64()?,
+                    size: r.u32()?,
+                })
+            })()
+            .filter(|_| label < counters.next_comp)
+            .ok_or_else(|| self.corrupt(&format!("c:{label}"), "bad encoding"))?;
+            out.comps.push((label, c));
+        }
+        // Sizes must agree with the faces: a cheap check that catches a torn or foreign write.
+        let mut sizes = std::collections::HashMap::<u32, u32>::new();
+        for f in &out.faces {
+            *sizes.entry(f.comp).or_default() += 1;
+        }
+        for (label, c) in &out.comps {
+            if sizes.get(label).copied().unwrap_or(0) != c.size {
+                return Err(self.corrupt(
+                    &format!("c:{label}"),
+                    "component size disagrees with its faces",
+                ));
+            }
+        }
+        if sizes.len() != out.comps.len() {
+            return Err(self.corrupt("c:", "a face points at a missing component"));
+        }
+        Ok(out)
+    }
+}
