@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use clip_cluster::clusterer::Clusterer;
 use clip_cluster::config::Config;
-use clip_cluster::engine::Engine;
+use clip_cluster::engine::{Engine, Face};
 use clip_cluster::eval::synth::{generate, SynthParams};
 use clip_cluster::index::HnswIndex;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -40,6 +40,13 @@ fn bench_insert(c: &mut Criterion) {
                 .map(|i| (ids[i].as_str(), &data[i * dim..(i + 1) * dim]))
                 .collect()
         };
+        // The durable path takes owned faces, made outside the timed closure.
+        let owned = |a: usize, b: usize| -> Vec<Face> {
+            faces(a, b)
+                .into_iter()
+                .map(|(id, v)| Face::new(id, v.to_vec()))
+                .collect()
+        };
 
         let dir = tempfile::tempdir().expect("temp dir");
         let cfg = config(dim, &dir.path().join("state"));
@@ -66,16 +73,16 @@ fn bench_insert(c: &mut Criterion) {
         });
 
         let mut durable = Clusterer::open(&cfg).expect("fresh state");
-        durable.apply(&faces(0, PREFILL), &[]).expect("prefill");
+        durable.apply(&owned(0, PREFILL), &[]).expect("prefill");
         let mut next = PREFILL;
         g.bench_function(format!("durable_sled/{dim}d"), |b| {
             b.iter_batched(
                 || {
                     let a = next.min(total - BATCH);
                     next += BATCH;
-                    a
+                    owned(a, a + BATCH)
                 },
-                |a| black_box(durable.apply(&faces(a, a + BATCH), &[]).expect("apply")),
+                |batch| black_box(durable.apply(&batch, &[]).expect("apply")),
                 BatchSize::PerIteration,
             )
         });

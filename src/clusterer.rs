@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::edge::EdgeModel;
-use crate::engine::{Engine, EngineError, Event, FaceMeta, Outcome};
+use crate::engine::{Engine, EngineError, Event, Outcome};
 use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
@@ -54,7 +54,7 @@ pub struct Clusterer {
     /// wait for the decision.
     decision: Option<crate::engine::calibrate::Decision>,
     /// The faces that wait, in arrival order (stored under `q:`).
-    waiting: Vec<crate::store::WaitingFace>,
+    waiting: Vec<crate::engine::Face>,
     calibration: crate::engine::calibrate::CalibrationParams,
     /// The configuration the engine is rebuilt from once the decision is made.
     cfg: Config,
@@ -382,20 +382,19 @@ impl Clusterer {
     /// duplicate). Returns whether it was taken.
     fn wait(
         &mut self,
-        face: &(&str, &[f32], &[f32], &FaceMeta),
+        face: &crate::engine::Face,
         warmup: &mut crate::store::Warmup,
     ) -> Result<bool, EngineError> {
-        let (id, v, extra, meta) = *face;
-        crate::engine::check_face(id, v, extra, self.cfg.model.dim)?;
-        if self.waiting.iter().any(|w| w.face_id == id) {
+        crate::engine::check_face(
+            &face.face_id,
+            &face.vector,
+            &face.variants,
+            self.cfg.model.dim,
+        )?;
+        if self.waiting.iter().any(|w| w.face_id == face.face_id) {
             return Ok(false);
         }
-        let w = crate::store::WaitingFace {
-            face_id: id.to_string(),
-            vector: v.to_vec(),
-            variants: extra.to_vec(),
-            meta: meta.clone(),
-        };
+        let w = face.clone();
         warmup.waiting.push((self.waiting.len() as u32, w.clone()));
         self.waiting.push(w);
         Ok(true)
@@ -452,38 +451,13 @@ impl Clusterer {
         &self.store
     }
 
-    /// Applies a batch of faces and makes the result durable before returning. Bad faces are
-    /// reported, not applied; the rest of the batch proceeds. `positions` are written atomically
-    /// with the batch's last commit (source offsets).
+    /// Applies one batch in stream order: each face is checked, waits for the calibration
+    /// decision while there is none, then goes into the engine; then one store commit (fsync)
+    /// with `positions` (the input offsets this batch ends at). Only after it returns may the
+    /// caller acknowledge the input. Faces the engine refuses are reported in `rejected`.
     pub fn apply(
         &mut self,
-        faces: &[(&str, &[f32])],
-        positions: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<BatchResult, ClustererError> {
-        let none = FaceMeta::default();
-        let faces: Vec<(&str, &[f32], &FaceMeta)> =
-            faces.iter().map(|(id, v)| (*id, *v, &none)).collect();
-        self.apply_with_meta(&faces, positions)
-    }
-
-    /// As `apply`, with each face's origin carried into its assignment event.
-    pub fn apply_with_meta(
-        &mut self,
-        faces: &[(&str, &[f32], &FaceMeta)],
-        positions: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<BatchResult, ClustererError> {
-        let faces: Vec<(&str, &[f32], &[f32], &FaceMeta)> = faces
-            .iter()
-            .map(|(id, v, m)| (*id, *v, &[][..], *m))
-            .collect();
-        self.apply_full(&faces, positions)
-    }
-
-    /// As `apply_with_meta`, with each face's hallucinated variants made upstream (whole vectors
-    /// of `model.dim`, row after row; empty when none).
-    pub fn apply_full(
-        &mut self,
-        faces: &[(&str, &[f32], &[f32], &FaceMeta)],
+        faces: &[crate::engine::Face],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
@@ -501,8 +475,10 @@ impl Clusterer {
                 }
                 continue;
             }
-            let (id, v, extra, meta) = *face;
-            match self.engine.insert_full(id, v, extra, meta) {
+            match self
+                .engine
+                .insert_full(&face.face_id, &face.vector, &face.variants, &face.meta)
+            {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);

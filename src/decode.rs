@@ -12,6 +12,7 @@
 //! Image payloads are recognized here and embedded by the pipeline (role all / embed); a role
 //! without an embedder rejects them with `image_unsupported`.
 
+use crate::engine::{normalize, EngineError};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -385,22 +386,46 @@ fn check_variants(h: Vec<Vec<f64>>, dim: usize) -> Result<Vec<f32>, Rejection> {
 
 fn check_embedding(v: Vec<f64>, dim: usize) -> Result<Vec<f32>, Rejection> {
     let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
-    if v.len() != dim {
-        return Err(reject(
+    match normalize("", &v, dim) {
+        Ok(_) => Ok(v),
+        Err(EngineError::WrongDimension { got, .. }) => Err(reject(
             Reason::WrongDimension,
-            format!("embedding has {} values, model.dim is {dim}", v.len()),
-        ));
-    }
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(reject(
+            format!("embedding has {got} values, model.dim is {dim}"),
+        )),
+        Err(EngineError::NotFinite { position, .. }) => Err(reject(
             Reason::NotFinite,
-            format!("embedding[{i}] is not finite"),
-        ));
+            format!("embedding[{position}] is not finite"),
+        )),
+        Err(e) => Err(reject(
+            engine_reason(&e),
+            "embedding has no direction (all zeros, or too small or too large to normalize)",
+        )),
     }
-    if v.iter().all(|x| *x == 0.0) {
-        return Err(reject(Reason::ZeroVector, "embedding is all zeros"));
+}
+
+/// The dead-letter reason of a vector the engine would refuse.
+pub fn engine_reason(e: &EngineError) -> Reason {
+    match e {
+        EngineError::WrongDimension { .. } | EngineError::BadVariants { .. } => {
+            Reason::WrongDimension
+        }
+        EngineError::NotFinite { .. } => Reason::NotFinite,
+        EngineError::ZeroVector { .. } => Reason::ZeroVector,
+        EngineError::EmptyId { .. } => Reason::MissingFaceId,
+        EngineError::Full(_) => Reason::TooLarge,
     }
-    Ok(v)
+}
+
+/// A vector checked as the engine will check it (dimension, finite, not zero): the one check
+/// the pipeline makes before the commit, so that a bad vector is dead-lettered and never reaches
+/// the engine. The engine normalizes the original (normalizing twice would shift the last bits).
+pub fn check_vector(face_id: &str, vector: &[f32], dim: usize) -> Result<(), Rejection> {
+    normalize(face_id, vector, dim)
+        .map(|_| ())
+        .map_err(|e| Rejection {
+            reason: engine_reason(&e),
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -43,10 +43,10 @@ pub fn consumer(
     for (k, v) in base.config_map() {
         c.set(k, v);
     }
-    Ok(c.create_with_context(SourceContext {
+    c.create_with_context(SourceContext {
         lag: metrics.consumer_lag.clone(),
         rebalances,
-    })?)
+    })
 }
 
 /// A message's headers as (name, value) pairs; a header without a value reads as empty.

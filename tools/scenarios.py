@@ -92,7 +92,7 @@ def is_image(p):
 
 def list_faces(root):
     """The images `clip-cluster embed --faces root` embeds, in its order (sorted identity folders,
-    sorted files; src/dataset.rs `list`), as (identity, absolute path)."""
+    sorted files; src/eval/dataset.rs `list`), as (identity, absolute path)."""
     if (root / "images").is_dir():
         root = root / "images"
     out = []
@@ -450,7 +450,7 @@ class Prep:
 # ---------------------------------------------------------------- evaluation
 
 def quality_file(args, base):
-    """base.quality: each row's chip quality score (src/quality.rs), measured by the project's
+    """base.quality: each row's chip quality score (src/embed/quality.rs), measured by the project's
     own examples/quality_probe on the row's image (the same measure the daemon's embedder uses).
     Written once from base.paths; None when the probe is not built (then no face is weak)."""
     out = Path(str(base) + ".quality")

@@ -61,8 +61,10 @@ fn apply_range(
     let mut i = from;
     while i < to {
         let j = (i + batch).min(to);
-        let faces: Vec<(&str, &[f32])> = (i..j)
-            .map(|x| (ids[x].as_str(), &data[x * dim..(x + 1) * dim]))
+        let faces: Vec<crate::engine::Face> = (i..j)
+            .map(|x| {
+                crate::engine::Face::new(ids[x].as_str(), data[x * dim..(x + 1) * dim].to_vec())
+            })
             .collect();
         c.apply(&faces, &[])?;
         i = j;

@@ -1,5 +1,5 @@
 //! `clip-cluster produce`: publishes feature rows as embedding messages (the JSON envelope of
-//! `message`), or a directory of face images as raw image messages with headers, to a topic on any
+//! `decode`), or a directory of face images as raw image messages with headers, to a topic on any
 //! broker, keyed by face id.
 
 use crate::eval::features::read_features;

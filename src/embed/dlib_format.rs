@@ -1,5 +1,5 @@
 //! dlib's binary serialization, read without dlib: the primitives that the face-recognition
-//! ResNet (`dlib_resnet`) and the 5-point shape predictor (`align`) are stored in.
+//! ResNet (`network`) and the 5-point shape predictor (`landmarks`) are stored in.
 //!
 //! Format (dlib/serialize.h, dlib/float_details.h, dlib/dnn/tensor.h):
 //! - integers: a control byte (low nibble = number of magnitude bytes, bit 0x80 = negative), then

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::config::{ChipKind, Config, Precision};
 use crate::embed::chip::{ChipMode, Preprocessor};
-use crate::embed::image::{DecodeError, DecodeLimits};
+use crate::embed::image::{DecodeError, DecodeLimits, RgbImage};
 use crate::embed::landmarks::{AlignError, ShapePredictor};
 use crate::embed::network::{DlibResNet, ResNetError, DIM};
 
@@ -64,9 +64,46 @@ pub trait FaceEmbedder: Send + Sync {
     fn model_id(&self) -> String;
     /// Output dimension.
     fn dim(&self) -> usize;
-    /// Embeds a batch of encoded images (JPEG/PNG/WebP bytes). One result per input, in order; a bad
-    /// image fails alone and never its neighbours in the batch.
-    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>>;
+    /// The limits an encoded image is decoded within (`source.*` image limits).
+    fn limits(&self) -> &DecodeLimits;
+    /// Embeds a batch of decoded images. One result per input, in order; a bad image fails alone
+    /// and never its neighbours in the batch.
+    fn embed_images(&self, images: &[&RgbImage]) -> Vec<Result<EmbeddedFace, EmbedError>>;
+    /// Decodes a batch of encoded images (JPEG/PNG/WebP bytes) within `limits` and embeds them:
+    /// `decode_all`, then `embed_images`. Callers that need the decoded pixels again (CLIP) call
+    /// the two themselves, so that no image is decoded twice.
+    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>> {
+        let decoded = decode_all(images, self.limits());
+        embed_decoded(self, &decoded)
+    }
+}
+
+/// Decodes every image in parallel (rayon) within `limits`; a decoder's panic is caught and
+/// reported as that image's error.
+pub fn decode_all(images: &[&[u8]], limits: &DecodeLimits) -> Vec<Result<RgbImage, EmbedError>> {
+    use rayon::prelude::*;
+    images
+        .par_iter()
+        .map(|b| crate::embed::image::decode(b, limits).map_err(EmbedError::from))
+        .collect()
+}
+
+/// Embeds the images that decoded; the others keep their decode error, in order.
+pub fn embed_decoded<E: FaceEmbedder + ?Sized>(
+    embedder: &E,
+    decoded: &[Result<RgbImage, EmbedError>],
+) -> Vec<Result<EmbeddedFace, EmbedError>> {
+    let ok: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+    let mut results = embedder.embed_images(&ok).into_iter();
+    decoded
+        .iter()
+        .map(|d| match d {
+            Ok(_) => results
+                .next()
+                .unwrap_or_else(|| Err(EmbedError::Model("missing embedder output".into()))),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
 }
 
 /// Why the embedder could not start: each message names the file or key and the fix.
@@ -159,20 +196,18 @@ impl DlibEmbedder {
         &self.net
     }
 
-    /// Chips for a batch of encoded images, decoded in parallel (rayon); one result per image:
-    /// its chip, or with `average_passes` the chip of every landmark pass.
-    pub fn chips(&self, images: &[&[u8]]) -> Vec<Result<Vec<Vec<u8>>, EmbedError>> {
+    /// Chips for a batch of decoded images, cut in parallel (rayon); one group per image: its
+    /// chip, or with `average_passes` the chip of every landmark pass.
+    pub fn chips(&self, images: &[&RgbImage]) -> Vec<Vec<Vec<u8>>> {
         use rayon::prelude::*;
         images
             .par_iter()
-            .map(|b| {
-                let rgb =
-                    crate::embed::image::decode(b, &self.prep.limits).map_err(EmbedError::from)?;
-                Ok(if self.average_passes {
-                    self.prep.pass_chips_of(&rgb)
+            .map(|rgb| {
+                if self.average_passes {
+                    self.prep.pass_chips_of(rgb)
                 } else {
-                    vec![self.prep.chip_of(&rgb)]
-                })
+                    vec![self.prep.chip_of(rgb)]
+                }
             })
             .collect()
     }
@@ -213,16 +248,15 @@ impl FaceEmbedder for DlibEmbedder {
         DIM
     }
 
-    fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>> {
+    fn limits(&self) -> &DecodeLimits {
+        &self.prep.limits
+    }
+
+    fn embed_images(&self, images: &[&RgbImage]) -> Vec<Result<EmbeddedFace, EmbedError>> {
         let chips = self.chips(images);
         let side = crate::embed::network::CHIP;
         let params = crate::embed::quality::QualityParams::default();
-        let ok: Vec<&[u8]> = chips
-            .iter()
-            .filter_map(|c| c.as_ref().ok())
-            .flatten()
-            .map(Vec::as_slice)
-            .collect();
+        let ok: Vec<&[u8]> = chips.iter().flatten().map(Vec::as_slice).collect();
         let mut vectors = match self.embed_chips(&ok) {
             Ok(v) => v.into_iter(),
             Err(e) => return chips.iter().map(|_| Err(e.clone())).collect(),
@@ -230,8 +264,8 @@ impl FaceEmbedder for DlibEmbedder {
         let missing = || EmbedError::Model("missing output row".into());
         chips
             .into_iter()
-            .map(|c| {
-                c.and_then(|group| {
+            .map(|group| {
+                (|| {
                     // The mean of the image's chips' vectors (one chip: that chip's vector).
                     let mut sum = vectors.next().ok_or_else(missing)?;
                     for _ in 1..group.len() {
@@ -247,7 +281,7 @@ impl FaceEmbedder for DlibEmbedder {
                         vector: sum,
                         quality,
                     })
-                })
+                })()
             })
             .collect()
     }

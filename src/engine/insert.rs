@@ -122,7 +122,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         });
         self.live_comps += 1;
         self.touch_comp(comp);
-        self.faces.push(Face {
+        self.faces.push(Node {
             out: own_out.clone(),
             inn: Vec::new(),
             comp,

@@ -129,6 +129,32 @@ impl EdgeScorer for CosineScorer {
     }
 }
 
+/// One face as it travels the data path: decoded from its message (or embedded from its image),
+/// waiting for the calibration, applied. The one face type from the decode stage to the engine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    pub face_id: String,
+    /// The identity vector as received or embedded (not normalized: the engine normalizes).
+    pub vector: Vec<f32>,
+    /// Hallucinated variants made upstream: whole vectors of `model.dim`, row after row; empty
+    /// when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<f32>,
+    #[serde(default)]
+    pub meta: FaceMeta,
+}
+
+impl Face {
+    /// A face with no upstream variants and no origin.
+    pub fn new(face_id: impl Into<String>, vector: Vec<f32>) -> Self {
+        Face {
+            face_id: face_id.into(),
+            vector,
+            ..Default::default()
+        }
+    }
+}
+
 /// Where a face came from; carried into its assignment event, not kept in memory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FaceMeta {
@@ -229,7 +255,7 @@ fn edge_rank(a: &Edge, b: &Edge) -> std::cmp::Ordering {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Face {
+struct Node {
     /// Best `k` other faces above `t1`, in `edge_rank` order.
     out: Vec<Edge>,
     /// Faces whose out-list holds this face, sorted by sequence (intimacy and adjacency need them).
@@ -328,7 +354,7 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     index: I,
     proxy_gen: P,
     scorer: S,
-    faces: Vec<Face>,
+    faces: Vec<Node>,
     face_ids: Vec<Box<str>>,
     by_id: HashMap<Box<str>, u32>,
     /// Row-major proxies; the edge scorer and re-linking read them.

@@ -50,7 +50,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         e.faces = r
             .faces
             .iter()
-            .map(|f| Face {
+            .map(|f| Node {
                 out: f
                     .out
                     .iter()

@@ -182,8 +182,6 @@ impl Hallucinator {
 pub struct ClipStage {
     pub clip: crate::hallucinate::clip::Clip,
     pub hallucinator: Hallucinator,
-    /// The configured image limits, the embedder's own (`DecodeLimits::from_config`).
-    pub limits: crate::embed::image::DecodeLimits,
 }
 
 /// Why hallucination cannot start or cannot run on an input.
@@ -217,7 +215,6 @@ impl ClipStage {
         Ok(Some(Self {
             clip,
             hallucinator: Hallucinator { directions, mapper },
-            limits: crate::embed::image::DecodeLimits::from_config(cfg),
         }))
     }
 
@@ -226,27 +223,24 @@ impl ClipStage {
         self.hallucinator.directions.len()
     }
 
-    /// For each image whose identity vector is given (`None`: it did not embed), its
-    /// hallucinated variants, row after row; an image CLIP cannot decode gets none (the face is
-    /// still clustered, on its learned-direction variants). Err: CLIP itself failed (device).
+    /// For each decoded image whose identity vector is given (`None`: it did not decode or
+    /// embed), its hallucinated variants, row after row; others get none (the face is still
+    /// clustered, on its learned-direction variants). The pixels are the ones the identity
+    /// network saw, decoded once within the configured limits. Err: CLIP itself failed (device).
     pub fn variants(
         &self,
-        images: &[&[u8]],
+        images: &[Option<&crate::embed::image::RgbImage>],
         identities: &[Option<&[f32]>],
     ) -> Result<Vec<Vec<f32>>, crate::hallucinate::clip::ClipError> {
-        let limits = &self.limits;
         let mut out = vec![Vec::new(); images.len()];
         let mut which = Vec::new();
         let mut decoded = Vec::new();
-        for (i, (bytes, f)) in images.iter().zip(identities).enumerate() {
-            if f.is_none() {
-                continue;
-            }
-            let Ok(rgb) = crate::embed::image::decode(bytes, limits) else {
+        for (i, (rgb, f)) in images.iter().zip(identities).enumerate() {
+            let (Some(rgb), Some(_)) = (rgb, f) else {
                 continue;
             };
             if let Some(img) =
-                image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.pixels)
+                image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.pixels.clone())
             {
                 which.push(i);
                 decoded.push(img);

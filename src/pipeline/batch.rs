@@ -10,7 +10,7 @@ use tracing::{error, warn};
 use super::{Daemon, PartitionKey, PipelineError, Slot};
 use crate::config::Role;
 use crate::decode::{decode, Payload, Reason, Rejection};
-use crate::engine::{normalize, EngineError, Event, FaceMeta};
+use crate::engine::{Event, Face};
 use crate::sink::DeadLetter;
 use crate::source::Msg;
 
@@ -18,36 +18,16 @@ pub(super) fn position_key(topic: &str, partition: i32) -> Vec<u8> {
     format!("pos:{topic}:{partition}").into_bytes()
 }
 
-pub(super) fn engine_reason(e: &EngineError) -> Reason {
-    match e {
-        EngineError::WrongDimension { .. } | EngineError::BadVariants { .. } => {
-            Reason::WrongDimension
-        }
-        EngineError::NotFinite { .. } => Reason::NotFinite,
-        EngineError::ZeroVector { .. } => Reason::ZeroVector,
-        EngineError::EmptyId { .. } => Reason::MissingFaceId,
-        EngineError::Full(_) => Reason::TooLarge,
-    }
-}
-
-/// A decoded message: a vector (with its upstream variants) to apply, or an image to embed first.
-enum Decoded {
-    Vector(String, Vec<f32>, FaceMeta, Vec<f32>),
-    Image(String, Vec<u8>, FaceMeta),
-}
-
 /// The dead letter an image becomes if it fails to embed (its rejection is filled in then).
 struct PendingLetter(DeadLetter);
-
-/// A face to apply: id, identity vector, origin, hallucinated variants (empty when none).
-type Face = (String, Vec<f32>, FaceMeta, Vec<f32>);
 
 type Work = (String, Vec<Face>, HashMap<PartitionKey, i64>);
 
 impl Daemon {
-    /// Embeds the batch's images on a blocking thread and puts each vector in its slot; images
-    /// that fail go to `dead` and leave their slot (the face is not applied). A model failure (a
-    /// device error) stops the daemon: nothing of the batch is durable, so a restart redoes it.
+    /// Embeds the batch's images on a blocking thread (`core::embed_faces`) and puts each face
+    /// in its slot; images that fail go to `dead` and leave their slot (the face is not
+    /// applied). A model failure (a device error) stops the daemon: nothing of the batch is
+    /// durable, so a restart redoes it.
     async fn embed_images(
         &self,
         images: Vec<(usize, usize, Vec<u8>, PendingLetter)>,
@@ -57,57 +37,32 @@ impl Daemon {
         let Some(embedder) = self.embedder.clone() else {
             return Ok(());
         };
-        type Slot = (usize, usize, PendingLetter);
-        let (bytes, rest): (Vec<Vec<u8>>, Vec<Slot>) = images
-            .into_iter()
-            .map(|(w, g, b, l)| (b, (w, g, l)))
-            .unzip();
+        let mut slots = Vec::with_capacity(images.len());
+        let mut faces = Vec::with_capacity(images.len());
+        for (w, g, bytes, letter) in images {
+            faces.push((std::mem::take(&mut work[w].1[g]), bytes));
+            slots.push((w, g, letter));
+        }
         let started = Instant::now();
         let clip = self.clip.clone();
-        let (results, variants) = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-            let results = embedder.embed_encoded(&refs);
-            let variants = super::clip_variants(clip.as_deref(), &refs, &results);
-            (results, variants)
+        let dim = self.cfg.model.dim;
+        let results = tokio::task::spawn_blocking(move || {
+            super::core::embed_faces(embedder.as_ref(), clip.as_deref(), faces, dim)
         })
         .await
-        .map_err(|e| PipelineError::Join(e.to_string()))?;
-        let mut variants = variants?.into_iter();
+        .map_err(|e| PipelineError::Join(e.to_string()))?
+        .map_err(|e| PipelineError::Embed(e.0))?;
         self.metrics
             .embed_duration
             .observe(started.elapsed().as_secs_f64());
-        let dim = self.cfg.model.dim;
         let mut failed: Vec<(usize, usize)> = Vec::new();
-        for ((w, g, letter), r) in rest.into_iter().zip(results) {
-            let slot = &mut work[w].1[g];
-            slot.3 = variants.next().unwrap_or_default();
-            let checked = r.map_err(|e| {
-                if let crate::embed::EmbedError::Model(m) = &e {
-                    return Err(PipelineError::Embed(m.clone()));
-                }
-                Ok(Rejection {
-                    reason: Reason::from(&e),
-                    message: e.to_string(),
-                })
-            });
-            let checked = match checked {
-                Ok(f) => normalize(&slot.0, &f.vector, dim).map(|_| f).map_err(|e| {
-                    Ok(Rejection {
-                        reason: engine_reason(&e),
-                        message: e.to_string(),
-                    })
-                }),
-                Err(e) => Err(e),
-            };
-            match checked {
-                Ok(f) => {
+        for ((w, g, letter), r) in slots.into_iter().zip(results) {
+            match r {
+                Ok(face) => {
                     self.metrics.faces_embedded.inc();
-                    slot.1 = f.vector;
-                    // The producer's own quality, when it sent one, wins over the chip's.
-                    slot.2.quality = slot.2.quality.or(f.quality);
+                    work[w].1[g] = face;
                 }
-                Err(Err(fatal)) => return Err(fatal),
-                Err(Ok(rejection)) => {
+                Err(rejection) => {
                     let mut d = letter.0;
                     d.rejection = rejection;
                     dead.push(d);
@@ -163,7 +118,6 @@ impl Daemon {
 
         // Decode; remember where each partition's batch ends.
         let role = self.cfg.daemon.role;
-        let dim = self.cfg.model.dim;
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut work = Vec::with_capacity(groups.len());
         // (work index, slot in its `good`, encoded image, the message for a dead letter)
@@ -206,27 +160,27 @@ impl Daemon {
                     self.metrics.faces_duplicate.inc();
                     continue;
                 }
+                // Decoding checks every vector as the engine will: a bad one is dead-lettered
+                // before the commit.
                 let decoded = decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &self.limits)
-                    .and_then(|f| match f.payload {
-                        // Validated here so that a bad vector is dead-lettered before the
-                        // commit; the engine normalizes the original (normalizing twice would
-                        // shift the last bits).
-                        Payload::Embedding(v) => normalize(&f.face_id, &v, dim)
-                            .map(|_| Decoded::Vector(f.face_id, v, f.meta, f.variants))
-                            .map_err(|e| Rejection {
-                                reason: engine_reason(&e),
-                                message: e.to_string(),
+                    .and_then(|f| {
+                        let face = Face {
+                            face_id: f.face_id,
+                            vector: Vec::new(),
+                            variants: f.variants,
+                            meta: f.meta,
+                        };
+                        match f.payload {
+                            Payload::Embedding(v) => Ok((Face { vector: v, ..face }, None)),
+                            Payload::Image(bytes) if self.embedder.is_some() => Ok((face, Some(bytes))),
+                            Payload::Image(_) => Err(Rejection {
+                                reason: Reason::ImageUnsupported,
+                                message: match role {
+                                    Role::Cluster => "role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")".into(),
+                                    _ => "image messages need the face embedder, which is disabled here (embed.enabled = false); send embeddings".into(),
+                                },
                             }),
-                        Payload::Image(bytes) if self.embedder.is_some() => {
-                            Ok(Decoded::Image(f.face_id, bytes, f.meta))
                         }
-                        Payload::Image(_) => Err(Rejection {
-                            reason: Reason::ImageUnsupported,
-                            message: match role {
-                                Role::Cluster => "role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")".into(),
-                                _ => "image messages need the face embedder, which is disabled here (embed.enabled = false); send embeddings".into(),
-                            },
-                        }),
                     });
                 let letter = |m: Msg, rejection| DeadLetter {
                     key: m.key,
@@ -238,10 +192,8 @@ impl Daemon {
                     rejection,
                 };
                 match decoded {
-                    Ok(Decoded::Vector(id, v, meta, variants)) => {
-                        good.push((id, v, meta, variants))
-                    }
-                    Ok(Decoded::Image(id, bytes, meta)) => {
+                    Ok((face, None)) => good.push(face),
+                    Ok((face, Some(bytes))) => {
                         // Embedded below, all images of the batch at once; the slot keeps the
                         // face's place in the stream order.
                         let placeholder = Rejection {
@@ -254,7 +206,7 @@ impl Daemon {
                             bytes,
                             PendingLetter(letter(m, placeholder)),
                         ));
-                        good.push((id, Vec::new(), meta, Vec::new()));
+                        good.push(face);
                     }
                     Err(rejection) => dead.push(letter(m, rejection)),
                 }
@@ -281,8 +233,8 @@ impl Daemon {
             };
             {
                 let mut map = dom.consumed_at.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, ..) in &good {
-                    map.insert(id.clone(), now);
+                for face in &good {
+                    map.insert(face.face_id.clone(), now);
                 }
             }
             let pos: Vec<(Vec<u8>, Vec<u8>)> = ends
@@ -293,11 +245,7 @@ impl Daemon {
                 continue;
             };
             let task = tokio::task::spawn_blocking(move || {
-                let faces: Vec<(&str, &[f32], &[f32], &FaceMeta)> = good
-                    .iter()
-                    .map(|(id, v, m, x)| (id.as_str(), v.as_slice(), x.as_slice(), m))
-                    .collect();
-                let r = clusterer.apply_full(&faces, &pos);
+                let r = clusterer.apply(&good, &pos);
                 (clusterer, r)
             });
             tasks.push((name, ends, task));

@@ -19,14 +19,14 @@ use tracing::{info, warn};
 use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
 use crate::decode::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
-use crate::engine::{normalize, FaceMeta};
+use crate::engine::Face;
 use crate::sink::{producer, queue_send, DeadLetter};
 use crate::source::{collect_batch, consumer, Msg, Rebalances};
 use crate::telemetry::Metrics;
 
-/// A face on its way out: message index, face id, origin, vector (None until embedded),
-/// hallucinated variants (empty when none).
-type Outgoing = (usize, String, FaceMeta, Option<Vec<f32>>, Vec<f32>);
+/// A face on its way out: its message's index, the face, and its image while it waits for the
+/// embedder (`None`: an embedding message, passed through).
+type Outgoing = (usize, Face, Option<Vec<u8>>);
 
 pub(super) async fn run(
     cfg: Config,
@@ -81,7 +81,6 @@ pub(super) async fn run(
         // Decode: vectors pass through, images wait for the embedder, the rest is dead.
         let mut ends: HashMap<(String, i32), i64> = HashMap::new();
         let mut out: Vec<Outgoing> = Vec::new();
-        let mut images: Vec<Vec<u8>> = Vec::new();
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut msgs: Vec<Msg> = Vec::with_capacity(batch.len());
         for m in batch {
@@ -90,15 +89,20 @@ pub(super) async fn run(
                 .or_insert(m.offset + 1);
             *e = (*e).max(m.offset + 1);
             match decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &limits) {
-                Ok(f) => match f.payload {
-                    Payload::Embedding(v) => {
-                        out.push((msgs.len(), f.face_id, f.meta, Some(v), f.variants))
+                Ok(f) => {
+                    let face = Face {
+                        face_id: f.face_id,
+                        vector: Vec::new(),
+                        variants: f.variants,
+                        meta: f.meta,
+                    };
+                    match f.payload {
+                        Payload::Embedding(v) => {
+                            out.push((msgs.len(), Face { vector: v, ..face }, None))
+                        }
+                        Payload::Image(bytes) => out.push((msgs.len(), face, Some(bytes))),
                     }
-                    Payload::Image(bytes) => {
-                        images.push(bytes);
-                        out.push((msgs.len(), f.face_id, f.meta, None, Vec::new()));
-                    }
-                },
+                }
                 Err(rejection) => {
                     dead.push(letter(&m, rejection));
                     continue;
@@ -106,62 +110,43 @@ pub(super) async fn run(
             }
             msgs.push(m);
         }
+        let (ready, images): (Vec<Outgoing>, Vec<Outgoing>) =
+            out.into_iter().partition(|(.., image)| image.is_none());
+        let mut out: Vec<(usize, Face)> = ready.into_iter().map(|(i, f, _)| (i, f)).collect();
         if !images.is_empty() {
+            let (index, faces): (Vec<usize>, Vec<(Face, Vec<u8>)>) = images
+                .into_iter()
+                .map(|(i, f, b)| (i, (f, b.unwrap_or_default())))
+                .unzip();
             let e = embedder.clone();
             let c = clip.clone();
             let t = Instant::now();
-            let (results, variants) = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-                let results = e.embed_encoded(&refs);
-                let variants = super::clip_variants(c.as_deref(), &refs, &results);
-                (results, variants)
+            let results = tokio::task::spawn_blocking(move || {
+                super::core::embed_faces(e.as_ref(), c.as_deref(), faces, dim)
             })
             .await
-            .map_err(|e| PipelineError::Join(e.to_string()))?;
-            let mut results = results.into_iter();
-            let mut variants = variants?.into_iter();
+            .map_err(|e| PipelineError::Join(e.to_string()))?
+            .map_err(|e| PipelineError::Embed(e.0))?;
             metrics.embed_duration.observe(t.elapsed().as_secs_f64());
-            let mut kept = Vec::with_capacity(out.len());
-            for (i, id, meta, v, x) in out {
-                if v.is_some() {
-                    kept.push((i, id, meta, v, x));
-                    continue;
-                }
-                let r = results
-                    .next()
-                    .ok_or_else(|| PipelineError::Embed("missing embedder output".into()))?;
-                let x = variants.next().unwrap_or_default();
-                let checked = match r {
-                    Err(crate::embed::EmbedError::Model(m)) => return Err(PipelineError::Embed(m)),
-                    Err(e) => Err(Rejection {
-                        reason: Reason::from(&e),
-                        message: e.to_string(),
-                    }),
-                    Ok(f) => normalize(&id, &f.vector, dim)
-                        .map(|_| f)
-                        .map_err(|e| Rejection {
-                            reason: super::batch::engine_reason(&e),
-                            message: e.to_string(),
-                        }),
-                };
-                match checked {
-                    Ok(f) => {
+            for (i, r) in index.into_iter().zip(results) {
+                match r {
+                    Ok(face) => {
                         metrics.faces_embedded.inc();
-                        let mut meta = meta;
-                        meta.quality = meta.quality.or(f.quality);
-                        kept.push((i, id, meta, Some(f.vector), x));
+                        out.push((i, face));
                     }
                     Err(rejection) => dead.push(letter(&msgs[i], rejection)),
                 }
             }
-            out = kept;
+            // Out in input order.
+            out.sort_by_key(|(i, _)| *i);
         }
 
         // Produce, then wait for every acknowledgement before the offsets move.
         let mut pending = Vec::with_capacity(out.len());
-        for (i, id, meta, v, x) in &out {
+        for (i, face) in &out {
             let m = &msgs[*i];
-            let payload = embedding_envelope_with(id, meta, v.as_deref().unwrap_or_default(), x);
+            let payload =
+                embedding_envelope_with(&face.face_id, &face.meta, &face.vector, &face.variants);
             let mut headers = OwnedHeaders::new();
             for (k, val) in &m.headers {
                 headers = headers.insert(Header {

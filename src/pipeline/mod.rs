@@ -55,6 +55,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 mod batch;
+pub mod core;
 mod domains;
 mod embed_worker;
 
@@ -209,25 +210,6 @@ async fn load_embedder(
     }
     info!(model = %crate::embed::FaceEmbedder::model_id(&e), device = %cfg.embed.device, "face embedder loaded");
     Ok(Some(Arc::new(e)))
-}
-
-/// The CLIP variants of a batch's images, one entry per image (empty for an image that did not
-/// embed), or none at all without CLIP. A CLIP failure is a model failure: the batch is not
-/// applied and the daemon stops, as for the identity network.
-fn clip_variants(
-    clip: Option<&crate::hallucinate::ClipStage>,
-    images: &[&[u8]],
-    results: &[Result<crate::embed::EmbeddedFace, crate::embed::EmbedError>],
-) -> Result<Vec<Vec<f32>>, PipelineError> {
-    let Some(clip) = clip else {
-        return Ok(vec![Vec::new(); images.len()]);
-    };
-    let ids: Vec<Option<&[f32]>> = results
-        .iter()
-        .map(|r| r.as_ref().ok().map(|f| f.vector.as_slice()))
-        .collect();
-    clip.variants(images, &ids)
-        .map_err(|e| PipelineError::Embed(format!("CLIP: {e}")))
 }
 
 /// CLIP, its text directions and the mapper H (on a blocking thread) when `[clip]` has weights.

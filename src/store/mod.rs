@@ -28,24 +28,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ChangeSet, CompRecord, Counters, Event, FaceRecord, Restored};
-
-/// A face of a new state that waits for the calibration decision (`calibrate`), as received.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WaitingFace {
-    pub face_id: String,
-    pub vector: Vec<f32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub variants: Vec<f32>,
-    #[serde(default)]
-    pub meta: crate::engine::FaceMeta,
-}
+use crate::engine::{ChangeSet, CompRecord, Counters, Event, Face, FaceRecord, Restored};
 
 /// The calibration warm-up's part of a commit (see `Store::commit_with`).
 #[derive(Debug, Clone, Default)]
 pub struct Warmup {
     /// Faces that start waiting, with their place in the queue.
-    pub waiting: Vec<(u32, WaitingFace)>,
+    pub waiting: Vec<(u32, Face)>,
     /// The decision; with it, the first `clear_waiting` waiting faces leave the queue.
     pub decision: Option<crate::engine::calibrate::Decision>,
     pub clear_waiting: u32,
@@ -466,7 +455,7 @@ impl Store {
     }
 
     /// The faces waiting for the calibration decision, in arrival order.
-    pub fn waiting(&self) -> Result<Vec<WaitingFace>, StoreError> {
+    pub fn waiting(&self) -> Result<Vec<Face>, StoreError> {
         let mut out = Vec::new();
         for (i, kv) in self.db.scan_prefix(b"q:").enumerate() {
             let (k, v) = kv.map_err(|e| StoreError::Open {

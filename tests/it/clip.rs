@@ -554,7 +554,11 @@ fn clip_stage_honours_the_configured_image_limits() {
         let stage = clip_cluster::hallucinate::ClipStage::from_config(c)
             .unwrap()
             .expect("CLIP is on");
-        stage.variants(&[&png], &[Some(&f)]).unwrap().remove(0)
+        let rgb = clip_cluster::embed::image::decode(&png, &Default::default()).unwrap();
+        stage
+            .variants(&[Some(&rgb)], &[Some(&f)])
+            .unwrap()
+            .remove(0)
     };
     assert!(
         !variants(&cfg(&[])).is_empty(),

@@ -118,8 +118,14 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             ts: Some(i as i64),
             quality: None,
         };
-        r.apply_with_meta(&[(format!("face-{i}").as_str(), v.as_slice(), &meta)], &[])
-            .unwrap();
+        r.apply(
+            &[clip_cluster::engine::Face {
+                meta,
+                ..clip_cluster::engine::Face::new(format!("face-{i}"), v.to_vec())
+            }],
+            &[],
+        )
+        .unwrap();
     }
     let want_events: Vec<serde_json::Value> = r
         .store()

@@ -34,8 +34,14 @@ fn reference(vs: &[Vec<f32>], dim: usize) -> (Vec<Option<u64>>, BTreeMap<u64, se
             ts: Some(i as i64),
             quality: None,
         };
-        c.apply_with_meta(&[(ids[i].as_str(), v.as_slice(), &meta)], &[])
-            .unwrap();
+        c.apply(
+            &[clip_cluster::engine::Face {
+                meta,
+                ..clip_cluster::engine::Face::new(ids[i].as_str(), v.to_vec())
+            }],
+            &[],
+        )
+        .unwrap();
     }
     let events = outbox_events(&c);
     drop(c);
@@ -357,8 +363,11 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
     {
         let mut c = Clusterer::open(&ref_cfg).unwrap();
         for (id, v) in ids.iter().zip(&vectors) {
-            c.apply_with_meta(&[(id.as_str(), v.as_slice(), &Default::default())], &[])
-                .unwrap();
+            c.apply(
+                &[clip_cluster::engine::Face::new(id.as_str(), v.to_vec())],
+                &[],
+            )
+            .unwrap();
         }
     }
     assert_eq!(assignments(&ref_cfg, &ids), in_process);
@@ -473,8 +482,10 @@ fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
     assert!(n_var > 0);
     let (bytes, vectors) = embed_test_faces(&all_cfg, faces.path(), &ids);
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let decoded = clip_cluster::embed::decode_all(&refs, &Default::default());
+    let images: Vec<_> = decoded.iter().map(|d| d.as_ref().ok()).collect();
     let opt: Vec<Option<&[f32]>> = vectors.iter().map(|v| Some(v.as_slice())).collect();
-    let want = stage.variants(&refs, &opt).unwrap();
+    let want = stage.variants(&images, &opt).unwrap();
     assert!(want.iter().all(|v| v.len() == n_var * 128));
 
     // (a) role all: embeds and hallucinates in process.
@@ -498,8 +509,11 @@ fn clip_variants_travel_from_the_embed_workers_to_the_proxy() {
     {
         let mut c = Clusterer::open(&plain_cfg).unwrap();
         for (id, v) in ids.iter().zip(&vectors) {
-            c.apply_with_meta(&[(id.as_str(), v.as_slice(), &Default::default())], &[])
-                .unwrap();
+            c.apply(
+                &[clip_cluster::engine::Face::new(id.as_str(), v.to_vec())],
+                &[],
+            )
+            .unwrap();
         }
     }
     assert!(

@@ -108,8 +108,14 @@ fn reference(f: &Faces) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>) {
     let cfg = domain_config("unused:9092", &dir.path().join("s"), "127.0.0.1:0");
     let mut c = Clusterer::open(&cfg).unwrap();
     for i in 0..f.ids.len() {
-        c.apply_with_meta(&[(f.ids[i].as_str(), f.vs[i].as_slice(), &f.metas[i])], &[])
-            .unwrap();
+        c.apply(
+            &[clip_cluster::engine::Face {
+                meta: f.metas[i].clone(),
+                ..clip_cluster::engine::Face::new(f.ids[i].as_str(), f.vs[i].clone())
+            }],
+            &[],
+        )
+        .unwrap();
     }
     (assignments(&c, f), outbox_events(&c))
 }

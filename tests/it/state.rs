@@ -1,5 +1,6 @@
 //! Durable state: restart equivalence, idempotence, snapshot rebuild, and refusal of bad state.
 
+use clip_cluster::engine::Face;
 use std::path::Path;
 
 use clip_cluster::clusterer::Clusterer;
@@ -58,8 +59,8 @@ fn apply(
     let mut i = range.start;
     while i < range.end {
         let j = (i + batch).min(range.end);
-        let b: Vec<(&str, &[f32])> = (i..j)
-            .map(|x| (ids[x].as_str(), vs[x].as_slice()))
+        let b: Vec<Face> = (i..j)
+            .map(|x| Face::new(ids[x].as_str(), vs[x].clone()))
             .collect();
         c.apply(&b, &[]).unwrap();
         i = j;
@@ -143,12 +144,9 @@ fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
     }
 }
 
-fn pairs<'a>(
-    ids: &'a [String],
-    vs: &'a [Vec<f32>],
-    r: std::ops::Range<usize>,
-) -> Vec<(&'a str, &'a [f32])> {
-    r.map(|i| (ids[i].as_str(), vs[i].as_slice())).collect()
+fn pairs<'a>(ids: &'a [String], vs: &'a [Vec<f32>], r: std::ops::Range<usize>) -> Vec<Face> {
+    r.map(|i| Face::new(ids[i].as_str(), vs[i].clone()))
+        .collect()
 }
 
 #[test]
@@ -163,7 +161,7 @@ fn reapplying_is_a_no_op() {
     drop(c);
     let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
     let r = c
-        .apply(&[(ids[3].as_str(), vs[3].as_slice())], &[])
+        .apply(&[Face::new(ids[3].as_str(), vs[3].clone())], &[])
         .unwrap();
     assert_eq!((r.applied, r.duplicates), (0, 1));
     assert_eq!((c.engine().assignments(), outbox(&c)), before);
@@ -265,11 +263,11 @@ fn bad_faces_are_rejected_and_the_rest_of_the_batch_applies() {
     let r = c
         .apply(
             &[
-                ("a", &good),
-                ("b", &nan),
-                ("c", &zero),
-                ("d", &short),
-                ("e", &good),
+                Face::new("a", good.clone()),
+                Face::new("b", nan.clone()),
+                Face::new("c", zero.clone()),
+                Face::new("d", short.clone()),
+                Face::new("e", good.clone()),
             ],
             &[],
         )
@@ -342,8 +340,8 @@ fn restart_with_the_neighbour_proxy_equals_an_uninterrupted_run() {
         let mut i = 0;
         while i < n {
             let j = (i + 37).min(n);
-            let b: Vec<(&str, &[f32])> = (i..j)
-                .map(|x| (ids[x].as_str(), vs[x].as_slice()))
+            let b: Vec<Face> = (i..j)
+                .map(|x| Face::new(ids[x].as_str(), vs[x].clone()))
                 .collect();
             let r = a.apply(&b, &[]).unwrap();
             refreshed += r.refreshed;
@@ -505,20 +503,15 @@ fn restart_with_upstream_variants_and_refresh_equals_an_uninterrupted_run() {
         c
     };
     let run = |c: &mut Clusterer, range: std::ops::Range<usize>| {
-        let meta = clip_cluster::engine::FaceMeta::default();
         for chunk in range.collect::<Vec<_>>().chunks(29) {
-            let b: Vec<(&str, &[f32], &[f32], &clip_cluster::engine::FaceMeta)> = chunk
+            let b: Vec<Face> = chunk
                 .iter()
-                .map(|&x| {
-                    (
-                        ids[x].as_str(),
-                        vs[x].as_slice(),
-                        variants[x].as_slice(),
-                        &meta,
-                    )
+                .map(|&x| Face {
+                    variants: variants[x].clone(),
+                    ..Face::new(ids[x].as_str(), vs[x].clone())
                 })
                 .collect();
-            c.apply_full(&b, &[]).unwrap();
+            c.apply(&b, &[]).unwrap();
         }
     };
     let proxies = |c: &Clusterer| -> Vec<Vec<f32>> {

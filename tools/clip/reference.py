@@ -2,7 +2,7 @@
 """Independent numpy reference for CLIP (OpenAI / OpenCLIP architecture and tensor names).
 
 No CLIP weights can be downloaded on our machines and PyTorch is not installed, so the Rust CLIP
-(src/clip.rs, src/clip/) is proven against this file on a small random-weight model:
+(src/hallucinate/clip/mod.rs, src/clip/) is proven against this file on a small random-weight model:
 
   * a tokenizer written from OpenAI CLIP's `simple_tokenizer.py` (as copied into open_clip's
     `tokenizer.py`): byte-level BPE over bytes_to_unicode, `</w>` word ends, clean = html-unescape

@@ -18,7 +18,7 @@ Usage:
 
 It prints the box error (pixels) and the landmark offset against the detector on the training
 identities and on peopleDevTest.txt's identities (held out), for the fixed and the refined box.
-The JSON holds the coefficients (copied into src/align.rs REFINED_BOX) and those numbers.
+The JSON holds the coefficients (copied into src/embed/align.rs REFINED_BOX) and those numbers.
 """
 import argparse
 import json

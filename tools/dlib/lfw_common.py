@@ -1,5 +1,5 @@
 """Shared helpers for the LFW scripts in tools/dlib: image lists, dlib's boxes, the 10-fold protocol
-(the same as src/lfw.rs: Euclidean distance, the threshold chosen on nine folds and tested on the
+(the same as src/eval/lfw.rs: Euclidean distance, the threshold chosen on nine folds and tested on the
 tenth, ties keep the smallest threshold), and the landmark-derived face box (align::refined_box).
 """
 import math
@@ -101,7 +101,7 @@ def refined_box(pts, coef):
 
 
 def best_threshold(items):
-    """src/lfw.rs best_threshold."""
+    """src/eval/lfw.rs best_threshold."""
     v = sorted(items, key=lambda x: x[0])
     n = max(len(v), 1)
     correct = sum(1 for x in v if not x[1])
@@ -117,7 +117,7 @@ def best_threshold(items):
 
 
 def k_fold(distances, pairs, folds):
-    """(mean, std) of the per-fold accuracies (population std, as src/lfw.rs)."""
+    """(mean, std) of the per-fold accuracies (population std, as src/eval/lfw.rs)."""
     accs = []
     for f in range(folds):
         train = [(d, p[3]) for d, p in zip(distances, pairs) if p[0] != f]

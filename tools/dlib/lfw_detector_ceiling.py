@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How much is a detector-quality face box worth? LFW verification (pairs.txt, the 10-fold protocol
-of src/lfw.rs) with the REAL dlib (Python `dlib`, the dlib-bin wheel): shape predictor ->
+of src/eval/lfw.rs) with the REAL dlib (Python `dlib`, the dlib-bin wheel): shape predictor ->
 face chip (150 px, padding 0.25) -> dlib_face_recognition_resnet_model_v1, from different boxes:
 
   centred   the fixed centred box of align::centred_box (embed.box_fraction 0.4545): the sanity

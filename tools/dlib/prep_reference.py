@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference fixtures for the preprocessing stage (src/decode.rs, src/align.rs), made with the
+"""Reference fixtures for the preprocessing stage (src/decode.rs, src/embed/align.rs), made with the
 REAL dlib (Python `dlib`, the dlib-bin wheel) and Pillow.
 
 Writes tests/fixtures/prep/reference.json: hashes, landmark coordinates and small numbers only,
