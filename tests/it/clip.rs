@@ -496,8 +496,8 @@ fn clip_architecture_is_inferred_from_64_wide_heads() {
     );
 }
 
-/// The CLIP stage decodes with the configured image limits, the embedder's own: an image the
-/// configuration refuses gets no variants there either, and the default takes it.
+/// CLIP sees exactly what the embedder decoded, within the configured image limits: an image the
+/// configuration refuses is dead-lettered before CLIP, and the default takes it (with variants).
 #[test]
 fn clip_stage_honours_the_configured_image_limits() {
     let Some(vocab) = vocab() else { return };
@@ -550,27 +550,55 @@ fn clip_stage_honours_the_configured_image_limits() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     let f: Vec<f32> = (0..128).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
-    let variants = |c: &clip_cluster::config::Config| {
+    // The batch core decodes each image once, within the configuration's limits, and gives the
+    // same pixels to the identity network and to CLIP.
+    struct Fixed(clip_cluster::embed::image::DecodeLimits, Vec<f32>);
+    impl clip_cluster::embed::FaceEmbedder for Fixed {
+        fn model_id(&self) -> String {
+            "fixed".into()
+        }
+        fn dim(&self) -> usize {
+            self.1.len()
+        }
+        fn limits(&self) -> &clip_cluster::embed::image::DecodeLimits {
+            &self.0
+        }
+        fn embed_images(
+            &self,
+            images: &[&clip_cluster::embed::image::RgbImage],
+        ) -> Vec<Result<clip_cluster::embed::EmbeddedFace, clip_cluster::embed::EmbedError>>
+        {
+            images
+                .iter()
+                .map(|_| {
+                    Ok(clip_cluster::embed::EmbeddedFace {
+                        vector: self.1.clone(),
+                        quality: None,
+                    })
+                })
+                .collect()
+        }
+    }
+    let embed = |c: &clip_cluster::config::Config| {
         let stage = clip_cluster::hallucinate::ClipStage::from_config(c)
             .unwrap()
             .expect("CLIP is on");
-        let rgb = clip_cluster::embed::image::decode(&png, &Default::default()).unwrap();
-        stage
-            .variants(&[Some(&rgb)], &[Some(&f)])
+        let e = Fixed(
+            clip_cluster::embed::image::DecodeLimits::from_config(c),
+            f.clone(),
+        );
+        let face = clip_cluster::engine::Face::new("a", Vec::new());
+        clip_cluster::pipeline::core::embed_faces(&e, Some(&stage), vec![(face, png.clone())], 128)
             .unwrap()
             .remove(0)
     };
-    assert!(
-        !variants(&cfg(&[])).is_empty(),
-        "the default limits take a 64x48 image"
-    );
+    let face = embed(&cfg(&[])).expect("the default limits take a 64x48 image");
+    assert!(!face.variants.is_empty(), "CLIP ran on the decoded pixels");
     let small = cfg(&[("EMBED__MAX_IMAGE_SIDE", "32")]);
     assert_eq!(
         clip_cluster::embed::image::DecodeLimits::from_config(&small).max_image_side_px,
         32
     );
-    assert!(
-        variants(&small).is_empty(),
-        "embed.max_image_side = 32 refuses a 64 px image in the CLIP stage too"
-    );
+    let refused = embed(&small).expect_err("embed.max_image_side = 32 refuses a 64 px image");
+    assert_eq!(refused.reason, clip_cluster::decode::Reason::ImageTooLarge);
 }
