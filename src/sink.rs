@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{KafkaConfig, SinkConfig};
 use crate::decode::Rejection;
 use crate::engine::Event;
 use crate::store::{OutboxEntry, Store, StoreError};
@@ -48,25 +48,25 @@ pub const EVENT_TYPES: [&str; 5] = [
 ];
 
 pub(crate) fn client_config(
-    cfg: &Config,
+    kafka: &KafkaConfig,
     extra: &std::collections::BTreeMap<String, String>,
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
-    for (k, v) in cfg.kafka.properties.iter().chain(extra) {
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in kafka.properties.iter().chain(extra) {
         c.set(k, v);
     }
     c
 }
 
 /// The idempotent producer for events and dead letters.
-pub fn producer(cfg: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut c = ClientConfig::new();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
         .set("compression.type", "lz4");
-    let base = client_config(cfg, &cfg.kafka.producer_properties);
+    let base = client_config(kafka, &kafka.producer_properties);
     for (k, v) in base.config_map() {
         c.set(k, v);
     }
@@ -164,11 +164,11 @@ pub struct Outbox {
 pub async fn drain_outbox(
     outbox: Outbox,
     producer: FutureProducer,
-    cfg: Config,
+    (kafka, sink): (KafkaConfig, SinkConfig),
     metrics: Metrics,
     mode: watch::Receiver<DrainMode>,
 ) -> Result<(), StoreError> {
-    let r = drain(&outbox, producer, cfg, &metrics, mode).await;
+    let r = drain(&outbox, producer, &kafka, &sink, &metrics, mode).await;
     metrics.outbox_depth.sub(outbox.depth.get());
     let _ = metrics
         .domain_outbox_depth
@@ -180,7 +180,8 @@ pub async fn drain_outbox(
 async fn drain(
     outbox: &Outbox,
     producer: FutureProducer,
-    cfg: Config,
+    kafka: &KafkaConfig,
+    sink: &SinkConfig,
     metrics: &Metrics,
     mut mode: watch::Receiver<DrainMode>,
 ) -> Result<(), StoreError> {
@@ -192,7 +193,7 @@ async fn drain(
         notify,
     } = outbox;
     let state_id = store.state_id()?;
-    let topic = cfg.kafka.events_topic.clone();
+    let topic = kafka.events_topic.clone();
     let mut deadline: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -202,7 +203,7 @@ async fn drain(
             return Ok(());
         }
         if deadline.is_none() && m == DrainMode::Shutdown {
-            deadline = Some(Instant::now() + Duration::from_millis(cfg.sink.drain_timeout_ms));
+            deadline = Some(Instant::now() + Duration::from_millis(sink.drain_timeout_ms));
         }
         if let Some(d) = deadline {
             if Instant::now() >= d {
@@ -213,7 +214,21 @@ async fn drain(
                 return Ok(());
             }
         }
-        let entries = store.outbox(cfg.sink.outbox_batch)?;
+        // sled reads and JSON encoding on a blocking thread, never on the reactor.
+        let (entries, payloads) = {
+            let (store, state_id, domain) = (store.clone(), state_id.clone(), domain.clone());
+            let limit = sink.outbox_batch;
+            tokio::task::spawn_blocking(move || {
+                let entries = store.outbox(limit)?;
+                let payloads: Vec<Vec<u8>> = entries
+                    .iter()
+                    .map(|e| wire_event(&state_id, &domain, e))
+                    .collect();
+                Ok::<_, StoreError>((entries, payloads))
+            })
+            .await
+            .map_err(|e| StoreError::Blocking(e.to_string()))??
+        };
         if entries.is_empty() {
             if deadline.is_some() {
                 return Ok(());
@@ -227,12 +242,11 @@ async fn drain(
         }
         let mut futures = Vec::with_capacity(entries.len());
         let mut ok = true;
-        for e in &entries {
-            let payload = wire_event(&state_id, domain, e);
+        for (e, payload) in entries.iter().zip(&payloads) {
             let id = format!("{state_id}-{}", e.event_seq);
             let record = FutureRecord::to(&topic)
                 .key(domain.as_str())
-                .payload(&payload)
+                .payload(payload)
                 .headers(OwnedHeaders::new().insert(Header {
                     key: "event_id",
                     value: Some(id.as_bytes()),
@@ -272,7 +286,13 @@ async fn drain(
         // Delivered (acknowledged) now; removing them from the outbox is our bookkeeping.
         let now = Instant::now();
         let seqs: Vec<u64> = entries.iter().map(|e| e.event_seq).collect();
-        store.outbox_remove(&seqs)?;
+        // The removal is a sled write with fsync: on a blocking thread too.
+        {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.outbox_remove(&seqs))
+                .await
+                .map_err(|e| StoreError::Blocking(e.to_string()))??;
+        }
         depth.sub(entries.len() as i64);
         metrics.outbox_depth.sub(entries.len() as i64);
         let mut map = consumed_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,7 +333,7 @@ pub struct DeadLetter {
 /// because the caller then stores no offset of the batch, as on an error.
 pub async fn send_dead_letters(
     producer: &FutureProducer,
-    cfg: &Config,
+    (kafka, sink): (&KafkaConfig, &SinkConfig),
     metrics: &Metrics,
     dead: &[DeadLetter],
     stop: &watch::Receiver<bool>,
@@ -328,10 +348,10 @@ pub async fn send_dead_letters(
             .inc();
         warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = d.rejection.reason.class(), "{}", d.rejection.message);
     }
-    let topic = &cfg.kafka.dead_letter_topic;
+    let topic = &kafka.dead_letter_topic;
     let mut shutdown = Shutdown {
         stop: stop.clone(),
-        grace: Duration::from_millis(cfg.sink.drain_timeout_ms),
+        grace: Duration::from_millis(sink.drain_timeout_ms),
         deadline: None,
     };
     let mut last_error = String::from("none yet: acknowledgements still pending");

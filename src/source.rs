@@ -12,19 +12,19 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use crate::config::Config;
+use crate::config::KafkaConfig;
 use crate::telemetry::Metrics;
 
 /// An input partition: (topic, partition).
 pub type PartitionKey = (String, i32);
 
 pub fn consumer(
-    cfg: &Config,
+    kafka: &KafkaConfig,
     metrics: &Metrics,
     rebalances: Arc<Rebalances>,
 ) -> Result<StreamConsumer<SourceContext>, rdkafka::error::KafkaError> {
     let mut c = ClientConfig::new();
-    c.set("group.id", &cfg.kafka.group_id)
+    c.set("group.id", &kafka.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -36,10 +36,10 @@ pub fn consumer(
         // A fetch returns after at most 10 ms even when little data is waiting: face-to-event
         // latency over request count (the default, 500 ms, batches arrivals into bursts).
         .set("fetch.wait.max.ms", "10");
-    if !cfg.kafka.group_instance_id.is_empty() {
-        c.set("group.instance.id", &cfg.kafka.group_instance_id);
+    if !kafka.group_instance_id.is_empty() {
+        c.set("group.instance.id", &kafka.group_instance_id);
     }
-    let base = crate::sink::client_config(cfg, &cfg.kafka.consumer_properties);
+    let base = crate::sink::client_config(kafka, &kafka.consumer_properties);
     for (k, v) in base.config_map() {
         c.set(k, v);
     }

@@ -259,7 +259,7 @@ pub fn run(
         let daemon = crate::pipeline::run(cfg.clone(), m.clone(), stop_rx);
         // The stream: faces published as the daemon runs, never far ahead of it.
         let feed = async move {
-            let producer: FutureProducer = crate::pipeline::producer(&feed_cfg)?;
+            let producer: FutureProducer = crate::pipeline::producer(&feed_cfg.kafka)?;
             let mut pending = Vec::new();
             let feed_start = Instant::now();
             for i in 0..n {

@@ -24,7 +24,7 @@ pub fn publish(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let producer: FutureProducer = crate::pipeline::producer(cfg)?;
+        let producer: FutureProducer = crate::pipeline::producer(&cfg.kafka)?;
         let mut pending = Vec::with_capacity(features.n());
         for i in 0..features.n() {
             let id = format!("{id_prefix}{i}");
@@ -70,7 +70,7 @@ pub fn publish_images(cfg: &Config, topic: &str, dir: &std::path::Path) -> anyho
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let producer: FutureProducer = crate::pipeline::producer(cfg)?;
+        let producer: FutureProducer = crate::pipeline::producer(&cfg.kafka)?;
         let mut pending = Vec::with_capacity(files.len());
         for (identity, path) in &files {
             let bytes = std::fs::read(path)

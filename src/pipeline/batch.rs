@@ -220,8 +220,14 @@ impl Daemon {
 
         // Dead letters first: once the positions are durable these messages are never read again.
         // If shutdown gives up on them, nothing of the batch is applied or stored.
-        crate::sink::send_dead_letters(&self.producer, &self.cfg, &self.metrics, &dead, &self.stop)
-            .await?;
+        crate::sink::send_dead_letters(
+            &self.producer,
+            (&self.cfg.kafka, &self.cfg.sink),
+            &self.metrics,
+            &dead,
+            &self.stop,
+        )
+        .await?;
         self.summary.dead_letters += dead.len() as u64;
 
         // Apply: one blocking thread per domain, all at once.

@@ -66,7 +66,7 @@ impl Daemon {
                 notify: notify.clone(),
             },
             self.producer.clone(),
-            self.cfg.clone(),
+            (self.cfg.kafka.clone(), self.cfg.sink.clone()),
             self.metrics.clone(),
             mode_rx,
         ));

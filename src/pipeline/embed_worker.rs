@@ -40,11 +40,11 @@ pub(super) async fn run(
     for r in Reason::ALL {
         metrics.faces_rejected.with_label_values(&[r.class()]);
     }
-    let (health, admin) = start_admin(&cfg, &metrics, &stop).await?;
+    let (health, admin) = start_admin(&cfg.admin, &metrics, &stop).await?;
 
-    let producer = producer(&cfg)?;
+    let producer = producer(&cfg.kafka)?;
     let rebalances = Arc::new(Rebalances::default());
-    let consumer = consumer(&cfg, &metrics, rebalances.clone())?;
+    let consumer = consumer(&cfg.kafka, &metrics, rebalances.clone())?;
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     info!(topics = ?topics, out = %cfg.kafka.embeddings_topic, group = %cfg.kafka.group_id, "embedding worker consuming");
@@ -176,8 +176,14 @@ pub(super) async fn run(
         }
         // If shutdown gives up on the dead letters, the batch's offsets are not stored: it is
         // embedded again at the next start.
-        if let Err(e) =
-            crate::sink::send_dead_letters(&producer, &cfg, &metrics, &dead, &stop).await
+        if let Err(e) = crate::sink::send_dead_letters(
+            &producer,
+            (&cfg.kafka, &cfg.sink),
+            &metrics,
+            &dead,
+            &stop,
+        )
+        .await
         {
             failed = Some(PipelineError::Sink(e));
             break;

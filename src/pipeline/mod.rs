@@ -228,20 +228,20 @@ async fn load_clip(
 
 /// Binds `admin.listen` and serves /metrics, /healthz and /readyz until `stop`.
 async fn start_admin(
-    cfg: &Config,
+    admin: &crate::config::AdminConfig,
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
 ) -> Result<(Arc<Health>, JoinHandle<()>), PipelineError> {
-    let listener = tokio::net::TcpListener::bind(&cfg.admin.listen)
+    let listener = tokio::net::TcpListener::bind(&admin.listen)
         .await
         .map_err(|e| PipelineError::Admin {
-            addr: cfg.admin.listen.clone(),
+            addr: admin.listen.clone(),
             reason: e.to_string(),
         })?;
     let bound = listener
         .local_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|_| cfg.admin.listen.clone());
+        .unwrap_or_else(|_| admin.listen.clone());
     info!(addr = %bound, "admin endpoints: /metrics /healthz /readyz");
     let health = Arc::new(Health::new(metrics.clone()));
     let admin = tokio::spawn(crate::pipeline::admin::serve(
@@ -282,11 +282,11 @@ pub async fn run(
     for k in ["consume", "produce", "delivery", "dead_letter", "commit"] {
         metrics.kafka_errors.with_label_values(&[k]);
     }
-    let (health, admin) = start_admin(&cfg, &metrics, &stop).await?;
+    let (health, admin) = start_admin(&cfg.admin, &metrics, &stop).await?;
 
-    let producer = producer(&cfg)?;
+    let producer = producer(&cfg.kafka)?;
     let rebalances = Arc::new(Rebalances::default());
-    let consumer = Arc::new(consumer(&cfg, &metrics, rebalances.clone())?);
+    let consumer = Arc::new(consumer(&cfg.kafka, &metrics, rebalances.clone())?);
     let mut d = Daemon {
         limits: Limits::from_config(&cfg),
         cfg: cfg.clone(),

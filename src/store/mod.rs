@@ -89,6 +89,9 @@ pub enum StoreError {
     },
     #[error("state directory {path}: write failed: {reason}")]
     Write { path: PathBuf, reason: String },
+    /// The blocking thread a store operation ran on failed (panicked or was cancelled).
+    #[error("a store operation's blocking thread failed: {0}")]
+    Blocking(String),
 }
 
 /// What produced the stored vectors and graph; a mismatch at open is refused.
