@@ -67,6 +67,7 @@ pub fn headers_of(m: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
 
 /// A consumed message, owned: a message of a domain that is still opening waits in a buffer
 /// beyond the consumer's borrow.
+#[derive(Debug, Clone)]
 pub struct Msg {
     pub topic: String,
     pub partition: i32,

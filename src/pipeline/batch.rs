@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use super::{Daemon, PartitionKey, PipelineError, Slot};
 use crate::config::Role;
-use crate::decode::{decode, Payload, Reason, Rejection};
+use crate::decode::{Reason, Rejection};
 use crate::engine::{Event, Face};
 use crate::sink::DeadLetter;
 use crate::source::Msg;
@@ -117,7 +117,11 @@ impl Daemon {
         }
 
         // Decode; remember where each partition's batch ends.
-        let role = self.cfg.daemon.role;
+        let refused = match (self.embedder.is_some(), self.cfg.daemon.role) {
+            (true, _) => None,
+            (false, Role::Cluster) => Some("role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")"),
+            (false, _) => Some("image messages need the face embedder, which is disabled here (embed.enabled = false); send embeddings"),
+        };
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut work = Vec::with_capacity(groups.len());
         // (work index, slot in its `good`, encoded image, the message for a dead letter)
@@ -128,89 +132,39 @@ impl Daemon {
                 error!(domain = %name, "message routed to a domain that is not open; skipped");
                 continue;
             };
-            let mut good: Vec<Face> = Vec::new();
-            let mut ends: HashMap<PartitionKey, i64> = HashMap::new();
-            for m in msgs {
-                let key = (m.topic.clone(), m.partition);
-                let durable = match dom.positions.get(&key) {
-                    Some(p) => *p,
-                    None => {
-                        let p = dom
-                            .store
-                            .position(&position_key(&key.0, key.1))?
-                            .and_then(|v| v.as_slice().try_into().ok().map(i64::from_le_bytes))
-                            .unwrap_or(-1);
-                        dom.positions.insert(key.clone(), p);
-                        p
-                    }
-                };
-                let expected = ends.get(&key).copied().unwrap_or(durable);
-                if expected >= 0 && m.offset > expected {
-                    // Offsets of an idempotent, non-transactional producer have no holes: these
-                    // messages were deleted (retention) before we read them.
-                    let lost = (m.offset - expected) as u64;
-                    self.metrics.offset_gap_messages.inc_by(lost);
-                    error!(topic = %key.0, partition = key.1, from = expected, to = m.offset, lost, "messages missing from the input: deleted before they were consumed?");
+            let mut durable = |key: &PartitionKey| -> Result<i64, PipelineError> {
+                if let Some(p) = dom.positions.get(key) {
+                    return Ok(*p);
                 }
-                let end = ends.entry(key).or_insert(m.offset + 1);
-                *end = (*end).max(m.offset + 1);
-                if m.offset < durable {
-                    // Processed before a restart: the durable state already has it.
-                    self.summary.duplicates += 1;
-                    self.metrics.faces_duplicate.inc();
-                    continue;
-                }
-                // Decoding checks every vector as the engine will: a bad one is dead-lettered
-                // before the commit.
-                let decoded = decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), &self.limits)
-                    .and_then(|f| {
-                        let face = Face {
-                            face_id: f.face_id,
-                            vector: Vec::new(),
-                            variants: f.variants,
-                            meta: f.meta,
-                        };
-                        match f.payload {
-                            Payload::Embedding(v) => Ok((Face { vector: v, ..face }, None)),
-                            Payload::Image(bytes) if self.embedder.is_some() => Ok((face, Some(bytes))),
-                            Payload::Image(_) => Err(Rejection {
-                                reason: Reason::ImageUnsupported,
-                                message: match role {
-                                    Role::Cluster => "role \"cluster\" consumes embedding messages; images go to the embedding workers (role \"embed\")".into(),
-                                    _ => "image messages need the face embedder, which is disabled here (embed.enabled = false); send embeddings".into(),
-                                },
-                            }),
-                        }
-                    });
-                let letter = |m: Msg, rejection| DeadLetter {
-                    key: m.key,
-                    payload: m.payload,
-                    headers: m.headers,
-                    topic: m.topic,
-                    partition: m.partition,
-                    offset: m.offset,
-                    rejection,
-                };
-                match decoded {
-                    Ok((face, None)) => good.push(face),
-                    Ok((face, Some(bytes))) => {
-                        // Embedded below, all images of the batch at once; the slot keeps the
-                        // face's place in the stream order.
-                        let placeholder = Rejection {
-                            reason: Reason::ImageUnusable,
-                            message: String::new(),
-                        };
-                        images.push((
-                            work.len(),
-                            good.len(),
-                            bytes,
-                            PendingLetter(letter(m, placeholder)),
-                        ));
-                        good.push(face);
-                    }
-                    Err(rejection) => dead.push(letter(m, rejection)),
-                }
+                let p = dom
+                    .store
+                    .position(&position_key(&key.0, key.1))?
+                    .and_then(|v| v.as_slice().try_into().ok().map(i64::from_le_bytes))
+                    .unwrap_or(-1);
+                dom.positions.insert(key.clone(), p);
+                Ok(p)
+            };
+            let prepared = super::core::prepare(msgs, &mut durable, &self.limits, refused)?;
+            for ((topic, partition), from, to) in &prepared.gaps {
+                let lost = (to - from) as u64;
+                self.metrics.offset_gap_messages.inc_by(lost);
+                error!(topic = %topic, partition, from, to, lost, "messages missing from the input: deleted before they were consumed?");
             }
+            // Processed before a restart: the durable state already has them.
+            self.summary.duplicates += prepared.duplicates;
+            self.metrics.faces_duplicate.inc_by(prepared.duplicates);
+            dead.extend(prepared.dead);
+            for (slot, bytes, m) in prepared.images {
+                // Embedded below, all images of the batch at once; the slot keeps the face's
+                // place in the stream order.
+                let placeholder = Rejection {
+                    reason: Reason::ImageUnusable,
+                    message: String::new(),
+                };
+                let letter = PendingLetter(super::core::dead_letter(m, placeholder));
+                images.push((work.len(), slot, bytes, letter));
+            }
+            let (good, ends) = (prepared.faces, prepared.ends);
             work.push((name, good, ends));
         }
 

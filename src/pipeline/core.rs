@@ -1,12 +1,103 @@
-//! The synchronous core of a batch that both roles share: images embedded once per batch
-//! (decoded once within the limits, the identity network, then CLIP's variants on the same
-//! pixels), every vector checked and each face either ready or rejected with its reason. Plain
-//! functions over a batch, run on a blocking thread by the callers, tested without Kafka.
+//! The synchronous core of a batch: one domain's messages -> faces in stream order, images to
+//! embed and dead letters (`prepare`, with the durable positions that skip what a restart already
+//! applied); images embedded once per batch, in both roles (`embed_faces`: decoded once within the
+//! limits, the identity network, then CLIP's variants on the same pixels, every vector checked).
+//! Plain functions over a batch, called from the async loop (embedding on a blocking thread),
+//! tested without Kafka.
 
-use crate::decode::{check_vector, Reason, Rejection};
+use std::collections::HashMap;
+
+use crate::decode::{check_vector, decode, Limits, Payload, Reason, Rejection};
 use crate::embed::{decode_all, embed_decoded, EmbedError, FaceEmbedder};
 use crate::engine::Face;
 use crate::hallucinate::ClipStage;
+use crate::sink::DeadLetter;
+use crate::source::{Msg, PartitionKey};
+
+/// The dead letter a message becomes, with why.
+pub fn dead_letter(m: Msg, rejection: Rejection) -> DeadLetter {
+    DeadLetter {
+        key: m.key,
+        payload: m.payload,
+        headers: m.headers,
+        topic: m.topic,
+        partition: m.partition,
+        offset: m.offset,
+        rejection,
+    }
+}
+
+/// What one domain's messages of a batch become.
+#[derive(Default)]
+pub struct Prepared {
+    /// Faces in stream order; an image's face has no vector until it is embedded.
+    pub faces: Vec<Face>,
+    /// (slot in `faces`, encoded image, its message for a dead letter should it not embed).
+    pub images: Vec<(usize, Vec<u8>, Msg)>,
+    pub dead: Vec<DeadLetter>,
+    /// The next offset of each partition this batch reached.
+    pub ends: HashMap<PartitionKey, i64>,
+    /// Messages below their partition's durable position: applied before a restart, skipped.
+    pub duplicates: u64,
+    /// Offsets missing from the input (deleted by retention before they were read):
+    /// (partition, first missing, first present).
+    pub gaps: Vec<(PartitionKey, i64, i64)>,
+}
+
+/// Routes each message: below the durable position (`durable(partition)`, -1 for none) it is a
+/// duplicate; otherwise it is decoded into a face, an image to embed (`images_refused` = None),
+/// or a dead letter (images are refused with that message when this process does not embed).
+pub fn prepare<E>(
+    msgs: Vec<Msg>,
+    durable: &mut dyn FnMut(&PartitionKey) -> Result<i64, E>,
+    limits: &Limits,
+    images_refused: Option<&str>,
+) -> Result<Prepared, E> {
+    let mut p = Prepared::default();
+    for m in msgs {
+        let key = (m.topic.clone(), m.partition);
+        let position = durable(&key)?;
+        let expected = p.ends.get(&key).copied().unwrap_or(position);
+        if expected >= 0 && m.offset > expected {
+            // Offsets of an idempotent, non-transactional producer have no holes.
+            p.gaps.push((key.clone(), expected, m.offset));
+        }
+        let end = p.ends.entry(key).or_insert(m.offset + 1);
+        *end = (*end).max(m.offset + 1);
+        if m.offset < position {
+            p.duplicates += 1;
+            continue;
+        }
+        // Decoding checks every vector as the engine will: a bad one is dead-lettered before
+        // the commit.
+        let decoded =
+            decode(m.key.as_deref(), &m.headers, m.payload.as_deref(), limits).and_then(|f| {
+                let face = Face {
+                    face_id: f.face_id,
+                    vector: Vec::new(),
+                    variants: f.variants,
+                    meta: f.meta,
+                };
+                match (f.payload, images_refused) {
+                    (Payload::Embedding(v), _) => Ok((Face { vector: v, ..face }, None)),
+                    (Payload::Image(bytes), None) => Ok((face, Some(bytes))),
+                    (Payload::Image(_), Some(why)) => Err(Rejection {
+                        reason: Reason::ImageUnsupported,
+                        message: why.to_string(),
+                    }),
+                }
+            });
+        match decoded {
+            Ok((face, None)) => p.faces.push(face),
+            Ok((face, Some(bytes))) => {
+                p.images.push((p.faces.len(), bytes, m));
+                p.faces.push(face);
+            }
+            Err(rejection) => p.dead.push(dead_letter(m, rejection)),
+        }
+    }
+    Ok(p)
+}
 
 /// A model failure (a device error): nothing of the batch is durable, a restart redoes it.
 #[derive(Debug, thiserror::Error)]
@@ -150,5 +241,59 @@ mod tests {
         ];
         let err = embed_faces(&e, None, faces, 3).unwrap_err();
         assert!(err.0.contains("device lost"), "{err}");
+    }
+
+    fn msg(partition: i32, offset: i64, payload: &[u8]) -> Msg {
+        Msg {
+            topic: "faces".into(),
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload.to_vec()),
+            headers: Vec::new(),
+        }
+    }
+
+    fn envelope(id: &str, v: &[f32]) -> Vec<u8> {
+        serde_json::json!({"face_id": id, "embedding": v})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn prepare_skips_durable_messages_reports_gaps_and_keeps_stream_order() {
+        let limits = Limits {
+            max_message_bytes: 1 << 20,
+            dim: 3,
+            key_is_face_id: false,
+        };
+        let msgs = vec![
+            msg(0, 4, &envelope("old", &[1.0, 0.0, 0.0])),
+            msg(0, 5, &envelope("a", &[1.0, 0.0, 0.0])),
+            msg(0, 6, &png(4, [1, 2, 3])),
+            msg(0, 9, &envelope("tiny", &[1e-30, 0.0, 0.0])),
+            msg(1, 0, &envelope("b", &[0.0, 1.0, 0.0])),
+        ];
+        let mut durable = |k: &PartitionKey| Ok::<_, ()>(if k.1 == 0 { 5 } else { -1 });
+        let p = prepare(msgs, &mut durable, &limits, None).unwrap();
+        assert_eq!(p.duplicates, 1);
+        let ids: Vec<&str> = p.faces.iter().map(|f| f.face_id.as_str()).collect();
+        // The raw image's id comes from its header or key; here it has none and is refused.
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(p.dead.len(), 2);
+        assert_eq!(p.dead[1].rejection.reason, Reason::ZeroVector);
+        assert_eq!(p.gaps, vec![(("faces".to_string(), 0), 7, 9)]);
+        assert_eq!(p.ends[&("faces".to_string(), 0)], 10);
+        assert_eq!(p.ends[&("faces".to_string(), 1)], 1);
+
+        // An image with its id in the headers waits for the embedder, or is refused.
+        let mut m = msg(2, 0, &png(4, [1, 2, 3]));
+        m.headers.push(("face_id".into(), b"img".to_vec()));
+        let mut none = |_: &PartitionKey| Ok::<_, ()>(-1);
+        let p = prepare(vec![m.clone()], &mut none, &limits, None).unwrap();
+        assert_eq!((p.faces.len(), p.images.len(), p.images[0].0), (1, 1, 0));
+        let p = prepare(vec![m], &mut none, &limits, Some("no embedder here")).unwrap();
+        assert_eq!(p.dead[0].rejection.reason, Reason::ImageUnsupported);
+        assert_eq!(p.dead[0].rejection.message, "no embedder here");
     }
 }
