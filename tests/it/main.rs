@@ -8,6 +8,7 @@ mod dashboards;
 mod dead_letters;
 mod domains;
 mod engine_props;
+mod layout;
 mod logs;
 mod prep;
 mod resnet;
