@@ -27,6 +27,58 @@ use log::trace;
 use log::{debug, info};
 
 pub use crate::filter::FilterT;
+
+/// The points one `search_layer` call has visited (patch 0005). Each thread keeps one stamp per
+/// data id; a search takes a new epoch, so starting a search costs nothing and a visited test is
+/// one array read. Data ids beyond `VISITED_DENSE_MAX` (sparse client ids) fall back to a set.
+struct Visited {
+    epoch: u32,
+    sparse: hashbrown::HashSet<DataId>,
+}
+
+const VISITED_DENSE_MAX: usize = 1 << 26;
+
+thread_local! {
+    static VISITED_STAMPS: std::cell::RefCell<(u32, Vec<u32>)> =
+        const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+impl Visited {
+    fn begin() -> Self {
+        let epoch = VISITED_STAMPS.with(|v| {
+            let mut v = v.borrow_mut();
+            v.0 = v.0.wrapping_add(1);
+            if v.0 == 0 {
+                // The stamps wrapped: forget them all once every 2^32 searches.
+                v.1.iter_mut().for_each(|s| *s = 0);
+                v.0 = 1;
+            }
+            v.0
+        });
+        Visited {
+            epoch,
+            sparse: hashbrown::HashSet::new(),
+        }
+    }
+
+    /// Marks `id` visited; true when it was not yet.
+    fn insert(&mut self, id: DataId) -> bool {
+        if id >= VISITED_DENSE_MAX {
+            return self.sparse.insert(id);
+        }
+        let epoch = self.epoch;
+        VISITED_STAMPS.with(|v| {
+            let mut v = v.borrow_mut();
+            if v.1.len() <= id {
+                let n = (id + 1).next_power_of_two();
+                v.1.resize(n, 0);
+            }
+            let fresh = v.1[id] != epoch;
+            v.1[id] = epoch;
+            fresh
+        })
+    }
+}
 use anndists::dist::distances::Distance;
 
 // TODO
@@ -967,9 +1019,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // initialize visited points
         let dist_to_entry_point = self.dist_f.eval(point, entry_point.data.get_v());
         trace!("       distance to entry point: {:?} ", dist_to_entry_point);
-        // keep a list of id visited
-        let mut visited_point_id = HashMap::<PointId, Arc<Point<T>>>::new();
-        visited_point_id.insert(entry_point.p_id, Arc::clone(&entry_point));
+        // keep a list of id visited (patch 0005: an epoch-stamped list per thread, indexed by
+        // the point's data id, instead of a HashMap of Arc clones allocated per search)
+        let mut visited = Visited::begin();
+        visited.insert(entry_point.get_origin_id());
         //
         let mut candidate_points =
             BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
@@ -1029,8 +1082,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             for e in neighbours_c_l {
                 // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
                 // CAVEAT what if several point_id with same distance to ref point?
-                if !visited_point_id.contains_key(&e.point_ref.p_id) {
-                    visited_point_id.insert(e.point_ref.p_id, Arc::clone(&e.point_ref));
+                if visited.insert(e.point_ref.get_origin_id()) {
                     trace!("             visited insertion {:?}", e.point_ref.p_id);
                     let f_opt = return_points.peek();
                     if f_opt.is_none() {
