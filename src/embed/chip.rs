@@ -42,7 +42,7 @@ pub enum ChipMode {
     /// predictor's first cascade levels absorb most of the box error. Predicting again on a box
     /// merely re-centred on the landmarks did not bring them closer (0.35 to 0.66 px); with
     /// `landmark_passes` > 1 each further pass starts from the detector-like box
-    /// `align::DETECTOR_BOX_MAP` derives from the previous landmarks (`align::refined_box`).
+    /// `landmarks::DETECTOR_BOX_MAP` derives from the previous landmarks (`landmarks::refined_box`).
     /// Those lie nearer dlib's, but LFW accuracy does not move (98.67% vs 98.70%, as the real
     /// dlib's from its own detector box, 98.73%: BENCHMARKS.md section 5).
     Aligned {

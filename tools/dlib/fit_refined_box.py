@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fits the box map of align::refined_box (embed.box = "refined") to dlib's HOG face detector, on
+"""Fits the box map of landmarks::refined_box (embed.box = "refined") to dlib's HOG face detector, on
 LFW's TRAINING identities only (peopleDevTrain.txt; no image of peopleDevTest.txt, no pair list).
 
 The daemon has no face detector: the shape predictor starts from a fixed centred box, and its

@@ -1,6 +1,6 @@
 """Shared helpers for the LFW scripts in tools/dlib: image lists, dlib's boxes, the 10-fold protocol
 (the same as src/eval/lfw.rs: Euclidean distance, the threshold chosen on nine folds and tested on the
-tenth, ties keep the smallest threshold), and the landmark-derived face box (align::refined_box).
+tenth, ties keep the smallest threshold), and the landmark-derived face box (landmarks::refined_box).
 """
 import math
 import os
@@ -49,7 +49,7 @@ def load_rgb(root, rel):
 
 
 def centred_box(w, h, fraction=BOX_FRACTION):
-    """align::centred_box."""
+    """landmarks::centred_box."""
     side = max(int(math.floor(fraction * min(w, h) + 0.5)), 1)
     left, top = (w - side) // 2, (h - side) // 2
     return dlib.rectangle(left, top, left + side - 1, top + side - 1)
@@ -73,7 +73,7 @@ def rect_list(r):
 def box_features(pts):
     """The landmark-derived quantities the box map uses, in a frame that moves and scales with the
     face: the landmarks' centroid c, their RMS distance s from it (at least 1) and the normalised
-    coordinates (p - c) / s. Sequential sums in the order of align::refined_box, so the two agree
+    coordinates (p - c) / s. Sequential sums in the order of landmarks::refined_box, so the two agree
     to the last bit."""
     n = len(pts)
     cx = sum(float(p[0]) for p in pts) / n
@@ -85,7 +85,7 @@ def box_features(pts):
 
 
 def refined_box(pts, coef):
-    """align::refined_box: the face box predicted from one pass of landmarks, centre = c + s * (A q
+    """landmarks::refined_box: the face box predicted from one pass of landmarks, centre = c + s * (A q
     + a), side = s * (B . q + b), with q the 10 normalised coordinates (x0, y0, x1, ...)."""
     c, s, q = box_features(pts)
     q = [float(v) for v in q.reshape(-1)]

@@ -3,12 +3,12 @@
 of src/eval/lfw.rs) with the REAL dlib (Python `dlib`, the dlib-bin wheel): shape predictor ->
 face chip (150 px, padding 0.25) -> dlib_face_recognition_resnet_model_v1, from different boxes:
 
-  centred   the fixed centred box of align::centred_box (embed.box_fraction 0.4545): the sanity
+  centred   the fixed centred box of landmarks::centred_box (embed.box_fraction 0.4545): the sanity
             check, which should reproduce `clip-cluster verify` with box = "fixed"
   det0/det1 dlib's HOG frontal face detector (upsample 0 / 1), the detection nearest the image
             centre; the centred box when it finds none (the count is printed)
   refined   the centred-box landmarks -> the box map fitted by fit_refined_box.py (--coef) -> the
-            second predictor pass (align::refined_box, box = "refined")
+            second predictor pass (landmarks::refined_box, box = "refined")
   refinedN  as refined, with N - 1 further map + predictor rounds
 
 Usage:

@@ -38,7 +38,7 @@ SP_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 # Fixed centred boxes, as fractions of min(width, height) (see fixed_box below and
-# align::centred_box in Rust: side = floor(fraction * min(w, h) + 0.5), left = (w - side) // 2).
+# landmarks::centred_box in Rust: side = floor(fraction * min(w, h) + 0.5), left = (w - side) // 2).
 BOX_FRACTIONS = [1 / 2.2, 0.38]
 CENTRE_CROP_FRACTION = 0.5
 
