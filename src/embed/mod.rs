@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use thiserror::Error;
 
-use crate::config::{ChipKind, Config, Precision};
+use crate::config::{ChipKind, Config, EmbedConfig, Precision};
 use crate::embed::chip::{ChipMode, Preprocessor};
 use crate::embed::image::{DecodeError, DecodeLimits, RgbImage};
 use crate::embed::landmarks::{AlignError, ShapePredictor};
@@ -157,9 +157,14 @@ pub struct DlibEmbedder {
 }
 
 impl DlibEmbedder {
-    /// Builds the embedder `[embed]` describes; image limits come from `[embed]` and `[source]`.
+    /// The embedder of a whole configuration: `[embed]`, with the image limits `[embed]` and
+    /// `[source]` set.
     pub fn from_config(cfg: &Config) -> Result<Self, EmbedSetupError> {
-        let e = &cfg.embed;
+        Self::new(&cfg.embed, DecodeLimits::from_config(cfg))
+    }
+
+    /// Builds the embedder `e` describes, decoding within `limits`.
+    pub fn new(e: &EmbedConfig, limits: DecodeLimits) -> Result<Self, EmbedSetupError> {
         let dev = device(&e.device)?;
         let dtype = match e.dtype {
             Precision::F32 => DType::F32,
@@ -178,7 +183,6 @@ impl DlibEmbedder {
                 landmark_passes: e.landmark_passes,
             },
         };
-        let limits = DecodeLimits::from_config(cfg);
         Ok(DlibEmbedder {
             net,
             prep: Preprocessor { limits, mode },

@@ -201,17 +201,25 @@ impl ClipStage {
     /// `None` when `[clip]` is off (empty `weights`). Every file is read and checked here, so
     /// a bad one stops start-up with its name.
     pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Self>, HallucinateError> {
-        if !cfg.clip.enabled() {
+        Self::new(&cfg.clip, cfg.model.dim)
+    }
+
+    /// As `from_config`, from `[clip]` and the identity vectors' width.
+    pub fn new(
+        c: &crate::config::ClipConfig,
+        dim: usize,
+    ) -> Result<Option<Self>, HallucinateError> {
+        if !c.enabled() {
             return Ok(None);
         }
-        if cfg.clip.mapper_path.as_os_str().is_empty() {
+        if c.mapper_path.as_os_str().is_empty() {
             return Err(HallucinateError::NoMapper);
         }
-        let Some((clip, directions)) = crate::hallucinate::clip::from_config(&cfg.clip)? else {
+        let Some((clip, directions)) = crate::hallucinate::clip::from_config(c)? else {
             return Ok(None);
         };
         let clip_dim = clip.model().architecture().embed_dim;
-        let mapper = Mapper::load(&cfg.clip.mapper_path, cfg.model.dim, clip_dim)?;
+        let mapper = Mapper::load(&c.mapper_path, dim, clip_dim)?;
         Ok(Some(Self {
             clip,
             hallucinator: Hallucinator { directions, mapper },

@@ -197,8 +197,11 @@ async fn load_embedder(
     if cfg.daemon.role == Role::Cluster || !cfg.embed.enabled {
         return Ok(None);
     }
-    let c = cfg.clone();
-    let e = tokio::task::spawn_blocking(move || crate::embed::DlibEmbedder::from_config(&c))
+    let (section, limits) = (
+        cfg.embed.clone(),
+        crate::embed::image::DecodeLimits::from_config(cfg),
+    );
+    let e = tokio::task::spawn_blocking(move || crate::embed::DlibEmbedder::new(&section, limits))
         .await
         .map_err(|e| PipelineError::Join(e.to_string()))??;
     let dim = crate::embed::FaceEmbedder::dim(&e);
@@ -216,10 +219,11 @@ async fn load_embedder(
 async fn load_clip(
     cfg: &Config,
 ) -> Result<Option<Arc<crate::hallucinate::ClipStage>>, PipelineError> {
-    let c = cfg.clone();
-    let stage = tokio::task::spawn_blocking(move || crate::hallucinate::ClipStage::from_config(&c))
-        .await
-        .map_err(|e| PipelineError::Join(e.to_string()))??;
+    let (section, dim) = (cfg.clip.clone(), cfg.model.dim);
+    let stage =
+        tokio::task::spawn_blocking(move || crate::hallucinate::ClipStage::new(&section, dim))
+            .await
+            .map_err(|e| PipelineError::Join(e.to_string()))??;
     if let Some(s) = &stage {
         info!(variants = s.n_variants(), weights = %cfg.clip.weights.display(), "CLIP hallucination loaded");
     }
