@@ -425,7 +425,7 @@ impl Clusterer {
         for w in std::mem::take(&mut self.waiting) {
             let (o, events) = self
                 .engine
-                .insert_full(&w.face_id, &w.vector, &w.variants, &w.meta)
+                .insert_face(w.view())
                 .map_err(|e| StoreError::Write {
                     path: self.cfg.store.path.clone(),
                     reason: format!("a waiting face no longer applies: {e}"),
@@ -475,10 +475,7 @@ impl Clusterer {
                 }
                 continue;
             }
-            match self
-                .engine
-                .insert_full(&face.face_id, &face.vector, &face.variants, &face.meta)
-            {
+            match self.engine.insert_face(face.view()) {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);

@@ -6,35 +6,31 @@ use std::collections::HashMap;
 use super::*;
 
 impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
-    /// Inserts one face. On error nothing changed. The events this insertion caused are returned
-    /// (and recorded in the change set).
+    /// Inserts one face with no upstream variants and no origin (see `insert_face`).
     pub fn insert(
         &mut self,
         face_id: &str,
         vector: &[f32],
     ) -> Result<(Outcome, Vec<Event>), EngineError> {
-        self.insert_with(face_id, vector, &FaceMeta::default())
+        self.insert_face(FaceRef {
+            face_id,
+            vector,
+            variants: &[],
+            meta: &NO_META,
+        })
     }
 
-    /// As `insert`, with the face's origin carried into its assignment event.
-    pub fn insert_with(
-        &mut self,
-        face_id: &str,
-        vector: &[f32],
-        meta: &FaceMeta,
-    ) -> Result<(Outcome, Vec<Event>), EngineError> {
-        self.insert_full(face_id, vector, &[], meta)
-    }
-
-    /// As `insert_with`, with hallucinated variants of the face made upstream (`extra`: whole
-    /// vectors of `dim` values, row after row; see `ProxyGenerator::proxy_with`).
-    pub fn insert_full(
-        &mut self,
-        face_id: &str,
-        vector: &[f32],
-        extra: &[f32],
-        meta: &FaceMeta,
-    ) -> Result<(Outcome, Vec<Event>), EngineError> {
+    /// Inserts one face: its origin is carried into its assignment event, its upstream
+    /// hallucinated variants (whole vectors of `dim`, row after row; see `ProxyGenerator::proxy`)
+    /// join the proxy's candidates. On error nothing changed. The events this insertion caused
+    /// are returned (and recorded in the change set).
+    pub fn insert_face(&mut self, face: FaceRef<'_>) -> Result<(Outcome, Vec<Event>), EngineError> {
+        let FaceRef {
+            face_id,
+            vector,
+            variants: extra,
+            meta,
+        } = face;
         let identity = check_face(face_id, vector, extra, self.params.dim)?;
         if let Some(&seq) = self.by_id.get(face_id) {
             return Ok((Outcome::Duplicate { seq }, Vec::new()));
@@ -53,8 +49,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let dim = p.dim;
             let proxies = &self.proxies;
             let proxy_of = |s: u32| proxies[s as usize * dim..(s as usize + 1) * dim].to_vec();
-            self.proxy_gen
-                .proxy_with(&identity, extra, &around, &proxy_of)
+            self.proxy_gen.proxy(&identity, extra, &around, &proxy_of)
         } else {
             None
         };
@@ -470,7 +465,12 @@ mod tests {
         let meta = FaceMeta::default();
         for extra in [&[1.0f32, 0.0][..], &[1.0, f32::INFINITY, 0.0][..]] {
             assert!(matches!(
-                e.insert_full("a", &[1.0, 0.0, 0.0], extra, &meta),
+                e.insert_face(FaceRef {
+                    face_id: "a",
+                    vector: &[1.0, 0.0, 0.0],
+                    variants: extra,
+                    meta: &meta,
+                }),
                 Err(EngineError::BadVariants { .. })
             ));
         }
@@ -530,16 +530,36 @@ mod tests {
         let mut good = Engine::new(p, ExactIndex::new(2));
         for (id, deg) in [("a", 0.0), ("b", 2.0), ("c", 30.0), ("d", 32.0)] {
             for e in [&mut weak, &mut good] {
-                e.insert_with(id, &v(deg), &meta(0.9)).unwrap();
+                e.insert_face(FaceRef {
+                    face_id: id,
+                    vector: &v(deg),
+                    variants: &[],
+                    meta: &meta(0.9),
+                })
+                .unwrap();
             }
         }
         assert_eq!(weak.n_clusters(), 2);
         // x sits between them, close to both: as a good face it merges them; as a weak one it
         // hangs on its best neighbour's cluster only.
-        let (_, ev) = good.insert_with("x", &v(16.0), &meta(0.9)).unwrap();
+        let (_, ev) = good
+            .insert_face(FaceRef {
+                face_id: "x",
+                vector: &v(16.0),
+                variants: &[],
+                meta: &meta(0.9),
+            })
+            .unwrap();
         assert!(ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
         assert_eq!(good.n_clusters(), 1);
-        let (_, ev) = weak.insert_with("x", &v(17.0), &meta(0.2)).unwrap();
+        let (_, ev) = weak
+            .insert_face(FaceRef {
+                face_id: "x",
+                vector: &v(17.0),
+                variants: &[],
+                meta: &meta(0.2),
+            })
+            .unwrap();
         assert!(!ev.iter().any(|e| matches!(e, Event::ClustersMerged { .. })));
         assert!(ev.iter().any(|e| matches!(
             e,
@@ -555,7 +575,13 @@ mod tests {
         assert_eq!(weak.cluster_of(4), weak.cluster_of(2));
         // A second weak face right next to x does not link to it (weak to weak), but to its
         // first neighbour that is not weak.
-        weak.insert_with("y", &v(17.5), &meta(0.1)).unwrap();
+        weak.insert_face(FaceRef {
+            face_id: "y",
+            vector: &v(17.5),
+            variants: &[],
+            meta: &meta(0.1),
+        })
+        .unwrap();
         assert!(!weak.kept_edges().contains(&(4, 5)));
         assert_eq!(weak.n_clusters(), 2);
         assert_eq!(weak.cluster_of(5), weak.cluster_of(2));

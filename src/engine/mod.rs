@@ -78,27 +78,18 @@ pub trait ProxyGenerator {
     fn needs_neighbors(&self) -> bool {
         true
     }
-    /// `neighbors` are the nearest indexed proxies of the identity vector; `proxy_of` reads a
-    /// stored proxy. Returns `None` when the proxy is the identity vector itself.
+    /// `extra` holds hallucinated variants of the face made upstream (e.g. from its CLIP
+    /// embedding), whole vectors of the identity's dimension row after row, empty when none; a
+    /// generator that has no use for them ignores them. `neighbors` are the nearest indexed
+    /// proxies of the identity vector; `proxy_of` reads a stored proxy. Returns `None` when the
+    /// proxy is the identity vector itself.
     fn proxy(
-        &self,
-        identity: &[f32],
-        neighbors: &[Neighbor],
-        proxy_of: &dyn Fn(u32) -> Vec<f32>,
-    ) -> Option<Vec<f32>>;
-    /// As `proxy`, with hallucinated variants of the face made upstream (e.g. from its CLIP
-    /// embedding): `extra` holds whole vectors of the identity's dimension, row after row. A
-    /// generator that has no use for them ignores them (the default).
-    fn proxy_with(
         &self,
         identity: &[f32],
         extra: &[f32],
         neighbors: &[Neighbor],
         proxy_of: &dyn Fn(u32) -> Vec<f32>,
-    ) -> Option<Vec<f32>> {
-        let _ = extra;
-        self.proxy(identity, neighbors, proxy_of)
-    }
+    ) -> Option<Vec<f32>>;
 }
 
 /// The proxy is the identity vector (the untrained, hallucination-free default).
@@ -109,7 +100,13 @@ impl ProxyGenerator for IdentityProxy {
     fn needs_neighbors(&self) -> bool {
         false
     }
-    fn proxy(&self, _: &[f32], _: &[Neighbor], _: &dyn Fn(u32) -> Vec<f32>) -> Option<Vec<f32>> {
+    fn proxy(
+        &self,
+        _: &[f32],
+        _: &[f32],
+        _: &[Neighbor],
+        _: &dyn Fn(u32) -> Vec<f32>,
+    ) -> Option<Vec<f32>> {
         None
     }
 }
@@ -144,7 +141,34 @@ pub struct Face {
     pub meta: FaceMeta,
 }
 
+/// A face as the engine takes it, borrowed (`Face::view`).
+#[derive(Debug, Clone, Copy)]
+pub struct FaceRef<'a> {
+    pub face_id: &'a str,
+    pub vector: &'a [f32],
+    pub variants: &'a [f32],
+    pub meta: &'a FaceMeta,
+}
+
+/// No origin known.
+pub const NO_META: FaceMeta = FaceMeta {
+    source_id: None,
+    image_id: None,
+    ts: None,
+    quality: None,
+};
+
 impl Face {
+    /// The borrowed form `Engine::insert_face` takes.
+    pub fn view(&self) -> FaceRef<'_> {
+        FaceRef {
+            face_id: &self.face_id,
+            vector: &self.vector,
+            variants: &self.variants,
+            meta: &self.meta,
+        }
+    }
+
     /// A face with no upstream variants and no origin.
     pub fn new(face_id: impl Into<String>, vector: Vec<f32>) -> Self {
         Face {
@@ -429,7 +453,7 @@ pub fn normalize(face_id: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, Engin
     Ok(v.iter().map(|x| (*x as f64 / norm) as f32).collect())
 }
 
-/// Checks a face as `Engine::insert_full` takes it (id, vector, upstream variants) and returns
+/// Checks a face as `Engine::insert_face` takes it (id, vector, upstream variants) and returns
 /// its normalized identity vector.
 pub fn check_face(
     face_id: &str,

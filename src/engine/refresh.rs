@@ -37,7 +37,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let proxy_of = |s: u32| proxies[s as usize * d..(s as usize + 1) * d].to_vec();
             let new = self
                 .proxy_gen
-                .proxy_with(&identity, &self.extras[j as usize], &around, &proxy_of)
+                .proxy(&identity, &self.extras[j as usize], &around, &proxy_of)
                 .unwrap_or(identity);
             if 1.0 - dot(&new, self.proxy(j)) <= p.refresh_min_change {
                 continue;
@@ -172,6 +172,7 @@ mod tests {
         fn proxy(
             &self,
             identity: &[f32],
+            _: &[f32],
             neighbors: &[Neighbor],
             proxy_of: &dyn Fn(u32) -> Vec<f32>,
         ) -> Option<Vec<f32>> {

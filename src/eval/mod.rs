@@ -268,8 +268,13 @@ pub fn run(
                         quality: quality[i],
                         ..Default::default()
                     };
-                    e.insert_full(&i.to_string(), feats.row(i), extra, &meta)
-                        .map_err(|source| EvalError::Engine { row, source })?;
+                    e.insert_face(crate::engine::FaceRef {
+                        face_id: &i.to_string(),
+                        vector: feats.row(i),
+                        variants: extra,
+                        meta: &meta,
+                    })
+                    .map_err(|source| EvalError::Engine { row, source })?;
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
                     }

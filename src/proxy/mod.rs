@@ -175,18 +175,9 @@ impl NeighborProxy {
 }
 
 impl ProxyGenerator for NeighborProxy {
-    fn proxy(
-        &self,
-        identity: &[f32],
-        neighbors: &[Neighbor],
-        proxy_of: &dyn Fn(u32) -> Vec<f32>,
-    ) -> Option<Vec<f32>> {
-        self.proxy_with(identity, &[], neighbors, proxy_of)
-    }
-
     /// The upstream variants (`extra`, e.g. CLIP hallucinations f_a) join the candidates beside
     /// the learned-direction variants.
-    fn proxy_with(
+    fn proxy(
         &self,
         identity: &[f32],
         extra: &[f32],
@@ -262,22 +253,13 @@ impl ProxyGenerator for ProxyModel {
     fn proxy(
         &self,
         identity: &[f32],
-        neighbors: &[Neighbor],
-        proxy_of: &dyn Fn(u32) -> Vec<f32>,
-    ) -> Option<Vec<f32>> {
-        self.proxy_with(identity, &[], neighbors, proxy_of)
-    }
-
-    fn proxy_with(
-        &self,
-        identity: &[f32],
         extra: &[f32],
         neighbors: &[Neighbor],
         proxy_of: &dyn Fn(u32) -> Vec<f32>,
     ) -> Option<Vec<f32>> {
         match self {
-            ProxyModel::Identity => IdentityProxy.proxy(identity, neighbors, proxy_of),
-            ProxyModel::Neighbor(p) => p.proxy_with(identity, extra, neighbors, proxy_of),
+            ProxyModel::Identity => IdentityProxy.proxy(identity, extra, neighbors, proxy_of),
+            ProxyModel::Neighbor(p) => p.proxy(identity, extra, neighbors, proxy_of),
         }
     }
 }
@@ -310,10 +292,10 @@ mod tests {
             seq: 0,
             similarity: 0.8,
         }];
-        let p = gen.proxy(&f, &neighbors, &|_| nb.clone()).unwrap();
+        let p = gen.proxy(&f, &[], &neighbors, &|_| nb.clone()).unwrap();
         assert!(p[2] > 0.3, "moved along the direction: {p:?}");
         assert!(p[1].abs() < 1e-6, "not along the identity axis: {p:?}");
         // Cold start: no neighbours, no proxy.
-        assert!(gen.proxy(&f, &[], &|_| nb.clone()).is_none());
+        assert!(gen.proxy(&f, &[], &[], &|_| nb.clone()).is_none());
     }
 }

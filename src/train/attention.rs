@@ -366,8 +366,8 @@ mod tests {
             v.iter_mut().for_each(|x| *x /= s);
             v
         };
-        let a = proxy.proxy(&unit, &nb, &read).unwrap();
-        let b = with.proxy(&unit, &nb, &read).unwrap();
+        let a = proxy.proxy(&unit, &[], &nb, &read).unwrap();
+        let b = with.proxy(&unit, &[], &nb, &read).unwrap();
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-6);
         }

@@ -1,6 +1,6 @@
 //! Properties of the engine over random insertion sequences.
 
-use clip_cluster::engine::{batch, Engine, EngineParams};
+use clip_cluster::engine::{batch, Engine, EngineParams, FaceRef};
 use clip_cluster::index::ExactIndex;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -96,8 +96,13 @@ fn stream_and_batch(
         .map(|i| quality_meta(i, weak_every).quality == Some(0.1))
         .collect();
     for (i, v) in vs.iter().enumerate() {
-        e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every))
-            .unwrap();
+        e.insert_face(FaceRef {
+            face_id: &format!("f{i}"),
+            vector: v,
+            variants: &[],
+            meta: &quality_meta(i, weak_every),
+        })
+        .unwrap();
         let pv = e.proxy(i as u32).to_vec();
         clip_cluster::index::NeighborIndex::insert(&mut idx, i as u32, &pv);
         proxies.extend_from_slice(&pv);
@@ -140,7 +145,7 @@ proptest! {
         p.min_quality = 0.5;
         let mut e = Engine::new(p, ExactIndex::new(dim));
         for (i, v) in data(seed, n, dim, centers, 0.6).iter().enumerate() {
-            e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            e.insert_face(FaceRef { face_id: &format!("f{i}"), vector: v, variants: &[], meta: &quality_meta(i, weak_every) }).unwrap();
             let m = e.n_faces();
             prop_assert_eq!(partition(&e.assignments()), components(m, &e.kept_edges()));
             prop_assert_eq!(e.n_clusters(), components(m, &e.kept_edges()).len());
@@ -438,7 +443,7 @@ proptest! {
         let mut e = support_engine(k, t1, t2, support, 0, refresh);
         let mut map = std::collections::HashMap::new();
         for (i, v) in data(seed, n, 4, centers, 0.6).iter().enumerate() {
-            let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            let (_, events) = e.insert_face(FaceRef { face_id: &format!("f{i}"), vector: v, variants: &[], meta: &quality_meta(i, weak_every) }).unwrap();
             replay(&mut map, &events);
             let m = e.n_faces();
             let want = support_oracle(m, &kept_scored(&e), support);
@@ -508,7 +513,7 @@ proptest! {
         let mut e = support_engine(k, t1, t2, support, region, refresh);
         let mut map = std::collections::HashMap::new();
         for (i, v) in data(seed, n, 4, centers, 0.6).iter().enumerate() {
-            let (_, events) = e.insert_with(&format!("f{i}"), v, &quality_meta(i, weak_every)).unwrap();
+            let (_, events) = e.insert_face(FaceRef { face_id: &format!("f{i}"), vector: v, variants: &[], meta: &quality_meta(i, weak_every) }).unwrap();
             replay(&mut map, &events);
             check_replay(&map, &e, i)?;
             let ids = e.assignments();
