@@ -1024,12 +1024,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let mut visited = Visited::begin();
         visited.insert(entry_point.get_origin_id());
         //
-        let mut candidate_points =
-            BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
-        candidate_points.push(Arc::new(PointWithOrder::new(
-            &entry_point,
-            -dist_to_entry_point,
-        )));
+        // (patch 0006: the candidates live only here, so they are held by value, not each in a
+        // new Arc; the heap's order is the same, `Arc<T>` orders as `T`)
+        let mut candidate_points = BinaryHeap::<PointWithOrder<T>>::with_capacity(skiplist_size);
+        candidate_points.push(PointWithOrder::new(&entry_point, -dist_to_entry_point));
         return_points.push(Arc::new(PointWithOrder::new(
             &entry_point,
             dist_to_entry_point,
@@ -1100,8 +1098,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                             "                inserting new candidate {:?}",
                             e_prime.point_ref.p_id
                         );
-                        candidate_points
-                            .push(Arc::new(PointWithOrder::new(&e.point_ref, -e_dist_to_p)));
+                        candidate_points.push(PointWithOrder::new(&e.point_ref, -e_dist_to_p));
                         //
                         if let Some(f) = filter {
                             let id: &usize = &e_prime.point_ref.get_origin_id();
