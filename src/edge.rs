@@ -32,6 +32,10 @@ pub struct EdgeHead {
     /// `[hidden]` (the single output row).
     pub w2: Vec<f32>,
     pub b2: f32,
+    /// `w1`'s product and difference columns transposed, `[dim, hidden]` each: the forward pass
+    /// runs all hidden units at once per input dimension (SIMD across units), each unit's sum
+    /// still in input order, so the result is bit-identical to the row-by-row formula.
+    by_input: (Vec<f32>, Vec<f32>),
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -47,12 +51,74 @@ pub fn pair_input(a: &[f32], b: &[f32], cosine: f32, out: &mut Vec<f32>) {
 }
 
 impl EdgeHead {
+    /// A head from its weights (shapes as the fields say).
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        w1: Vec<f32>,
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: f32,
+    ) -> Self {
+        let w = Self::input_width(dim);
+        let mut prod = vec![0f32; dim * hidden];
+        let mut diff = vec![0f32; dim * hidden];
+        for h in 0..hidden {
+            for i in 0..dim {
+                prod[i * hidden + h] = w1[h * w + i];
+                diff[i * hidden + h] = w1[h * w + dim + i];
+            }
+        }
+        EdgeHead {
+            dim,
+            hidden,
+            w1,
+            b1,
+            w2,
+            b2,
+            by_input: (prod, diff),
+        }
+    }
+
     pub fn input_width(dim: usize) -> usize {
         2 * dim + 1
     }
 
     /// The logit of P(same identity) for unit vectors `a`, `b` with cosine `cosine`.
     pub fn logit(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
+        const LANES: usize = 64;
+        let (hidden, dim) = (self.hidden, self.dim);
+        if hidden > LANES {
+            return self.logit_by_unit(a, b, cosine);
+        }
+        let w = Self::input_width(dim);
+        let mut z = [0f32; LANES];
+        let z = &mut z[..hidden];
+        for (h, zh) in z.iter_mut().enumerate() {
+            *zh = self.b1[h] + self.w1[h * w + 2 * dim] * cosine;
+        }
+        let (prod, diff) = &self.by_input;
+        for i in 0..dim {
+            let (ai, bi) = (a[i], b[i]);
+            let d = (ai - bi).abs();
+            let p = &prod[i * hidden..(i + 1) * hidden];
+            let q = &diff[i * hidden..(i + 1) * hidden];
+            for ((zh, ph), qh) in z.iter_mut().zip(p).zip(q) {
+                // The same operations, in the same order, as `logit_by_unit` for this unit.
+                *zh += ph * ai * bi + qh * d;
+            }
+        }
+        let mut out = self.b2;
+        for (h, zh) in z.iter().enumerate() {
+            if *zh > 0.0 {
+                out += self.w2[h] * zh;
+            }
+        }
+        out
+    }
+
+    /// The forward pass one hidden unit at a time (the reference `logit` equals bit for bit).
+    fn logit_by_unit(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
         let w = Self::input_width(self.dim);
         let mut out = self.b2;
         for h in 0..self.hidden {
@@ -114,14 +180,14 @@ impl EdgeHead {
             .unwrap_or(0);
         let get =
             |name: &str, dims: &[usize]| crate::weights::values(&m, name, dims).map_err(shape);
-        Ok(EdgeHead {
+        Ok(EdgeHead::new(
             dim,
             hidden,
-            w1: get("edge.w1", &[hidden, w])?,
-            b1: get("edge.b1", &[hidden])?,
-            w2: get("edge.w2", &[1, hidden])?,
-            b2: get("edge.b2", &[1])?[0],
-        })
+            get("edge.w1", &[hidden, w])?,
+            get("edge.b1", &[hidden])?,
+            get("edge.w2", &[1, hidden])?,
+            get("edge.b2", &[1])?[0],
+        ))
     }
 }
 
@@ -144,6 +210,26 @@ impl EdgeScorer for EdgeModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_forward_across_units_equals_the_unit_by_unit_formula_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (dim, hidden) in [(128, 16), (5, 3), (3, 70)] {
+            let w = EdgeHead::input_width(dim);
+            let mut r =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+            let head = EdgeHead::new(dim, hidden, r(hidden * w), r(hidden), r(hidden), 0.1);
+            for _ in 0..50 {
+                let (a, b) = (r(dim), r(dim));
+                let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>();
+                assert_eq!(
+                    head.logit(&a, &b, cos).to_bits(),
+                    head.logit_by_unit(&a, &b, cos).to_bits()
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_cosine_scorer_is_the_cosine() {

@@ -263,14 +263,14 @@ pub fn train(
         last = Some(r);
     }
     let read = |v: &Var| crate::train::var_values(v).map_err(t);
-    let head = EdgeHead {
-        dim: d,
-        hidden: opts.hidden,
-        w1: read(&w1)?,
-        b1: read(&b1)?,
-        w2: read(&w2)?,
-        b2: read(&b2)?[0],
-    };
+    let head = EdgeHead::new(
+        d,
+        opts.hidden,
+        read(&w1)?,
+        read(&b1)?,
+        read(&w2)?,
+        read(&b2)?[0],
+    );
     let report = last.ok_or_else(|| TrainError::Fit(PART, "no epoch ran".into()))?;
     Ok((head, report))
 }
