@@ -29,10 +29,12 @@ use log::{debug, info};
 pub use crate::filter::FilterT;
 
 /// The points one `search_layer` call has visited (patch 0005). Each thread keeps one stamp per
-/// data id; a search takes a new epoch, so starting a search costs nothing and a visited test is
-/// one array read. Data ids beyond `VISITED_DENSE_MAX` (sparse client ids) fall back to a set.
+/// data id; a search takes the thread's stamps for its duration and a new epoch, so starting a
+/// search costs nothing and a visited test is one array read. Data ids beyond
+/// `VISITED_DENSE_MAX` (sparse client ids) fall back to a set.
 struct Visited {
     epoch: u32,
+    stamps: Vec<u32>,
     sparse: hashbrown::HashSet<DataId>,
 }
 
@@ -45,7 +47,7 @@ thread_local! {
 
 impl Visited {
     fn begin() -> Self {
-        let epoch = VISITED_STAMPS.with(|v| {
+        let (epoch, stamps) = VISITED_STAMPS.with(|v| {
             let mut v = v.borrow_mut();
             v.0 = v.0.wrapping_add(1);
             if v.0 == 0 {
@@ -53,10 +55,11 @@ impl Visited {
                 v.1.iter_mut().for_each(|s| *s = 0);
                 v.0 = 1;
             }
-            v.0
+            (v.0, std::mem::take(&mut v.1))
         });
         Visited {
             epoch,
+            stamps,
             sparse: hashbrown::HashSet::new(),
         }
     }
@@ -66,17 +69,24 @@ impl Visited {
         if id >= VISITED_DENSE_MAX {
             return self.sparse.insert(id);
         }
-        let epoch = self.epoch;
-        VISITED_STAMPS.with(|v| {
-            let mut v = v.borrow_mut();
-            if v.1.len() <= id {
-                let n = (id + 1).next_power_of_two();
-                v.1.resize(n, 0);
+        if self.stamps.len() <= id {
+            self.stamps.resize((id + 1).next_power_of_two(), 0);
+        }
+        let fresh = self.stamps[id] != self.epoch;
+        self.stamps[id] = self.epoch;
+        fresh
+    }
+}
+
+impl Drop for Visited {
+    fn drop(&mut self) {
+        // Back to the thread for its next search (not when the thread is being torn down).
+        let stamps = std::mem::take(&mut self.stamps);
+        let _ = VISITED_STAMPS.try_with(|v| {
+            if let Ok(mut v) = v.try_borrow_mut() {
+                v.1 = stamps;
             }
-            let fresh = v.1[id] != epoch;
-            v.1[id] = epoch;
-            fresh
-        })
+        });
     }
 }
 use anndists::dist::distances::Distance;
