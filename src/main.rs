@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: the traversal and the engine allocate small, short-lived
+/// buffers per face, where glibc's malloc/free showed at ~9% of the insert profile
+/// (BENCHMARKS.md 9). Allocation never reaches a decision, so results are unchanged.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     // hnsw_rs logs every dump and load at INFO: only its warnings unless RUST_LOG asks. Colour
