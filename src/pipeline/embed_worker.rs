@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::{load_embedder, start_admin, PipelineError, RunSummary};
 use crate::config::Config;
-use crate::decode::{decode, embedding_envelope_with, Limits, Payload, Reason, Rejection};
+use crate::decode::{decode, embedding_envelope_with, Limits, Payload, Reason};
 use crate::engine::Face;
 use crate::sink::{producer, queue_send, DeadLetter};
 use crate::source::{collect_batch, consumer, Msg, Rebalances};
@@ -104,7 +104,7 @@ pub(super) async fn run(
                     }
                 }
                 Err(rejection) => {
-                    dead.push(letter(&m, rejection));
+                    dead.push(super::core::dead_letter(m, rejection));
                     continue;
                 }
             }
@@ -134,7 +134,9 @@ pub(super) async fn run(
                         metrics.faces_embedded.inc();
                         out.push((i, face));
                     }
-                    Err(rejection) => dead.push(letter(&msgs[i], rejection)),
+                    Err(rejection) => {
+                        dead.push(super::core::dead_letter(msgs[i].clone(), rejection))
+                    }
                 }
             }
             // Out in input order.
@@ -215,17 +217,5 @@ pub(super) async fn run(
     match failed {
         Some(e) => Err(e),
         None => Ok(summary),
-    }
-}
-
-fn letter(m: &Msg, rejection: Rejection) -> DeadLetter {
-    DeadLetter {
-        key: m.key.clone(),
-        payload: m.payload.clone(),
-        headers: m.headers.clone(),
-        topic: m.topic.clone(),
-        partition: m.partition,
-        offset: m.offset,
-        rejection,
     }
 }
