@@ -222,6 +222,81 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `con_` layer as dlib 19/20 store it (`con_4`): filters, square kernel, stride and padding,
+/// weights `[filters, channels, kh, kw]` then one bias per filter.
+#[derive(Debug)]
+pub struct ConParams {
+    pub filters: usize,
+    pub shape: [usize; 4],
+    pub stride: usize,
+    pub padding: usize,
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Reader<'_> {
+    /// Two equal counts (dlib stores y then x); anything else is a layout error.
+    pub fn square(&mut self, what: &str) -> Result<usize, FormatError> {
+        let a = self.count(what, 1 << 16)?;
+        let b = self.count(what, 1 << 16)?;
+        if a != b {
+            return Err(FormatError::Layout(format!("{what} {a}x{b} is not square")));
+        }
+        Ok(a)
+    }
+
+    /// The body of a `con_4` layer (after its name): params tensor, num_filters, kernel, stride,
+    /// padding (each rows then columns), the filter and bias alias tensors, four multipliers.
+    pub fn con_4(&mut self) -> Result<ConParams, FormatError> {
+        let (_, params) = self.tensor()?;
+        let filters = self.count("num_filters", 1 << 16)?;
+        let _kernel = self.square("kernel")?;
+        let stride = self.square("stride")?;
+        let padding = self.square("padding")?;
+        let shape = self.alias_tensor()?;
+        let bias_shape = self.alias_tensor()?;
+        for _ in 0..4 {
+            self.float()?; // learning-rate and weight-decay multipliers
+        }
+        let nw: usize = shape.iter().product();
+        let nb: usize = bias_shape.iter().product();
+        if params.len() != nw + nb || shape[0] != filters || nb != filters {
+            return Err(FormatError::Layout(format!(
+                "conv: {} parameters for filters {shape:?} and bias {bias_shape:?}",
+                params.len()
+            )));
+        }
+        Ok(ConParams {
+            filters,
+            shape,
+            stride,
+            padding,
+            weights: params[..nw].to_vec(),
+            bias: params[nw..].to_vec(),
+        })
+    }
+
+    /// The `add_layer` trailer after a layer's details: three bools, three (empty) tensors; the
+    /// innermost layer (the one on the input) adds its sample expansion factor.
+    pub fn layer_trailer(&mut self, innermost: bool) -> Result<(), FormatError> {
+        for _ in 0..3 {
+            self.bool()?;
+        }
+        for _ in 0..3 {
+            let (shape, _) = self.tensor()?;
+            if shape.iter().product::<usize>() != 0 {
+                return Err(FormatError::Layout(format!(
+                    "non-empty trailer tensor {shape:?}"
+                )));
+            }
+        }
+        if innermost {
+            self.int()?; // sample expansion factor
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod chip;
+pub mod detect;
 pub mod dlib_format;
 pub mod image;
 pub mod landmarks;

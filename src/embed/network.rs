@@ -107,15 +107,6 @@ impl Layer {
     }
 }
 
-fn square(r: &mut Reader, what: &str) -> Result<usize, FormatError> {
-    let a = r.count(what, 1 << 16)?;
-    let b = r.count(what, 1 << 16)?;
-    if a != b {
-        return Err(FormatError::Layout(format!("{what} {a}x{b} is not square")));
-    }
-    Ok(a)
-}
-
 fn read_layer(r: &mut Reader, name: &str) -> Result<Layer, FormatError> {
     Ok(match name {
         "input_rgb_image_sized" => {
@@ -125,31 +116,14 @@ fn read_layer(r: &mut Reader, name: &str) -> Result<Layer, FormatError> {
             Layer::Input { mean, rows, cols }
         }
         "con_4" => {
-            let (_, params) = r.tensor()?;
-            let filters = r.count("num_filters", 1 << 16)?;
-            let _kernel = square(r, "kernel")?;
-            let stride = square(r, "stride")?;
-            let padding = square(r, "padding")?;
-            let shape = r.alias_tensor()?;
-            let bias_shape = r.alias_tensor()?;
-            for _ in 0..4 {
-                r.float()?; // learning-rate and weight-decay multipliers
-            }
-            let nw: usize = shape.iter().product();
-            let nb: usize = bias_shape.iter().product();
-            if params.len() != nw + nb || shape[0] != filters || nb != filters {
-                return Err(FormatError::Layout(format!(
-                    "conv: {} parameters for filters {shape:?} and bias {bias_shape:?}",
-                    params.len()
-                )));
-            }
+            let c = r.con_4()?;
             Layer::Conv {
-                filters,
-                shape,
-                stride,
-                padding,
-                weights: params[..nw].to_vec(),
-                bias: params[nw..].to_vec(),
+                filters: c.filters,
+                shape: c.shape,
+                stride: c.stride,
+                padding: c.padding,
+                weights: c.weights,
+                bias: c.bias,
             }
         }
         "affine_" => {
@@ -170,9 +144,9 @@ fn read_layer(r: &mut Reader, name: &str) -> Result<Layer, FormatError> {
         }
         "relu_" => Layer::Relu,
         "max_pool_2" | "avg_pool_2" => {
-            let size = square(r, "pool window")?;
-            let stride = square(r, "pool stride")?;
-            let padding = square(r, "pool padding")?;
+            let size = r.square("pool window")?;
+            let stride = r.square("pool stride")?;
+            let padding = r.square("pool padding")?;
             if name == "max_pool_2" {
                 Layer::MaxPool {
                     size,
@@ -214,25 +188,6 @@ fn read_layer(r: &mut Reader, name: &str) -> Result<Layer, FormatError> {
     })
 }
 
-/// add_layer trailer: three bools, three (empty) tensors; the innermost layer adds an int.
-fn read_trailer(r: &mut Reader, innermost: bool) -> Result<(), FormatError> {
-    for _ in 0..3 {
-        r.bool()?;
-    }
-    for _ in 0..3 {
-        let (shape, _) = r.tensor()?;
-        if shape.iter().product::<usize>() != 0 {
-            return Err(FormatError::Layout(format!(
-                "non-empty trailer tensor {shape:?}"
-            )));
-        }
-    }
-    if innermost {
-        r.int()?; // sample expansion factor
-    }
-    Ok(())
-}
-
 fn parse(data: &[u8]) -> Result<Vec<Layer>, FormatError> {
     let mut r = Reader::new(data);
     let v = r.int()?;
@@ -263,7 +218,7 @@ fn parse(data: &[u8]) -> Result<Vec<Layer>, FormatError> {
         let is_input = matches!(layer, Layer::Input { .. });
         layers.push(layer);
         if !is_input {
-            read_trailer(&mut r, layers.len() == 2)?;
+            r.layer_trailer(layers.len() == 2)?;
         }
         if layers.len() > 1000 {
             return Err(FormatError::Layout("more than 1000 layers".into()));

@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod dead_letters;
+mod detector;
 mod domains;
 mod engine_props;
 mod layout;
