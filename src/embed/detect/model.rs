@@ -36,12 +36,19 @@ pub struct Conv {
     relu: bool,
 }
 
+/// A convolution as stored, with the batch norm (scale, shift per filter) and relu after it.
+pub struct StoredConv {
+    pub con: ConParams,
+    pub bn: Option<(Vec<f32>, Vec<f32>)>,
+    pub relu: bool,
+}
+
 /// The file as read: options, input means and pyramid padding, layers.
 pub struct Parsed {
     pub options: MmodOptions,
     pub mean: [f32; 3],
     pub padding: (i64, i64),
-    pub convs: Vec<(ConParams, Option<(Vec<f32>, Vec<f32>)>, bool)>,
+    pub convs: Vec<StoredConv>,
 }
 
 fn layout(msg: String) -> FormatError {
@@ -130,12 +137,16 @@ pub fn parse(data: &[u8]) -> Result<Parsed, FormatError> {
             )))
         }
     };
-    let mut convs: Vec<(ConParams, Option<(Vec<f32>, Vec<f32>)>, bool)> = Vec::new();
+    let mut convs: Vec<StoredConv> = Vec::new();
     let mut n_layers = 0;
     while !r.at_end() {
         let name = r.string(64)?;
         match name.as_str() {
-            "con_4" => convs.push((r.con_4()?, None, false)),
+            "con_4" => convs.push(StoredConv {
+                con: r.con_4()?,
+                bn: None,
+                relu: false,
+            }),
             "bn_con2" => {
                 let (_, params) = r.tensor()?;
                 r.alias_tensor()?;
@@ -150,10 +161,10 @@ pub fn parse(data: &[u8]) -> Result<Parsed, FormatError> {
                     r.float()?;
                 }
                 let eps = r.float()? as f32;
-                let Some(last) = convs.last_mut().filter(|c| c.1.is_none() && !c.2) else {
+                let Some(last) = convs.last_mut().filter(|c| c.bn.is_none() && !c.relu) else {
                     return Err(layout("bn_con without a conv before it".into()));
                 };
-                let k = last.0.filters;
+                let k = last.con.filters;
                 if params.len() != 2 * k || mean.len() != k || var.len() != k {
                     return Err(layout(format!(
                         "bn_con of {} values after {k} filters",
@@ -162,10 +173,10 @@ pub fn parse(data: &[u8]) -> Result<Parsed, FormatError> {
                 }
                 let scale: Vec<f32> = (0..k).map(|i| params[i] / (var[i] + eps).sqrt()).collect();
                 let shift: Vec<f32> = (0..k).map(|i| params[k + i] - mean[i] * scale[i]).collect();
-                last.1 = Some((scale, shift));
+                last.bn = Some((scale, shift));
             }
             "relu_" => match convs.last_mut() {
-                Some(last) if !last.2 => last.2 = true,
+                Some(last) if !last.relu => last.relu = true,
                 _ => return Err(layout("relu without a conv before it".into())),
             },
             other => return Err(layout(format!("unsupported layer '{other}'"))),
@@ -177,7 +188,7 @@ pub fn parse(data: &[u8]) -> Result<Parsed, FormatError> {
         }
     }
     match convs.last() {
-        Some(c) if c.0.filters == windows.len() && c.1.is_none() && !c.2 => {}
+        Some(c) if c.con.filters == windows.len() && c.bn.is_none() && !c.relu => {}
         _ => {
             return Err(layout(
                 "the last layer must be a convolution with one filter per detector window".into(),
@@ -202,13 +213,10 @@ pub struct MmodNet {
 }
 
 impl MmodNet {
-    pub fn build(
-        convs: Vec<(ConParams, Option<(Vec<f32>, Vec<f32>)>, bool)>,
-        device: &Device,
-    ) -> candle_core::Result<Self> {
+    pub fn build(convs: Vec<StoredConv>, device: &Device) -> candle_core::Result<Self> {
         let convs = convs
             .into_iter()
-            .map(|(c, bn, relu)| {
+            .map(|StoredConv { con: c, bn, relu }| {
                 let (mut w, mut b) = (c.weights, c.bias);
                 if let Some((scale, shift)) = bn {
                     let per = c.shape[1] * c.shape[2] * c.shape[3];
