@@ -80,12 +80,15 @@ pub enum Reason {
     ImageDecode,
     ImageTooLarge,
     ImageUnusable,
+    NoFace,
+    FaceUncertain,
+    FaceTooSmall,
     Duplicate,
     BadQuality,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::UnknownFormat,
@@ -102,6 +105,9 @@ impl Reason {
         Reason::ImageDecode,
         Reason::ImageTooLarge,
         Reason::ImageUnusable,
+        Reason::NoFace,
+        Reason::FaceUncertain,
+        Reason::FaceTooSmall,
         Reason::Duplicate,
         Reason::BadQuality,
     ];
@@ -124,6 +130,9 @@ impl Reason {
             Reason::ImageDecode => "image_decode",
             Reason::ImageTooLarge => "image_too_large",
             Reason::ImageUnusable => "image_unusable",
+            Reason::NoFace => "no_face",
+            Reason::FaceUncertain => "face_uncertain",
+            Reason::FaceTooSmall => "face_too_small",
             Reason::Duplicate => "duplicate_in_batch",
             Reason::BadQuality => "bad_quality",
         }
@@ -137,6 +146,9 @@ impl From<&crate::embed::EmbedError> for Reason {
             EmbedError::Decode(_) => Reason::ImageDecode,
             EmbedError::TooLarge(_) => Reason::ImageTooLarge,
             EmbedError::Unusable(_) | EmbedError::Model(_) => Reason::ImageUnusable,
+            EmbedError::NoFace(_) => Reason::NoFace,
+            EmbedError::FaceUncertain(_) => Reason::FaceUncertain,
+            EmbedError::FaceTooSmall(_) => Reason::FaceTooSmall,
         }
     }
 }
@@ -338,6 +350,8 @@ pub fn decode(
             image_id: header_str(headers, "image_id")?,
             ts,
             quality: None,
+            face_box: None,
+            located: None,
         };
         return Ok(FaceMessage {
             face_id,
@@ -466,6 +480,7 @@ mod tests {
             image_id: Some("frame-9".into()),
             ts: Some(1700000000000),
             quality: None,
+            ..Default::default()
         };
         let bytes = embedding_envelope("f1", &meta, &[0.1, 0.2, 0.3]);
         let m = dec(None, &[], &bytes).unwrap();

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub proxies_refreshed: IntCounter,
     /// Image messages turned into identity vectors by this process's embedder.
     pub faces_embedded: IntCounter,
+    /// Embedded images by how their face was located (`embed.locate = "detect"`): `detected`,
+    /// or from the fixed box after `no_face` / `face_uncertain`.
+    pub embed_located: IntCounterVec,
     /// Faces assigned as weak (quality below `quality.min_score`): they never join clusters.
     pub faces_low_quality: IntCounter,
     /// Faces stored while a new state's calibration warm-up waits for its decision.
@@ -168,6 +171,11 @@ impl Metrics {
             embed_duration: histogram(
                 "embed_batch_duration_seconds",
                 "Time to embed one batch's images (decode, chip, network).",
+            ),
+            embed_located: counter_vec(
+                "embed_located_total",
+                "Embedded images by how the face was located: detected, or the fixed box after no_face / face_uncertain.",
+                "outcome",
             ),
             faces_rejected: counter_vec(
                 "faces_rejected_total",

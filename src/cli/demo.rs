@@ -281,6 +281,8 @@ pub fn run(
                     image_id: Some(format!("photo-{}", i / 2)),
                     ts: Some(1_700_000_000_000 + i as i64),
                     quality: None,
+                    face_box: None,
+                    located: None,
                 };
                 let payload = rows.payload(i, &id, &meta)?;
                 pending.push(send(&producer, faces_topic, &id, &payload).await?);

@@ -62,6 +62,23 @@ pub enum ChipKind {
     Centre,
 }
 
+/// Where the landmark model starts: a detected face box, or the fixed centred box.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Locate {
+    Detect,
+    Fixed,
+}
+
+/// What an image without a (certain) face becomes: embedded from the fixed box, flagged and
+/// counted, or dead-lettered as `no_face` / `face_uncertain`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoFace {
+    Fixed,
+    Reject,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
@@ -87,6 +104,12 @@ pub struct EmbedConfig {
     pub average_passes: bool,
     pub max_image_side: u32,
     pub flip_average: bool,
+    pub locate: Locate,
+    pub detector_path: PathBuf,
+    pub no_face: NoFace,
+    pub min_face_px: u32,
+    pub min_face_score: f32,
+    pub detect_max_side: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

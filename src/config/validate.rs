@@ -47,6 +47,27 @@ impl Config {
                 "true needs chip = \"aligned\" and landmark_passes >= 2 (one chip has nothing to average)",
             ));
         }
+        if !(1..=4096).contains(&m.min_face_px) {
+            return Err(bad(
+                "embed.min_face_px",
+                m.min_face_px,
+                "must be in 1..=4096",
+            ));
+        }
+        if !(-2.0..=2.0).contains(&m.min_face_score) {
+            return Err(bad(
+                "embed.min_face_score",
+                m.min_face_score,
+                "must be in [-2, 2] (dlib's threshold is 0)",
+            ));
+        }
+        if !(256..=8192).contains(&m.detect_max_side) {
+            return Err(bad(
+                "embed.detect_max_side",
+                m.detect_max_side,
+                "must be in 256..=8192",
+            ));
+        }
         if m.max_image_side < 16 {
             return Err(bad(
                 "embed.max_image_side",

@@ -68,28 +68,9 @@ impl Preprocessor {
         Ok(self.chip_of(&rgb))
     }
 
-    /// The chip for an already decoded image.
+    /// The chip for an already decoded image, the landmarks started from the fixed box.
     pub fn chip_of(&self, rgb: &RgbImage) -> Vec<u8> {
-        match &self.mode {
-            ChipMode::Centre { crop_fraction } => {
-                centre_chip(rgb, f64::from(*crop_fraction), CHIP_SIZE_PX)
-            }
-            ChipMode::Aligned {
-                predictor,
-                box_fraction,
-                padding,
-                landmark_passes,
-            } => {
-                let rect = landmarks::centred_box(rgb.width, rgb.height, f64::from(*box_fraction));
-                let parts = predictor.predict_passes(
-                    rgb,
-                    rect,
-                    *landmark_passes,
-                    &landmarks::DETECTOR_BOX_MAP,
-                );
-                align::face_chip(rgb, &parts, CHIP_SIZE_PX, f64::from(*padding))
-            }
-        }
+        self.chips_at(rgb, None, false).pop().unwrap_or_default()
     }
 
     /// The chips of every landmark pass, first to last (`Aligned` with `landmark_passes` = n: n
@@ -97,20 +78,64 @@ impl Preprocessor {
     /// vectors: each pass aligns the face slightly differently, and the mean of the vectors is
     /// a steadier estimate than any one (as dlib's `num_jitters`, without the randomness).
     pub fn pass_chips_of(&self, rgb: &RgbImage) -> Vec<Vec<u8>> {
+        self.chips_at(rgb, None, true)
+    }
+
+    /// The fixed face box of `Aligned` for an image of this size (`box_fraction`), or None.
+    pub fn fixed_box(&self, width: usize, height: usize) -> Option<landmarks::Rect> {
         match &self.mode {
-            ChipMode::Centre { .. } => vec![self.chip_of(rgb)],
+            ChipMode::Centre { .. } => None,
+            ChipMode::Aligned { box_fraction, .. } => Some(landmarks::centred_box(
+                width,
+                height,
+                f64::from(*box_fraction),
+            )),
+        }
+    }
+
+    /// The chips with the landmarks started from `face` (a detector's box; None: the fixed box):
+    /// every pass's with `all_passes`, else the last pass's only. `Centre` ignores `face`.
+    pub fn chips_at(
+        &self,
+        rgb: &RgbImage,
+        face: Option<landmarks::Rect>,
+        all_passes: bool,
+    ) -> Vec<Vec<u8>> {
+        match &self.mode {
+            ChipMode::Centre { crop_fraction } => {
+                vec![centre_chip(rgb, f64::from(*crop_fraction), CHIP_SIZE_PX)]
+            }
             ChipMode::Aligned {
                 predictor,
                 box_fraction,
                 padding,
                 landmark_passes,
             } => {
-                let rect = landmarks::centred_box(rgb.width, rgb.height, f64::from(*box_fraction));
-                predictor
-                    .predict_each_pass(rgb, rect, *landmark_passes, &landmarks::DETECTOR_BOX_MAP)
-                    .iter()
-                    .map(|parts| align::face_chip(rgb, parts, CHIP_SIZE_PX, f64::from(*padding)))
-                    .collect()
+                let rect = face.unwrap_or_else(|| {
+                    landmarks::centred_box(rgb.width, rgb.height, f64::from(*box_fraction))
+                });
+                let chip =
+                    |parts: &_| align::face_chip(rgb, parts, CHIP_SIZE_PX, f64::from(*padding));
+                if all_passes {
+                    predictor
+                        .predict_each_pass(
+                            rgb,
+                            rect,
+                            *landmark_passes,
+                            &landmarks::DETECTOR_BOX_MAP,
+                        )
+                        .iter()
+                        .map(chip)
+                        .collect()
+                } else {
+                    let parts = predictor.predict_passes(
+                        rgb,
+                        rect,
+                        *landmark_passes,
+                        &landmarks::DETECTOR_BOX_MAP,
+                    );
+                    vec![chip(&parts)]
+                }
             }
         }
     }

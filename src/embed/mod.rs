@@ -16,8 +16,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use thiserror::Error;
 
-use crate::config::{ChipKind, Config, EmbedConfig, Precision};
+use crate::config::{ChipKind, Config, EmbedConfig, Locate, Precision};
 use crate::embed::chip::{ChipMode, Preprocessor};
+use crate::embed::detect::{DetectorError, FaceDetector};
 use crate::embed::image::{DecodeError, DecodeLimits, RgbImage};
 use crate::embed::landmarks::{AlignError, ShapePredictor};
 use crate::embed::network::{DlibResNet, ResNetError, DIM};
@@ -34,6 +35,15 @@ pub enum EmbedError {
     /// Decodable but unusable (for example smaller than the chip needs).
     #[error("image unusable: {0}")]
     Unusable(String),
+    /// `embed.locate = "detect"` with `no_face = "reject"`: nothing in the image scored near a face.
+    #[error("no face found: {0}")]
+    NoFace(String),
+    /// `no_face = "reject"`: the best candidate scored below `embed.min_face_score`.
+    #[error("face uncertain: {0}")]
+    FaceUncertain(String),
+    /// The located face is smaller than `embed.min_face_px`.
+    #[error("face too small: {0}")]
+    FaceTooSmall(String),
     /// The network failed on the batch (a device error); the message is retried, not dead-lettered.
     #[error("model failure: {0}")]
     Model(String),
@@ -45,6 +55,9 @@ impl EmbedError {
             EmbedError::Decode(_) => "image_decode",
             EmbedError::TooLarge(_) => "image_too_large",
             EmbedError::Unusable(_) => "image_unusable",
+            EmbedError::NoFace(_) => "no_face",
+            EmbedError::FaceUncertain(_) => "face_uncertain",
+            EmbedError::FaceTooSmall(_) => "face_too_small",
             EmbedError::Model(_) => "model_failure",
         }
     }
@@ -56,6 +69,20 @@ impl EmbedError {
 pub struct EmbeddedFace {
     pub vector: Vec<f32>,
     pub quality: Option<f32>,
+    /// With `embed.locate = "detect"`: where the face was taken from and how it was found.
+    pub located: Option<Located>,
+}
+
+/// How the embedder found the face it embedded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    /// The box the landmarks started from, `[left, top, right, bottom]` inclusive, image pixels.
+    pub face_box: [i64; 4],
+    /// `detected` (the detector's box), or, embedded from the fixed box, `no_face` /
+    /// `face_uncertain` (the `clip_cluster_embed_located_total` outcomes).
+    pub outcome: &'static str,
+    /// The detector's score of the face (or of the best candidate), when there was one.
+    pub score: Option<f32>,
 }
 
 /// Turns encoded face crops into identity vectors.
@@ -114,6 +141,8 @@ pub enum EmbedSetupError {
     Model(#[from] ResNetError),
     #[error(transparent)]
     Landmarks(#[from] AlignError),
+    #[error("{0} (embed.locate = \"detect\" needs it: run tools/dlib/fetch_models.sh, or set embed.locate = \"fixed\")")]
+    Detector(#[from] DetectorError),
     #[error("embed.device = \"{device}\": {detail}")]
     Device { device: String, detail: String },
 }
@@ -155,6 +184,129 @@ pub struct DlibEmbedder {
     flip_average: bool,
     /// Average the vectors of every landmark pass's chip (`embed.average_passes`).
     average_passes: bool,
+    /// `embed.locate = "detect"`: the face detector and what to do with its findings.
+    locator: Option<Locator>,
+}
+
+/// The detector and the `embed.*` settings that decide which box an image's face comes from.
+pub struct Locator {
+    pub detector: crate::embed::detect::FaceDetector,
+    pub no_face: crate::config::NoFace,
+    pub min_face_px: u32,
+    pub min_face_score: f32,
+    pub max_side: u32,
+}
+
+/// Candidates this far below `min_face_score` still make an image `face_uncertain`, not `no_face`.
+const UNCERTAIN_MARGIN: f32 = 0.5;
+
+/// Where one image's face is: the box to start the landmarks from (None: the fixed box) and how
+/// it was found, or why the image is refused.
+type Placement = Result<(Option<landmarks::Rect>, Option<Located>), EmbedError>;
+
+impl Locator {
+    /// One placement per image, the detector batched over images of one size.
+    fn place(
+        &self,
+        prep: &Preprocessor,
+        images: &[&RgbImage],
+        batch: usize,
+    ) -> Result<Vec<Placement>, EmbedError> {
+        // Scaled copies for the detector where an image is longer than max_side.
+        let scaled: Vec<Option<(RgbImage, f64)>> = images
+            .iter()
+            .map(|img| {
+                let long = img.width.max(img.height);
+                (long > self.max_side as usize).then(|| {
+                    let s = self.max_side as f64 / long as f64;
+                    let (w, h) = (
+                        ((img.width as f64 * s).round() as usize).max(1),
+                        ((img.height as f64 * s).round() as usize).max(1),
+                    );
+                    let px = crate::embed::image::resize_bilinear(
+                        img,
+                        (0, 0, img.width, img.height),
+                        w,
+                        h,
+                    );
+                    (
+                        RgbImage {
+                            width: w,
+                            height: h,
+                            pixels: px,
+                        },
+                        img.width as f64 / w as f64,
+                    )
+                })
+            })
+            .collect();
+        let refs: Vec<&RgbImage> = images
+            .iter()
+            .zip(&scaled)
+            .map(|(img, s)| s.as_ref().map_or(*img, |(i, _)| i))
+            .collect();
+        let found = self
+            .detector
+            .detect(&refs, self.min_face_score - UNCERTAIN_MARGIN, batch)
+            .map_err(|e| EmbedError::Model(format!("face detector: {e}")))?;
+        Ok(images
+            .iter()
+            .zip(found)
+            .zip(&scaled)
+            .map(|((img, dets), s)| {
+                let k = s.as_ref().map_or(1.0, |(_, k)| *k);
+                let (cx, cy) = ((img.width as f64 - 1.0) / 2.0, (img.height as f64 - 1.0) / 2.0);
+                let dist = |d: &crate::embed::detect::Detection| {
+                    let (x, y) = ((d.rect.l + d.rect.r) as f64 * k / 2.0, (d.rect.t + d.rect.b) as f64 * k / 2.0);
+                    (x - cx).hypot(y - cy)
+                };
+                // The certain face nearest the centre; else the best candidate, if any.
+                let certain = dets
+                    .iter()
+                    .filter(|d| d.confidence >= self.min_face_score)
+                    .min_by(|a, b| dist(a).total_cmp(&dist(b)));
+                let scale = |r: crate::embed::detect::IRect| landmarks::Rect {
+                    left: (r.l as f64 * k).round() as i64,
+                    top: (r.t as f64 * k).round() as i64,
+                    right: (r.r as f64 * k).round() as i64,
+                    bottom: (r.b as f64 * k).round() as i64,
+                };
+                let size = format!("{}x{}", img.width, img.height);
+                match certain {
+                    Some(d) => {
+                        let rect = scale(d.rect);
+                        let side = rect.width().min(rect.height());
+                        if side < i64::from(self.min_face_px) {
+                            return Err(EmbedError::FaceTooSmall(format!(
+                                "the face found is {side} px, below embed.min_face_px = {}", self.min_face_px
+                            )));
+                        }
+                        Ok((Some(rect), Some(Located { face_box: [rect.left, rect.top, rect.right, rect.bottom], outcome: "detected", score: Some(d.confidence) })))
+                    }
+                    None => {
+                        let best = dets.first().map(|d| d.confidence);
+                        let (outcome, why) = match best {
+                            Some(b) => ("face_uncertain", format!("the best candidate in the {size} image scored {b:.3}, below embed.min_face_score = {}", self.min_face_score)),
+                            None => ("no_face", format!("the detector found nothing in the {size} image")),
+                        };
+                        if self.no_face == crate::config::NoFace::Reject {
+                            return Err(if best.is_some() { EmbedError::FaceUncertain(why) } else { EmbedError::NoFace(why) });
+                        }
+                        let Some(rect) = prep.fixed_box(img.width, img.height) else {
+                            return Ok((None, None));
+                        };
+                        let side = rect.width().min(rect.height());
+                        if side < i64::from(self.min_face_px) {
+                            return Err(EmbedError::FaceTooSmall(format!(
+                                "{why}, and the fixed box of the {size} image is {side} px, below embed.min_face_px = {}", self.min_face_px
+                            )));
+                        }
+                        Ok((None, Some(Located { face_box: [rect.left, rect.top, rect.right, rect.bottom], outcome, score: best })))
+                    }
+                }
+            })
+            .collect())
+    }
 }
 
 impl DlibEmbedder {
@@ -184,12 +336,23 @@ impl DlibEmbedder {
                 landmark_passes: e.landmark_passes,
             },
         };
+        let locator = match (e.locate, e.chip) {
+            (Locate::Detect, ChipKind::Aligned) => Some(Locator {
+                detector: FaceDetector::load(&e.detector_path, &dev)?,
+                no_face: e.no_face,
+                min_face_px: e.min_face_px,
+                min_face_score: e.min_face_score,
+                max_side: e.detect_max_side,
+            }),
+            _ => None,
+        };
         Ok(DlibEmbedder {
             net,
             prep: Preprocessor { limits, mode },
             batch_size: e.batch_size,
             flip_average: e.flip_average,
             average_passes: e.average_passes,
+            locator,
         })
     }
 
@@ -201,18 +364,26 @@ impl DlibEmbedder {
         &self.net
     }
 
+    /// Where each image's face is: the detector's placement with `locate = "detect"`, else the
+    /// fixed box for all.
+    pub fn place(&self, images: &[&RgbImage]) -> Result<Vec<Placement>, EmbedError> {
+        match &self.locator {
+            Some(l) => l.place(&self.prep, images, self.batch_size),
+            None => Ok(images.iter().map(|_| Ok((None, None))).collect()),
+        }
+    }
+
     /// Chips for a batch of decoded images, cut in parallel (rayon); one group per image: its
-    /// chip, or with `average_passes` the chip of every landmark pass.
-    pub fn chips(&self, images: &[&RgbImage]) -> Vec<Vec<Vec<u8>>> {
+    /// chip, or with `average_passes` the chip of every landmark pass, the landmarks started from
+    /// the image's placement (`place`).
+    pub fn chips(&self, images: &[&RgbImage], placed: &[Placement]) -> Vec<Vec<Vec<u8>>> {
         use rayon::prelude::*;
         images
             .par_iter()
-            .map(|rgb| {
-                if self.average_passes {
-                    self.prep.pass_chips_of(rgb)
-                } else {
-                    vec![self.prep.chip_of(rgb)]
-                }
+            .zip(placed.par_iter())
+            .map(|(rgb, p)| match p {
+                Ok((rect, _)) => self.prep.chips_at(rgb, *rect, self.average_passes),
+                Err(_) => Vec::new(),
             })
             .collect()
     }
@@ -242,8 +413,19 @@ impl FaceEmbedder for DlibEmbedder {
     fn model_id(&self) -> String {
         let flip = if self.flip_average { "+flip" } else { "" };
         let passes = if self.average_passes { "+passavg" } else { "" };
+        // The detector is part of the embedder's identity; fixed-box ids are those of before it.
+        let locate = match &self.locator {
+            Some(l) => format!(
+                "+det{}-s{}-m{}-x{}",
+                &l.detector.sha256()[..8],
+                l.min_face_score,
+                l.min_face_px,
+                l.max_side
+            ),
+            None => String::new(),
+        };
         format!(
-            "dlib-resnet-v1-{}/{}{flip}{passes}",
+            "dlib-resnet-v1-{}/{}{flip}{passes}{locate}",
             &self.net.sha256()[..8],
             self.prep.id()
         )
@@ -258,7 +440,11 @@ impl FaceEmbedder for DlibEmbedder {
     }
 
     fn embed_images(&self, images: &[&RgbImage]) -> Vec<Result<EmbeddedFace, EmbedError>> {
-        let chips = self.chips(images);
+        let placed = match self.place(images) {
+            Ok(p) => p,
+            Err(e) => return images.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let chips = self.chips(images, &placed);
         let side = crate::embed::network::CHIP;
         let params = crate::embed::quality::QualityParams::default();
         let ok: Vec<&[u8]> = chips.iter().flatten().map(Vec::as_slice).collect();
@@ -269,7 +455,12 @@ impl FaceEmbedder for DlibEmbedder {
         let missing = || EmbedError::Model("missing output row".into());
         chips
             .into_iter()
-            .map(|group| {
+            .zip(placed)
+            .map(|(group, placement)| {
+                let located = match placement {
+                    Ok((_, located)) => located,
+                    Err(e) => return Err(e),
+                };
                 (|| {
                     // The mean of the image's chips' vectors (one chip: that chip's vector).
                     let mut sum = vectors.next().ok_or_else(missing)?;
@@ -285,6 +476,7 @@ impl FaceEmbedder for DlibEmbedder {
                     Ok(EmbeddedFace {
                         vector: sum,
                         quality,
+                        located,
                     })
                 })()
             })

@@ -156,6 +156,8 @@ pub const NO_META: FaceMeta = FaceMeta {
     image_id: None,
     ts: None,
     quality: None,
+    face_box: None,
+    located: None,
 };
 
 impl Face {
@@ -195,6 +197,14 @@ pub struct FaceMeta {
     /// unknown, treated as good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<f32>,
+    /// The face's box in its image, `[left, top, right, bottom]` inclusive pixels, when the
+    /// embedder located it (`embed.locate = "detect"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_box: Option<[i64; 4]>,
+    /// How the embedder located it: `detected`, or embedded from the fixed box after `no_face`
+    /// / `face_uncertain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub located: Option<String>,
 }
 
 /// What happened, in the order it happened. Cluster ids are stable: a merge keeps the older id,

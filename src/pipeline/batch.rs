@@ -60,6 +60,12 @@ impl Daemon {
             match r {
                 Ok(face) => {
                     self.metrics.faces_embedded.inc();
+                    if let Some(outcome) = &face.meta.located {
+                        self.metrics
+                            .embed_located
+                            .with_label_values(&[outcome])
+                            .inc();
+                    }
                     work[w].1[g] = face;
                 }
                 Err(rejection) => {

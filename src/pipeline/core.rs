@@ -148,6 +148,10 @@ pub fn embed_faces(
             face.vector = embedded.vector;
             face.variants = x;
             face.meta.quality = face.meta.quality.or(embedded.quality);
+            if let Some(l) = embedded.located {
+                face.meta.face_box = Some(l.face_box);
+                face.meta.located = Some(l.outcome.to_string());
+            }
             Ok(face)
         })
         .collect())
@@ -191,6 +195,7 @@ mod tests {
                     Ok(EmbeddedFace {
                         vector: v,
                         quality: Some(0.5),
+                        located: None,
                     })
                 })
                 .collect()

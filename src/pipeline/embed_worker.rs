@@ -132,6 +132,9 @@ pub(super) async fn run(
                 match r {
                     Ok(face) => {
                         metrics.faces_embedded.inc();
+                        if let Some(outcome) = &face.meta.located {
+                            metrics.embed_located.with_label_values(&[outcome]).inc();
+                        }
                         out.push((i, face));
                     }
                     Err(rejection) => {

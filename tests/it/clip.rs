@@ -574,6 +574,7 @@ fn clip_stage_honours_the_configured_image_limits() {
                     Ok(clip_cluster::embed::EmbeddedFace {
                         vector: self.1.clone(),
                         quality: None,
+                        located: None,
                     })
                 })
                 .collect()

@@ -117,6 +117,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
             quality: None,
+            ..Default::default()
         };
         r.apply(
             &[clip_cluster::engine::Face {

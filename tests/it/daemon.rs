@@ -33,6 +33,7 @@ fn reference(vs: &[Vec<f32>], dim: usize) -> (Vec<Option<u64>>, BTreeMap<u64, se
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
             quality: None,
+            ..Default::default()
         };
         c.apply(
             &[clip_cluster::engine::Face {

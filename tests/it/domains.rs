@@ -79,6 +79,7 @@ fn faces_of(p: i32, n: usize, first: usize) -> Faces {
             image_id: Some(format!("img-{}", i / 2)),
             ts: Some(i as i64),
             quality: None,
+            ..Default::default()
         })
         .collect();
     Faces { ids, vs, metas }

@@ -203,6 +203,7 @@ pub fn face_payload(i: usize, v: &[f32]) -> Vec<u8> {
         image_id: Some(format!("img-{}", i / 2)),
         ts: Some(i as i64),
         quality: None,
+        ..Default::default()
     };
     embedding_envelope(&format!("face-{i}"), &meta, v)
 }
