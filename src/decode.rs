@@ -47,6 +47,9 @@ pub struct Limits {
     /// `source.key_is_face_id`: a message without a face id takes its key as the face id,
     /// instead of being refused as `missing_face_id`.
     pub key_is_face_id: bool,
+    /// `embed.faces_per_image = "all"`: an image without a face id (nor a key taken as one)
+    /// names its faces after its `image_id` (`<image_id>#<n>`).
+    pub image_id_names_faces: bool,
 }
 
 impl Limits {
@@ -56,6 +59,7 @@ impl Limits {
             max_message_bytes: cfg.source.max_message_bytes,
             dim: cfg.model.dim,
             key_is_face_id: cfg.source.key_is_face_id,
+            image_id_names_faces: cfg.embed.faces_per_image == crate::config::FacesPerImage::All,
         }
     }
 }
@@ -83,12 +87,13 @@ pub enum Reason {
     NoFace,
     FaceUncertain,
     FaceTooSmall,
+    FaceCut,
     Duplicate,
     BadQuality,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::TooLarge,
         Reason::Empty,
         Reason::UnknownFormat,
@@ -108,6 +113,7 @@ impl Reason {
         Reason::NoFace,
         Reason::FaceUncertain,
         Reason::FaceTooSmall,
+        Reason::FaceCut,
         Reason::Duplicate,
         Reason::BadQuality,
     ];
@@ -133,6 +139,7 @@ impl Reason {
             Reason::NoFace => "no_face",
             Reason::FaceUncertain => "face_uncertain",
             Reason::FaceTooSmall => "face_too_small",
+            Reason::FaceCut => "face_cut",
             Reason::Duplicate => "duplicate_in_batch",
             Reason::BadQuality => "bad_quality",
         }
@@ -149,6 +156,7 @@ impl From<&crate::embed::EmbedError> for Reason {
             EmbedError::NoFace(_) => Reason::NoFace,
             EmbedError::FaceUncertain(_) => Reason::FaceUncertain,
             EmbedError::FaceTooSmall(_) => Reason::FaceTooSmall,
+            EmbedError::FaceCut(_) => Reason::FaceCut,
         }
     }
 }
@@ -272,7 +280,7 @@ pub fn decode(
         let hint = if limits.key_is_face_id {
             " and no (UTF-8) message key"
         } else {
-            "; send one (the message key is the face id only with source.key_is_face_id = true)"
+            "; send one (the message key is the face id only with source.key_is_face_id = true; an image's image_id names its faces only with embed.faces_per_image = \"all\")"
         };
         reject(Reason::MissingFaceId, format!("no face_id {carrier}{hint}"))
     };
@@ -288,10 +296,16 @@ pub fn decode(
                 ));
             }
         }
+        let by_image = env
+            .image_b64
+            .as_ref()
+            .and(env.meta.image_id.clone())
+            .filter(|s| limits.image_id_names_faces && !s.is_empty());
         let face_id = env
             .face_id
             .filter(|s| !s.is_empty())
             .or(key_id)
+            .or(by_image)
             .ok_or_else(|| missing("in the envelope"))?;
         let payload = match (env.embedding, env.image_b64) {
             (Some(_), Some(_)) => {
@@ -332,9 +346,12 @@ pub fn decode(
         });
     }
     if is_image(bytes) {
+        let by_image = header_str(headers, "image_id")?
+            .filter(|s| limits.image_id_names_faces && !s.is_empty());
         let face_id = header_str(headers, "face_id")?
             .filter(|s| !s.is_empty())
             .or(key_id)
+            .or(by_image)
             .ok_or_else(|| missing("header"))?;
         let ts = match header_str(headers, "ts")? {
             None => None,
@@ -450,6 +467,7 @@ mod tests {
         max_message_bytes: 4096,
         dim: 3,
         key_is_face_id: false,
+        image_id_names_faces: false,
     };
 
     fn dec_with(
@@ -572,6 +590,31 @@ mod tests {
         assert_eq!(m.face_id, "f1");
         let m = dec(Some("tenant-1"), &[("face_id", "f2")], &jpeg).unwrap();
         assert_eq!(m.face_id, "f2");
+    }
+
+    #[test]
+    fn an_images_id_names_its_faces_only_with_faces_per_image_all() {
+        let jpeg = [0xFFu8, 0xD8, 0xFF, 0xE0, 0, 0];
+        let headers = [("image_id", "photo-3")];
+        let err = dec(None, &headers, &jpeg).unwrap_err();
+        assert_eq!(err.reason, Reason::MissingFaceId);
+        assert!(err.message.contains("faces_per_image"), "{}", err.message);
+        let all = Limits {
+            image_id_names_faces: true,
+            ..L
+        };
+        assert_eq!(
+            dec_with(&all, None, &headers, &jpeg).unwrap().face_id,
+            "photo-3"
+        );
+        // A face id given wins; an embedding is one face and needs its own id.
+        let named = [("image_id", "photo-3"), ("face_id", "f9")];
+        assert_eq!(dec_with(&all, None, &named, &jpeg).unwrap().face_id, "f9");
+        let env = br#"{"image_id":"photo-3","embedding":[1,0,0]}"#;
+        assert_eq!(
+            dec_with(&all, None, &[], env).unwrap_err().reason,
+            Reason::MissingFaceId
+        );
     }
 
     #[test]

@@ -14,14 +14,48 @@ pub struct Args {
     pub chip: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Instead of the pairs: the photo check on N collages of 2-6 LFW faces (src/eval/photos.rs):
+    /// faces found with embed.faces_per_image = "all", and each one's cosine to the same image
+    /// embedded alone.
+    #[arg(long, value_name = "N")]
+    pub photos: Option<usize>,
 }
 
 pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
-    let Args { lfw, chip, json } = args;
-    let cfg = config_with_chip(config, chip)?;
+    let Args {
+        lfw,
+        chip,
+        json,
+        photos,
+    } = args;
+    let mut cfg = config_with_chip(config, chip)?;
+    // The protocol compares one face per image.
+    cfg.embed.faces_per_image = crate::config::FacesPerImage::One;
     let root = crate::eval::lfw::locate(lfw.as_deref())?;
     let embedder = crate::embed::DlibEmbedder::from_config(&cfg)?;
     let bar = progress_bar(json);
+    if let Some(n) = photos {
+        let mut all = cfg.clone();
+        all.embed.faces_per_image = crate::config::FacesPerImage::All;
+        all.validate()?;
+        let every = crate::embed::DlibEmbedder::from_config(&all)?;
+        let r = crate::eval::photos::photos(&root, &every, &embedder, n, &|i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+        })?;
+        bar.finish_and_clear();
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "LFW collages ({} collages, {} faces placed, {}): found {} ({:.2}%), {} extra\n  cosine to the face embedded alone: >= 0.99 for {} ({:.2}%), min {:.4}, median {:.4}; refused {:?}\n  {:.1} s",
+                r.collages, r.placed, r.model_id, r.found, 100.0 * r.found_fraction, r.extra,
+                r.within_099, 100.0 * r.within_099_fraction, r.cosine_min, r.cosine_median,
+                r.refused, r.seconds
+            );
+        }
+        return Ok(());
+    }
     let report = crate::eval::lfw::verify(&root, &embedder, 256, &|i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);

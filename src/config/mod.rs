@@ -79,6 +79,15 @@ pub enum NoFace {
     Reject,
 }
 
+/// How many faces one image gives: the face nearest its centre, or every face found (each its
+/// own face in the stream, `<face_id>#<n>`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FacesPerImage {
+    One,
+    All,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
@@ -109,7 +118,9 @@ pub struct EmbedConfig {
     pub no_face: NoFace,
     pub min_face_px: u32,
     pub min_face_score: f32,
+    pub max_face_outside: f32,
     pub detect_max_side: u32,
+    pub faces_per_image: FacesPerImage,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

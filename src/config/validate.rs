@@ -61,6 +61,22 @@ impl Config {
                 "must be in [-2, 2] (dlib's threshold is 0)",
             ));
         }
+        if !(0.0..=1.0).contains(&m.max_face_outside) {
+            return Err(bad(
+                "embed.max_face_outside",
+                m.max_face_outside,
+                "must be in [0, 1] (1 keeps faces however far they are cut by the border)",
+            ));
+        }
+        if m.faces_per_image == crate::config::FacesPerImage::All
+            && (m.locate != crate::config::Locate::Detect || m.chip != ChipKind::Aligned)
+        {
+            return Err(bad(
+                "embed.faces_per_image",
+                "\"all\"",
+                "needs locate = \"detect\" and chip = \"aligned\" (only the detector finds several faces)",
+            ));
+        }
         if !(256..=8192).contains(&m.detect_max_side) {
             return Err(bad(
                 "embed.detect_max_side",

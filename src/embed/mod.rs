@@ -8,7 +8,9 @@ pub mod detect;
 pub mod dlib_format;
 pub mod image;
 pub mod landmarks;
+pub mod locate;
 pub mod network;
+pub mod outcome;
 pub mod quality;
 
 use std::sync::Arc;
@@ -19,71 +21,11 @@ use thiserror::Error;
 use crate::config::{ChipKind, Config, EmbedConfig, Locate, Precision};
 use crate::embed::chip::{ChipMode, Preprocessor};
 use crate::embed::detect::{DetectorError, FaceDetector};
-use crate::embed::image::{DecodeError, DecodeLimits, RgbImage};
+use crate::embed::image::{DecodeLimits, RgbImage};
 use crate::embed::landmarks::{AlignError, ShapePredictor};
+pub use crate::embed::locate::{Locator, Placement, Spot};
 use crate::embed::network::{DlibResNet, ResNetError, DIM};
-
-/// Why one image could not be embedded. Each variant is a bounded metric label and dead-letter class.
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum EmbedError {
-    /// The bytes are not a decodable JPEG/PNG/WebP image (garbage, truncated, unknown format).
-    #[error("image could not be decoded: {0}")]
-    Decode(String),
-    /// Refused before decoding: too many bytes, too many pixels, or a side too long.
-    #[error("image too large: {0}")]
-    TooLarge(String),
-    /// Decodable but unusable (for example smaller than the chip needs).
-    #[error("image unusable: {0}")]
-    Unusable(String),
-    /// `embed.locate = "detect"` with `no_face = "reject"`: nothing in the image scored near a face.
-    #[error("no face found: {0}")]
-    NoFace(String),
-    /// `no_face = "reject"`: the best candidate scored below `embed.min_face_score`.
-    #[error("face uncertain: {0}")]
-    FaceUncertain(String),
-    /// The located face is smaller than `embed.min_face_px`.
-    #[error("face too small: {0}")]
-    FaceTooSmall(String),
-    /// The network failed on the batch (a device error); the message is retried, not dead-lettered.
-    #[error("model failure: {0}")]
-    Model(String),
-}
-
-impl EmbedError {
-    pub fn class(&self) -> &'static str {
-        match self {
-            EmbedError::Decode(_) => "image_decode",
-            EmbedError::TooLarge(_) => "image_too_large",
-            EmbedError::Unusable(_) => "image_unusable",
-            EmbedError::NoFace(_) => "no_face",
-            EmbedError::FaceUncertain(_) => "face_uncertain",
-            EmbedError::FaceTooSmall(_) => "face_too_small",
-            EmbedError::Model(_) => "model_failure",
-        }
-    }
-}
-
-/// One embedded face: its identity vector and, when the embedder can tell, its quality score
-/// (src/quality.rs, from the chip the network saw).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EmbeddedFace {
-    pub vector: Vec<f32>,
-    pub quality: Option<f32>,
-    /// With `embed.locate = "detect"`: where the face was taken from and how it was found.
-    pub located: Option<Located>,
-}
-
-/// How the embedder found the face it embedded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Located {
-    /// The box the landmarks started from, `[left, top, right, bottom]` inclusive, image pixels.
-    pub face_box: [i64; 4],
-    /// `detected` (the detector's box), or, embedded from the fixed box, `no_face` /
-    /// `face_uncertain` (the `clip_cluster_embed_located_total` outcomes).
-    pub outcome: &'static str,
-    /// The detector's score of the face (or of the best candidate), when there was one.
-    pub score: Option<f32>,
-}
+pub use crate::embed::outcome::{EmbedError, EmbeddedFace, Located};
 
 /// Turns encoded face crops into identity vectors.
 pub trait FaceEmbedder: Send + Sync {
@@ -97,12 +39,30 @@ pub trait FaceEmbedder: Send + Sync {
     /// Embeds a batch of decoded images. One result per input, in order; a bad image fails alone
     /// and never its neighbours in the batch.
     fn embed_images(&self, images: &[&RgbImage]) -> Vec<Result<EmbeddedFace, EmbedError>>;
+    /// Every face of each image (`embed.faces_per_image = "all"`, in reading order; with "one",
+    /// or an embedder without a detector, the one face `embed_images` gives). One result per
+    /// input, never an empty list.
+    fn embed_images_all(&self, images: &[&RgbImage]) -> Vec<Result<Vec<EmbeddedFace>, EmbedError>> {
+        self.embed_images(images)
+            .into_iter()
+            .map(|r| r.map(|f| vec![f]))
+            .collect()
+    }
+    /// Whether `embed_images_all` may give several faces per image (ids `<face_id>#<n>`).
+    fn faces_per_image_all(&self) -> bool {
+        false
+    }
     /// Decodes a batch of encoded images (JPEG/PNG/WebP bytes) within `limits` and embeds them:
     /// `decode_all`, then `embed_images`. Callers that need the decoded pixels again (CLIP) call
     /// the two themselves, so that no image is decoded twice.
     fn embed_encoded(&self, images: &[&[u8]]) -> Vec<Result<EmbeddedFace, EmbedError>> {
         let decoded = decode_all(images, self.limits());
         embed_decoded(self, &decoded)
+    }
+    /// `embed_encoded` with every face of each image (`embed_images_all`).
+    fn embed_encoded_all(&self, images: &[&[u8]]) -> Vec<Result<Vec<EmbeddedFace>, EmbedError>> {
+        let decoded = decode_all(images, self.limits());
+        embed_decoded_all(self, &decoded)
     }
 }
 
@@ -123,6 +83,24 @@ pub fn embed_decoded<E: FaceEmbedder + ?Sized>(
 ) -> Vec<Result<EmbeddedFace, EmbedError>> {
     let ok: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
     let mut results = embedder.embed_images(&ok).into_iter();
+    decoded
+        .iter()
+        .map(|d| match d {
+            Ok(_) => results
+                .next()
+                .unwrap_or_else(|| Err(EmbedError::Model("missing embedder output".into()))),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
+/// `embed_decoded` with every face of each image (`FaceEmbedder::embed_images_all`).
+pub fn embed_decoded_all<E: FaceEmbedder + ?Sized>(
+    embedder: &E,
+    decoded: &[Result<RgbImage, EmbedError>],
+) -> Vec<Result<Vec<EmbeddedFace>, EmbedError>> {
+    let ok: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+    let mut results = embedder.embed_images_all(&ok).into_iter();
     decoded
         .iter()
         .map(|d| match d {
@@ -188,127 +166,6 @@ pub struct DlibEmbedder {
     locator: Option<Locator>,
 }
 
-/// The detector and the `embed.*` settings that decide which box an image's face comes from.
-pub struct Locator {
-    pub detector: crate::embed::detect::FaceDetector,
-    pub no_face: crate::config::NoFace,
-    pub min_face_px: u32,
-    pub min_face_score: f32,
-    pub max_side: u32,
-}
-
-/// Candidates this far below `min_face_score` still make an image `face_uncertain`, not `no_face`.
-const UNCERTAIN_MARGIN: f32 = 0.5;
-
-/// Where one image's face is: the box to start the landmarks from (None: the fixed box) and how
-/// it was found, or why the image is refused.
-type Placement = Result<(Option<landmarks::Rect>, Option<Located>), EmbedError>;
-
-impl Locator {
-    /// One placement per image, the detector batched over images of one size.
-    fn place(
-        &self,
-        prep: &Preprocessor,
-        images: &[&RgbImage],
-        batch: usize,
-    ) -> Result<Vec<Placement>, EmbedError> {
-        // Scaled copies for the detector where an image is longer than max_side.
-        let scaled: Vec<Option<(RgbImage, f64)>> = images
-            .iter()
-            .map(|img| {
-                let long = img.width.max(img.height);
-                (long > self.max_side as usize).then(|| {
-                    let s = self.max_side as f64 / long as f64;
-                    let (w, h) = (
-                        ((img.width as f64 * s).round() as usize).max(1),
-                        ((img.height as f64 * s).round() as usize).max(1),
-                    );
-                    let px = crate::embed::image::resize_bilinear(
-                        img,
-                        (0, 0, img.width, img.height),
-                        w,
-                        h,
-                    );
-                    (
-                        RgbImage {
-                            width: w,
-                            height: h,
-                            pixels: px,
-                        },
-                        img.width as f64 / w as f64,
-                    )
-                })
-            })
-            .collect();
-        let refs: Vec<&RgbImage> = images
-            .iter()
-            .zip(&scaled)
-            .map(|(img, s)| s.as_ref().map_or(*img, |(i, _)| i))
-            .collect();
-        let found = self
-            .detector
-            .detect(&refs, self.min_face_score - UNCERTAIN_MARGIN, batch)
-            .map_err(|e| EmbedError::Model(format!("face detector: {e}")))?;
-        Ok(images
-            .iter()
-            .zip(found)
-            .zip(&scaled)
-            .map(|((img, dets), s)| {
-                let k = s.as_ref().map_or(1.0, |(_, k)| *k);
-                let (cx, cy) = ((img.width as f64 - 1.0) / 2.0, (img.height as f64 - 1.0) / 2.0);
-                let dist = |d: &crate::embed::detect::Detection| {
-                    let (x, y) = ((d.rect.l + d.rect.r) as f64 * k / 2.0, (d.rect.t + d.rect.b) as f64 * k / 2.0);
-                    (x - cx).hypot(y - cy)
-                };
-                // The certain face nearest the centre; else the best candidate, if any.
-                let certain = dets
-                    .iter()
-                    .filter(|d| d.confidence >= self.min_face_score)
-                    .min_by(|a, b| dist(a).total_cmp(&dist(b)));
-                let scale = |r: crate::embed::detect::IRect| landmarks::Rect {
-                    left: (r.l as f64 * k).round() as i64,
-                    top: (r.t as f64 * k).round() as i64,
-                    right: (r.r as f64 * k).round() as i64,
-                    bottom: (r.b as f64 * k).round() as i64,
-                };
-                let size = format!("{}x{}", img.width, img.height);
-                match certain {
-                    Some(d) => {
-                        let rect = scale(d.rect);
-                        let side = rect.width().min(rect.height());
-                        if side < i64::from(self.min_face_px) {
-                            return Err(EmbedError::FaceTooSmall(format!(
-                                "the face found is {side} px, below embed.min_face_px = {}", self.min_face_px
-                            )));
-                        }
-                        Ok((Some(rect), Some(Located { face_box: [rect.left, rect.top, rect.right, rect.bottom], outcome: "detected", score: Some(d.confidence) })))
-                    }
-                    None => {
-                        let best = dets.first().map(|d| d.confidence);
-                        let (outcome, why) = match best {
-                            Some(b) => ("face_uncertain", format!("the best candidate in the {size} image scored {b:.3}, below embed.min_face_score = {}", self.min_face_score)),
-                            None => ("no_face", format!("the detector found nothing in the {size} image")),
-                        };
-                        if self.no_face == crate::config::NoFace::Reject {
-                            return Err(if best.is_some() { EmbedError::FaceUncertain(why) } else { EmbedError::NoFace(why) });
-                        }
-                        let Some(rect) = prep.fixed_box(img.width, img.height) else {
-                            return Ok((None, None));
-                        };
-                        let side = rect.width().min(rect.height());
-                        if side < i64::from(self.min_face_px) {
-                            return Err(EmbedError::FaceTooSmall(format!(
-                                "{why}, and the fixed box of the {size} image is {side} px, below embed.min_face_px = {}", self.min_face_px
-                            )));
-                        }
-                        Ok((None, Some(Located { face_box: [rect.left, rect.top, rect.right, rect.bottom], outcome, score: best })))
-                    }
-                }
-            })
-            .collect())
-    }
-}
-
 impl DlibEmbedder {
     /// The embedder of a whole configuration: `[embed]`, with the image limits `[embed]` and
     /// `[source]` set.
@@ -342,7 +199,9 @@ impl DlibEmbedder {
                 no_face: e.no_face,
                 min_face_px: e.min_face_px,
                 min_face_score: e.min_face_score,
+                max_face_outside: e.max_face_outside,
                 max_side: e.detect_max_side,
+                all: e.faces_per_image == crate::config::FacesPerImage::All,
             }),
             _ => None,
         };
@@ -369,20 +228,22 @@ impl DlibEmbedder {
     pub fn place(&self, images: &[&RgbImage]) -> Result<Vec<Placement>, EmbedError> {
         match &self.locator {
             Some(l) => l.place(&self.prep, images, self.batch_size),
-            None => Ok(images.iter().map(|_| Ok((None, None))).collect()),
+            None => Ok(images.iter().map(|_| Ok(vec![(None, None)])).collect()),
         }
     }
 
-    /// Chips for a batch of decoded images, cut in parallel (rayon); one group per image: its
-    /// chip, or with `average_passes` the chip of every landmark pass, the landmarks started from
-    /// the image's placement (`place`).
-    pub fn chips(&self, images: &[&RgbImage], placed: &[Placement]) -> Vec<Vec<Vec<u8>>> {
+    /// Chips for a batch of decoded images, cut in parallel (rayon): for each image, for each of
+    /// its spots (`place`), its chip, or with `average_passes` the chip of every landmark pass.
+    pub fn chips(&self, images: &[&RgbImage], placed: &[Placement]) -> Vec<Vec<Vec<Vec<u8>>>> {
         use rayon::prelude::*;
         images
             .par_iter()
             .zip(placed.par_iter())
             .map(|(rgb, p)| match p {
-                Ok((rect, _)) => self.prep.chips_at(rgb, *rect, self.average_passes),
+                Ok(spots) => spots
+                    .iter()
+                    .map(|(rect, _)| self.prep.chips_at(rgb, *rect, self.average_passes))
+                    .collect(),
                 Err(_) => Vec::new(),
             })
             .collect()
@@ -435,11 +296,22 @@ impl FaceEmbedder for DlibEmbedder {
         DIM
     }
 
+    fn faces_per_image_all(&self) -> bool {
+        self.locator.as_ref().is_some_and(|l| l.all)
+    }
+
     fn limits(&self) -> &DecodeLimits {
         &self.prep.limits
     }
 
     fn embed_images(&self, images: &[&RgbImage]) -> Vec<Result<EmbeddedFace, EmbedError>> {
+        self.embed_images_all(images)
+            .into_iter()
+            .map(|r| r.map(|faces| faces.into_iter().next().expect("one face at least")))
+            .collect()
+    }
+
+    fn embed_images_all(&self, images: &[&RgbImage]) -> Vec<Result<Vec<EmbeddedFace>, EmbedError>> {
         let placed = match self.place(images) {
             Ok(p) => p,
             Err(e) => return images.iter().map(|_| Err(e.clone())).collect(),
@@ -447,38 +319,45 @@ impl FaceEmbedder for DlibEmbedder {
         let chips = self.chips(images, &placed);
         let side = crate::embed::network::CHIP;
         let params = crate::embed::quality::QualityParams::default();
-        let ok: Vec<&[u8]> = chips.iter().flatten().map(Vec::as_slice).collect();
+        let ok: Vec<&[u8]> = chips
+            .iter()
+            .flatten()
+            .flatten()
+            .map(Vec::as_slice)
+            .collect();
         let mut vectors = match self.embed_chips(&ok) {
             Ok(v) => v.into_iter(),
             Err(e) => return chips.iter().map(|_| Err(e.clone())).collect(),
         };
         let missing = || EmbedError::Model("missing output row".into());
+        let mut one = |group: &[Vec<u8>], located: Option<Located>| {
+            // The mean of the face's chips' vectors (one chip: that chip's vector).
+            let mut sum = vectors.next().ok_or_else(missing)?;
+            for _ in 1..group.len() {
+                let v = vectors.next().ok_or_else(missing)?;
+                sum.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+            let n = group.len().max(1) as f32;
+            sum.iter_mut().for_each(|a| *a /= n);
+            let quality = group
+                .last()
+                .map(|chip| crate::embed::quality::measure(chip, side).score(&params));
+            Ok(EmbeddedFace {
+                vector: sum,
+                quality,
+                located,
+            })
+        };
         chips
             .into_iter()
             .zip(placed)
-            .map(|(group, placement)| {
-                let located = match placement {
-                    Ok((_, located)) => located,
-                    Err(e) => return Err(e),
-                };
-                (|| {
-                    // The mean of the image's chips' vectors (one chip: that chip's vector).
-                    let mut sum = vectors.next().ok_or_else(missing)?;
-                    for _ in 1..group.len() {
-                        let v = vectors.next().ok_or_else(missing)?;
-                        sum.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-                    }
-                    let n = group.len().max(1) as f32;
-                    sum.iter_mut().for_each(|a| *a /= n);
-                    let quality = group
-                        .last()
-                        .map(|chip| crate::embed::quality::measure(chip, side).score(&params));
-                    Ok(EmbeddedFace {
-                        vector: sum,
-                        quality,
-                        located,
-                    })
-                })()
+            .map(|(groups, placement)| {
+                let spots = placement?;
+                groups
+                    .iter()
+                    .zip(spots)
+                    .map(|(group, (_, located))| one(group, located))
+                    .collect()
             })
             .collect()
     }
@@ -499,23 +378,6 @@ fn mirror(chip: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-impl From<DecodeError> for EmbedError {
-    fn from(e: DecodeError) -> Self {
-        let msg = format!("{} ({e})", e.class());
-        match e {
-            DecodeError::TooManyBytes { .. }
-            | DecodeError::SideTooLong { .. }
-            | DecodeError::TooManyPixels { .. } => EmbedError::TooLarge(msg),
-            DecodeError::TooSmall { .. } => EmbedError::Unusable(msg),
-            DecodeError::Empty
-            | DecodeError::UnknownFormat
-            | DecodeError::UnsupportedFormat(_)
-            | DecodeError::Corrupt { .. }
-            | DecodeError::Panicked(_) => EmbedError::Decode(msg),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -204,6 +204,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 ts: meta.ts,
                 quality: meta.quality,
                 low_quality: weak,
+                face_box: meta.face_box,
+                located: meta.located.clone(),
             },
         ));
         if self.track {
@@ -214,6 +216,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 identity: generated.map(|_| identity),
                 variants: extra.to_vec(),
                 weak,
+                meta: (meta != &FaceMeta::default()).then(|| meta.clone()),
             });
         }
         self.refresh_around(seq, &cands, &mut events);
@@ -504,6 +507,8 @@ mod tests {
                     ts: None,
                     quality: None,
                     low_quality: false,
+                    face_box: None,
+                    located: None,
                 }
             ]
         );

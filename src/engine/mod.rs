@@ -229,6 +229,12 @@ pub enum Event {
         /// by near-certain edges (`quality.weak_margin`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         low_quality: bool,
+        /// Where the embedder found the face in its image (`embed.locate = "detect"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        face_box: Option<[i64; 4]>,
+        /// How it was located: detected, or the fixed box after no_face / face_uncertain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        located: Option<String>,
     },
     /// A cluster that did not exist before: a new face with no kept edge.
     ClusterCreated { cluster_id: u64, face_id: String },
@@ -330,6 +336,9 @@ pub struct NewFace {
     pub variants: Vec<f32>,
     /// Below `min_quality` (see `EngineParams::min_quality`).
     pub weak: bool,
+    /// Its origin (source, image, time, quality, box), stored with it when any is known: the
+    /// faces of one image are found by it.
+    pub meta: Option<FaceMeta>,
 }
 
 /// Counters that must survive a restart for ids and sequences to continue, not repeat.

@@ -151,13 +151,17 @@ pub fn embed(
             })
             .collect::<Result<_, _>>()?;
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        for (img, r) in part.iter().zip(embedder.embed_encoded(&refs)) {
+        // With embed.faces_per_image = "all" an image gives a row per face found, each
+        // labelled with the image's identity.
+        for (img, r) in part.iter().zip(embedder.embed_encoded_all(&refs)) {
             match r {
-                Ok(f) => {
-                    data.extend_from_slice(&f.vector);
-                    labels.push(label_of[img.identity.as_str()]);
-                    paths.push(img.path.clone());
-                    quality.push(f.quality.unwrap_or(-1.0));
+                Ok(faces) => {
+                    for f in faces {
+                        data.extend_from_slice(&f.vector);
+                        labels.push(label_of[img.identity.as_str()]);
+                        paths.push(img.path.clone());
+                        quality.push(f.quality.unwrap_or(-1.0));
+                    }
                 }
                 Err(crate::embed::EmbedError::Model(m)) => return Err(DatasetError::Model(m)),
                 Err(e) => {

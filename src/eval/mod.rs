@@ -12,6 +12,7 @@ pub mod features;
 pub mod knn;
 pub mod lfw;
 pub mod metrics;
+pub mod photos;
 pub mod synth;
 
 use std::time::Instant;

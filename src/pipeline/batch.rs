@@ -55,31 +55,42 @@ impl Daemon {
         self.metrics
             .embed_duration
             .observe(started.elapsed().as_secs_f64());
-        let mut failed: Vec<(usize, usize)> = Vec::new();
+        // Each slot's faces: none (refused), one, or with faces_per_image = "all" several,
+        // put in the slot's place so that stream order holds.
+        let mut filled: HashMap<(usize, usize), Vec<Face>> = HashMap::new();
         for ((w, g, letter), r) in slots.into_iter().zip(results) {
             match r {
-                Ok(face) => {
-                    self.metrics.faces_embedded.inc();
-                    if let Some(outcome) = &face.meta.located {
-                        self.metrics
-                            .embed_located
-                            .with_label_values(&[outcome])
-                            .inc();
+                Ok(faces) => {
+                    self.metrics.faces_embedded.inc_by(faces.len() as u64);
+                    for f in &faces {
+                        if let Some(outcome) = &f.meta.located {
+                            self.metrics
+                                .embed_located
+                                .with_label_values(&[outcome])
+                                .inc();
+                        }
                     }
-                    work[w].1[g] = face;
+                    filled.insert((w, g), faces);
                 }
                 Err(rejection) => {
                     let mut d = letter.0;
                     d.rejection = rejection;
                     dead.push(d);
-                    failed.push((w, g));
+                    filled.insert((w, g), Vec::new());
                 }
             }
         }
-        // Drop the failed slots, highest first so the indices stay valid.
-        failed.sort_unstable_by(|a, b| b.cmp(a));
-        for (w, g) in failed {
-            work[w].1.remove(g);
+        for (w, work) in work.iter_mut().enumerate() {
+            if !filled.keys().any(|(ww, _)| *ww == w) {
+                continue;
+            }
+            let old = std::mem::take(&mut work.1);
+            for (g, face) in old.into_iter().enumerate() {
+                match filled.remove(&(w, g)) {
+                    Some(faces) => work.1.extend(faces),
+                    None => work.1.push(face),
+                }
+            }
         }
         Ok(())
     }

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use crate::decode::{check_vector, decode, Limits, Payload, Reason, Rejection};
-use crate::embed::{decode_all, embed_decoded, EmbedError, FaceEmbedder};
+use crate::embed::image::RgbImage;
+use crate::embed::{decode_all, embed_decoded_all, EmbedError, FaceEmbedder};
 use crate::engine::Face;
 use crate::hallucinate::ClipStage;
 use crate::sink::DeadLetter;
@@ -106,61 +107,126 @@ pub struct ModelFailure(pub String);
 
 /// Embeds each face's image: its vector and quality (the producer's own quality, when it sent
 /// one, wins over the chip's) and, with `clip`, its hallucinated variants. One result per input,
-/// in order: the face ready, or why it was refused.
+/// in order: the image's faces ready (one, or with `embed.faces_per_image = "all"` every face
+/// found, each `<face_id>#<n>` in reading order, the message's metadata shared), or why it was
+/// refused.
 pub fn embed_faces(
     embedder: &dyn FaceEmbedder,
     clip: Option<&ClipStage>,
     faces: Vec<(Face, Vec<u8>)>,
     dim: usize,
-) -> Result<Vec<Result<Face, Rejection>>, ModelFailure> {
+) -> Result<Vec<Result<Vec<Face>, Rejection>>, ModelFailure> {
     let (faces, bytes): (Vec<Face>, Vec<Vec<u8>>) = faces.into_iter().unzip();
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
     let decoded = decode_all(&refs, embedder.limits());
-    let results = embed_decoded(embedder, &decoded);
+    let all = embedder.faces_per_image_all();
+    let results = embed_decoded_all(embedder, &decoded);
     if let Some(Err(EmbedError::Model(m))) = results
         .iter()
         .find(|r| matches!(r, Err(EmbedError::Model(_))))
     {
         return Err(ModelFailure(m.clone()));
     }
-    let variants = match clip {
-        None => vec![Vec::new(); faces.len()],
-        Some(clip) => {
-            let images: Vec<_> = decoded.iter().map(|d| d.as_ref().ok()).collect();
-            let ids: Vec<Option<&[f32]>> = results
-                .iter()
-                .map(|r| r.as_ref().ok().map(|f| f.vector.as_slice()))
-                .collect();
-            clip.variants(&images, &ids)
-                .map_err(|e| ModelFailure(format!("CLIP: {e}")))?
+    // CLIP sees what the identity network saw: the whole image, or with "all" each face's
+    // surroundings (its box, 2.2 times, as LFW-like crops are cut).
+    let mut variants: Vec<Vec<Vec<f32>>> = results
+        .iter()
+        .map(|r| vec![Vec::new(); r.as_ref().map_or(0, Vec::len)])
+        .collect();
+    if let Some(clip) = clip {
+        let mut crops: Vec<Option<RgbImage>> = Vec::new();
+        let mut images: Vec<Option<&RgbImage>> = Vec::new();
+        let mut ids: Vec<Option<&[f32]>> = Vec::new();
+        for (d, r) in decoded.iter().zip(&results) {
+            for f in r.iter().flatten() {
+                let crop = match (all, d, &f.located) {
+                    (true, Ok(img), Some(l)) => Some(face_surroundings(img, l.face_box)),
+                    _ => None,
+                };
+                crops.push(crop);
+                ids.push(Some(f.vector.as_slice()));
+            }
         }
-    };
+        let mut k = 0;
+        for (d, r) in decoded.iter().zip(&results) {
+            for _ in r.iter().flatten() {
+                images.push(crops[k].as_ref().or(d.as_ref().ok()));
+                k += 1;
+            }
+        }
+        let mut flat = clip
+            .variants(&images, &ids)
+            .map_err(|e| ModelFailure(format!("CLIP: {e}")))?
+            .into_iter();
+        for v in variants.iter_mut().flatten() {
+            *v = flat.next().unwrap_or_default();
+        }
+    }
     Ok(faces
         .into_iter()
         .zip(results)
         .zip(variants)
-        .map(|((mut face, r), x)| {
+        .map(|((face, r), xs)| {
             let embedded = r.map_err(|e| Rejection {
                 reason: Reason::from(&e),
                 message: e.to_string(),
             })?;
-            check_vector(&face.face_id, &embedded.vector, dim)?;
-            face.vector = embedded.vector;
-            face.variants = x;
-            face.meta.quality = face.meta.quality.or(embedded.quality);
-            if let Some(l) = embedded.located {
-                face.meta.face_box = Some(l.face_box);
-                face.meta.located = Some(l.outcome.to_string());
-            }
-            Ok(face)
+            embedded
+                .into_iter()
+                .zip(xs)
+                .enumerate()
+                .map(|(n, (e, x))| {
+                    let mut f = face.clone();
+                    if all {
+                        f.face_id = format!("{}#{n}", face.face_id);
+                    }
+                    check_vector(&f.face_id, &e.vector, dim)?;
+                    f.vector = e.vector;
+                    f.variants = x;
+                    f.meta.quality = face.meta.quality.or(e.quality);
+                    if let Some(l) = e.located {
+                        f.meta.face_box = Some(l.face_box);
+                        f.meta.located = Some(l.outcome.to_string());
+                    }
+                    Ok(f)
+                })
+                .collect()
         })
         .collect())
+}
+
+/// The square around `face_box` ([l, t, r, b] inclusive) of 2.2 times its side, clamped to the
+/// image: what CLIP sees of one face of a photo.
+fn face_surroundings(img: &RgbImage, face_box: [i64; 4]) -> RgbImage {
+    let [l, t, r, b] = face_box;
+    let (cx, cy) = ((l + r) as f64 / 2.0, (t + b) as f64 / 2.0);
+    let half = 1.1 * ((r - l + 1).max(b - t + 1)) as f64;
+    let clamp = |v: f64, hi: usize| (v.round().max(0.0) as usize).min(hi);
+    let (x0, x1) = (
+        clamp(cx - half, img.width - 1),
+        clamp(cx + half, img.width - 1),
+    );
+    let (y0, y1) = (
+        clamp(cy - half, img.height - 1),
+        clamp(cy + half, img.height - 1),
+    );
+    let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut pixels = Vec::with_capacity(w * h * 3);
+    for y in y0..=y1 {
+        let row = (y * img.width + x0) * 3;
+        pixels.extend_from_slice(&img.pixels[row..row + w * 3]);
+    }
+    RgbImage {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::image::{DecodeLimits, RgbImage};
+    use crate::embed::image::DecodeLimits;
     use crate::embed::EmbeddedFace;
 
     /// An embedder whose vector is the image's mean colour and whose failures are scripted by
@@ -227,7 +293,11 @@ mod tests {
             (Face::new("garbage", Vec::new()), b"not an image".to_vec()),
             (Face::new("nan", Vec::new()), png(3, [1, 1, 1])),
         ];
-        let out = embed_faces(&e, None, faces, 3).unwrap();
+        let out: Vec<Result<Face, Rejection>> = embed_faces(&e, None, faces, 3)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.map(|mut f| f.remove(0)))
+            .collect();
         let a = out[0].as_ref().unwrap();
         assert_eq!(a.vector, vec![10.0, 20.0, 30.0]);
         assert_eq!(a.meta.quality, Some(0.5));
@@ -271,6 +341,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             dim: 3,
             key_is_face_id: false,
+            image_id_names_faces: false,
         };
         let msgs = vec![
             msg(0, 4, &envelope("old", &[1.0, 0.0, 0.0])),

@@ -130,12 +130,14 @@ pub(super) async fn run(
             metrics.embed_duration.observe(t.elapsed().as_secs_f64());
             for (i, r) in index.into_iter().zip(results) {
                 match r {
-                    Ok(face) => {
-                        metrics.faces_embedded.inc();
-                        if let Some(outcome) = &face.meta.located {
-                            metrics.embed_located.with_label_values(&[outcome]).inc();
+                    Ok(faces) => {
+                        metrics.faces_embedded.inc_by(faces.len() as u64);
+                        for face in faces {
+                            if let Some(outcome) = &face.meta.located {
+                                metrics.embed_located.with_label_values(&[outcome]).inc();
+                            }
+                            out.push((i, face));
                         }
-                        out.push((i, face));
                     }
                     Err(rejection) => {
                         dead.push(super::core::dead_letter(msgs[i].clone(), rejection))

@@ -11,6 +11,8 @@
 //! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
 //! - `h:<seq>` -> the face's hallucinated variants made upstream (CLIP), when it had any
 //! - `w:<seq>` -> (empty) the face was weak at insertion (quality below `quality.min_score`)
+//! - `a:<seq>` -> the face's origin (`FaceMeta` JSON: source, image, time, quality, box), when
+//!   the message told any (the faces of one photo share its image id)
 //! - `q:<n>` -> a face of a new state waiting for the calibration decision (JSON); `m:calibration`
 //!   -> the decision (JSON), written with the batch that applies the waiting faces
 //! - `r:<seq>` -> component label and out-list (rewritten when either changes)
@@ -408,6 +410,9 @@ impl Store {
             if f.weak {
                 b.insert(key(b'w', &seq), &[][..]);
             }
+            if let Some(meta) = &f.meta {
+                b.insert(key(b'a', &seq), serde_json::to_vec(meta).map_err(json_err)?);
+            }
         }
         for (seq, r) in &cs.faces {
             b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
@@ -472,6 +477,26 @@ impl Store {
             out.push(serde_json::from_slice(&v).map_err(|e| self.corrupt(&kname, &e.to_string()))?);
         }
         Ok(out)
+    }
+
+    /// A face's sequence number by its id.
+    pub fn face_seq(&self, face_id: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self.get(&key(b'f', face_id.as_bytes()))?.and_then(|v| {
+            let b: [u8; 4] = v.as_slice().try_into().ok()?;
+            Some(u32::from_le_bytes(b))
+        }))
+    }
+
+    /// What the message told of a face's origin (`a:<seq>`: source, image, time, quality, box),
+    /// None when it told nothing.
+    pub fn face_meta(&self, seq: u32) -> Result<Option<crate::engine::FaceMeta>, StoreError> {
+        let k = key(b'a', &seq.to_be_bytes());
+        match self.get(&k)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt(&format!("a:{seq}"), &e.to_string())),
+        }
     }
 
     /// A caller position written by `commit`.

@@ -592,6 +592,7 @@ fn clip_stage_honours_the_configured_image_limits() {
         clip_cluster::pipeline::core::embed_faces(&e, Some(&stage), vec![(face, png.clone())], 128)
             .unwrap()
             .remove(0)
+            .map(|mut faces| faces.remove(0))
     };
     let face = embed(&cfg(&[])).expect("the default limits take a 64x48 image");
     assert!(!face.variants.is_empty(), "CLIP ran on the decoded pixels");

@@ -11,25 +11,6 @@ use std::process::{Command, Output, Stdio};
 
 use clip_cluster::telemetry::Metrics;
 
-const REASONS: &[&str] = &[
-    "too_large",
-    "empty",
-    "unknown_format",
-    "bad_json",
-    "missing_face_id",
-    "bad_base64",
-    "both_payloads",
-    "no_payload",
-    "wrong_dimension",
-    "not_finite",
-    "zero_vector",
-    "bad_header",
-    "image_unsupported",
-    "image_decode",
-    "image_too_large",
-    "image_unusable",
-    "duplicate_in_batch",
-];
 const EVENT_TYPES: &[&str] = &[
     "FaceAssigned",
     "ClusterCreated",
@@ -59,8 +40,9 @@ fn read(rel: &str) -> String {
 /// by `series_names`) once one of their series exists.
 fn full_metrics() -> Metrics {
     let m = Metrics::new();
-    for r in REASONS {
-        m.faces_rejected.with_label_values(&[r]).inc();
+    // Every reason the daemon can count (decode::Reason::ALL, so a new one cannot be missed).
+    for r in clip_cluster::decode::Reason::ALL {
+        m.faces_rejected.with_label_values(&[r.class()]).inc();
     }
     for t in EVENT_TYPES {
         m.events_emitted.with_label_values(&[t]).inc();

@@ -10,6 +10,7 @@ mod detector;
 mod domains;
 mod engine_props;
 mod layout;
+mod locate;
 mod logs;
 mod prep;
 mod resnet;

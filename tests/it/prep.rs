@@ -114,7 +114,7 @@ fn encode(img: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
 }
 
 /// A PNG signature and IHDR chunk (with its CRC) claiming `w` x `h` RGB pixels, and no data.
-fn png_header(w: u32, h: u32) -> Vec<u8> {
+pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     let mut ihdr = b"IHDR".to_vec();
     ihdr.extend_from_slice(&w.to_be_bytes());
     ihdr.extend_from_slice(&h.to_be_bytes());

@@ -84,6 +84,13 @@ pub fn embed_env(dim: usize) -> Vec<(String, String)> {
                     .to_string(),
             ),
             (
+                "EMBED__DETECTOR_PATH",
+                models
+                    .join("mmod_human_face_detector.dat")
+                    .display()
+                    .to_string(),
+            ),
+            (
                 "EMBED__LANDMARKS_PATH",
                 models
                     .join("shape_predictor_5_face_landmarks.dat")

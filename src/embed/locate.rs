@@ -1,0 +1,307 @@
+//! Where an image's faces are: the face detector's boxes filtered by `embed.min_face_score` and
+//! `embed.min_face_px`, one face (nearest the centre) or all of them (reading order), and the
+//! `embed.no_face` fallback to the fixed box.
+
+use crate::embed::chip::Preprocessor;
+use crate::embed::image::RgbImage;
+use crate::embed::landmarks;
+use crate::embed::outcome::{EmbedError, Located};
+
+/// The detector and the `embed.*` settings that decide which box an image's face comes from.
+pub struct Locator {
+    pub detector: crate::embed::detect::FaceDetector,
+    pub no_face: crate::config::NoFace,
+    pub min_face_px: u32,
+    pub min_face_score: f32,
+    /// The fraction of a face box's width or height that may lie outside the image.
+    pub max_face_outside: f32,
+    pub max_side: u32,
+    /// `faces_per_image = "all"`: every certain face, not only the one nearest the centre.
+    pub all: bool,
+}
+
+/// Candidates this far below `min_face_score` still make an image `face_uncertain`, not `no_face`.
+const UNCERTAIN_MARGIN: f32 = 0.5;
+
+/// One face of an image: the box to start the landmarks from (None: the fixed box) and how it
+/// was found.
+pub type Spot = (Option<landmarks::Rect>, Option<Located>);
+
+/// Where one image's faces are (one, or with `faces_per_image = "all"` every one found, in reading
+/// order), or why the image is refused.
+pub type Placement = Result<Vec<Spot>, EmbedError>;
+
+impl Locator {
+    /// A copy of `img` no longer than `max_side` for the detector, and the factor back.
+    pub(crate) fn detector_input(&self, img: &RgbImage) -> Option<(RgbImage, f64)> {
+        let long = img.width.max(img.height);
+        (long > self.max_side as usize).then(|| {
+            let s = self.max_side as f64 / long as f64;
+            let (w, h) = (
+                ((img.width as f64 * s).round() as usize).max(1),
+                ((img.height as f64 * s).round() as usize).max(1),
+            );
+            let px = crate::embed::image::resize_bilinear(img, (0, 0, img.width, img.height), w, h);
+            let scaled = RgbImage {
+                width: w,
+                height: h,
+                pixels: px,
+            };
+            (scaled, img.width as f64 / w as f64)
+        })
+    }
+
+    /// One placement per image, the detector batched over images of one size.
+    pub(crate) fn place(
+        &self,
+        prep: &Preprocessor,
+        images: &[&RgbImage],
+        batch: usize,
+    ) -> Result<Vec<Placement>, EmbedError> {
+        let scaled: Vec<Option<(RgbImage, f64)>> =
+            images.iter().map(|img| self.detector_input(img)).collect();
+        let refs: Vec<&RgbImage> = images
+            .iter()
+            .zip(&scaled)
+            .map(|(img, s)| s.as_ref().map_or(*img, |(i, _)| i))
+            .collect();
+        let found = self
+            .detector
+            .detect(&refs, self.min_face_score - UNCERTAIN_MARGIN, batch)
+            .map_err(|e| EmbedError::Model(format!("face detector: {e}")))?;
+        Ok(images
+            .iter()
+            .zip(found)
+            .zip(&scaled)
+            .map(|((img, dets), s)| {
+                let k = s.as_ref().map_or(1.0, |(_, k)| *k);
+                let boxes: Vec<(landmarks::Rect, f32)> = dets
+                    .iter()
+                    .map(|d| {
+                        let r = landmarks::Rect {
+                            left: (d.rect.l as f64 * k).round() as i64,
+                            top: (d.rect.t as f64 * k).round() as i64,
+                            right: (d.rect.r as f64 * k).round() as i64,
+                            bottom: (d.rect.b as f64 * k).round() as i64,
+                        };
+                        (r, d.confidence)
+                    })
+                    .collect();
+                self.choose(prep, img, &boxes)
+            })
+            .collect())
+    }
+
+    /// The faces to embed among one image's candidates (`boxes`, in image pixels, best first).
+    fn choose(
+        &self,
+        prep: &Preprocessor,
+        img: &RgbImage,
+        boxes: &[(landmarks::Rect, f32)],
+    ) -> Placement {
+        let size = format!("{}x{}", img.width, img.height);
+        let side = |r: &landmarks::Rect| r.width().min(r.height());
+        let spot = |r: landmarks::Rect, score: f32| {
+            let located = Located {
+                face_box: [r.left, r.top, r.right, r.bottom],
+                outcome: "detected",
+                score: Some(score),
+            };
+            (Some(r), Some(located))
+        };
+        let mut certain: Vec<(landmarks::Rect, f32)> = boxes
+            .iter()
+            .copied()
+            .filter(|(_, c)| *c >= self.min_face_score)
+            .collect();
+        if !certain.is_empty() {
+            let too_small = |r: &landmarks::Rect| {
+                EmbedError::FaceTooSmall(format!(
+                    "the face found is {} px, below embed.min_face_px = {}",
+                    side(r),
+                    self.min_face_px
+                ))
+            };
+            let outside = |r: &landmarks::Rect| outside_fraction(r, img.width, img.height);
+            let cut = |r: &landmarks::Rect| {
+                EmbedError::FaceCut(format!(
+                    "the face's box [{}, {}, {}, {}] lies {:.0}% outside the {size} image, more than embed.max_face_outside = {}",
+                    r.left,
+                    r.top,
+                    r.right,
+                    r.bottom,
+                    100.0 * outside(r),
+                    self.max_face_outside
+                ))
+            };
+            // A face is usable when big enough and whole enough; the first refusal reported is
+            // the size, then the border.
+            let refuse = |r: &landmarks::Rect| {
+                if side(r) < i64::from(self.min_face_px) {
+                    Some(too_small(r))
+                } else if outside(r) > f64::from(self.max_face_outside) {
+                    Some(cut(r))
+                } else {
+                    None
+                }
+            };
+            if self.all {
+                // Every usable face, in reading order; only if none is: why the best one is not
+                // (face_cut before face_too_small when some face is big enough).
+                let first = certain
+                    .iter()
+                    .find(|(r, _)| side(r) >= i64::from(self.min_face_px))
+                    .unwrap_or(&certain[0])
+                    .0;
+                certain.retain(|(r, _)| refuse(r).is_none());
+                if certain.is_empty() {
+                    return Err(refuse(&first).expect("refused"));
+                }
+                return Ok(reading_order(certain)
+                    .into_iter()
+                    .map(|(r, c)| spot(r, c))
+                    .collect());
+            }
+            // The certain face nearest the centre (ties: the better score, listed first).
+            let (cx, cy) = (
+                (img.width as f64 - 1.0) / 2.0,
+                (img.height as f64 - 1.0) / 2.0,
+            );
+            let dist = |r: &landmarks::Rect| {
+                let x = (r.left + r.right) as f64 / 2.0;
+                let y = (r.top + r.bottom) as f64 / 2.0;
+                (x - cx).hypot(y - cy)
+            };
+            let (r, c) = certain
+                .into_iter()
+                .min_by(|a, b| dist(&a.0).total_cmp(&dist(&b.0)))
+                .expect("not empty");
+            if let Some(e) = refuse(&r) {
+                return Err(e);
+            }
+            return Ok(vec![spot(r, c)]);
+        }
+        let best = boxes.first().map(|(_, c)| *c);
+        let (outcome, why) = match best {
+            Some(b) => (
+                "face_uncertain",
+                format!(
+                    "the best candidate in the {size} image scored {b:.3}, below embed.min_face_score = {}",
+                    self.min_face_score
+                ),
+            ),
+            None => (
+                "no_face",
+                format!("the detector found nothing in the {size} image"),
+            ),
+        };
+        if self.no_face == crate::config::NoFace::Reject {
+            return Err(if best.is_some() {
+                EmbedError::FaceUncertain(why)
+            } else {
+                EmbedError::NoFace(why)
+            });
+        }
+        let Some(rect) = prep.fixed_box(img.width, img.height) else {
+            return Ok(vec![(None, None)]);
+        };
+        if side(&rect) < i64::from(self.min_face_px) {
+            return Err(EmbedError::FaceTooSmall(format!(
+                "{why}, and the fixed box of the {size} image is {} px, below embed.min_face_px = {}",
+                side(&rect),
+                self.min_face_px
+            )));
+        }
+        let located = Located {
+            face_box: [rect.left, rect.top, rect.right, rect.bottom],
+            outcome,
+            score: best,
+        };
+        Ok(vec![(None, Some(located))])
+    }
+}
+
+/// How far `r` lies outside a `w` x `h` image: the larger of the fractions of its width and of
+/// its height beyond the image's edges.
+pub fn outside_fraction(r: &landmarks::Rect, w: usize, h: usize) -> f64 {
+    let (w, h) = (w as i64, h as i64);
+    let beyond = |lo: i64, hi: i64, n: i64| ((-lo).max(0) + (hi - (n - 1)).max(0)) as f64;
+    let fw = beyond(r.left, r.right, w) / r.width().max(1) as f64;
+    let fh = beyond(r.top, r.bottom, h) / r.height().max(1) as f64;
+    fw.max(fh)
+}
+
+/// Faces in reading order: rows from the top (a row is the highest face not yet placed and every
+/// face whose vertical centre lies above that face's bottom), left to right within a row.
+pub fn reading_order(mut faces: Vec<(landmarks::Rect, f32)>) -> Vec<(landmarks::Rect, f32)> {
+    faces.sort_by_key(|(r, _)| (r.top, r.left, r.bottom, r.right));
+    let mut out = Vec::with_capacity(faces.len());
+    let mut i = 0;
+    while i < faces.len() {
+        let bottom = faces[i].0.bottom;
+        let mut j = i + 1;
+        while j < faces.len() && (faces[j].0.top + faces[j].0.bottom) / 2 <= bottom {
+            j += 1;
+        }
+        let mut row = faces[i..j].to_vec();
+        row.sort_by_key(|(r, _)| (r.left, r.top, r.right, r.bottom));
+        out.extend(row);
+        i = j;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rect(left: i64, top: i64, side: i64) -> (landmarks::Rect, f32) {
+        let r = landmarks::Rect {
+            left,
+            top,
+            right: left + side - 1,
+            bottom: top + side - 1,
+        };
+        (r, 1.0)
+    }
+
+    #[test]
+    fn faces_come_in_rows_top_down_and_left_to_right() {
+        // A row of three at slightly different heights, a second row of two, one far below.
+        let faces = vec![
+            rect(500, 12, 90),
+            rect(10, 20, 100),
+            rect(260, 0, 95),
+            rect(300, 200, 80),
+            rect(40, 230, 90),
+            rect(100, 600, 50),
+        ];
+        let lefts: Vec<i64> = reading_order(faces).iter().map(|(r, _)| r.left).collect();
+        assert_eq!(lefts, [10, 260, 500, 40, 300, 100]);
+    }
+
+    #[test]
+    fn a_box_reaching_past_the_edges_is_measured_by_its_worse_side() {
+        let r = landmarks::Rect {
+            left: -20,
+            top: 10,
+            right: 79,
+            bottom: 109,
+        };
+        assert!((outside_fraction(&r, 250, 250) - 0.2).abs() < 1e-9);
+        let r = landmarks::Rect {
+            left: 10,
+            top: 200,
+            right: 109,
+            bottom: 299,
+        };
+        assert!((outside_fraction(&r, 250, 250) - 0.5).abs() < 1e-9);
+        let inside = landmarks::Rect {
+            left: 0,
+            top: 0,
+            right: 249,
+            bottom: 249,
+        };
+        assert_eq!(outside_fraction(&inside, 250, 250), 0.0);
+    }
+}
