@@ -51,6 +51,12 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         quality_out,
     } = args;
     let cfg = config_with_chip(config, chip)?;
+    if clip_out.is_some() && cfg.embed.faces_per_image == crate::config::FacesPerImage::All {
+        // The CLIP rows here are of whole images; the daemon's are of each face's surroundings.
+        anyhow::bail!(
+            "--clip-out needs embed.faces_per_image = \"one\" (one row per image); with \"all\" run the daemon, which hallucinates from each face's surroundings"
+        );
+    }
     // CLIP is loaded (and its files checked) before the long embedding run.
     let clip = match &clip_out {
         Some(_) => Some(crate::hallucinate::clip::from_config(&cfg.clip)?.context(
