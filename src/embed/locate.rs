@@ -1,6 +1,7 @@
-//! Where an image's faces are: the face detector's boxes filtered by `embed.min_face_score` and
-//! `embed.min_face_px`, one face (nearest the centre) or all of them (reading order), and the
-//! `embed.no_face` fallback to the fixed box.
+//! Where an image's faces are: the face detector's boxes filtered by `embed.min_face_score`,
+//! `embed.min_face_px` and `embed.max_face_outside`; one face (the subject: near the centre,
+//! scoring near the best) or all of them (reading order); the `embed.no_face` fallback to the
+//! fixed box.
 
 use crate::embed::chip::Preprocessor;
 use crate::embed::image::RgbImage;
@@ -22,6 +23,14 @@ pub struct Locator {
 
 /// Candidates this far below `min_face_score` still make an image `face_uncertain`, not `no_face`.
 const UNCERTAIN_MARGIN: f32 = 0.5;
+
+/// With `faces_per_image = "one"`, the face embedded is the one nearest the image's centre among
+/// those scoring within this much of the best. Chosen on LFW's training identities (2,708 pair
+/// images, 165 with several faces, each moved as the verify variants move it; BENCHMARKS.md,
+/// section 10): the wrong face in 0 / 12.2 / 34.8% of the several-face trials (centred crops /
+/// shifted / on a larger canvas) for the nearest face alone, 10.3% everywhere for the best score
+/// alone, 0 / 4.9 / 14.4% with this margin (0.2: 0 / 7.0 / 20.4%).
+pub const SUBJECT_MARGIN: f32 = 0.1;
 
 /// One face of an image: the box to start the landmarks from (None: the fixed box) and how it
 /// was found.
@@ -162,20 +171,7 @@ impl Locator {
                     .map(|(r, c)| spot(r, c))
                     .collect());
             }
-            // The certain face nearest the centre (ties: the better score, listed first).
-            let (cx, cy) = (
-                (img.width as f64 - 1.0) / 2.0,
-                (img.height as f64 - 1.0) / 2.0,
-            );
-            let dist = |r: &landmarks::Rect| {
-                let x = (r.left + r.right) as f64 / 2.0;
-                let y = (r.top + r.bottom) as f64 / 2.0;
-                (x - cx).hypot(y - cy)
-            };
-            let (r, c) = certain
-                .into_iter()
-                .min_by(|a, b| dist(&a.0).total_cmp(&dist(&b.0)))
-                .expect("not empty");
+            let (r, c) = subject(certain, img.width, img.height);
             if let Some(e) = refuse(&r) {
                 return Err(e);
             }
@@ -231,6 +227,28 @@ pub fn outside_fraction(r: &landmarks::Rect, w: usize, h: usize) -> f64 {
     fw.max(fh)
 }
 
+/// The subject among an image's certain faces (not empty): of those scoring within
+/// `SUBJECT_MARGIN` of the best, the one nearest the centre of the `w` x `h` image (ties: the one
+/// listed first, the better score).
+pub fn subject(
+    mut faces: Vec<(landmarks::Rect, f32)>,
+    w: usize,
+    h: usize,
+) -> (landmarks::Rect, f32) {
+    let top = faces.iter().map(|(_, c)| *c).fold(f32::MIN, f32::max);
+    faces.retain(|(_, c)| *c >= top - SUBJECT_MARGIN);
+    let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+    let dist = |r: &landmarks::Rect| {
+        let x = (r.left + r.right) as f64 / 2.0;
+        let y = (r.top + r.bottom) as f64 / 2.0;
+        (x - cx).hypot(y - cy)
+    };
+    faces
+        .into_iter()
+        .min_by(|a, b| dist(&a.0).total_cmp(&dist(&b.0)))
+        .expect("not empty")
+}
+
 /// Faces in reading order: rows from the top (a row is the highest face not yet placed and every
 /// face whose vertical centre lies above that face's bottom), left to right within a row.
 pub fn reading_order(mut faces: Vec<(landmarks::Rect, f32)>) -> Vec<(landmarks::Rect, f32)> {
@@ -263,6 +281,24 @@ mod tests {
             bottom: top + side - 1,
         };
         (r, 1.0)
+    }
+
+    #[test]
+    fn the_subject_is_the_central_face_among_the_best_scored() {
+        let scored = |l, t, side, score| {
+            let (r, _) = rect(l, t, side);
+            (r, score)
+        };
+        // A bystander at the centre scoring 0.3 below the subject off it: the subject.
+        let subject_off = scored(10, 10, 90, 1.05);
+        let bystander = scored(110, 110, 60, 0.75);
+        assert_eq!(subject(vec![bystander, subject_off], 250, 250).0.left, 10);
+        // Two faces scoring alike: the one nearer the centre.
+        let near = scored(90, 90, 80, 1.0);
+        let far = scored(0, 0, 80, 1.04);
+        assert_eq!(subject(vec![far, near], 250, 250).0.left, 90);
+        // One face: that one.
+        assert_eq!(subject(vec![bystander], 250, 250).1, 0.75);
     }
 
     #[test]

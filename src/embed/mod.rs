@@ -277,11 +277,13 @@ impl FaceEmbedder for DlibEmbedder {
         // The detector is part of the embedder's identity; fixed-box ids are those of before it.
         let locate = match &self.locator {
             Some(l) => format!(
-                "+det{}-s{}-m{}-x{}",
+                "+det{}-s{}-m{}-x{}-c{}-subj{}",
                 &l.detector.sha256()[..8],
                 l.min_face_score,
                 l.min_face_px,
-                l.max_side
+                l.max_side,
+                l.max_face_outside,
+                crate::embed::locate::SUBJECT_MARGIN
             ),
             None => String::new(),
         };
