@@ -134,7 +134,7 @@ impl Locator {
             let outside = |r: &landmarks::Rect| outside_fraction(r, img.width, img.height);
             let cut = |r: &landmarks::Rect| {
                 EmbedError::FaceCut(format!(
-                    "the face's box [{}, {}, {}, {}] lies {:.0}% outside the {size} image, more than embed.max_face_outside = {}",
+                    "the face's box [{}, {}, {}, {}] has {:.0}% of its side past the edges of the {size} image (beyond what its size forces), more than embed.max_face_outside = {}",
                     r.left,
                     r.top,
                     r.right,
@@ -217,11 +217,17 @@ impl Locator {
     }
 }
 
-/// How far `r` lies outside a `w` x `h` image: the larger of the fractions of its width and of
-/// its height beyond the image's edges.
+/// How far the border cuts `r` in a `w` x `h` image: per axis, the part of the box past the edges
+/// beyond what its size forces (a box longer than the image must overflow by the difference), as
+/// a fraction of its side; the larger axis. A face bigger than a tight crop is not cut by it; a
+/// face pushed off the frame is.
 pub fn outside_fraction(r: &landmarks::Rect, w: usize, h: usize) -> f64 {
     let (w, h) = (w as i64, h as i64);
-    let beyond = |lo: i64, hi: i64, n: i64| ((-lo).max(0) + (hi - (n - 1)).max(0)) as f64;
+    let beyond = |lo: i64, hi: i64, n: i64| {
+        let out = (-lo).max(0) + (hi - (n - 1)).max(0);
+        let forced = (hi - lo + 1 - n).max(0);
+        (out - forced).max(0) as f64
+    };
     let fw = beyond(r.left, r.right, w) / r.width().max(1) as f64;
     let fh = beyond(r.top, r.bottom, h) / r.height().max(1) as f64;
     fw.max(fh)
@@ -314,6 +320,21 @@ mod tests {
         ];
         let lefts: Vec<i64> = reading_order(faces).iter().map(|(r, _)| r.left).collect();
         assert_eq!(lefts, [10, 260, 500, 40, 300, 100]);
+    }
+
+    #[test]
+    fn a_box_overflowing_both_edges_alike_is_not_cut() {
+        // A face bigger than a tight 125 px crop (a box of 138): 7 px past the left edge and 6
+        // past the right, 18 past the bottom; 13 of them forced by its size.
+        let tight = landmarks::Rect {
+            left: -7,
+            top: 5,
+            right: 130,
+            bottom: 142,
+        };
+        let f = outside_fraction(&tight, 125, 125);
+        assert!((f - 5.0 / 138.0).abs() < 1e-9, "{f}");
+        assert!(f < 0.1);
     }
 
     #[test]

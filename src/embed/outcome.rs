@@ -26,7 +26,7 @@ pub enum EmbedError {
     /// The located face is smaller than `embed.min_face_px`.
     #[error("face too small: {0}")]
     FaceTooSmall(String),
-    /// The located face lies outside the image by more than `embed.max_face_outside`.
+    /// The border cuts the located face by more than `embed.max_face_outside` (`locate::outside_fraction`).
     #[error("face cut by the border: {0}")]
     FaceCut(String),
     /// The network failed on the batch (a device error); the message is retried, not dead-lettered.

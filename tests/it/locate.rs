@@ -126,7 +126,7 @@ fn every_bad_image_gets_its_own_reason_and_the_batch_keeps_the_rest() {
     }
     // The cut face is named with its box and how far it is outside.
     let cut = got[3].as_ref().err().unwrap().to_string();
-    assert!(cut.contains("outside the 250x250 image"), "{cut}");
+    assert!(cut.contains("past the edges of the 250x250 image"), "{cut}");
 
     let fixed = DlibEmbedder::from_config(&cfg_with(&[])).unwrap();
     let got = fixed.embed_encoded(&refs);
