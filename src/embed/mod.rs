@@ -82,7 +82,15 @@ pub fn embed_decoded<E: FaceEmbedder + ?Sized>(
     decoded: &[Result<RgbImage, EmbedError>],
 ) -> Vec<Result<EmbeddedFace, EmbedError>> {
     let ok: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
-    let mut results = embedder.embed_images(&ok).into_iter();
+    beside_refusals(decoded, embedder.embed_images(&ok))
+}
+
+/// The embedder's results for the decoded images, put back among the decode refusals.
+fn beside_refusals<T>(
+    decoded: &[Result<RgbImage, EmbedError>],
+    results: Vec<Result<T, EmbedError>>,
+) -> Vec<Result<T, EmbedError>> {
+    let mut results = results.into_iter();
     decoded
         .iter()
         .map(|d| match d {
@@ -100,16 +108,7 @@ pub fn embed_decoded_all<E: FaceEmbedder + ?Sized>(
     decoded: &[Result<RgbImage, EmbedError>],
 ) -> Vec<Result<Vec<EmbeddedFace>, EmbedError>> {
     let ok: Vec<&RgbImage> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
-    let mut results = embedder.embed_images_all(&ok).into_iter();
-    decoded
-        .iter()
-        .map(|d| match d {
-            Ok(_) => results
-                .next()
-                .unwrap_or_else(|| Err(EmbedError::Model("missing embedder output".into()))),
-            Err(e) => Err(e.clone()),
-        })
-        .collect()
+    beside_refusals(decoded, embedder.embed_images_all(&ok))
 }
 
 /// Why the embedder could not start: each message names the file or key and the fix.

@@ -73,14 +73,18 @@ fn images(lfw: &Path) -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
     ]
 }
 
-fn cfg_with(extra: &[(&str, &str)]) -> Config {
-    let mut env = embed_env(128);
+/// The configuration of `env` with `extra` (`SECTION__KEY`, value) added.
+fn load(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Config {
     env.extend(
         extra
             .iter()
             .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v.to_string())),
     );
     Config::load_from(None, &env).expect("test configuration")
+}
+
+fn cfg_with(extra: &[(&str, &str)]) -> Config {
+    load(embed_env(128), extra)
 }
 
 /// Each bad image's reason straight from the embedder, in one batch with two good faces whose
@@ -182,13 +186,10 @@ fn run_daemon(cfg: Config, faces: u64, bad: u64) -> Metrics {
 }
 
 fn daemon_env(bootstrap: &str, state: &Path, extra: &[(&str, &str)]) -> Config {
-    let mut env = crate::support::env(bootstrap, state, 128, "127.0.0.1:0");
-    env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v.to_string())),
-    );
-    Config::load_from(None, &env).expect("test configuration")
+    load(
+        crate::support::env(bootstrap, state, 128, "127.0.0.1:0"),
+        extra,
+    )
 }
 
 /// The daemon on the mock cluster: the bad images are dead-lettered each with its reason and
