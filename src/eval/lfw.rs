@@ -273,12 +273,7 @@ pub fn verify(
     use crate::eval::dataset::{DatasetError, LabeledImage};
     let pairs_path = root.join("pairs.txt");
     let (folds, pairs) = read_pairs(&pairs_path).map_err(|e| DatasetError::Model(e.to_string()))?;
-    let mut unique: Vec<(String, usize)> = pairs
-        .iter()
-        .flat_map(|p| [p.a.clone(), p.b.clone()])
-        .collect();
-    unique.sort();
-    unique.dedup();
+    let unique = pair_images(&pairs);
     let images: Vec<LabeledImage> = unique
         .iter()
         .map(|(n, i)| LabeledImage {
@@ -356,6 +351,17 @@ pub fn verify(
         seconds: emb.seconds,
         faces_per_second: images.len() as f64 / emb.seconds.max(1e-9),
     })
+}
+
+/// The distinct images (name, number) that `pairs` name, sorted.
+pub fn pair_images(pairs: &[Pair]) -> Vec<(String, usize)> {
+    let mut keys: Vec<(String, usize)> = pairs
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 #[cfg(test)]

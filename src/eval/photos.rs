@@ -123,12 +123,7 @@ pub fn photos(
     let start = Instant::now();
     let (_, pairs) = crate::eval::lfw::read_pairs(&root.join("pairs.txt"))
         .map_err(|e| DatasetError::Model(e.to_string()))?;
-    let mut keys: Vec<(String, usize)> = pairs
-        .iter()
-        .flat_map(|p| [p.a.clone(), p.b.clone()])
-        .collect();
-    keys.sort();
-    keys.dedup();
+    let mut keys = crate::eval::lfw::pair_images(&pairs);
     // Enough images for n collages of up to 6.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
     rand::seq::SliceRandom::shuffle(keys.as_mut_slice(), &mut rng);
