@@ -24,13 +24,25 @@ pub struct Locator {
 /// Candidates this far below `min_face_score` still make an image `face_uncertain`, not `no_face`.
 const UNCERTAIN_MARGIN: f32 = 0.5;
 
-/// With `faces_per_image = "one"`, the face embedded is the one nearest the image's centre among
-/// those scoring within this much of the best. Chosen on LFW's training identities (2,708 pair
-/// images, 165 with several faces, each moved as the verify variants move it; BENCHMARKS.md,
-/// section 10): the wrong face in 0 / 12.2 / 34.8% of the several-face trials (centred crops /
-/// shifted / on a larger canvas) for the nearest face alone, 10.3% everywhere for the best score
-/// alone, 0 / 4.9 / 14.4% with this margin (0.2: 0 / 7.0 / 20.4%).
+/// With `faces_per_image = "one"`, the subject is chosen among the faces scoring within this much
+/// of the best (a bystander at the centre scores lower than the subject off it).
 pub const SUBJECT_MARGIN: f32 = 0.1;
+
+/// Of those, a face whose centre lies within this fraction of the image's shorter side from the
+/// image's centre is the subject (the crop was centred on it) ...
+pub const SUBJECT_CENTRE: f64 = 0.1;
+
+/// ... and otherwise the face nearest the centre among those at least this fraction of the
+/// largest one's side (an off-centre crop still shows its subject large).
+///
+/// The three were fitted on LFW's TRAINING identities only (`tools/dlib/subject_rule.py`: 2,708
+/// pair images, 165 with several faces, each moved as the verify variants move it; BENCHMARKS.md,
+/// section 10). The wrong face in the several-face trials, centred / shifted / on a larger canvas /
+/// tight: nearest the centre alone 0 / 12.2 / 34.8 / 0%; the best score alone 10.3% everywhere;
+/// nearest among the margin 0 / 4.9 / 14.4 / 0%; this rule 0 / 3.2 / 9.4 / 0% (size 0.9 alone,
+/// with no central test: 2.4 / 3.3 / 7.4 / 0%; a central test of 0.05 / 0.15: 1.2 / 3.3 / 7.7 and
+/// 0 / 3.3 / 11.5%; a size fraction of 0.95 the same as 0.9, 0.8 as no size test).
+pub const SUBJECT_SIZE: f64 = 0.9;
 
 /// One face of an image: the box to start the landmarks from (None: the fixed box) and how it
 /// was found.
@@ -234,8 +246,9 @@ pub fn outside_fraction(r: &landmarks::Rect, w: usize, h: usize) -> f64 {
 }
 
 /// The subject among an image's certain faces (not empty): of those scoring within
-/// `SUBJECT_MARGIN` of the best, the one nearest the centre of the `w` x `h` image (ties: the one
-/// listed first, the better score).
+/// `SUBJECT_MARGIN` of the best, the one nearest the centre of the `w` x `h` image when it lies
+/// within `SUBJECT_CENTRE` of the shorter side from it; otherwise the one nearest the centre among
+/// those at least `SUBJECT_SIZE` of the largest one's side (ties: the one listed first).
 pub fn subject(
     mut faces: Vec<(landmarks::Rect, f32)>,
     w: usize,
@@ -249,10 +262,20 @@ pub fn subject(
         let y = (r.top + r.bottom) as f64 / 2.0;
         (x - cx).hypot(y - cy)
     };
-    faces
-        .into_iter()
-        .min_by(|a, b| dist(&a.0).total_cmp(&dist(&b.0)))
-        .expect("not empty")
+    let nearest = |faces: &[(landmarks::Rect, f32)]| {
+        *faces
+            .iter()
+            .min_by(|a, b| dist(&a.0).total_cmp(&dist(&b.0)))
+            .expect("not empty")
+    };
+    let central = nearest(&faces);
+    if dist(&central.0) <= SUBJECT_CENTRE * w.min(h) as f64 {
+        return central;
+    }
+    let side = |r: &landmarks::Rect| r.width().min(r.height()) as f64;
+    let largest = faces.iter().map(|(r, _)| side(r)).fold(0.0, f64::max);
+    faces.retain(|(r, _)| side(r) >= SUBJECT_SIZE * largest);
+    nearest(&faces)
 }
 
 /// Faces in reading order: rows from the top (a row is the highest face not yet placed and every
@@ -303,6 +326,13 @@ mod tests {
         let near = scored(90, 90, 80, 1.0);
         let far = scored(0, 0, 80, 1.04);
         assert_eq!(subject(vec![far, near], 250, 250).0.left, 90);
+        // Neither near the centre: a small face nearer the centre loses to a large one.
+        let small = scored(60, 60, 40, 1.0);
+        let large = scored(160, 150, 90, 1.0);
+        assert_eq!(subject(vec![small, large], 250, 250).0.left, 160);
+        // The small face at the centre: the crop was centred on it.
+        let small = scored(105, 105, 40, 1.0);
+        assert_eq!(subject(vec![large, small], 250, 250).0.left, 105);
         // One face: that one.
         assert_eq!(subject(vec![bystander], 250, 250).1, 0.75);
     }

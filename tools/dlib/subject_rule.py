@@ -5,7 +5,8 @@ embed.faces_per_image = "one"), fitted on LFW's TRAINING identities only.
 1. Detect (the real dlib 20 MMOD CNN detector, upsample 0, as the candle port, whose boxes are
    identical) every other pairs.txt image of a peopleDevTrain.txt identity; cache the boxes.
 2. Keep the images with two or more certain faces (score >= 0); the subject is the face nearest
-   the centre of the deep-funneled original (LFW centres its subject).
+   the centre of the deep-funneled original (LFW centres its subject). Rules see only the moved
+   picture: its size, the boxes and their scores.
 3. Move the faces as tools/lfw_variants.py moves the images (standard; shifted: up to 60 px;
    canvas: anywhere on 560 x 560; tight: the centre 125 px), 20 random moves each for shifted and
    canvas, dropping faces whose centre leaves the picture, and count how often each rule picks
@@ -60,16 +61,41 @@ def rules(w, h):
     cx, cy = (w - 1) / 2, (h - 1) / 2
     dist = lambda b: np.hypot(centre(b)[0] - cx, centre(b)[1] - cy)
 
+    side = lambda b: min(b[2] - b[0], b[3] - b[1])
+
+    def scored(fs, margin):
+        return [b for b in fs if b[4] >= max(x[4] for x in fs) - margin]
+
     def among(margin):
-        return lambda fs: min([b for b in fs if b[4] >= max(x[4] for x in fs) - margin], key=dist)
+        return lambda fs: min(scored(fs, margin), key=dist)
+
+    def large(size, margin=0.1):
+        def pick(fs):
+            c = scored(fs, margin)
+            return min([b for b in c if side(b) >= size * max(side(x) for x in c)], key=dist)
+
+        return pick
+
+    def central_else_large(centre, size, margin=0.1):
+        def pick(fs):
+            b = among(margin)(fs)
+            return b if dist(b) <= centre * min(w, h) else large(size, margin)(fs)
+
+        return pick
 
     return {
         "nearest the centre": lambda fs: min(fs, key=dist),
         "best score": lambda fs: max(fs, key=lambda b: b[4]),
-        "largest": lambda fs: max(fs, key=lambda b: min(b[2] - b[0], b[3] - b[1])),
-        "nearest among score >= best - 0.1 (shipped)": among(0.1),
+        "largest": lambda fs: max(fs, key=side),
+        "nearest among score >= best - 0.1": among(0.1),
         "nearest among score >= best - 0.2": among(0.2),
         "nearest among score >= best - 0.3": among(0.3),
+        "nearest of size >= 0.9 largest, score >= best - 0.1": large(0.9),
+        "nearest of size >= 0.8 largest, score >= best - 0.1": large(0.8),
+        "central (0.05), else nearest of size >= 0.9": central_else_large(0.05, 0.9),
+        "central (0.1), else nearest of size >= 0.9 (shipped)": central_else_large(0.1, 0.9),
+        "central (0.1), else nearest of size >= 0.95": central_else_large(0.1, 0.95),
+        "central (0.15), else nearest of size >= 0.9": central_else_large(0.15, 0.9),
     }
 
 
