@@ -2,6 +2,7 @@
 //! cost at each scale, and resident memory per face. A command rather than a criterion bench
 //! because one run to 1M faces is minutes long and its growth curve is the result.
 
+pub mod detect;
 pub mod embed;
 
 use std::time::Instant;

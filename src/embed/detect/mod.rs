@@ -135,6 +135,31 @@ impl FaceDetector {
         Ok(out)
     }
 
+    /// Every window's raw score for images of `images[0]`'s size (others are skipped: `detect`
+    /// groups by size), per image in the network's output order; empty when the image is smaller
+    /// than the detector's window. For device parity checks (`bench-embed --detector`).
+    pub fn score_maps(&self, images: &[&RgbImage]) -> Result<Vec<Vec<f32>>, DetectorError> {
+        let Some(first) = images.first() else {
+            return Ok(Vec::new());
+        };
+        let (w, h) = (first.width, first.height);
+        let same: Vec<&RgbImage> = images
+            .iter()
+            .copied()
+            .filter(|i| (i.width, i.height) == (w, h))
+            .collect();
+        let layout = self.pyramid.layout(h, w);
+        if layout.rects.is_empty() {
+            return Ok(vec![Vec::new(); same.len()]);
+        }
+        let n = same.len();
+        Ok(self
+            .scores(&layout, same.into_iter(), n, w)?
+            .into_iter()
+            .map(|(_, _, v)| v)
+            .collect())
+    }
+
     /// The window scores of `n` images of one size: per image (rows, cols, values).
     fn scores<'a>(
         &self,
