@@ -395,6 +395,75 @@ mod tests {
         assert!(t < 0.3 && acc == 1.0);
     }
 
+    /// An embedder whose vector is the image's mean colour.
+    struct Colour(crate::embed::image::DecodeLimits);
+
+    impl crate::embed::FaceEmbedder for Colour {
+        fn model_id(&self) -> String {
+            "colour".into()
+        }
+        fn dim(&self) -> usize {
+            3
+        }
+        fn limits(&self) -> &crate::embed::image::DecodeLimits {
+            &self.0
+        }
+        fn embed_images(
+            &self,
+            images: &[&crate::embed::image::RgbImage],
+        ) -> Vec<Result<crate::embed::EmbeddedFace, crate::embed::EmbedError>> {
+            images
+                .iter()
+                .map(|img| {
+                    let n = (img.width * img.height) as f32;
+                    let mut v = vec![0f32; 3];
+                    for p in img.pixels.chunks(3) {
+                        (0..3).for_each(|c| v[c] += p[c] as f32 / n);
+                    }
+                    Ok(crate::embed::EmbeddedFace {
+                        vector: v,
+                        quality: None,
+                        located: None,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn verify_on_the_first_folds_embeds_and_scores_only_their_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three folds of one matched and one mismatched pair; person p<f> has two photos of
+        // nearly one colour, q<f> one photo of another.
+        let mut text = String::from("3\t1\n");
+        for f in 0..3u8 {
+            for (name, n, rgb) in [
+                (format!("p{f}"), 1, [200, 10 * f, 10]),
+                (format!("p{f}"), 2, [205, 10 * f, 10]),
+                (format!("q{f}"), 1, [10, 10 * f, 200]),
+            ] {
+                let path = image_path(dir.path(), &name, n);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                image::RgbImage::from_pixel(64, 64, image::Rgb(rgb))
+                    .save_with_format(&path, image::ImageFormat::Jpeg)
+                    .unwrap();
+            }
+            text += &format!("p{f}\t1\t2\np{f}\t1\tq{f}\t1\n");
+        }
+        std::fs::write(dir.path().join("pairs.txt"), text).unwrap();
+        let emb = Colour(crate::embed::image::DecodeLimits::default());
+        let all = verify(dir.path(), &emb, 4, None, &|_, _| {}).unwrap();
+        assert_eq!((all.n_pairs, all.n_images, all.folds.len()), (6, 9, 3));
+        assert_eq!(all.mean_accuracy, 1.0, "{all:?}");
+        let two = verify(dir.path(), &emb, 4, Some(2), &|_, _| {}).unwrap();
+        assert_eq!((two.n_pairs, two.n_images, two.folds.len()), (4, 6, 2));
+        assert_eq!(two.mean_accuracy, 1.0);
+        for k in [0, 1, 4] {
+            let e = verify(dir.path(), &emb, 4, Some(k), &|_, _| {}).unwrap_err();
+            assert!(e.to_string().contains("want 2..=3"), "{e}");
+        }
+    }
+
     #[test]
     fn k_fold_uses_other_folds_threshold() {
         // Fold 0 would want a threshold of ~0.9 on its own, but folds 1 and 2 fix ~0.45.
