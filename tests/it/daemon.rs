@@ -313,19 +313,22 @@ fn embed_then_cluster(
         let em = e3;
         let embed = tokio::spawn(clip_cluster::pipeline::run(embed_cfg, e2, stop_rx.clone()));
         let cluster = tokio::spawn(clip_cluster::pipeline::run(c_cfg, c2, stop_rx));
-        let start = Instant::now();
-        while !(cm.faces_applied.get() >= 9
-            && em.dead_letters.get() >= 2
-            && cm.outbox_depth.get() == 0)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "embed {} / cluster {}",
-                em.faces_embedded.get(),
-                cm.faces_applied.get()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::support::wait_until(
+            Duration::from_secs(120),
+            || {
+                cm.faces_applied.get() >= 9
+                    && em.dead_letters.get() >= 2
+                    && cm.outbox_depth.get() == 0
+            },
+            || {
+                format!(
+                    "embed {} / cluster {}",
+                    em.faces_embedded.get(),
+                    cm.faces_applied.get()
+                )
+            },
+        )
+        .await;
         stop_tx.send(true).unwrap();
         embed.await.unwrap().unwrap();
         cluster.await.unwrap().unwrap();

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clip_cluster::config::Config;
 use clip_cluster::embed::image::RgbImage;
@@ -166,19 +166,22 @@ fn run_daemon(cfg: Config, faces: u64, bad: u64) -> Metrics {
     rt.block_on(async move {
         let m = m3;
         let task = tokio::spawn(clip_cluster::pipeline::run(cfg, m2, stop_rx));
-        let start = Instant::now();
-        while !(m.faces_applied.get() >= faces
-            && m.dead_letters.get() >= bad
-            && m.outbox_depth.get() == 0)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(180),
-                "applied {} dead letters {}",
-                m.faces_applied.get(),
-                m.dead_letters.get()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::support::wait_until(
+            Duration::from_secs(180),
+            || {
+                m.faces_applied.get() >= faces
+                    && m.dead_letters.get() >= bad
+                    && m.outbox_depth.get() == 0
+            },
+            || {
+                format!(
+                    "applied {} dead letters {}",
+                    m.faces_applied.get(),
+                    m.dead_letters.get()
+                )
+            },
+        )
+        .await;
         stop_tx.send(true).unwrap();
         task.await.unwrap().unwrap();
     });

@@ -393,6 +393,24 @@ pub fn start(envs: &[(String, String)], log: &Path) -> std::process::Child {
         .expect("the binary starts")
 }
 
+/// Polls `done` every 50 ms until it holds (inside a test's runtime, beside the daemon's tasks);
+/// fails the test after `limit`, saying `state()`.
+pub async fn wait_until(
+    limit: std::time::Duration,
+    done: impl Fn() -> bool,
+    state: impl Fn() -> String,
+) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "not done after {limit:?}: {}",
+            state()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A series' value from the daemon's /metrics (`name` with its labels, if any), if it answers.
 pub fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics")?;
