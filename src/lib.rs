@@ -14,7 +14,8 @@
 //!   the stream's calibration).
 //! - `store`: durable state and the event outbox in sled; `clusterer`: engine + store + index
 //!   snapshots kept consistent (write-ahead order).
-//! - `sink`: events and dead letters out; `telemetry`: Prometheus metrics.
+//! - `sink`: events and dead letters out; `telemetry`: Prometheus metrics; `api`: the operator
+//!   API (reads and search over the open domains' states).
 //!
 //! Offline, apart from the daemon: `train` (fitting the trained parts), `eval` (metrics, peers'
 //! algorithms, labelled datasets, LFW, synthetic faces), `bench`, and `cli` (one file per command).
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod pipeline;
 
+pub mod api;
 pub mod clusterer;
 pub mod decode;
 pub mod edge;

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub offset_gap_messages: IntCounter,
     /// Kafka client errors seen (they are retried), by kind.
     pub kafka_errors: IntCounterVec,
+    /// Operator API requests, by outcome (`api::Outcome`: ok, bad_request, unauthorized,
+    /// not_found, too_large, unavailable).
+    pub api_requests: IntCounterVec,
     /// 1 once state is loaded and the consumer is running, and no domain is blocked or split
     /// (what /readyz answers).
     pub ready: IntGauge,
@@ -219,6 +222,11 @@ impl Metrics {
                 "kafka_errors_total",
                 "Kafka client errors (retried), by kind.",
                 "kind",
+            ),
+            api_requests: counter_vec(
+                "api_requests_total",
+                "Operator API requests, by outcome.",
+                "outcome",
             ),
             ready: gauge(
                 "ready",

@@ -154,6 +154,7 @@ pub fn run(
     limit: Option<usize>,
     rate: Option<f64>,
     quiet: bool,
+    serve: bool,
 ) -> anyhow::Result<DemoReport> {
     let (rows, labels) = match input {
         DemoInput::Features { bin, meta } => {
@@ -217,6 +218,23 @@ pub fn run(
     let state_dir = tempfile_dir()?;
     cfg.store.path = state_dir.join("state");
     cfg.admin.listen = "127.0.0.1:0".to_string();
+    // After the stream, --serve keeps the daemon and its API up (at api.listen, with a token
+    // made up for this run when none is configured); otherwise the API listens where it can.
+    let api_line = if serve {
+        cfg.api.enabled = true;
+        cfg.api.listen = resolve_port(&cfg.api.listen)?;
+        if cfg.api.token.is_empty() && cfg.api.token_file.is_empty() {
+            cfg.api.token = made_up_token();
+        }
+        let token = crate::api::Access::from_config(&cfg.api)
+            .map_err(anyhow::Error::msg)?
+            .token
+            .unwrap_or_default();
+        Some(format!("api: http://{} token: {token}", cfg.api.listen))
+    } else {
+        cfg.api.listen = "127.0.0.1:0".to_string();
+        None
+    };
     // librdkafka's mock keeps at most 5 MB per partition, so a backlog is spread over partitions
     // and the feed below is paced to stay well inside that.
     mock.create_topic(faces_topic, FACES_PARTITIONS)?;
@@ -251,6 +269,8 @@ pub fn run(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let start = Instant::now();
+    let stream_done = std::sync::OnceLock::new();
+    let stream_end = &stream_done;
     let m = metrics.clone();
     let progress = bar.clone();
     let feed_metrics = metrics.clone();
@@ -317,6 +337,14 @@ pub fn run(
                     m.events_total()
                 ));
                 if done >= total && m.outbox_depth.get() == 0 {
+                    let _ = stream_end.set(Instant::now());
+                    if let Some(line) = &api_line {
+                        progress.suspend(|| {
+                            eprintln!("{line}");
+                            eprintln!("stream done; serving the API until SIGTERM or Ctrl-C");
+                        });
+                        wait_for_signal().await;
+                    }
                     break;
                 }
                 if done != last.0 {
@@ -332,7 +360,11 @@ pub fn run(
         fed?;
         anyhow::Ok(r?)
     })?;
-    let seconds = start.elapsed().as_secs_f64();
+    // The stream's time, without the serving after it.
+    let seconds = stream_done
+        .get()
+        .map_or_else(|| start.elapsed(), |t| t.duration_since(start))
+        .as_secs_f64();
     bar.finish_and_clear();
 
     // Score from the durable state, the way a consumer of the events would see it.
@@ -375,6 +407,39 @@ pub fn run(
     drop(state);
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(report)
+}
+
+/// `addr` with port 0 replaced by a free port, so that the address printed is the one served.
+fn resolve_port(addr: &str) -> anyhow::Result<String> {
+    let a: std::net::SocketAddr = addr.parse()?;
+    if a.port() != 0 {
+        return Ok(addr.to_string());
+    }
+    let l = std::net::TcpListener::bind(a)?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// 32 hex digits from the OS's randomness.
+fn made_up_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn send(
@@ -427,6 +492,10 @@ pub struct Args {
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// After the stream, keep the daemon and its API up until SIGTERM or Ctrl-C (stderr prints
+    /// `api: http://ADDR token: TOKEN`, then a line saying it is serving).
+    #[arg(long)]
+    pub serve: bool,
 }
 
 pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
@@ -439,6 +508,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         synthetic,
         seed,
         json,
+        serve,
     } = args;
     let mut cfg = Config::load(config)?;
     if features.is_none() && faces.is_none() {
@@ -451,7 +521,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         (Some(bin), Some(meta), None) => crate::cli::demo::DemoInput::Features { bin, meta },
         _ => crate::cli::demo::DemoInput::Synthetic { n: synthetic, seed },
     };
-    let r = crate::cli::demo::run(&cfg, input, limit, rate, json)?;
+    let r = crate::cli::demo::run(&cfg, input, limit, rate, json, serve)?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

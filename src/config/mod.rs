@@ -302,6 +302,22 @@ pub struct AdminConfig {
     pub listen: String,
 }
 
+/// The operator API (`src/api/`): JSON over HTTP on its own listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    pub listen: String,
+    /// The bearer token; empty: none (then `token_file`, else writes are refused).
+    pub token: String,
+    /// A file whose first line is the token (read at start-up); empty: none.
+    pub token_file: String,
+    /// Reads without a token.
+    pub public_reads: bool,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
 /// Tables whose keys are librdkafka properties: passed through, validated by librdkafka.
 pub const FREE_FORM: [&str; 4] = [
     "kafka.properties",
@@ -346,6 +362,7 @@ pub struct Config {
     pub source: SourceConfig,
     pub sink: SinkConfig,
     pub admin: AdminConfig,
+    pub api: ApiConfig,
 }
 
 impl Config {

@@ -334,6 +334,20 @@ impl Config {
                 "must be an address like 127.0.0.1:9464",
             ));
         }
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "api.listen",
+                &self.api.listen,
+                "must be an address like 127.0.0.1:9465",
+            ));
+        }
+        if !(1024..=64 << 20).contains(&self.api.max_body_bytes) {
+            return Err(bad(
+                "api.max_body_bytes",
+                self.api.max_body_bytes,
+                "must be in 1024..=67108864",
+            ));
+        }
         Ok(())
     }
 

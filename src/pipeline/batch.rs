@@ -218,21 +218,13 @@ impl Daemon {
                 .iter()
                 .map(|((t, p), o)| (position_key(t, *p), o.to_le_bytes().to_vec()))
                 .collect();
-            let Some(mut clusterer) = dom.clusterer.take() else {
-                continue;
-            };
-            let task = tokio::task::spawn_blocking(move || {
-                let r = clusterer.apply(&good, &pos);
-                (clusterer, r)
-            });
+            let shared = dom.clusterer.clone();
+            let task = tokio::task::spawn_blocking(move || shared.lock().apply(&good, &pos));
             tasks.push((name, ends, task));
         }
         let mut done = Vec::with_capacity(tasks.len());
         for (name, ends, task) in tasks {
-            let (clusterer, result) = task.await.map_err(|e| PipelineError::Join(e.to_string()))?;
-            if let Some(dom) = self.domains.get_mut(&name) {
-                dom.clusterer = Some(clusterer);
-            }
+            let result = task.await.map_err(|e| PipelineError::Join(e.to_string()))?;
             done.push((name, ends, result));
         }
         for (name, ends, result) in done {
@@ -286,7 +278,8 @@ impl Daemon {
             }
             dom.outbox.add(result.events.len() as i64);
             self.metrics.outbox_depth.add(result.events.len() as i64);
-            if let Some(c) = &dom.clusterer {
+            {
+                let c = dom.clusterer.lock();
                 dom.faces.set(c.engine().n_faces() as i64);
                 let local = c.engine().bounded_regroups();
                 self.metrics

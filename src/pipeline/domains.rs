@@ -70,10 +70,15 @@ impl Daemon {
             self.metrics.clone(),
             mode_rx,
         ));
+        let shared = crate::api::Shared::new(clusterer);
+        self.api_domains
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), shared.clone());
         self.domains.insert(
             name,
             Domain {
-                clusterer: Some(clusterer),
+                clusterer: shared,
                 store,
                 positions: HashMap::new(),
                 consumed_at,
@@ -91,6 +96,10 @@ impl Daemon {
     /// releases its handle on the store (and with it sled's lock, for the next owner).
     pub(super) fn close_domain(&mut self, name: &str, mode: DrainMode) {
         if let Some(d) = self.domains.remove(name) {
+            self.api_domains
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
             let _ = self.metrics.domain_faces.remove_label_values(&[name]);
             let _ = d.drain_mode.send(mode);
             self.closing.push(d.drainer);
@@ -102,7 +111,8 @@ impl Daemon {
     pub(super) fn refresh_totals(&self) {
         let (mut faces, mut clusters) = (0i64, 0i64);
         for d in self.domains.values() {
-            if let Some(c) = &d.clusterer {
+            {
+                let c = d.clusterer.lock();
                 faces += c.engine().n_faces() as i64;
                 clusters += c.engine().n_clusters() as i64;
             }

@@ -76,6 +76,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error("API listener on {addr}: {reason}")]
+    Api { addr: String, reason: String },
     #[error("admin listener on {addr}: {reason}")]
     Admin { addr: String, reason: String },
     #[error("the face embedder cannot start: {0}")]
@@ -109,8 +111,8 @@ use crate::source::PartitionKey;
 
 /// One open domain: its clusterer (state + index) and its outbox drainer.
 struct Domain {
-    /// `None` only while a batch is applied on a blocking thread.
-    clusterer: Option<Clusterer>,
+    /// The state, shared with the API's reads (locked by a batch while it is applied).
+    clusterer: Arc<crate::api::Shared>,
     store: Store,
     /// Next offset to read per partition, as durable in this domain's state (a cache of
     /// `x:pos:*`, read on a partition's first message).
@@ -161,6 +163,8 @@ struct Daemon {
     clip: Option<Arc<crate::hallucinate::ClipStage>>,
     /// Open domains by name.
     domains: BTreeMap<String, Domain>,
+    /// The same domains' states, as the API reads them.
+    api_domains: crate::api::Domains,
     /// Per-partition mode: every assigned input partition's slot.
     slots: BTreeMap<PartitionKey, Slot>,
     assigned: BTreeSet<PartitionKey>,
@@ -257,6 +261,46 @@ async fn start_admin(
     Ok((health, admin))
 }
 
+/// Binds `api.listen` and serves the operator API until `stop` (none when `api.enabled` is off).
+async fn start_api(
+    api: &crate::config::ApiConfig,
+    domains: &crate::api::Domains,
+    metrics: &Metrics,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<JoinHandle<()>>, PipelineError> {
+    if !api.enabled {
+        return Ok(None);
+    }
+    let failed = |reason: String| PipelineError::Api {
+        addr: api.listen.clone(),
+        reason,
+    };
+    let access = crate::api::Access::from_config(api).map_err(failed)?;
+    let listener = tokio::net::TcpListener::bind(&api.listen)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| api.listen.clone());
+    match (&access.token, access.public_reads) {
+        (None, false) => {
+            warn!(addr = %bound, "operator API: no token configured (api.token or api.token_file): every request is refused")
+        }
+        (None, true) => {
+            warn!(addr = %bound, "operator API: reads are public; no token configured, so writes are refused")
+        }
+        _ => info!(addr = %bound, public_reads = access.public_reads, "operator API"),
+    }
+    Ok(Some(tokio::spawn(crate::api::serve(
+        listener,
+        domains.clone(),
+        access,
+        metrics.clone(),
+        stop.clone(),
+    ))))
+}
+
 /// Runs the daemon until `stop` turns true. Returns when the last batch is durable, offsets are
 /// committed and the outboxes are drained (or their bound passed). A batch whose dead letters
 /// were still undelivered when shutdown's grace (`sink.drain_timeout_ms`) ended is not applied and
@@ -287,6 +331,8 @@ pub async fn run(
         metrics.kafka_errors.with_label_values(&[k]);
     }
     let (health, admin) = start_admin(&cfg.admin, &metrics, &stop).await?;
+    let api_domains = crate::api::Domains::default();
+    let api = start_api(&cfg.api, &api_domains, &metrics, &stop).await?;
 
     let producer = producer(&cfg.kafka)?;
     let rebalances = Arc::new(Rebalances::default());
@@ -302,6 +348,7 @@ pub async fn run(
         embedder,
         clip,
         domains: BTreeMap::new(),
+        api_domains,
         slots: BTreeMap::new(),
         assigned: BTreeSet::new(),
         opens: JoinSet::new(),
@@ -392,6 +439,11 @@ pub async fn run(
     for dom in d.domains.values() {
         let _ = dom.drain_mode.send(DrainMode::Shutdown);
     }
+    // The API lets go of the states first, so that they close below.
+    d.api_domains
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     let domains = std::mem::take(&mut d.domains);
     let mut outbox_left = 0u64;
     for (_, dom) in domains {
@@ -407,6 +459,9 @@ pub async fn run(
     }
     let _ = producer.flush(Duration::from_secs(5));
     let _ = admin.await;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     if let Some(e) = failed {
         return Err(e);
     }

@@ -102,8 +102,7 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc_kill(child.id() as i32, 15) };
+    sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM gives a clean exit: {status:?}");
 
@@ -158,9 +157,4 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         .map(|(i, v)| (i as u64, v))
         .collect();
     check_events(&bootstrap, &want, Duration::from_secs(120));
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

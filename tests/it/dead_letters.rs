@@ -35,8 +35,7 @@ fn wait_until(what: &str, timeout: Duration, log: &Path, mut cond: impl FnMut() 
 
 /// SIGTERM, then the exit status if the daemon exits within `timeout` (else it is killed).
 fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    // SAFETY: plain kill(2) on our own child, which has not been waited for yet.
-    unsafe { libc_kill(child.id() as i32, 15) };
+    sigterm(child);
     let t = Instant::now();
     while t.elapsed() < timeout {
         if let Some(s) = child.try_wait().unwrap() {
@@ -190,9 +189,4 @@ fn undeliverable_dead_letters_stop_sigterm_with_an_error_and_leave_their_offsets
         Some("1")
     );
     assert_eq!(committed(&bootstrap, &group), Some(3));
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -1,6 +1,7 @@
 //! One integration-test binary (ripgrep style): each module covers one subsystem against the real
 //! stores in temporary directories and real librdkafka against its mock cluster.
 
+mod api;
 mod clip;
 mod crash;
 mod daemon;

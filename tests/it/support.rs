@@ -43,6 +43,8 @@ pub fn env(bootstrap: &str, state: &Path, dim: usize, admin: &str) -> Vec<(Strin
         ("STORE__PATH", state.display().to_string()),
         ("MODEL__DIM", dim.to_string()),
         ("ADMIN__LISTEN", admin.to_string()),
+        // Tests that use the API set their own port (api.rs).
+        ("API__LISTEN", "127.0.0.1:0".to_string()),
         ("SOURCE__MAX_BATCH", "64".to_string()),
         ("INDEX__SNAPSHOT_EVERY_FACES", "500".to_string()),
         // These tests are about the daemon's mechanics with a handful of faces: no warm-up
@@ -418,4 +420,15 @@ pub fn metric(port: u16, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// SIGTERM to a child that has not been waited for yet.
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: plain kill(2) on our own child; its pid is not reused before it is waited for.
+    unsafe { libc_kill(child.id() as i32, 15) };
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

@@ -1,0 +1,563 @@
+//! The operator API: JSON over HTTP on `api.listen` (schemas/openapi.json).
+//!
+//! - `GET /v1/faces/{face_id}`: a face, its cluster and origin; 404 when unknown.
+//! - `GET /v1/clusters?order=size|recent&unnamed=true&limit=N&cursor=C&domain=D`: a page of
+//!   clusters and the cursor of the next.
+//! - `GET /v1/clusters/{cluster_id}?limit=N&cursor=C&domain=D`: a cluster, a page of its faces,
+//!   its representative faces.
+//! - `POST /v1/search {embedding, k, domain}`: the nearest faces and their clusters.
+//!
+//! Every request needs `Authorization: Bearer <token>` unless `api.public_reads` (reads only).
+//! Reads lock the domain's state, so they wait for a batch being applied and see every batch
+//! that was committed before they started. Errors are `{"error": "..."}` with a 4xx or 503
+//! status, counted in `clip_cluster_api_requests_total{outcome}`; nothing a request sends can
+//! change the state (there are no writes yet).
+
+pub mod read;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::clusterer::Clusterer;
+use crate::telemetry::Metrics;
+
+/// One domain's state as the daemon and the API share it.
+pub struct Shared {
+    clusterer: Mutex<Clusterer>,
+    index: Mutex<Option<Arc<read::ClusterIndex>>>,
+}
+
+impl Shared {
+    pub fn new(c: Clusterer) -> Arc<Self> {
+        Arc::new(Shared {
+            clusterer: Mutex::new(c),
+            index: Mutex::new(None),
+        })
+    }
+
+    /// The state, for the daemon's batch (on a blocking thread) and the API's reads.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Clusterer> {
+        self.clusterer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster index of `c` (this domain's locked state), rebuilt when the state changed.
+    fn index(&self, c: &Clusterer) -> Arc<read::ClusterIndex> {
+        let mut slot = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(i) if i.current(c) => i.clone(),
+            _ => {
+                let i = Arc::new(read::ClusterIndex::build(c));
+                *slot = Some(i.clone());
+                i
+            }
+        }
+    }
+}
+
+/// The open domains by name, kept by the daemon as it opens and closes them.
+pub type Domains = Arc<RwLock<BTreeMap<String, Arc<Shared>>>>;
+
+/// How requests are let in.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// None: no token is configured, so every request that needs one is refused.
+    pub token: Option<String>,
+    pub public_reads: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Access {
+    /// From `api.*`: the token, else the first line of `token_file`.
+    pub fn from_config(cfg: &crate::config::ApiConfig) -> Result<Self, String> {
+        let token = if !cfg.token.is_empty() {
+            Some(cfg.token.clone())
+        } else if !cfg.token_file.is_empty() {
+            let text = std::fs::read_to_string(&cfg.token_file)
+                .map_err(|e| format!("api.token_file {}: {e}", cfg.token_file))?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            if line.is_empty() {
+                return Err(format!(
+                    "api.token_file {}: its first line is empty",
+                    cfg.token_file
+                ));
+            }
+            Some(line)
+        } else {
+            None
+        };
+        Ok(Access {
+            token,
+            public_reads: cfg.public_reads,
+            max_body_bytes: cfg.max_body_bytes,
+        })
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    domains: Domains,
+    access: Arc<Access>,
+    metrics: Metrics,
+}
+
+/// What became of a request (the metric's label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    TooLarge,
+    Unavailable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::BadRequest,
+        Outcome::Unauthorized,
+        Outcome::NotFound,
+        Outcome::TooLarge,
+        Outcome::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::NotFound => "not_found",
+            Outcome::TooLarge => "too_large",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Outcome::Ok => StatusCode::OK,
+            Outcome::BadRequest => StatusCode::BAD_REQUEST,
+            Outcome::Unauthorized => StatusCode::UNAUTHORIZED,
+            Outcome::NotFound => StatusCode::NOT_FOUND,
+            Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A refused request: its outcome and the message the caller reads.
+#[derive(Debug)]
+struct Refusal(Outcome, String);
+
+fn refuse(o: Outcome, msg: impl Into<String>) -> Refusal {
+    Refusal(o, msg.into())
+}
+
+type Reply = Result<serde_json::Value, Refusal>;
+
+impl App {
+    fn finish(&self, r: Reply) -> Response {
+        let (o, body) = match r {
+            Ok(v) => (Outcome::Ok, v),
+            Err(Refusal(o, msg)) => (o, json!({ "error": msg })),
+        };
+        self.metrics
+            .api_requests
+            .with_label_values(&[o.label()])
+            .inc();
+        (o.status(), Json(body)).into_response()
+    }
+
+    /// Lets a read in: a valid token, or none needed.
+    fn check(&self, headers: &HeaderMap, write: bool) -> Result<(), Refusal> {
+        if !write && self.access.public_reads {
+            return Ok(());
+        }
+        let Some(token) = &self.access.token else {
+            return Err(refuse(
+                Outcome::Unauthorized,
+                "no API token is configured: set api.token or api.token_file (or CLIP_CLUSTER__API__TOKEN), or api.public_reads = true for reads",
+            ));
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            None => Err(refuse(
+                Outcome::Unauthorized,
+                "missing header: Authorization: Bearer <token>",
+            )),
+            Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(refuse(Outcome::Unauthorized, "wrong token")),
+        }
+    }
+
+    /// The domain a request names, or the only one open.
+    fn domain(&self, name: Option<&str>) -> Result<(String, Arc<Shared>), Refusal> {
+        let map = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        match name {
+            Some(n) => map
+                .get(n)
+                .map(|s| (n.to_string(), s.clone()))
+                .ok_or_else(|| refuse(Outcome::NotFound, format!("no open domain named {n:?}"))),
+            None => match map.len() {
+                0 => Err(refuse(Outcome::Unavailable, "no domain is open yet (the state is loading or no partition is assigned)")),
+                1 => {
+                    let (n, s) = map.iter().next().expect("one domain");
+                    Ok((n.clone(), s.clone()))
+                }
+                _ => Err(refuse(
+                    Outcome::BadRequest,
+                    format!(
+                        "several domains are open ({}): name one with ?domain= (or \"domain\" in the body)",
+                        map.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn all_domains(&self) -> Vec<(String, Arc<Shared>)> {
+        let map = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs `f` on a blocking thread (it locks a state that a batch may hold).
+async fn blocking<F>(f: F) -> Reply
+where
+    F: FnOnce() -> Reply + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(refuse(Outcome::Unavailable, format!("request failed: {e}"))))
+}
+
+pub const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 50;
+
+fn limit(l: Option<usize>) -> Result<usize, Refusal> {
+    match l {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(refuse(
+            Outcome::BadRequest,
+            format!("limit {n}: must be in 1..={MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
+    q.map(|Query(t)| t)
+        .map_err(|e| refuse(Outcome::BadRequest, format!("bad query: {}", e.body_text())))
+}
+
+async fn get_face(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(face_id): Path<String>,
+) -> Response {
+    let r = async {
+        app.check(&headers, false)?;
+        let domains = app.all_domains();
+        blocking(move || {
+            for (name, shared) in domains {
+                let c = shared.lock();
+                if let Some(f) =
+                    read::face(&c, &name, &face_id).map_err(|e| refuse(Outcome::Unavailable, e))?
+                {
+                    return Ok(serde_json::to_value(f).unwrap_or_default());
+                }
+            }
+            Err(refuse(Outcome::NotFound, format!("no face {face_id:?}")))
+        })
+        .await
+    }
+    .await;
+    app.finish(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    order: Option<String>,
+    unnamed: Option<bool>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+    domain: Option<String>,
+}
+
+async fn list_clusters(
+    State(app): State<App>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let r = async {
+        app.check(&headers, false)?;
+        let q = query(q)?;
+        let order = match q.order.as_deref() {
+            None | Some("size") => read::Order::Size,
+            Some("recent") => read::Order::Recent,
+            Some(o) => {
+                return Err(refuse(
+                    Outcome::BadRequest,
+                    format!("order {o:?}: size or recent"),
+                ))
+            }
+        };
+        let n = limit(q.limit)?;
+        // Every cluster is unnamed until names can be set: `unnamed` filters nothing yet.
+        let _ = q.unnamed;
+        let (name, shared) = app.domain(q.domain.as_deref())?;
+        blocking(move || {
+            let c = shared.lock();
+            let idx = shared.index(&c);
+            let (page, next) = read::clusters(&c, &idx, &name, order, q.cursor, n)
+                .map_err(|e| refuse(Outcome::BadRequest, e))?;
+            Ok(json!({ "clusters": page, "total": idx.n_clusters(), "next": next }))
+        })
+        .await
+    }
+    .await;
+    app.finish(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterQuery {
+    limit: Option<usize>,
+    cursor: Option<u32>,
+    domain: Option<String>,
+}
+
+async fn get_cluster(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<ClusterQuery>, QueryRejection>,
+) -> Response {
+    let r = async {
+        app.check(&headers, false)?;
+        let q = query(q)?;
+        let id: u64 = id.parse().map_err(|_| {
+            refuse(
+                Outcome::BadRequest,
+                format!("cluster id {id:?}: not a number"),
+            )
+        })?;
+        let n = limit(q.limit)?;
+        let (name, shared) = app.domain(q.domain.as_deref())?;
+        blocking(move || {
+            let c = shared.lock();
+            let idx = shared.index(&c);
+            read::cluster(&c, &idx, &name, id, q.cursor, n)
+                .map(|v| serde_json::to_value(v).unwrap_or_default())
+                .ok_or_else(|| {
+                    refuse(
+                        Outcome::NotFound,
+                        format!("no cluster {id} in domain {name}"),
+                    )
+                })
+        })
+        .await
+    }
+    .await;
+    app.finish(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    embedding: Vec<f32>,
+    k: Option<usize>,
+    domain: Option<String>,
+}
+
+async fn search(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<SearchBody>, JsonRejection>,
+) -> Response {
+    let r = async {
+        app.check(&headers, false)?;
+        let Json(b) = body.map_err(|e| match e {
+            JsonRejection::BytesRejection(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => refuse(
+                Outcome::TooLarge,
+                format!("body over api.max_body_bytes ({} bytes)", app.access.max_body_bytes),
+            ),
+            e => refuse(Outcome::BadRequest, format!("bad body: {}", e.body_text())),
+        })?;
+        let k = b.k.unwrap_or(10);
+        if !(1..=MAX_LIMIT).contains(&k) {
+            return Err(refuse(Outcome::BadRequest, format!("k {k}: must be in 1..={MAX_LIMIT}")));
+        }
+        let (name, shared) = app.domain(b.domain.as_deref())?;
+        blocking(move || {
+            let c = shared.lock();
+            let hits = read::search(&c, &name, &b.embedding, k).map_err(|e| refuse(Outcome::BadRequest, e))?;
+            // The clusters among the hits, best first, with how many hits each holds.
+            let mut clusters: Vec<(u64, f32, usize)> = Vec::new();
+            for h in &hits {
+                match clusters.iter_mut().find(|c| c.0 == h.cluster_id) {
+                    Some(c) => c.2 += 1,
+                    None => clusters.push((h.cluster_id, h.score, 1)),
+                }
+            }
+            let clusters: Vec<_> = clusters
+                .into_iter()
+                .map(|(id, best, hits)| json!({ "cluster_id": id, "best_score": best, "hits": hits }))
+                .collect();
+            Ok(json!({ "domain": name, "faces": hits, "clusters": clusters }))
+        })
+        .await
+    }
+    .await;
+    app.finish(r)
+}
+
+async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    app.finish(Err(refuse(
+        Outcome::NotFound,
+        format!(
+            "no such endpoint: {} (see schemas/openapi.json)",
+            uri.path()
+        ),
+    )))
+}
+
+/// The API's routes.
+pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
+    for o in Outcome::ALL {
+        metrics.api_requests.with_label_values(&[o.label()]);
+    }
+    let limit = access.max_body_bytes;
+    let app = App {
+        domains,
+        access: Arc::new(access),
+        metrics,
+    };
+    Router::new()
+        .route("/v1/faces/{face_id}", get(get_face))
+        .route("/v1/clusters", get(list_clusters))
+        .route("/v1/clusters/{cluster_id}", get(get_cluster))
+        .route("/v1/search", post(search))
+        .fallback(unknown)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    domains: Domains,
+    access: Access,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = router(domains, access, metrics);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(token: Option<&str>, public_reads: bool) -> App {
+        App {
+            domains: Domains::default(),
+            access: Arc::new(Access {
+                token: token.map(str::to_string),
+                public_reads,
+                max_body_bytes: 4096,
+            }),
+            metrics: Metrics::new(),
+        }
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn tokens_let_in_and_keep_out() {
+        let a = app(Some("s3cret"), false);
+        assert!(a.check(&bearer("s3cret"), false).is_ok());
+        assert!(a.check(&bearer("s3cret"), true).is_ok());
+        let Refusal(o, m) = a.check(&bearer("s3cre"), false).unwrap_err();
+        assert_eq!((o, m.as_str()), (Outcome::Unauthorized, "wrong token"));
+        let Refusal(_, m) = a.check(&HeaderMap::new(), false).unwrap_err();
+        assert!(m.contains("Authorization: Bearer"), "{m}");
+        // No token configured: refused, saying how to set one.
+        let Refusal(_, m) = app(None, false).check(&bearer("x"), false).unwrap_err();
+        assert!(m.contains("api.token"), "{m}");
+        // Public reads: reads without a token, writes still need one.
+        let p = app(None, true);
+        assert!(p.check(&HeaderMap::new(), false).is_ok());
+        assert!(p.check(&HeaderMap::new(), true).is_err());
+    }
+
+    #[test]
+    fn the_token_file_gives_its_first_line() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        std::fs::write(&f, "abc123 \nignored\n").unwrap();
+        let mut cfg = crate::config::Config::defaults().unwrap().api;
+        cfg.token_file = f.display().to_string();
+        assert_eq!(
+            Access::from_config(&cfg).unwrap().token.as_deref(),
+            Some("abc123")
+        );
+        std::fs::write(&f, "\n").unwrap();
+        assert!(Access::from_config(&cfg)
+            .unwrap_err()
+            .contains("first line is empty"));
+        cfg.token_file = d.path().join("missing").display().to_string();
+        assert!(Access::from_config(&cfg)
+            .unwrap_err()
+            .contains("api.token_file"));
+        // The token itself wins over the file.
+        cfg.token = "direct".into();
+        assert_eq!(
+            Access::from_config(&cfg).unwrap().token.as_deref(),
+            Some("direct")
+        );
+        assert_eq!(cfg.listen, "127.0.0.1:9465", "the documented default");
+    }
+
+    #[test]
+    fn a_domain_must_be_open_and_exist() {
+        let a = app(Some("t"), false);
+        let Err(Refusal(o, _)) = a.domain(None) else {
+            panic!("no domain is open")
+        };
+        assert_eq!(o, Outcome::Unavailable);
+        let Err(Refusal(o, m)) = a.domain(Some("nope")) else {
+            panic!("no such domain")
+        };
+        assert_eq!(o, Outcome::NotFound, "{m}");
+    }
+}
