@@ -1,4 +1,5 @@
-//! The operator API: JSON over HTTP on `api.listen` (schemas/openapi.json).
+//! The operator API: JSON over HTTP on `api.listen` (no OpenAPI document yet: the endpoints are
+//! the ones listed here).
 //!
 //! - `GET /v1/faces/{face_id}`: a face, its cluster and origin; 404 when unknown.
 //! - `GET /v1/clusters?order=size|recent&unnamed=true&limit=N&cursor=C&domain=D`: a page of
@@ -26,7 +27,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::clusterer::Clusterer;
 use crate::telemetry::Metrics;
@@ -434,7 +434,7 @@ async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
     app.finish(Err(refuse(
         Outcome::NotFound,
         format!(
-            "no such endpoint: {} (see schemas/openapi.json)",
+            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/search)",
             uri.path()
         ),
     )))
@@ -459,22 +459,6 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(app)
-}
-
-/// Serves the API on `listener` until `stop` turns true.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    domains: Domains,
-    access: Access,
-    metrics: Metrics,
-    mut stop: watch::Receiver<bool>,
-) {
-    let app = router(domains, access, metrics);
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
 }
 
 #[cfg(test)]

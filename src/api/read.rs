@@ -5,7 +5,7 @@
 //! The engine keeps each face's cluster, not each cluster's faces; the index of members is built
 //! by one pass over the faces when a read needs it and the state changed since (every change of
 //! membership emits an event, so the event counter tells). Under a steady stream each read of a
-//! cluster list pays that pass (about 10 ms per 1M faces, BENCHMARKS.md 11).
+//! cluster list pays that pass (not yet measured at 1M faces).
 
 use std::collections::BTreeMap;
 
@@ -125,10 +125,9 @@ pub fn clusters(
         Order::Size => &idx.by_size,
         Order::Recent => &idx.by_recent,
     };
-    // A cursor names the last cluster of the previous page. A cluster that changed place since
-    // (grew, got a new face, merged away) is looked up by its place under the same key, so a
-    // page never repeats a cluster nor stops early; clusters that moved may be skipped or seen
-    // twice across pages, as with any live list.
+    // A cursor names the last cluster of the previous page; the next page starts after that
+    // cluster's place in the current order. Between pages of a live state, clusters that moved
+    // may be skipped or seen twice; a cursor whose cluster merged away is refused.
     let start = match after {
         None => 0,
         Some(id) => match list.iter().position(|x| *x == id) {

@@ -70,7 +70,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     health: std::sync::Arc<Health>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     use axum::{http::StatusCode, routing::get, Router};
     let app = Router::new()
@@ -94,6 +94,15 @@ pub async fn serve(
                 }
             }),
         );
+    serve_until(listener, app, stop).await;
+}
+
+/// Serves `app` on `listener` until `stop` turns true (the admin endpoints and the API).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -292,11 +292,9 @@ async fn start_api(
         }
         _ => info!(addr = %bound, public_reads = access.public_reads, "operator API"),
     }
-    Ok(Some(tokio::spawn(crate::api::serve(
+    Ok(Some(tokio::spawn(crate::pipeline::admin::serve_until(
         listener,
-        domains.clone(),
-        access,
-        metrics.clone(),
+        crate::api::router(domains.clone(), access, metrics.clone()),
         stop.clone(),
     ))))
 }
