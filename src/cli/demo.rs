@@ -219,7 +219,8 @@ pub fn run(
     cfg.store.path = state_dir.join("state");
     cfg.admin.listen = "127.0.0.1:0".to_string();
     // After the stream, --serve keeps the daemon and its API up (at api.listen, with a token
-    // made up for this run when none is configured); otherwise the API listens where it can.
+    // made up for this run when none is configured); without it the stream ends the run before
+    // anyone could query the API, so it is not started.
     let api_line = if serve {
         cfg.api.enabled = true;
         cfg.api.listen = resolve_port(&cfg.api.listen)?;
@@ -232,7 +233,7 @@ pub fn run(
             .unwrap_or_default();
         Some(format!("api: http://{} token: {token}", cfg.api.listen))
     } else {
-        cfg.api.listen = "127.0.0.1:0".to_string();
+        cfg.api.enabled = false;
         None
     };
     // librdkafka's mock keeps at most 5 MB per partition, so a backlog is spread over partitions
