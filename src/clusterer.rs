@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::edge::EdgeModel;
+use crate::engine::feedback::{Command, FeedbackError, FeedbackReport};
 use crate::engine::{Engine, EngineError, Event, Outcome};
 use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
@@ -495,6 +496,31 @@ impl Clusterer {
             .commit_with(&self.engine.take_changes(), &warmup, positions)?;
         res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
+    }
+}
+
+impl Clusterer {
+    /// Applies one operator command and makes it durable (one commit, fsync) before it returns:
+    /// the constraints, names, the clusters it changed and its events (in the outbox). The
+    /// inner error is a refused command (nothing changed); the outer one a store failure.
+    pub fn apply_feedback(
+        &mut self,
+        cmd: &Command,
+    ) -> Result<Result<(FeedbackReport, Vec<Event>), FeedbackError>, ClustererError> {
+        if self.decision.is_none() {
+            return Ok(Err(FeedbackError::NotReady(format!(
+                "the state is in its calibration warm-up ({} of {} faces); commands are taken once it decides",
+                self.waiting.len(),
+                self.calibration.warmup
+            ))));
+        }
+        let r = self.engine.apply_feedback(cmd);
+        if let Ok((report, _)) = &r {
+            if !report.duplicate {
+                self.store.commit(&self.engine.take_changes(), &[])?;
+            }
+        }
+        Ok(r)
     }
 }
 

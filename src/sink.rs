@@ -128,6 +128,8 @@ fn event_type(e: &Event) -> &'static str {
         Event::ClustersMerged { .. } => "ClustersMerged",
         Event::ClusterSplit { .. } => "ClusterSplit",
         Event::FaceMoved { .. } => "FaceMoved",
+        Event::ClusterNamed { .. } => "ClusterNamed",
+        Event::FeedbackApplied { .. } => "FeedbackApplied",
     }
 }
 

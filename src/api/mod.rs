@@ -7,12 +7,18 @@
 //! - `GET /v1/clusters/{cluster_id}?limit=N&cursor=C&domain=D`: a cluster, a page of its faces,
 //!   its representative faces.
 //! - `POST /v1/search {embedding, k, domain}`: the nearest faces and their clusters.
+//! - `POST /v1/feedback {command_id, op, ..., domain}`: an operator command (`merge
+//!   {cluster_ids}`, `split {face_ids}`, `not_in_cluster {face_id, cluster_id}`, `assign
+//!   {face_id, cluster_id}`, `name {cluster_id, name}`, `undo {command_id}`; see
+//!   `engine::feedback`), durable when it returns: 200 with its report, 404 for unknown ids, 409
+//!   when it contradicts the constraints held or reuses a command id, 400 when malformed. The
+//!   same command id again returns the first report with `duplicate: true`.
 //!
 //! Every request needs `Authorization: Bearer <token>` unless `api.public_reads` (reads only).
 //! Reads lock the domain's state, so they wait for a batch being applied and see every batch
 //! that was committed before they started. Errors are `{"error": "..."}` with a 4xx or 503
-//! status, counted in `clip_cluster_api_requests_total{outcome}`; nothing a request sends can
-//! change the state (there are no writes yet).
+//! status, counted in `clip_cluster_api_requests_total{outcome}`; a refused request changes
+//! nothing. Writes always need the token.
 
 pub mod read;
 
@@ -35,6 +41,8 @@ use crate::telemetry::Metrics;
 pub struct Shared {
     clusterer: Mutex<Clusterer>,
     index: Mutex<Option<Arc<read::ClusterIndex>>>,
+    /// Told how many events a write added to the outbox (the daemon counts and sends them).
+    wrote: std::sync::OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl Shared {
@@ -42,7 +50,13 @@ impl Shared {
         Arc::new(Shared {
             clusterer: Mutex::new(c),
             index: Mutex::new(None),
+            wrote: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what a write tells the daemon (once; later calls are ignored).
+    pub fn on_write(&self, f: impl Fn(usize) + Send + Sync + 'static) {
+        let _ = self.wrote.set(Box::new(f));
     }
 
     /// The state, for the daemon's batch (on a blocking thread) and the API's reads.
@@ -118,16 +132,18 @@ pub enum Outcome {
     Unauthorized,
     NotFound,
     TooLarge,
+    Conflict,
     Unavailable,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::BadRequest,
         Outcome::Unauthorized,
         Outcome::NotFound,
         Outcome::TooLarge,
+        Outcome::Conflict,
         Outcome::Unavailable,
     ];
 
@@ -138,6 +154,7 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::NotFound => "not_found",
             Outcome::TooLarge => "too_large",
+            Outcome::Conflict => "conflict",
             Outcome::Unavailable => "unavailable",
         }
     }
@@ -149,6 +166,7 @@ impl Outcome {
             Outcome::Unauthorized => StatusCode::UNAUTHORIZED,
             Outcome::NotFound => StatusCode::NOT_FOUND,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Conflict => StatusCode::CONFLICT,
             Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -321,13 +339,12 @@ async fn list_clusters(
             }
         };
         let n = limit(q.limit)?;
-        // Every cluster is unnamed until names can be set: `unnamed` filters nothing yet.
-        let _ = q.unnamed;
+        let unnamed = q.unnamed.unwrap_or(false);
         let (name, shared) = app.domain(q.domain.as_deref())?;
         blocking(move || {
             let c = shared.lock();
             let idx = shared.index(&c);
-            let (page, next) = read::clusters(&c, &idx, &name, order, q.cursor, n)
+            let (page, next) = read::clusters(&c, &idx, &name, (order, unnamed), q.cursor, n)
                 .map_err(|e| refuse(Outcome::BadRequest, e))?;
             Ok(json!({ "clusters": page, "total": idx.n_clusters(), "next": next }))
         })
@@ -395,13 +412,7 @@ async fn search(
 ) -> Response {
     let r = async {
         app.check(&headers, false)?;
-        let Json(b) = body.map_err(|e| match e {
-            JsonRejection::BytesRejection(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => refuse(
-                Outcome::TooLarge,
-                format!("body over api.max_body_bytes ({} bytes)", app.access.max_body_bytes),
-            ),
-            e => refuse(Outcome::BadRequest, format!("bad body: {}", e.body_text())),
-        })?;
+        let Json(b) = body.map_err(|e| body_refusal(&app, e))?;
         let k = b.k.unwrap_or(10);
         if !(1..=MAX_LIMIT).contains(&k) {
             return Err(refuse(Outcome::BadRequest, format!("k {k}: must be in 1..={MAX_LIMIT}")));
@@ -430,11 +441,79 @@ async fn search(
     app.finish(r)
 }
 
+/// `POST /v1/feedback {command_id, op, ..., domain}`: one operator command (`feedback::Op`).
+async fn feedback(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Response {
+    use crate::engine::feedback::{Command, FeedbackError, Op};
+    let r = async {
+        app.check(&headers, true)?;
+        let Json(v) = body.map_err(|e| body_refusal(&app, e))?;
+        let serde_json::Value::Object(mut m) = v else {
+            return Err(refuse(Outcome::BadRequest, "bad body: expected a JSON object"));
+        };
+        let text = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str| match m.remove(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(refuse(Outcome::BadRequest, format!("bad body: {k} must be a string"))),
+        };
+        let domain = text(&mut m, "domain")?;
+        let command_id = text(&mut m, "command_id")?
+            .ok_or_else(|| refuse(Outcome::BadRequest, "bad body: command_id is missing (an id of your choosing: the command is applied once per id)"))?;
+        let op: Op = serde_json::from_value(serde_json::Value::Object(m))
+            .map_err(|e| refuse(Outcome::BadRequest, format!("bad command: {e}")))?;
+        let (name, shared) = app.domain(domain.as_deref())?;
+        let cmd = Command { command_id, op };
+        let shared2 = shared.clone();
+        blocking(move || {
+            let mut c = shared2.lock();
+            match c.apply_feedback(&cmd) {
+                Err(e) => Err(refuse(Outcome::Unavailable, format!("the command could not be stored: {e}"))),
+                Ok(Err(e)) => {
+                    let o = match &e {
+                        FeedbackError::UnknownCluster(_) | FeedbackError::UnknownFace(_) | FeedbackError::UnknownCommand(_) => Outcome::NotFound,
+                        FeedbackError::Conflict(_) => Outcome::Conflict,
+                        FeedbackError::Invalid(_) => Outcome::BadRequest,
+                        FeedbackError::NotReady(_) => Outcome::Unavailable,
+                    };
+                    Err(refuse(o, e.to_string()))
+                }
+                Ok(Ok((report, events))) => {
+                    drop(c);
+                    if let Some(f) = shared2.wrote.get() {
+                        if !events.is_empty() {
+                            f(events.len());
+                        }
+                    }
+                    let mut v = serde_json::to_value(&report).unwrap_or_default();
+                    v["domain"] = json!(name);
+                    Ok(v)
+                }
+            }
+        })
+        .await
+    }
+    .await;
+    app.finish(r)
+}
+
+fn body_refusal(app: &App, e: JsonRejection) -> Refusal {
+    match e {
+        JsonRejection::BytesRejection(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => refuse(
+            Outcome::TooLarge,
+            format!("body over api.max_body_bytes ({} bytes)", app.access.max_body_bytes),
+        ),
+        e => refuse(Outcome::BadRequest, format!("bad body: {}", e.body_text())),
+    }
+}
+
 async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
     app.finish(Err(refuse(
         Outcome::NotFound,
         format!(
-            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/search)",
+            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/search, /v1/feedback)",
             uri.path()
         ),
     )))
@@ -456,6 +535,7 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
         .route("/v1/clusters", get(list_clusters))
         .route("/v1/clusters/{cluster_id}", get(get_cluster))
         .route("/v1/search", post(search))
+        .route("/v1/feedback", post(feedback))
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(app)

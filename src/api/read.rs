@@ -99,7 +99,7 @@ pub fn face(c: &Clusterer, domain: &str, face_id: &str) -> Result<Option<FaceVie
 pub struct ClusterSummary {
     pub cluster_id: u64,
     pub domain: String,
-    /// Names come with the feedback commands; none can be set yet.
+    /// Set by an operator's `name` command.
     pub name: Option<String>,
     pub size: usize,
     /// Its newest face's id.
@@ -117,7 +117,7 @@ pub fn clusters(
     c: &Clusterer,
     idx: &ClusterIndex,
     domain: &str,
-    order: Order,
+    (order, unnamed): (Order, bool),
     after: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<ClusterSummary>, Option<u64>), String> {
@@ -140,21 +140,25 @@ pub fn clusters(
         },
     };
     let e = c.engine();
-    let page: Vec<ClusterSummary> = list[start.min(list.len())..]
+    // With `unnamed`, named clusters are skipped (they still hold their place for cursors).
+    let mut shown = list[start.min(list.len())..]
         .iter()
+        .filter(|id| !unnamed || e.cluster_name(**id).is_none());
+    let page: Vec<ClusterSummary> = shown
+        .by_ref()
         .take(limit)
         .map(|id| {
             let m = &idx.members[id];
             ClusterSummary {
                 cluster_id: *id,
                 domain: domain.to_string(),
-                name: None,
+                name: e.cluster_name(*id).map(str::to_string),
                 size: m.len(),
                 newest_face_id: e.face_id(*m.last().unwrap_or(&0)).to_string(),
             }
         })
         .collect();
-    let next = if start + page.len() < list.len() {
+    let next = if shown.next().is_some() {
         page.last().map(|s| s.cluster_id)
     } else {
         None
@@ -202,7 +206,7 @@ pub fn cluster(
     Some(ClusterView {
         cluster_id,
         domain: domain.to_string(),
-        name: None,
+        name: e.cluster_name(cluster_id).map(str::to_string),
         size: m.len(),
         face_ids: page.iter().map(|s| e.face_id(*s).to_string()).collect(),
         representative_face_ids: representatives(c, m)

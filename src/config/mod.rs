@@ -189,6 +189,7 @@ pub struct EngineConfig {
     pub t2: f32,
     pub support: f32,
     pub support_region: usize,
+    pub same_image_cannot_link: bool,
 }
 
 /// `[calibration]`: whether the trained parts fit the stream's space (see `calibrate`).
@@ -458,6 +459,7 @@ impl Config {
             weak_margin: self.quality.weak_margin,
             support: self.engine.support,
             support_region: self.engine.support_region,
+            same_image_cannot_link: self.engine.same_image_cannot_link,
             refresh: match self.proxy.mode {
                 ProxyMode::Identity => 0,
                 ProxyMode::Neighbor => self.proxy.refresh_per_insert,

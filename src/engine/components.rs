@@ -18,6 +18,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 out.push(j);
             }
         }
+        if !self.rules.must.is_empty() {
+            out.extend_from_slice(self.rules.must_of(x));
+        }
         for &(a, b) in &self.visible {
             if a == x {
                 out.push(b);
@@ -74,8 +77,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.comps[big as usize].cluster_id,
             self.comps[small as usize].cluster_id,
         );
-        let into = id_big.min(id_small);
-        let from = id_big.max(id_small);
+        // The named id before an unnamed one (two different names never get here), then the older.
+        let named = |id: u64| self.rules.names.contains_key(&id);
+        let (into, from) = match (named(id_big), named(id_small)) {
+            (true, false) => (id_big, id_small),
+            (false, true) => (id_small, id_big),
+            _ => (id_big.min(id_small), id_big.max(id_small)),
+        };
+        if named(from) {
+            self.set_name(from, None);
+        }
         let from_size = if from == id_small {
             self.comps[small as usize].size
         } else {

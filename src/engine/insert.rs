@@ -142,6 +142,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.adopt(j, seq, score, evicted);
         }
         self.touch_face(seq);
+        if let (true, Some(image)) = (p.same_image_cannot_link, &meta.image_id) {
+            self.rules.add_photo_face(image, seq);
+        }
         if self.flags_needed() {
             // The new face's in-list now holds its adopters; their in-neighbours are sources too.
             let mut all = sources.clone();
@@ -392,7 +395,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         added.sort_unstable();
         removed.sort_unstable();
-        if self.params.support > 0.0 {
+        if self.params.support > 0.0 || !self.rules.is_empty() {
             // The rule also reads scores: a face whose edges were rescored is a seed too.
             let mut seeds: Vec<u32> = added
                 .iter()
@@ -443,6 +446,7 @@ mod tests {
             weak_margin: 1.0,
             support: 0.0,
             support_region: 0,
+            same_image_cannot_link: true,
         }
     }
 

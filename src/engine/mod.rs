@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::index::{dot, rank, Neighbor, NeighborIndex};
 
 mod components;
+pub mod feedback;
 mod insert;
 mod refresh;
 mod state;
@@ -69,6 +70,9 @@ pub struct EngineParams {
     /// splits a cluster only when the cluster falls apart; the cost is then bounded by the
     /// clusters touched, not by the component. 0 = no bound (always the exact rule).
     pub support_region: usize,
+    /// Faces of one photo (the same `FaceMeta::image_id`) are never one person: a cannot-link
+    /// between every two of them.
+    pub same_image_cannot_link: bool,
 }
 
 /// Turns a face's identity vector into the proxy that is indexed and linked (METHOD.md (c) 3).
@@ -245,6 +249,21 @@ pub enum Event {
     /// An existing face changed cluster: it left in a split, or, with cluster-level linkage
     /// (`engine.support`), the recomputed grouping put it with another cluster.
     FaceMoved { face_id: String, from: u64, to: u64 },
+    /// An operator named a cluster, or cleared its name (`name` null); `previous` is the name it
+    /// had. A name follows its cluster's id through merges and splits.
+    ClusterNamed {
+        cluster_id: u64,
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
+    /// An operator's feedback command (`feedback::Op`) was applied; the merges, splits and moves
+    /// it caused come before it. `clusters`: the clusters its faces are in afterwards.
+    FeedbackApplied {
+        command_id: String,
+        op: String,
+        clusters: Vec<u64>,
+    },
 }
 
 /// Errors for a face that cannot be inserted. The engine state is untouched when one is returned.
@@ -362,12 +381,16 @@ pub struct ChangeSet {
     /// Proxies recomputed by the refresh, latest value per face (the indexed vector of a face
     /// stays the one it was inserted with).
     pub refreshed: Vec<(u32, Vec<f32>)>,
+    /// Cluster names set or cleared (`None`), latest value per cluster id.
+    pub names: Vec<(u64, Option<String>)>,
+    /// Feedback commands applied or changed (an undo marks its target), latest per command.
+    pub commands: Vec<feedback::CommandRecord>,
     pub counters: Counters,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.new_faces.is_empty() && self.events.is_empty()
+        self.new_faces.is_empty() && self.events.is_empty() && self.commands.is_empty()
     }
 }
 
@@ -387,6 +410,12 @@ pub struct Restored {
     pub weak: Vec<u32>,
     pub faces: Vec<FaceRecord>,
     pub comps: Vec<(u32, CompRecord)>,
+    /// Image id of each face that had one (the faces of one photo are kept apart).
+    pub images: Vec<(u32, String)>,
+    /// Cluster names by cluster id.
+    pub names: Vec<(u64, String)>,
+    /// Every feedback command applied, in order (undone ones marked).
+    pub commands: Vec<feedback::CommandRecord>,
     pub counters: Counters,
 }
 
@@ -434,6 +463,8 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     /// processed: walks still see them, so every walk sees the structure the labels describe.
     /// (Additions need no such care: walks that relabel follow labels, not just edges.)
     visible: Vec<(u32, u32)>,
+    /// Operator feedback and the photo rule, honoured by every re-link (`feedback`).
+    rules: feedback::Constraints,
 }
 
 fn pair(a: u32, b: u32) -> (u32, u32) {

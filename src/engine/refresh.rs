@@ -198,6 +198,7 @@ mod tests {
             weak_margin: 1.0,
             support: 0.0,
             support_region: 0,
+            same_image_cannot_link: true,
         }
     }
 

@@ -39,13 +39,21 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             dirty_faces: HashSet::new(),
             dirty_comps: HashSet::new(),
             visible: Vec::new(),
+            rules: feedback::Constraints::default(),
         }
     }
 
     /// Rebuilds an engine from durable state. `index` must already hold the proxies of every
     /// restored face (the caller loads a snapshot and replays the rest).
-    pub fn restore(params: EngineParams, index: I, proxy_gen: P, scorer: S, r: Restored) -> Self {
+    pub fn restore(
+        params: EngineParams,
+        index: I,
+        proxy_gen: P,
+        scorer: S,
+        mut r: Restored,
+    ) -> Self {
         let mut e = Self::with_stages(params, index, proxy_gen, scorer);
+        e.restore_rules(&mut r);
         let n = r.faces.len();
         e.faces = r
             .faces

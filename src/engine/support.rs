@@ -20,7 +20,36 @@ use crate::index::NeighborIndex;
 
 /// Cluster label of each of `n` nodes (the smallest node of its cluster) for the undirected kept
 /// `edges` (a < b, any order, duplicates allowed: the highest score counts).
-pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32) -> Vec<u32> {
+pub(crate) fn partition(n: usize, edges: Vec<(u32, u32, f32)>, support: f32) -> Vec<u32> {
+    partition_with(n, edges, support, &Rules::default())
+}
+
+/// Constraints over the nodes of one `partition_with` call (local node numbers).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rules {
+    /// Pairs never put in one cluster.
+    pub cannot: Vec<(u32, u32)>,
+    /// Per node, the name of its cluster (interned), if any: two different names never merge.
+    /// Empty = no names.
+    pub tags: Vec<Option<u32>>,
+}
+
+impl Rules {
+    fn is_empty(&self) -> bool {
+        self.cannot.is_empty() && self.tags.iter().all(Option::is_none)
+    }
+}
+
+/// As `partition`, honouring constraints: an edge of score `f32::INFINITY` is a must-link (it
+/// merges whatever the support), and no merge joins a cannot-linked pair or two different tags.
+/// With constraints the cluster-level rule runs even at `support = 0` (every edge is supported
+/// then), so that a refused merge leaves two clusters instead of a component.
+pub(crate) fn partition_with(
+    n: usize,
+    mut edges: Vec<(u32, u32, f32)>,
+    support: f32,
+    rules: &Rules,
+) -> Vec<u32> {
     edges.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)).then(y.2.total_cmp(&x.2)));
     edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
     let mut parent: Vec<u32> = (0..n as u32).collect();
@@ -31,7 +60,8 @@ pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32)
         }
         x
     }
-    if support <= 0.0 {
+    let constrained = !rules.is_empty();
+    if support <= 0.0 && !constrained {
         for &(a, b, _) in &edges {
             let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
             if ra != rb {
@@ -39,6 +69,18 @@ pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32)
             }
         }
     } else {
+        let support = support.max(0.0);
+        // Per root: nodes it must never hold together with, and its tag.
+        let mut forbid: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for &(a, b) in &rules.cannot {
+            forbid[a as usize].push(b);
+            forbid[b as usize].push(a);
+        }
+        let mut tag: Vec<Option<u32>> = if rules.tags.is_empty() {
+            vec![None; n]
+        } else {
+            rules.tags.clone()
+        };
         let mut size = vec![1u32; n];
         // Kept edges between clusters, by cluster root; merged small into large.
         let mut between: Vec<HashMap<u32, u32>> = vec![HashMap::new(); n];
@@ -47,15 +89,33 @@ pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32)
             *between[b as usize].entry(a).or_default() += 1;
         }
         edges.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
-        for &(a, b, _) in &edges {
+        for &(a, b, score) in &edges {
             let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
             if ra == rb {
                 continue;
             }
+            if constrained {
+                if let (Some(x), Some(y)) = (tag[ra as usize], tag[rb as usize]) {
+                    if x != y {
+                        continue;
+                    }
+                }
+                let (fa, other) = if forbid[ra as usize].len() <= forbid[rb as usize].len() {
+                    (ra, rb)
+                } else {
+                    (rb, ra)
+                };
+                let list = std::mem::take(&mut forbid[fa as usize]);
+                let crossed = list.iter().any(|&y| find(&mut parent, y) == other);
+                forbid[fa as usize] = list;
+                if crossed {
+                    continue;
+                }
+            }
             let links = between[ra as usize].get(&rb).copied().unwrap_or(0);
             let smaller = size[ra as usize].min(size[rb as usize]) as f32;
             let need = ((support * smaller).ceil() as u32).max(1);
-            if links < need {
+            if links < need && score != f32::INFINITY {
                 continue;
             }
             // Keep the root with the larger map; fold the other's counts into it.
@@ -66,6 +126,11 @@ pub(crate) fn partition(n: usize, mut edges: Vec<(u32, u32, f32)>, support: f32)
             };
             parent[gone as usize] = keep;
             size[keep as usize] += size[gone as usize];
+            if constrained {
+                let moved = std::mem::take(&mut forbid[gone as usize]);
+                forbid[keep as usize].extend(moved);
+                tag[keep as usize] = tag[keep as usize].or(tag[gone as usize]);
+            }
             let moved = std::mem::take(&mut between[gone as usize]);
             for (c, m) in moved {
                 if c == keep {
@@ -127,26 +192,62 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             }
         }
         region.sort_unstable();
-        let local = |x: u32| {
-            region
-                .binary_search(&x)
-                .expect("kept neighbour in the region") as u32
-        };
+        self.repartition(&region, cause, events);
+        true
+    }
+
+    /// The rule recomputed over the faces of the clusters `labels` alone (edges to other faces
+    /// ignored): how feedback applies when the kept-graph component is over `support_region`.
+    pub(super) fn regroup_clusters(&mut self, labels: &[u32], cause: u32, events: &mut Vec<Event>) {
+        let region: Vec<u32> = (0..self.faces.len() as u32)
+            .filter(|&x| labels.binary_search(&self.faces[x as usize].comp).is_ok())
+            .collect();
+        self.repartition(&region, cause, events);
+    }
+
+    /// Recomputes the rule over `region` (sorted; whole old clusters) with the constraints held,
+    /// and applies the new partition with stable ids, emitting merges, splits and moves.
+    fn repartition(&mut self, region: &[u32], cause: u32, events: &mut Vec<Event>) {
+        let region = region.to_vec();
+        let local = |x: u32| region.binary_search(&x).ok().map(|i| i as u32);
+        let ordered = |a: u32, b: u32| if a < b { (a, b) } else { (b, a) };
         let mut edges: Vec<(u32, u32, f32)> = Vec::new();
+        let mut rules = Rules::default();
+        let constrained = !self.rules.is_empty();
+        let mut names: HashMap<&str, u32> = HashMap::new();
         for (li, &x) in region.iter().enumerate() {
+            let li = li as u32;
             for e in &self.faces[x as usize].out {
-                if e.kept {
-                    let lj = local(e.to);
-                    let (a, b) = if (li as u32) < lj {
-                        (li as u32, lj)
-                    } else {
-                        (lj, li as u32)
-                    };
+                if let (true, Some(lj)) = (e.kept, local(e.to)) {
+                    let (a, b) = ordered(li, lj);
                     edges.push((a, b, e.score));
                 }
             }
+            if !constrained {
+                continue;
+            }
+            for &y in self.rules.must_of(x) {
+                if let Some(lj) = local(y).filter(|&lj| lj > li) {
+                    edges.push((li, lj, f32::INFINITY));
+                }
+            }
+            for &y in self.rules.cannot_of(x) {
+                if let Some(lj) = local(y).filter(|&lj| lj > li) {
+                    rules.cannot.push((li, lj));
+                }
+            }
+            let id = self.comps[self.faces[x as usize].comp as usize].cluster_id;
+            let tag = match self.rules.names.get(&id) {
+                None => None,
+                Some(name) => {
+                    let next = names.len() as u32;
+                    let t = *names.entry(name.as_str()).or_insert(next);
+                    Some(t)
+                }
+            };
+            rules.tags.push(tag);
         }
-        let part = partition(region.len(), edges, self.params.support);
+        let part = partition_with(region.len(), edges, self.params.support, &rules);
 
         // Parts in order of their oldest face (labels are smallest members, region is sorted).
         let mut part_index: HashMap<u32, usize> = HashMap::new();
@@ -190,8 +291,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for (&l, &p) in &heir {
             heirs_of[p].push(l);
         }
+        // A part keeps a named cluster's id before an unnamed one's, then the oldest.
         for h in &mut heirs_of {
-            h.sort_by_key(|&l| self.comps[l as usize].cluster_id);
+            h.sort_by_key(|&l| {
+                let id = self.comps[l as usize].cluster_id;
+                (!self.rules.names.contains_key(&id), id)
+            });
         }
         let labels_before = self.labels_of(&region);
 
@@ -225,6 +330,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             // Merges: the other clusters this part is heir to.
             for &l in heirs_of[pi].iter().skip(1) {
                 let n_faces = spread[&l][&pi].0 as u64;
+                let gone = self.comps[l as usize].cluster_id;
+                if self.rules.names.contains_key(&gone) {
+                    // The same name as the part's (different names never merge).
+                    self.set_name(gone, None);
+                }
                 events.push(self.emit(
                     cause,
                     Event::ClustersMerged {
@@ -282,7 +392,6 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         let labels_after = self.labels_of(&region);
         self.live_comps = self.live_comps + labels_after.len() - labels_before.len();
-        true
     }
 
     /// The rule applied locally, for a change whose component is over `support_region`: the
@@ -337,6 +446,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         if la == lb {
             return false;
         }
+        if self.refused(a, b) {
+            return false;
+        }
         let (sa, sb) = (self.comps[la as usize].size, self.comps[lb as usize].size);
         let need = ((self.params.support * sa.min(sb) as f32).ceil() as u32).max(1);
         if need <= 1 {
@@ -378,8 +490,52 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         false
     }
 
+    /// Whether the constraints forbid merging the clusters of `a` and `b` (different clusters):
+    /// two different names, or a cannot-link between them (found from the smaller cluster).
+    pub(super) fn refused(&mut self, a: u32, b: u32) -> bool {
+        let (la, lb) = (self.faces[a as usize].comp, self.faces[b as usize].comp);
+        let names = &self.rules.names;
+        let name = |l: u32| names.get(&self.comps[l as usize].cluster_id);
+        if let (Some(x), Some(y)) = (name(la), name(lb)) {
+            if x != y {
+                return true;
+            }
+        }
+        if self.rules.cannot.is_empty() {
+            return false;
+        }
+        let (start, own, other) = if self.comps[la as usize].size <= self.comps[lb as usize].size
+        {
+            (a, la, lb)
+        } else {
+            (b, lb, la)
+        };
+        let (stamp, _) = self.next_stamps();
+        let mut stack = vec![start];
+        self.mark[start as usize] = stamp;
+        let mut buf = Vec::new();
+        while let Some(x) = stack.pop() {
+            if self
+                .rules
+                .cannot_of(x)
+                .iter()
+                .any(|&y| self.faces[y as usize].comp == other)
+            {
+                return true;
+            }
+            self.adjacent(x, &mut buf);
+            for &y in &buf {
+                if self.faces[y as usize].comp == own && self.mark[y as usize] != stamp {
+                    self.mark[y as usize] = stamp;
+                    stack.push(y);
+                }
+            }
+        }
+        false
+    }
+
     /// The distinct cluster labels of `faces`, sorted.
-    fn labels_of(&self, faces: &[u32]) -> Vec<u32> {
+    pub(super) fn labels_of(&self, faces: &[u32]) -> Vec<u32> {
         let mut labels: Vec<u32> = faces.iter().map(|&x| self.faces[x as usize].comp).collect();
         labels.sort_unstable();
         labels.dedup();

@@ -71,6 +71,19 @@ impl Daemon {
             mode_rx,
         ));
         let shared = crate::api::Shared::new(clusterer);
+        {
+            // Events an operator's command wrote: counted as the batches' are, sent at once.
+            let (outbox, total, notify) = (
+                outbox.clone(),
+                self.metrics.outbox_depth.clone(),
+                notify.clone(),
+            );
+            shared.on_write(move |n| {
+                outbox.add(n as i64);
+                total.add(n as i64);
+                notify.notify_one();
+            });
+        }
         self.api_domains
             .write()
             .unwrap_or_else(|p| p.into_inner())

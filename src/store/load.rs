@@ -39,6 +39,9 @@ impl Store {
             weak: Vec::new(),
             faces: Vec::with_capacity(n),
             comps: Vec::new(),
+            images: Vec::new(),
+            names: Vec::new(),
+            commands: Vec::new(),
             counters,
         };
         let iter_err = |e: sled::Error| StoreError::Open {
@@ -147,6 +150,42 @@ impl Store {
             .filter(|_| label < counters.next_comp)
             .ok_or_else(|| self.corrupt(&format!("c:{label}"), "bad encoding"))?;
             out.comps.push((label, c));
+        }
+        for kv in self.db.scan_prefix(b"a:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("a:", "short key"))?;
+            let meta: crate::engine::FaceMeta = serde_json::from_slice(&v)
+                .ok()
+                .filter(|_| (seq as usize) < n)
+                .ok_or_else(|| self.corrupt(&format!("a:{seq}"), "bad encoding"))?;
+            if let Some(image) = meta.image_id {
+                out.images.push((seq, image));
+            }
+        }
+        for kv in self.db.scan_prefix(b"n:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let id = k
+                .get(2..10)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| self.corrupt("n:", "short key"))?;
+            let name = String::from_utf8(v.to_vec())
+                .map_err(|_| self.corrupt(&format!("n:{id}"), "not UTF-8"))?;
+            out.names.push((id, name));
+        }
+        for kv in self.db.scan_prefix(b"k:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let record: crate::engine::feedback::CommandRecord = serde_json::from_slice(&v)
+                .map_err(|e| self.corrupt(&String::from_utf8_lossy(&k), &e.to_string()))?;
+            let bad = record
+                .must
+                .iter()
+                .chain(&record.cannot)
+                .any(|&(a, b)| a as usize >= n || b as usize >= n);
+            if bad {
+                return Err(self.corrupt(&String::from_utf8_lossy(&k), "a face out of range"));
+            }
+            out.commands.push(record);
         }
         // Sizes must agree with the faces: a cheap check that catches a torn or foreign write.
         let mut sizes = std::collections::HashMap::<u32, u32>::new();

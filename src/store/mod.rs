@@ -18,6 +18,9 @@
 //! - `r:<seq>` -> component label and out-list (rewritten when either changes)
 //! - `c:<label>` -> cluster id and size
 //! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
+//! - `n:<cluster id u64>` -> the cluster's name (UTF-8), removed when cleared or merged away
+//! - `k:<command seq u64>` -> an operator command resolved to its face pairs
+//!   (`feedback::CommandRecord` JSON), rewritten when an undo marks it
 //! - `x:<name>` -> positions owned by the caller (e.g. source offsets), written with the batch
 
 mod codec;
@@ -444,6 +447,19 @@ impl Store {
                 reason: e.to_string(),
             })?;
             b.insert(key(b'o', &event_seq.to_be_bytes()), json);
+        }
+        for (id, name) in &cs.names {
+            let k = key(b'n', &id.to_be_bytes());
+            match name {
+                Some(n) => b.insert(k, n.as_bytes()),
+                None => b.remove(k),
+            }
+        }
+        for r in &cs.commands {
+            b.insert(
+                key(b'k', &r.seq.to_be_bytes()),
+                serde_json::to_vec(r).map_err(json_err)?,
+            );
         }
         for (name, value) in positions {
             b.insert(key(b'x', name), value.as_slice());

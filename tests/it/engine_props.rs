@@ -62,6 +62,7 @@ fn params(dim: usize, k: usize, t1: f32, t2: f32, search_k: usize) -> EnginePara
         weak_margin: 1.0,
         support: 0.0,
         support_region: 0,
+        same_image_cannot_link: true,
     }
 }
 
