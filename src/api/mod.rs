@@ -503,7 +503,10 @@ fn body_refusal(app: &App, e: JsonRejection) -> Refusal {
     match e {
         JsonRejection::BytesRejection(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => refuse(
             Outcome::TooLarge,
-            format!("body over api.max_body_bytes ({} bytes)", app.access.max_body_bytes),
+            format!(
+                "body over api.max_body_bytes ({} bytes)",
+                app.access.max_body_bytes
+            ),
         ),
         e => refuse(Outcome::BadRequest, format!("bad body: {}", e.body_text())),
     }

@@ -275,9 +275,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
     /// Members of cluster `id` by sequence, oldest first (one pass over the faces).
     fn members(&self, id: u64) -> Result<Vec<u32>, FeedbackError> {
-        let label = self
-            .label_of(id)
-            .ok_or(FeedbackError::UnknownCluster(id))?;
+        let label = self.label_of(id).ok_or(FeedbackError::UnknownCluster(id))?;
         Ok((0..self.faces.len() as u32)
             .filter(|&x| self.faces[x as usize].comp == label)
             .collect())
@@ -415,7 +413,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 for &c in &ids {
                     groups.push(self.members(c)?);
                 }
-                let mut named: Vec<&str> = ids.iter().filter_map(|&c| self.cluster_name(c)).collect();
+                let mut named: Vec<&str> =
+                    ids.iter().filter_map(|&c| self.cluster_name(c)).collect();
                 named.sort_unstable();
                 named.dedup();
                 if named.len() > 1 {
@@ -456,7 +455,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 split.sort_unstable();
                 split.dedup();
                 let Some(&s0) = split.first() else {
-                    return Err(FeedbackError::Invalid("split needs at least one face id".into()));
+                    return Err(FeedbackError::Invalid(
+                        "split needs at least one face id".into(),
+                    ));
                 };
                 let label = self.faces[s0 as usize].comp;
                 if split.iter().any(|&x| self.faces[x as usize].comp != label) {
@@ -583,7 +584,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                         plan.rename = Some((*cluster_id, t.previous_name.clone()));
                     }
                 }
-                plan.seeds = t.must.iter().chain(&t.cannot).flat_map(|&(a, b)| [a, b]).collect();
+                plan.seeds = t
+                    .must
+                    .iter()
+                    .chain(&t.cannot)
+                    .flat_map(|&(a, b)| [a, b])
+                    .collect();
                 plan.undo = Some(command_id.clone());
             }
         }
@@ -595,7 +601,10 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Moves face `x` into the cluster of `anchor` (another cluster): a move, or, when `x` was
     /// all of its cluster, a merge of that cluster into the anchor's.
     fn move_face(&mut self, x: u32, anchor: u32, cause: u32, events: &mut Vec<Event>) {
-        let (from, to) = (self.faces[x as usize].comp, self.faces[anchor as usize].comp);
+        let (from, to) = (
+            self.faces[x as usize].comp,
+            self.faces[anchor as usize].comp,
+        );
         let (from_id, to_id) = (
             self.comps[from as usize].cluster_id,
             self.comps[to as usize].cluster_id,
@@ -662,8 +671,20 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             for e in self.faces[x as usize].out.iter().filter(|e| e.kept) {
                 edges.push((x.min(e.to), x.max(e.to), e.score));
             }
-            edges.extend(self.rules.must_of(x).iter().filter(|&&y| y > x).map(|&y| (x, y, f32::INFINITY)));
-            rules.cannot.extend(self.rules.cannot_of(x).iter().filter(|&&y| y > x).map(|&y| (x, y)));
+            edges.extend(
+                self.rules
+                    .must_of(x)
+                    .iter()
+                    .filter(|&&y| y > x)
+                    .map(|&y| (x, y, f32::INFINITY)),
+            );
+            rules.cannot.extend(
+                self.rules
+                    .cannot_of(x)
+                    .iter()
+                    .filter(|&&y| y > x)
+                    .map(|&y| (x, y)),
+            );
             let tag = self.cluster_name(self.cluster_of(x)).map(|name| {
                 let next = tags.len() as u32;
                 *tags.entry(name).or_insert(next)

@@ -504,8 +504,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         if self.rules.cannot.is_empty() {
             return false;
         }
-        let (start, own, other) = if self.comps[la as usize].size <= self.comps[lb as usize].size
-        {
+        let (start, own, other) = if self.comps[la as usize].size <= self.comps[lb as usize].size {
             (a, la, lb)
         } else {
             (b, lb, la)

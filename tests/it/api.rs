@@ -188,7 +188,10 @@ fn requests(port: u16, vs: &[Vec<f32>]) -> Answers {
         for cl in page["clusters"].as_array().unwrap() {
             let id = cl["cluster_id"].as_u64().unwrap();
             let size = cl["size"].as_u64().unwrap() as usize;
-            assert!(cl["name"].is_null());
+            assert!(
+                cl["name"].is_null(),
+                "nothing is named before the feedback below"
+            );
             sizes_in_order.push(size);
             let faces = cluster_faces(port, id);
             assert_eq!(faces.len(), size, "cluster {id}: its pages hold its size");
@@ -269,7 +272,100 @@ fn requests(port: u16, vs: &[Vec<f32>]) -> Answers {
         "k 0",
     );
 
-    // Nothing above changed the state: the same first page as before.
+    // Feedback: a name (membership unchanged), durable when it returns and shown by the reads;
+    // the same command again is a duplicate; bad commands are refused and change nothing.
+    let fb = |body: Value, token: Option<&str>| {
+        let b = serde_json::to_vec(&body).unwrap();
+        http(port, "POST", "/v1/feedback", token, Some(&b))
+    };
+    let name = json!({ "command_id": "n-1", "op": "name", "cluster_id": face3_cluster, "name": "Face Three" });
+    let (st, r) = fb(name.clone(), Some(TOKEN));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["op"].as_str(), r["duplicate"].as_bool()),
+        (Some("name"), Some(false))
+    );
+    let (st, r) = fb(name.clone(), Some(TOKEN));
+    assert_eq!((st, r["duplicate"].as_bool()), (200, Some(true)), "{r}");
+    let (_, c) = get(port, &format!("/v1/clusters/{face3_cluster}"));
+    assert_eq!(c["name"], json!("Face Three"));
+    let (_, listed) = get(port, "/v1/clusters?order=size&limit=1000");
+    let named: Vec<&Value> = listed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["name"].is_null())
+        .collect();
+    assert_eq!(named.len(), 1);
+    let (_, unnamed) = get(port, "/v1/clusters?order=size&unnamed=true&limit=1000");
+    assert!(unnamed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["cluster_id"] != json!(face3_cluster)));
+    refused(fb(name.clone(), None), 401, "Authorization: Bearer");
+    refused(fb(name.clone(), Some("nope")), 401, "wrong token");
+    refused(
+        fb(
+            json!({ "command_id": "n-1", "op": "name", "cluster_id": face3_cluster, "name": "Other" }),
+            Some(TOKEN),
+        ),
+        409,
+        "already used",
+    );
+    refused(
+        fb(
+            json!({ "command_id": "m-1", "op": "merge", "cluster_ids": [face3_cluster, 999999] }),
+            Some(TOKEN),
+        ),
+        404,
+        "no cluster 999999",
+    );
+    refused(
+        fb(
+            json!({ "command_id": "s-1", "op": "split", "face_ids": ["no-such-face"] }),
+            Some(TOKEN),
+        ),
+        404,
+        "no face",
+    );
+    refused(
+        fb(
+            json!({ "command_id": "x-1", "op": "explode", "cluster_id": 1 }),
+            Some(TOKEN),
+        ),
+        400,
+        "bad command",
+    );
+    refused(
+        fb(
+            json!({ "command_id": "x-2", "op": "name", "cluster_id": 1, "colour": "red" }),
+            Some(TOKEN),
+        ),
+        400,
+        "unknown field",
+    );
+    refused(
+        fb(
+            json!({ "op": "name", "cluster_id": 1, "name": "A" }),
+            Some(TOKEN),
+        ),
+        400,
+        "command_id is missing",
+    );
+    refused(
+        http(
+            port,
+            "POST",
+            "/v1/feedback",
+            Some(TOKEN),
+            Some(b"{\"op\": "),
+        ),
+        400,
+        "bad body",
+    );
+
+    // Nothing above changed the membership: the same first page as before.
     let (st, again) = get(port, "/v1/clusters?order=size&limit=7");
     assert_eq!(st, 200);
     assert_eq!(again["total"].as_u64().unwrap(), clusters.len() as u64);

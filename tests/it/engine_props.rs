@@ -375,7 +375,10 @@ fn replay(
             Event::FaceMoved { face_id, to, .. } => {
                 map.insert(face_id.clone(), *to);
             }
-            Event::ClusterCreated { .. } | Event::ClusterSplit { .. } => {}
+            Event::ClusterCreated { .. }
+            | Event::ClusterSplit { .. }
+            | Event::ClusterNamed { .. }
+            | Event::FeedbackApplied { .. } => {}
         }
     }
 }

@@ -37,7 +37,9 @@ fn vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| {
             let c = &centers[rng.gen_range(0..centers.len())];
-            c.iter().map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5)).collect()
+            c.iter()
+                .map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5))
+                .collect()
         })
         .collect()
 }
@@ -58,13 +60,22 @@ fn check(e: &Engine<ExactIndex>, what: &str) {
     let a = e.assignments();
     let r = e.constraints();
     for (x, y) in r.cannot_pairs() {
-        assert_ne!(a[x as usize], a[y as usize], "{what}: cannot-link {x}-{y} crossed");
+        assert_ne!(
+            a[x as usize], a[y as usize],
+            "{what}: cannot-link {x}-{y} crossed"
+        );
     }
     for (x, y) in r.must_pairs() {
-        assert_eq!(a[x as usize], a[y as usize], "{what}: must-link {x}-{y} broken");
+        assert_eq!(
+            a[x as usize], a[y as usize],
+            "{what}: must-link {x}-{y} broken"
+        );
     }
     for id in r.names().keys() {
-        assert!(a.contains(id), "{what}: name on a cluster {id} that is gone");
+        assert!(
+            a.contains(id),
+            "{what}: name on a cluster {id} that is gone"
+        );
     }
 }
 
@@ -72,17 +83,23 @@ fn check(e: &Engine<ExactIndex>, what: &str) {
 fn command(e: &Engine<ExactIndex>, rng: &mut impl Rng, n: usize, names: bool) -> Command {
     let a = e.assignments();
     let pick = |rng: &mut dyn rand::RngCore| a[rng.gen_range(0..a.len())];
-    let face = |rng: &mut dyn rand::RngCore| e.face_id(rng.gen_range(0..a.len() as u32)).to_string();
+    let face =
+        |rng: &mut dyn rand::RngCore| e.face_id(rng.gen_range(0..a.len() as u32)).to_string();
     let op = match rng.gen_range(0..if names { 6 } else { 5 }) {
         0 => Op::Merge {
             cluster_ids: vec![pick(rng), pick(rng)],
         },
         1 => {
             let c = pick(rng);
-            let members: Vec<u32> = (0..a.len() as u32).filter(|&s| a[s as usize] == c).collect();
+            let members: Vec<u32> = (0..a.len() as u32)
+                .filter(|&s| a[s as usize] == c)
+                .collect();
             let take = rng.gen_range(1..=members.len());
             Op::Split {
-                face_ids: members[..take].iter().map(|&s| e.face_id(s).to_string()).collect(),
+                face_ids: members[..take]
+                    .iter()
+                    .map(|&s| e.face_id(s).to_string())
+                    .collect(),
             }
         }
         2 => Op::NotInCluster {
@@ -112,7 +129,10 @@ fn command(e: &Engine<ExactIndex>, rng: &mut impl Rng, n: usize, names: bool) ->
 fn meta(rng: &mut impl Rng, i: usize) -> FaceMeta {
     FaceMeta {
         // About one face in three shares its photo with the one before.
-        image_id: Some(format!("img-{}", i - usize::from(i > 0 && rng.gen_bool(0.35)))),
+        image_id: Some(format!(
+            "img-{}",
+            i - usize::from(i > 0 && rng.gen_bool(0.35))
+        )),
         ..Default::default()
     }
 }
@@ -149,20 +169,36 @@ fn interleave(seed: u64, support: f32, region: usize, names: bool) -> (usize, us
                     n_cmd += 1;
                     match &cmd.op {
                         Op::Merge { cluster_ids } => {
-                            // The merged clusters' faces are one cluster now.
+                            // The merged clusters' oldest faces are one cluster now (the rest
+                            // follow by their edges, the rule recomputed).
                             let a = e.assignments();
-                            let olds: Vec<u32> = (0..before.len() as u32)
-                                .filter(|&s| cluster_ids.contains(&before[s as usize]))
+                            let olds: Vec<u32> = cluster_ids
+                                .iter()
+                                .filter_map(|c| before.iter().position(|x| x == c))
+                                .map(|s| s as u32)
                                 .collect();
-                            assert!(olds.windows(2).all(|w| a[w[0] as usize] == a[w[1] as usize]), "seed {seed}: merge holds");
+                            assert!(
+                                olds.windows(2)
+                                    .all(|w| a[w[0] as usize] == a[w[1] as usize]),
+                                "seed {seed}: merge holds"
+                            );
                         }
                         Op::Split { face_ids } => {
                             let a = e.assignments();
-                            let seqs: Vec<u32> = face_ids.iter().map(|f| e.seq_of(f).unwrap()).collect();
+                            let seqs: Vec<u32> =
+                                face_ids.iter().map(|f| e.seq_of(f).unwrap()).collect();
                             let c = a[seqs[0] as usize];
-                            assert!(seqs.iter().all(|&s| a[s as usize] == c), "seed {seed}: split faces together");
+                            assert!(
+                                seqs.iter().all(|&s| a[s as usize] == c),
+                                "seed {seed}: split faces together"
+                            );
                             let old = before[seqs[0] as usize];
-                            assert!((0..before.len()).all(|s| before[s] != old || seqs.contains(&(s as u32)) || a[s] != c), "seed {seed}: split faces apart from the rest");
+                            assert!(
+                                (0..before.len()).all(|s| before[s] != old
+                                    || seqs.contains(&(s as u32))
+                                    || a[s] != c),
+                                "seed {seed}: split faces apart from the rest"
+                            );
                         }
                         _ => {}
                     }
@@ -171,10 +207,19 @@ fn interleave(seed: u64, support: f32, region: usize, names: bool) -> (usize, us
                 Err(err) => {
                     refused += 1;
                     assert!(
-                        matches!(err, FeedbackError::Conflict(_) | FeedbackError::Invalid(_) | FeedbackError::UnknownCommand(_)),
+                        matches!(
+                            err,
+                            FeedbackError::Conflict(_)
+                                | FeedbackError::Invalid(_)
+                                | FeedbackError::UnknownCommand(_)
+                        ),
                         "seed {seed}: {err}"
                     );
-                    assert_eq!(e.assignments(), before, "seed {seed}: a refused command changes nothing");
+                    assert_eq!(
+                        e.assignments(),
+                        before,
+                        "seed {seed}: a refused command changes nothing"
+                    );
                     assert_eq!(e.constraints().cannot_pairs(), pairs);
                 }
             }
@@ -190,7 +235,11 @@ fn interleave(seed: u64, support: f32, region: usize, names: bool) -> (usize, us
         let what = format!("seed {seed}, {i} faces, {n_cmd} commands");
         check(&e, &what);
         if region == 0 && !names {
-            assert_eq!(canon(&e.assignments()), canon(&e.rule_partition()), "{what}: the stream is the constrained rule");
+            assert_eq!(
+                canon(&e.assignments()),
+                canon(&e.rule_partition()),
+                "{what}: the stream is the constrained rule"
+            );
         }
     }
     (applied, refused)
@@ -200,7 +249,12 @@ fn interleave(seed: u64, support: f32, region: usize, names: bool) -> (usize, us
 fn random_interleavings_keep_every_constraint_and_the_rule() {
     let mut totals = (0, 0);
     for seed in 0..6 {
-        for (support, region, names) in [(0.3, 0, false), (0.0, 0, false), (0.3, 8, true), (0.0, 8, true)] {
+        for (support, region, names) in [
+            (0.3, 0, false),
+            (0.0, 0, false),
+            (0.3, 8, true),
+            (0.0, 8, true),
+        ] {
             let (a, r) = interleave(seed, support, region, names);
             totals.0 += a;
             totals.1 += r;
@@ -223,7 +277,10 @@ fn names_follow_ids_and_two_names_never_merge() {
     let name = |e: &mut Engine<ExactIndex>, id: &str, c: u64, n: &str| {
         e.apply_feedback(&Command {
             command_id: id.into(),
-            op: Op::Name { cluster_id: c, name: Some(n.into()) },
+            op: Op::Name {
+                cluster_id: c,
+                name: Some(n.into()),
+            },
         })
     };
     name(&mut e, "n1", a, "  Ann ").unwrap();
@@ -231,35 +288,75 @@ fn names_follow_ids_and_two_names_never_merge() {
     name(&mut e, "n2", b, "Bob").unwrap();
     let merge = Command {
         command_id: "m1".into(),
-        op: Op::Merge { cluster_ids: vec![a, b] },
+        op: Op::Merge {
+            cluster_ids: vec![a, b],
+        },
     };
     let Err(FeedbackError::Conflict(m)) = e.apply_feedback(&merge) else {
         panic!("two names merged")
     };
     assert!(m.contains("Ann") && m.contains("Bob"), "{m}");
     // The same id for another command is a conflict; the same command again a duplicate.
-    assert!(matches!(name(&mut e, "n2", b, "Other"), Err(FeedbackError::Conflict(_))));
+    assert!(matches!(
+        name(&mut e, "n2", b, "Other"),
+        Err(FeedbackError::Conflict(_))
+    ));
     assert!(name(&mut e, "n2", b, "Bob").unwrap().0.duplicate);
     // A face that bridges the two named clusters joins one; they never merge.
     e.insert("bridge", &v(1.5)).unwrap();
     assert_ne!(e.cluster_of(0), e.cluster_of(2));
-    assert_eq!((e.cluster_name(e.cluster_of(0)), e.cluster_name(e.cluster_of(2))), (Some("Ann"), Some("Bob")));
+    assert_eq!(
+        (
+            e.cluster_name(e.cluster_of(0)),
+            e.cluster_name(e.cluster_of(2))
+        ),
+        (Some("Ann"), Some("Bob"))
+    );
     // Clear Bob's name: the merge goes through and keeps the named id.
-    e.apply_feedback(&Command { command_id: "n3".into(), op: Op::Name { cluster_id: b, name: None } }).unwrap();
+    e.apply_feedback(&Command {
+        command_id: "n3".into(),
+        op: Op::Name {
+            cluster_id: b,
+            name: None,
+        },
+    })
+    .unwrap();
     let (r, events) = e.apply_feedback(&merge).unwrap();
     assert_eq!(r.clusters, vec![a]);
     assert_eq!(e.cluster_of(2), a, "merged into the named cluster");
-    assert!(events.iter().any(|ev| matches!(ev, clip_cluster::engine::Event::FeedbackApplied { .. })));
+    assert!(events
+        .iter()
+        .any(|ev| matches!(ev, clip_cluster::engine::Event::FeedbackApplied { .. })));
     // Bad names and ids are refused.
     for bad in ["", "   ", "a\u{7}b"] {
-        assert!(matches!(name(&mut e, &format!("bad{bad}"), a, bad), Err(FeedbackError::Invalid(_))), "{bad:?}");
+        assert!(
+            matches!(
+                name(&mut e, &format!("bad{bad}"), a, bad),
+                Err(FeedbackError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
     }
-    assert!(matches!(name(&mut e, "x", 999, "Z"), Err(FeedbackError::UnknownCluster(999))));
+    assert!(matches!(
+        name(&mut e, "x", 999, "Z"),
+        Err(FeedbackError::UnknownCluster(999))
+    ));
     // Undo the merge: its must-link goes; the bridge face still holds them (no name apart now).
-    e.apply_feedback(&Command { command_id: "u1".into(), op: Op::Undo { command_id: "m1".into() } }).unwrap();
+    e.apply_feedback(&Command {
+        command_id: "u1".into(),
+        op: Op::Undo {
+            command_id: "m1".into(),
+        },
+    })
+    .unwrap();
     assert!(e.constraints().must_pairs().is_empty());
     assert!(matches!(
-        e.apply_feedback(&Command { command_id: "u2".into(), op: Op::Undo { command_id: "m1".into() } }),
+        e.apply_feedback(&Command {
+            command_id: "u2".into(),
+            op: Op::Undo {
+                command_id: "m1".into()
+            }
+        }),
         Err(FeedbackError::Conflict(_))
     ));
 }
@@ -273,15 +370,27 @@ fn faces_of_one_photo_are_never_one_cluster() {
         let mut e = Engine::new(p, ExactIndex::new(p.dim));
         for i in 0..3 {
             let m = FaceMeta {
-                image_id: Some(if i < 2 { "photo".into() } else { "other".into() }),
+                image_id: Some(if i < 2 {
+                    "photo".into()
+                } else {
+                    "other".into()
+                }),
                 ..Default::default()
             };
-            e.insert_face(FaceRef { face_id: &format!("f{i}"), vector: &same, variants: &[], meta: &m })
-                .unwrap();
+            e.insert_face(FaceRef {
+                face_id: &format!("f{i}"),
+                vector: &same,
+                variants: &[],
+                meta: &m,
+            })
+            .unwrap();
         }
         let a = e.assignments();
         assert_eq!(a[0] != a[1], rule, "rule {rule}: {a:?}");
-        assert!(a[2] == a[0] || a[2] == a[1], "the other photo's face joins one of them");
+        assert!(
+            a[2] == a[0] || a[2] == a[1],
+            "the other photo's face joins one of them"
+        );
     }
 }
 
@@ -293,7 +402,7 @@ fn config(dir: &std::path::Path) -> clip_cluster::config::Config {
         ("EDGE__SCORER", "cosine".into()),
         ("ENGINE__T1", "0.8".into()),
         ("CALIBRATION__MODE", "trained".into()),
-        ("INDEX__SNAPSHOT_EVERY_FACES", "50".into()),
+        ("INDEX__SNAPSHOT_EVERY_FACES", "100".into()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
@@ -309,7 +418,10 @@ fn run(c: &mut Clusterer, vs: &[Vec<f32>], batches: std::ops::Range<usize>) {
             .map(|i| Face {
                 face_id: format!("f{i}"),
                 vector: vs[i].clone(),
-                meta: FaceMeta { image_id: Some(format!("img-{}", i / 2)), ..Default::default() },
+                meta: FaceMeta {
+                    image_id: Some(format!("img-{}", i / 2)),
+                    ..Default::default()
+                },
                 ..Default::default()
             })
             .collect();
@@ -322,17 +434,35 @@ fn run(c: &mut Clusterer, vs: &[Vec<f32>], batches: std::ops::Range<usize>) {
         let mut by_size: Vec<(usize, u64)> = sizes.iter().map(|(id, n)| (*n, *id)).collect();
         by_size.sort_unstable_by(|x, y| y.cmp(x));
         let top = by_size[0].1;
-        let members: Vec<u32> = (0..a.len() as u32).filter(|&s| a[s as usize] == top).collect();
+        let members: Vec<u32> = (0..a.len() as u32)
+            .filter(|&s| a[s as usize] == top)
+            .collect();
         let op = match b % 4 {
-            0 => Op::Name { cluster_id: top, name: Some(format!("person {b}")) },
-            1 if by_size.len() > 1 => Op::Merge { cluster_ids: vec![top, by_size[1].1] },
-            2 if members.len() > 2 => Op::Split {
-                face_ids: members[..members.len() / 2].iter().map(|&s| c.engine().face_id(s).to_string()).collect(),
+            0 => Op::Name {
+                cluster_id: top,
+                name: Some(format!("person {b}")),
             },
-            _ => Op::NotInCluster { face_id: c.engine().face_id(members[0]).to_string(), cluster_id: by_size[by_size.len() - 1].1 },
+            1 if by_size.len() > 1 => Op::Merge {
+                cluster_ids: vec![top, by_size[1].1],
+            },
+            2 if members.len() > 2 => Op::Split {
+                face_ids: members[..members.len() / 2]
+                    .iter()
+                    .map(|&s| c.engine().face_id(s).to_string())
+                    .collect(),
+            },
+            _ => Op::NotInCluster {
+                face_id: c.engine().face_id(members[0]).to_string(),
+                cluster_id: by_size[by_size.len() - 1].1,
+            },
         };
         // Refusals are part of the run too (the same in both).
-        let _ = c.apply_feedback(&Command { command_id: format!("cmd-{b}"), op }).unwrap();
+        let _ = c
+            .apply_feedback(&Command {
+                command_id: format!("cmd-{b}"),
+                op,
+            })
+            .unwrap();
     }
 }
 
@@ -344,11 +474,22 @@ fn restart_with_feedback_equals_an_uninterrupted_run() {
     let mut a = Clusterer::open(&config(full.path())).unwrap();
     run(&mut a, &vs, 0..10);
     let names = |c: &Clusterer| {
-        let mut v: Vec<(u64, String)> = c.engine().constraints().names().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut v: Vec<(u64, String)> = c
+            .engine()
+            .constraints()
+            .names()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         v.sort();
         v
     };
-    let want = (a.engine().assignments(), crate::support::outbox_events(&a), names(&a), a.engine().constraints().cannot_pairs());
+    let want = (
+        a.engine().assignments(),
+        crate::support::outbox_events(&a),
+        names(&a),
+        a.engine().constraints().cannot_pairs(),
+    );
     assert!(!want.2.is_empty(), "names were set");
     drop(a);
     for stop in [1, 3, 6, 9] {
@@ -359,7 +500,11 @@ fn restart_with_feedback_equals_an_uninterrupted_run() {
         let mut b = Clusterer::open(&config(d.path())).unwrap();
         run(&mut b, &vs, stop..10);
         assert_eq!(b.engine().assignments(), want.0, "stopped at batch {stop}");
-        assert_eq!(crate::support::outbox_events(&b), want.1, "stopped at batch {stop}");
+        assert_eq!(
+            crate::support::outbox_events(&b),
+            want.1,
+            "stopped at batch {stop}"
+        );
         assert_eq!(names(&b), want.2);
         assert_eq!(b.engine().constraints().cannot_pairs(), want.3);
     }
