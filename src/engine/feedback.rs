@@ -663,35 +663,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// exact rule (`support_region = 0`) and no names, the stream's clusters equal it (the
     /// property the tests check); names make the rule depend on history.
     pub fn rule_partition(&self) -> Vec<u32> {
-        let n = self.faces.len() as u32;
-        let mut edges: Vec<(u32, u32, f32)> = Vec::new();
-        let mut rules = support::Rules::default();
-        let mut tags: HashMap<&str, u32> = HashMap::new();
-        for x in 0..n {
-            for e in self.faces[x as usize].out.iter().filter(|e| e.kept) {
-                edges.push((x.min(e.to), x.max(e.to), e.score));
-            }
-            edges.extend(
-                self.rules
-                    .must_of(x)
-                    .iter()
-                    .filter(|&&y| y > x)
-                    .map(|&y| (x, y, f32::INFINITY)),
-            );
-            rules.cannot.extend(
-                self.rules
-                    .cannot_of(x)
-                    .iter()
-                    .filter(|&&y| y > x)
-                    .map(|&y| (x, y)),
-            );
-            let tag = self.cluster_name(self.cluster_of(x)).map(|name| {
-                let next = tags.len() as u32;
-                *tags.entry(name).or_insert(next)
-            });
-            rules.tags.push(tag);
-        }
-        support::partition_with(n as usize, edges, self.params.support, &rules)
+        let region: Vec<u32> = (0..self.faces.len() as u32).collect();
+        let (edges, rules) = self.rule_inputs(&region);
+        support::partition_with(region.len(), edges, self.params.support, &rules)
     }
 
     /// Rebuilds the constraints of a restored state.

@@ -205,10 +205,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.repartition(&region, cause, events);
     }
 
-    /// Recomputes the rule over `region` (sorted; whole old clusters) with the constraints held,
-    /// and applies the new partition with stable ids, emitting merges, splits and moves.
-    fn repartition(&mut self, region: &[u32], cause: u32, events: &mut Vec<Event>) {
-        let region = region.to_vec();
+    /// The constrained rule's input over `region` (sorted), in local numbers: its kept edges
+    /// and must-links (infinite score), cannot-links and name tags; edges leaving it ignored.
+    pub(super) fn rule_inputs(&self, region: &[u32]) -> (Vec<(u32, u32, f32)>, Rules) {
         let local = |x: u32| region.binary_search(&x).ok().map(|i| i as u32);
         let ordered = |a: u32, b: u32| if a < b { (a, b) } else { (b, a) };
         let mut edges: Vec<(u32, u32, f32)> = Vec::new();
@@ -247,6 +246,14 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             };
             rules.tags.push(tag);
         }
+        (edges, rules)
+    }
+
+    /// Recomputes the rule over `region` (sorted; whole old clusters) with the constraints held,
+    /// and applies the new partition with stable ids, emitting merges, splits and moves.
+    fn repartition(&mut self, region: &[u32], cause: u32, events: &mut Vec<Event>) {
+        let region = region.to_vec();
+        let (edges, rules) = self.rule_inputs(&region);
         let part = partition_with(region.len(), edges, self.params.support, &rules);
 
         // Parts in order of their oldest face (labels are smallest members, region is sorted).
