@@ -38,7 +38,12 @@ pub trait NeighborIndex {
         self.insert(seq, v);
         hits
     }
-    /// Number of indexed faces.
+    /// Erases face `seq` from every later result (a tombstone: the point stays in the structure
+    /// until the index is rebuilt without it, `Clusterer::compact`). Idempotent.
+    fn remove(&mut self, seq: u32);
+    /// Tombstoned points still held.
+    fn n_removed(&self) -> usize;
+    /// Number of points held, tombstones included.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -50,6 +55,9 @@ pub trait NeighborIndex {
 pub struct ExactIndex {
     dim: usize,
     data: Vec<f32>,
+    /// The face of each row (increasing; rows of faces erased before a rebuild are absent).
+    seqs: Vec<u32>,
+    removed: Tombstones,
 }
 
 impl ExactIndex {
@@ -57,7 +65,40 @@ impl ExactIndex {
         Self {
             dim,
             data: Vec::new(),
+            seqs: Vec::new(),
+            removed: Tombstones::default(),
         }
+    }
+}
+
+/// A set of erased sequence numbers, one bit each.
+#[derive(Debug, Clone, Default)]
+pub struct Tombstones {
+    bits: Vec<u64>,
+    n: usize,
+}
+
+impl Tombstones {
+    pub fn contains(&self, seq: u32) -> bool {
+        let (w, b) = (seq as usize / 64, seq % 64);
+        self.bits.get(w).is_some_and(|x| x >> b & 1 == 1)
+    }
+    /// Adds `seq`; false when it was there.
+    pub fn insert(&mut self, seq: u32) -> bool {
+        let (w, b) = (seq as usize / 64, seq % 64);
+        if self.bits.len() <= w {
+            self.bits.resize(w + 1, 0);
+        }
+        let was = self.bits[w] >> b & 1 == 1;
+        self.bits[w] |= 1 << b;
+        self.n += usize::from(!was);
+        !was
+    }
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
     }
 }
 
@@ -79,17 +120,22 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 impl NeighborIndex for ExactIndex {
     fn insert(&mut self, seq: u32, v: &[f32]) {
-        debug_assert_eq!(seq as usize, self.len(), "inserts arrive in sequence order");
+        debug_assert!(
+            self.seqs.last().is_none_or(|&l| l < seq),
+            "inserts arrive in sequence order"
+        );
         self.data.extend_from_slice(v);
+        self.seqs.push(seq);
     }
 
     fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
         let mut hits: Vec<Neighbor> = self
             .data
             .chunks_exact(self.dim)
-            .enumerate()
-            .map(|(seq, row)| Neighbor {
-                seq: seq as u32,
+            .zip(&self.seqs)
+            .filter(|(_, &seq)| !self.removed.contains(seq))
+            .map(|(row, &seq)| Neighbor {
+                seq,
                 similarity: dot(v, row),
             })
             .collect();
@@ -103,8 +149,16 @@ impl NeighborIndex for ExactIndex {
         hits
     }
 
+    fn remove(&mut self, seq: u32) {
+        self.removed.insert(seq);
+    }
+
+    fn n_removed(&self) -> usize {
+        self.removed.len()
+    }
+
     fn len(&self) -> usize {
-        self.data.len() / self.dim
+        self.seqs.len()
     }
 }
 
@@ -144,6 +198,8 @@ pub struct HnswIndex {
     hnsw: Hnsw<'static, f32, DistDot>,
     params: HnswParams,
     n: usize,
+    /// Erased faces: filtered out of every result, not dumped (the store knows them).
+    removed: Tombstones,
 }
 
 impl HnswIndex {
@@ -155,7 +211,12 @@ impl HnswIndex {
             params.ef_construction,
             DistDot,
         );
-        Self { hnsw, params, n: 0 }
+        Self {
+            hnsw,
+            params,
+            n: 0,
+            removed: Tombstones::default(),
+        }
     }
 
     pub fn params(&self) -> HnswParams {
@@ -222,7 +283,12 @@ impl HnswIndex {
         }
         let mut hnsw = hnsw;
         hnsw.set_searching_mode(false);
-        Ok(Self { hnsw, params, n })
+        Ok(Self {
+            hnsw,
+            params,
+            n,
+            removed: Tombstones::default(),
+        })
     }
 }
 
@@ -234,18 +300,22 @@ impl NeighborIndex for HnswIndex {
 
     fn insert_and_search(&mut self, seq: u32, v: &[f32], k: usize) -> Vec<Neighbor> {
         // One traversal: the insertion's own candidate search (ef_construction), see
-        // vendor/hnsw_rs/PATCHES.md.
+        // vendor/hnsw_rs/PATCHES.md. Tombstones are dropped from its candidates, so it asks for
+        // as many more as there can be among them.
+        let extra = self.removed.len().min(self.params.ef_construction);
         let mut hits: Vec<Neighbor> = self
             .hnsw
-            .insert_slice_and_search((v, seq as usize), k)
+            .insert_slice_and_search((v, seq as usize), k + extra)
             .into_iter()
             .map(|n| Neighbor {
                 seq: n.d_id as u32,
                 similarity: 1.0 - n.distance,
             })
+            .filter(|n| !self.removed.contains(n.seq))
             .collect();
         self.n += 1;
         hits.sort_by(rank);
+        hits.truncate(k);
         hits
     }
 
@@ -254,9 +324,14 @@ impl NeighborIndex for HnswIndex {
             return Vec::new();
         }
         let ef = self.params.ef_search.max(k);
-        let mut hits: Vec<Neighbor> = self
-            .hnsw
-            .search(v, k, ef)
+        let found = if self.removed.is_empty() {
+            self.hnsw.search(v, k, ef)
+        } else {
+            // The traversal walks through tombstones; only the results skip them.
+            let keep = |id: &usize| !self.removed.contains(*id as u32);
+            self.hnsw.search_filter(v, k, ef, Some(&keep))
+        };
+        let mut hits: Vec<Neighbor> = found
             .into_iter()
             .map(|n| Neighbor {
                 seq: n.d_id as u32,
@@ -265,6 +340,14 @@ impl NeighborIndex for HnswIndex {
             .collect();
         hits.sort_by(rank);
         hits
+    }
+
+    fn remove(&mut self, seq: u32) {
+        self.removed.insert(seq);
+    }
+
+    fn n_removed(&self) -> usize {
+        self.removed.len()
     }
 
     fn len(&self) -> usize {

@@ -130,6 +130,7 @@ fn event_type(e: &Event) -> &'static str {
         Event::FaceMoved { .. } => "FaceMoved",
         Event::ClusterNamed { .. } => "ClusterNamed",
         Event::FeedbackApplied { .. } => "FeedbackApplied",
+        Event::FaceErased { .. } => "FaceErased",
     }
 }
 
@@ -398,11 +399,29 @@ pub async fn send_dead_letters(
                     value: Some(v.as_bytes()),
                 });
             }
+            let full = sink.dead_letter_payload == crate::config::DeadLetterPayload::Full;
+            if let (false, Some(p)) = (full, &d.payload) {
+                // The payload stays behind (a face image is personal data); what identifies it
+                // for the sender does not.
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(p);
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                let size = p.len().to_string();
+                for (k, v) in [
+                    ("clip_cluster.payload.bytes", size.as_str()),
+                    ("clip_cluster.payload.sha256", hex.as_str()),
+                ] {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+            }
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
             if let Some(k) = &d.key {
                 record = record.key(k.as_slice());
             }
-            if let Some(p) = &d.payload {
+            if let (true, Some(p)) = (full, &d.payload) {
                 record = record.payload(p.as_slice());
             }
             futures.push(producer.send(record, Duration::from_secs(30)));

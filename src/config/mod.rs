@@ -220,6 +220,9 @@ pub struct IndexConfig {
     pub ef_search: usize,
     pub capacity_hint: usize,
     pub snapshot_every_faces: u32,
+    /// Erased faces stay in the HNSW structure as filtered tombstones until they are this
+    /// fraction of its points; then the index is rebuilt without them (0: after every erasure).
+    pub compact_fraction: f32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -295,6 +298,18 @@ pub struct SourceConfig {
 pub struct SinkConfig {
     pub outbox_batch: usize,
     pub drain_timeout_ms: u64,
+    /// What a dead letter carries of the refused message: its metadata only, or the bytes too.
+    pub dead_letter_payload: DeadLetterPayload,
+}
+
+/// `sink.dead_letter_payload`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterPayload {
+    /// Key, headers, reason and the payload's size and SHA-256: no face image leaves the daemon.
+    Metadata,
+    /// The original payload as received (a face image or vector kept by whoever reads the topic).
+    Full,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

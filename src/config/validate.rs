@@ -255,6 +255,13 @@ impl Config {
                 "must be >= 100",
             ));
         }
+        if !(0.0..=1.0).contains(&i.compact_fraction) {
+            return Err(bad(
+                "index.compact_fraction",
+                i.compact_fraction,
+                "must be in [0, 1]",
+            ));
+        }
         if self.store.path.as_os_str().is_empty() {
             return Err(bad("store.path", "\"\"", "must name a directory"));
         }

@@ -207,6 +207,58 @@ impl Constraints {
             link(&mut self.cannot, a, b);
         }
     }
+    /// Drops every constraint on face `x` (erased): its must- and cannot-links and its photo.
+    pub(super) fn forget_face(&mut self, x: u32) {
+        for m in [&mut self.must, &mut self.cannot] {
+            if let Some(others) = m.remove(&x) {
+                for o in others {
+                    if let Some(v) = m.get_mut(&o) {
+                        v.retain(|&z| z != x);
+                        if v.is_empty() {
+                            m.remove(&o);
+                        }
+                    }
+                }
+            }
+        }
+        self.by_image.retain(|_, faces| {
+            faces.retain(|&z| z != x);
+            !faces.is_empty()
+        });
+    }
+
+    /// Removes face `x` (erased, id `face_id`) from the stored commands: their pairs and the
+    /// face ids they name (an undo of one then takes back only what is left). Returns the
+    /// records changed, in order.
+    pub(super) fn scrub_commands(&mut self, x: u32, face_id: &str) -> Vec<CommandRecord> {
+        let mut changed = Vec::new();
+        for r in self.commands.values_mut() {
+            let before = (r.must.len(), r.cannot.len());
+            r.must.retain(|&(a, b)| a != x && b != x);
+            r.cannot.retain(|&(a, b)| a != x && b != x);
+            let mut named = false;
+            match &mut r.command.op {
+                Op::Split { face_ids } => {
+                    let n = face_ids.len();
+                    face_ids.retain(|f| f != face_id);
+                    named = face_ids.len() != n;
+                }
+                Op::NotInCluster { face_id: f, .. } | Op::Assign { face_id: f, .. }
+                    if f == face_id =>
+                {
+                    f.clear();
+                    named = true;
+                }
+                _ => {}
+            }
+            if named || before != (r.must.len(), r.cannot.len()) {
+                changed.push(r.clone());
+            }
+        }
+        changed.sort_by_key(|r| r.seq);
+        changed
+    }
+
     fn release(&mut self, r: &CommandRecord) {
         for &(a, b) in &r.must {
             unlink(&mut self.must, a, b);
@@ -274,7 +326,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     /// Members of cluster `id` by sequence, oldest first (one pass over the faces).
-    fn members(&self, id: u64) -> Result<Vec<u32>, FeedbackError> {
+    pub(super) fn members(&self, id: u64) -> Result<Vec<u32>, FeedbackError> {
         let label = self.label_of(id).ok_or(FeedbackError::UnknownCluster(id))?;
         Ok((0..self.faces.len() as u32)
             .filter(|&x| self.faces[x as usize].comp == label)
@@ -283,6 +335,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
     fn seq_checked(&self, face_id: &str) -> Result<u32, FeedbackError> {
         self.seq_of(face_id)
+            .filter(|&s| !self.is_erased(s))
             .ok_or_else(|| FeedbackError::UnknownFace(face_id.to_string()))
     }
 
@@ -649,7 +702,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Recomputes the clusters around `seeds` after their constraints changed: the exact rule
     /// over their kept-graph components, or, over `support_region`, over the faces of their
     /// clusters alone.
-    fn relink_constrained(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) {
+    pub(super) fn relink_constrained(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) {
         if seeds.is_empty() || self.regroup(seeds, cause, events) {
             return;
         }

@@ -159,7 +159,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         sources_after.push(seq);
         let mut events = Vec::new();
         self.unannounced = seq;
-        self.apply_kept_diff(&before, &sources_after, None, seq, &mut events);
+        self.apply_kept_diff(&before, &sources_after, &[], seq, &mut events);
         self.unannounced = u32::MAX;
 
         let comp = self.faces[seq as usize].comp;
@@ -355,7 +355,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         &mut self,
         before: &HashMap<(u32, u32), bool>,
         sources_after: &[u32],
-        rescored: Option<u32>,
+        rescored: &[u32],
         cause: u32,
         events: &mut Vec<Event>,
     ) {
@@ -401,7 +401,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 .iter()
                 .chain(&removed)
                 .flat_map(|&(a, b)| [a, b])
-                .chain(rescored)
+                .chain(rescored.iter().copied())
                 .collect();
             if seeds.is_empty() {
                 return;

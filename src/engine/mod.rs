@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::index::{dot, rank, Neighbor, NeighborIndex};
 
 mod components;
+mod erase;
 pub mod feedback;
 mod insert;
 mod refresh;
@@ -264,6 +265,18 @@ pub enum Event {
         op: String,
         clusters: Vec<u64>,
     },
+    /// A face was forgotten (an operator's erasure of it, its person or its source, or
+    /// retention): its vector and origin are gone and its id is refused from now on. The splits
+    /// and moves its absence caused come before it. `cluster_deleted`: it was its cluster's
+    /// last face (the cluster and its name are gone).
+    FaceErased {
+        face_id: String,
+        cluster_id: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cluster_deleted: bool,
+        /// Why: `face`, `cluster`, `source` or `retention`.
+        reason: String,
+    },
 }
 
 /// Errors for a face that cannot be inserted. The engine state is untouched when one is returned.
@@ -385,12 +398,27 @@ pub struct ChangeSet {
     pub names: Vec<(u64, Option<String>)>,
     /// Feedback commands applied or changed (an undo marks its target), latest per command.
     pub commands: Vec<feedback::CommandRecord>,
+    /// Faces erased: their records go, a tombstone stays.
+    pub erased: Vec<ErasedFace>,
     pub counters: Counters,
+}
+
+/// A face the engine erased, as the store forgets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasedFace {
+    pub seq: u32,
+    pub face_id: String,
+    /// The vector the index still holds as a tombstone until it is compacted (kept by the store
+    /// only so that an index rebuilt after a crash is the same structure).
+    pub indexed: Vec<f32>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.new_faces.is_empty() && self.events.is_empty() && self.commands.is_empty()
+        self.new_faces.is_empty()
+            && self.events.is_empty()
+            && self.commands.is_empty()
+            && self.erased.is_empty()
     }
 }
 
@@ -416,6 +444,8 @@ pub struct Restored {
     pub names: Vec<(u64, String)>,
     /// Every feedback command applied, in order (undone ones marked).
     pub commands: Vec<feedback::CommandRecord>,
+    /// Faces erased (sorted): their rows in `proxies` and `identities` are zeros.
+    pub erased: Vec<u32>,
     pub counters: Counters,
 }
 
@@ -465,6 +495,8 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     visible: Vec<(u32, u32)>,
     /// Operator feedback and the photo rule, honoured by every re-link (`feedback`).
     rules: feedback::Constraints,
+    /// Faces erased: no edges, no cluster, their id refused.
+    erased: crate::index::Tombstones,
 }
 
 fn pair(a: u32, b: u32) -> (u32, u32) {

@@ -148,7 +148,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 self.refresh_kept(s);
             }
         }
-        self.apply_kept_diff(&before, &sources, Some(j), cause, events);
+        self.apply_kept_diff(&before, &sources, &[j], cause, events);
         if self.track {
             let v = self.proxy(j).to_vec();
             match self.changes.refreshed.iter_mut().find(|(s, _)| *s == j) {

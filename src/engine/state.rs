@@ -40,6 +40,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             dirty_comps: HashSet::new(),
             visible: Vec::new(),
             rules: feedback::Constraints::default(),
+            erased: crate::index::Tombstones::default(),
         }
     }
 
@@ -121,6 +122,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         e.next_cluster_id = r.counters.next_cluster_id;
         e.next_event_seq = r.counters.next_event_seq;
         e.mark = vec![0; n];
+        for &s in &r.erased {
+            e.erased.insert(s);
+        }
         e
     }
 

@@ -42,15 +42,43 @@ impl Store {
             images: Vec::new(),
             names: Vec::new(),
             commands: Vec::new(),
+            erased: Vec::new(),
             counters,
         };
         let iter_err = |e: sled::Error| StoreError::Open {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        for (i, kv) in self.db.scan_prefix(b"v:").enumerate() {
+        // Erased faces keep their id (a tombstone) and have no vector: zeros stand in.
+        let mut erased: Vec<(u32, String)> = Vec::new();
+        for kv in self.db.scan_prefix(b"e:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("e:", "short key"))?;
+            let id = String::from_utf8(v.to_vec())
+                .ok()
+                .filter(|_| (seq as usize) < n)
+                .ok_or_else(|| self.corrupt(&format!("e:{seq}"), "bad encoding"))?;
+            erased.push((seq, id));
+        }
+        let mut next_erased = erased.iter().peekable();
+        let mut fill_erased = |out: &mut Restored, upto: usize| {
+            while out.face_ids.len() < upto {
+                match next_erased.peek() {
+                    Some((s, _)) if *s as usize == out.face_ids.len() => {
+                        let (_, id) = next_erased.next().expect("peeked");
+                        out.face_ids.push(id.clone());
+                        out.proxies.extend(std::iter::repeat_n(0.0, d));
+                        out.identities.extend(std::iter::repeat_n(0.0, d));
+                    }
+                    _ => break,
+                }
+            }
+        };
+        for kv in self.db.scan_prefix(b"v:") {
             let (k, v) = kv.map_err(iter_err)?;
             let kname = format!("v:{}", seq_from_key(&k).unwrap_or(u32::MAX));
+            fill_erased(&mut out, n);
+            let i = out.face_ids.len();
             if seq_from_key(&k) != Some(i as u32) {
                 return Err(self.corrupt(&kname, &format!("expected face {i} here")));
             }
@@ -70,6 +98,8 @@ impl Store {
                 .extend_from_slice(identity.as_deref().unwrap_or(&proxy));
             out.proxies.extend_from_slice(&proxy);
         }
+        fill_erased(&mut out, n);
+        out.erased = erased.iter().map(|e| e.0).collect();
         if out.face_ids.len() != n {
             return Err(self.corrupt(
                 "v:",
@@ -189,8 +219,10 @@ impl Store {
         }
         // Sizes must agree with the faces: a cheap check that catches a torn or foreign write.
         let mut sizes = std::collections::HashMap::<u32, u32>::new();
-        for f in &out.faces {
-            *sizes.entry(f.comp).or_default() += 1;
+        for (seq, f) in out.faces.iter().enumerate() {
+            if out.erased.binary_search(&(seq as u32)).is_err() {
+                *sizes.entry(f.comp).or_default() += 1;
+            }
         }
         for (label, c) in &out.comps {
             if sizes.get(label).copied().unwrap_or(0) != c.size {
@@ -204,5 +236,30 @@ impl Store {
             return Err(self.corrupt("c:", "a face points at a missing component"));
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Every live face's indexed proxy (`v:`), in sequence order, handed to `f`: what a
+    /// compaction rebuilds the index from.
+    pub fn for_each_indexed(&self, mut f: impl FnMut(u32, &[f32])) -> Result<(), StoreError> {
+        let d = self.dim;
+        for kv in self.db.scan_prefix(b"v:") {
+            let (k, v) = kv.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("v:", "short key"))?;
+            let mut r = Reader { b: &v, at: 0 };
+            let proxy = (|| {
+                let len = r.u32()? as usize;
+                r.take(len)?;
+                r.take(1)?;
+                r.f32s(d)
+            })()
+            .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
+            f(seq, &proxy);
+        }
+        Ok(())
     }
 }

@@ -22,6 +22,11 @@
 //! - `k:<command seq u64>` -> an operator command resolved to its face pairs
 //!   (`feedback::CommandRecord` JSON), rewritten when an undo marks it
 //! - `x:<name>` -> positions owned by the caller (e.g. source offsets), written with the batch
+//! - `e:<seq>` -> the id of an erased face (its tombstone: `f:<face_id>` stays, so the id is
+//!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:` records are gone)
+//! - `z:<seq>` -> the vector an erased face still has in the HNSW index as a tombstone (filtered
+//!   from every result), kept only until the index is compacted, so that an index rebuilt after
+//!   a crash is the same structure; removed with the snapshot of the compacted index
 
 mod codec;
 mod load;
@@ -132,6 +137,10 @@ impl std::fmt::Display for Fingerprint {
 pub struct SnapshotInfo {
     pub basename: String,
     pub covers: u32,
+    /// Points the dump holds (faces below `covers` less those a compaction dropped); absent in
+    /// states written before erasure existed, where it is `covers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<u32>,
 }
 
 /// One outbox entry: an event with its sequence and the face whose insertion caused it.
@@ -417,6 +426,15 @@ impl Store {
                 b.insert(key(b'a', &seq), serde_json::to_vec(meta).map_err(json_err)?);
             }
         }
+        for f in &cs.erased {
+            let seq = f.seq.to_be_bytes();
+            for prefix in [b'v', b'p', b'h', b'w', b'a'] {
+                b.remove(key(prefix, &seq));
+            }
+            b.insert(key(b'e', &seq), f.face_id.as_bytes());
+            let z: Vec<u8> = f.indexed.iter().flat_map(|x| x.to_le_bytes()).collect();
+            b.insert(key(b'z', &seq), z);
+        }
         for (seq, r) in &cs.faces {
             b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
         }
@@ -530,10 +548,63 @@ impl Store {
     }
 
     pub fn set_snapshot(&self, info: &SnapshotInfo) -> Result<(), StoreError> {
+        self.set_snapshot_compacted(info, &[])
+    }
+
+    /// Records a snapshot and, in the same batch, forgets the `z:` vectors of the erased faces
+    /// `dropped` that the dumped index no longer holds (a compaction).
+    pub fn set_snapshot_compacted(
+        &self,
+        info: &SnapshotInfo,
+        dropped: &[u32],
+    ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         let v = serde_json::to_vec(info).map_err(|e| self.corrupt("m:snapshot", &e.to_string()))?;
         b.insert(&b"m:snapshot"[..], v);
+        for s in dropped {
+            b.remove(key(b'z', &s.to_be_bytes()));
+        }
         self.write(b)
+    }
+
+    /// Erased faces whose vectors the index still holds as tombstones (`z:`), in order.
+    pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(b"z:") {
+            let (k, v) = kv.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("z:", "short key"))?;
+            if v.len() != 4 * self.dim {
+                return Err(self.corrupt(&format!("z:{seq}"), "bad encoding"));
+            }
+            let vals = v
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.push((seq, vals));
+        }
+        Ok(out)
+    }
+
+    /// The faces whose origin names `source_id` (a scan of every `a:` record: an operator's
+    /// erasure, not a hot path), in order.
+    pub fn faces_of_source(&self, source_id: &str) -> Result<Vec<u32>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(b"a:") {
+            let (k, v) = kv.map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("a:", "short key"))?;
+            let meta: crate::engine::FaceMeta = serde_json::from_slice(&v)
+                .map_err(|e| self.corrupt(&format!("a:{seq}"), &e.to_string()))?;
+            if meta.source_id.as_deref() == Some(source_id) {
+                out.push(seq);
+            }
+        }
+        Ok(out)
     }
 
     /// Bytes sled holds on disk (for the benchmarks' accounting).

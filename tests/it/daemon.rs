@@ -135,7 +135,18 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
     );
     assert_eq!(dlq.len(), bad.len());
     for (rec, (bytes, class)) in dlq.iter().zip(&bad) {
-        assert_eq!(&rec.payload, bytes, "the original bytes are kept");
+        // sink.dead_letter_payload = "metadata" (the default): no bytes, their size and hash.
+        assert!(rec.payload.is_empty(), "the payload stays behind by default");
+        assert_eq!(
+            rec.header("clip_cluster.payload.bytes").as_deref(),
+            Some(bytes.len().to_string().as_str())
+        );
+        let sha = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(bytes);
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert_eq!(rec.header("clip_cluster.payload.sha256"), Some(sha));
         let h = |k: &str| rec.header(k);
         assert_eq!(
             h("__connect.errors.exception.class.name").as_deref(),

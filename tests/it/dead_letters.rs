@@ -95,6 +95,8 @@ fn undeliverable_dead_letters_stop_sigterm_with_an_error_and_leave_their_offsets
         ),
         // The grace after SIGTERM for the dead letters (and the outbox).
         ("SINK__DRAIN_TIMEOUT_MS", "2000"),
+        // The original bytes travel (the default keeps only their size and hash).
+        ("SINK__DEAD_LETTER_PAYLOAD", "full"),
     ] {
         envs.push((format!("CLIP_CLUSTER__{k}"), v.to_string()));
     }

@@ -19,6 +19,9 @@ use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
+mod erase;
+pub use erase::{EraseReport, EraseTarget};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClustererError {
     #[error(transparent)]
@@ -275,8 +278,13 @@ pub fn stages_for(
     })
 }
 
-fn basename(covers: u32) -> String {
-    format!("hnsw-{covers:010}")
+fn basename(covers: u32, points: u32) -> String {
+    if points == covers {
+        format!("hnsw-{covers:010}")
+    } else {
+        // A compacted index: another name than the dump it replaces.
+        format!("hnsw-{covers:010}-{points:010}")
+    }
 }
 
 impl Clusterer {
@@ -328,7 +336,8 @@ impl Clusterer {
             if info.covers > n {
                 warn!(covers = info.covers, faces = n, "HNSW snapshot covers faces the store does not hold; rebuilding the index from the store");
             } else {
-                match HnswIndex::load(&index_dir, &info.basename, hnsw, info.covers as usize) {
+                let points = info.points.unwrap_or(info.covers) as usize;
+                match HnswIndex::load(&index_dir, &info.basename, hnsw, points) {
                     Ok(i) => {
                         info!(covers = info.covers, faces = n, "loaded HNSW snapshot");
                         from = info.covers;
@@ -348,16 +357,29 @@ impl Clusterer {
         }
         let mut index = index.unwrap_or_else(|| HnswIndex::new(hnsw));
         let d = cfg.model.dim;
+        // Erased faces the index still holds: their tombstones' vectors (the rest were compacted
+        // away, so an index built from the store skips them as the compacted one did).
+        let tombstoned = store.tombstoned()?;
+        let mut z = tombstoned.iter().peekable();
         for seq in from..n {
-            let v = &restored.proxies[seq as usize * d..(seq as usize + 1) * d];
-            index.insert(seq, v);
+            while z.peek().is_some_and(|(s, _)| *s < seq) {
+                z.next();
+            }
+            if restored.erased.binary_search(&seq).is_err() {
+                index.insert(seq, &restored.proxies[seq as usize * d..(seq as usize + 1) * d]);
+            } else if let Some((_, v)) = z.next_if(|(s, _)| *s == seq) {
+                index.insert(seq, v);
+            }
+        }
+        for (seq, _) in &tombstoned {
+            index.remove(*seq);
         }
         if n - from >= snapshot_every {
             // A long replay is not repeated at the next start.
-            snapshot(&store, &index_dir, &index, n)?;
+            snapshot(&store, &index_dir, &index, n, &[])?;
         }
         let engine = Engine::restore(params, index, proxy, scorer, restored);
-        Ok(Self {
+        let mut this = Self {
             engine,
             store,
             index_dir,
@@ -366,7 +388,10 @@ impl Clusterer {
             waiting,
             calibration,
             cfg: cfg.clone(),
-        })
+        };
+        // A compaction that an erasure called for and a crash interrupted.
+        this.compact_if_due()?;
+        Ok(this)
     }
 
     /// The calibration decision, once made.
@@ -444,6 +469,10 @@ impl Clusterer {
         Ok(())
     }
 
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine<HnswIndex, ProxyModel, EdgeModel> {
+        &mut self.engine
+    }
+
     pub fn engine(&self) -> &Engine<HnswIndex, ProxyModel, EdgeModel> {
         &self.engine
     }
@@ -485,7 +514,13 @@ impl Clusterer {
                         let w = std::mem::take(&mut warmup);
                         self.store
                             .commit_with(&self.engine.take_changes(), &w, &[])?;
-                        snapshot(&self.store, &self.index_dir, self.engine.index(), seq + 1)?;
+                        snapshot(
+                            &self.store,
+                            &self.index_dir,
+                            self.engine.index(),
+                            seq + 1,
+                            &[],
+                        )?;
                     }
                 }
                 Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
@@ -545,18 +580,25 @@ fn log_decision(d: &crate::engine::calibrate::Decision) {
     }
 }
 
-/// Dumps the index covering `covers` faces, records it, and drops older dumps.
+/// Dumps the index covering `covers` faces, records it (forgetting the tombstone vectors of
+/// `dropped`, erased faces a compaction left out, in the same batch), and drops older dumps.
 fn snapshot(
     store: &Store,
     dir: &Path,
     index: &HnswIndex,
     covers: u32,
+    dropped: &[u32],
 ) -> Result<(), ClustererError> {
-    let name = index.dump(dir, &basename(covers))?;
-    store.set_snapshot(&SnapshotInfo {
-        basename: name.clone(),
-        covers,
-    })?;
+    let points = index.len() as u32;
+    let name = index.dump(dir, &basename(covers, points))?;
+    store.set_snapshot_compacted(
+        &SnapshotInfo {
+            basename: name.clone(),
+            covers,
+            points: Some(points),
+        },
+        dropped,
+    )?;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();

@@ -1,0 +1,141 @@
+//! Erasure and compaction: a face, a person (cluster) or a source forgotten durably, and the
+//! HNSW index rebuilt without its tombstones once they are `index.compact_fraction` of it.
+//!
+//! The order is the write-ahead order of the rest of the clusterer: the engine forgets, the
+//! store commits (records gone, tombstones and events in, fsync), and only then may the caller
+//! answer. A compaction builds the new index from the store's live vectors in sequence order
+//! (the structure an index built from the store after a crash has too), dumps it, and records
+//! the dump and forgets the tombstone vectors in one batch.
+
+use tracing::info;
+
+use super::*;
+
+/// What to erase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseTarget {
+    Face(String),
+    /// Every face of the cluster (a person), and so its name.
+    Cluster(u64),
+    /// Every face whose message named this `source_id`.
+    Source(String),
+}
+
+impl EraseTarget {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EraseTarget::Face(_) => "face",
+            EraseTarget::Cluster(_) => "cluster",
+            EraseTarget::Source(_) => "source",
+        }
+    }
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EraseReport {
+    /// The faces forgotten.
+    pub erased: Vec<String>,
+    /// Events emitted (splits and moves it caused, one `FaceErased` per face).
+    pub events: usize,
+    /// The index was rebuilt without its tombstones afterwards.
+    pub compacted: bool,
+}
+
+impl Clusterer {
+    /// Erases `target` and commits (fsync) before it returns; with `compact`, or when the
+    /// tombstones reach `index.compact_fraction`, the index is then rebuilt without them. The
+    /// inner error is a refused request (nothing changed): an unknown face or cluster, or a
+    /// state in its calibration warm-up.
+    pub fn erase(
+        &mut self,
+        target: &EraseTarget,
+        compact: bool,
+    ) -> Result<Result<(EraseReport, Vec<Event>), FeedbackError>, ClustererError> {
+        if self.decision.is_none() {
+            return Ok(Err(FeedbackError::NotReady(format!(
+                "the state is in its calibration warm-up ({} of {} faces); erasures are taken once it decides",
+                self.waiting.len(),
+                self.calibration.warmup
+            ))));
+        }
+        let engine = &self.engine;
+        let seqs: Vec<u32> = match target {
+            EraseTarget::Face(id) => match engine.seq_of(id).filter(|&s| !engine.is_erased(s)) {
+                Some(s) => vec![s],
+                None => return Ok(Err(FeedbackError::UnknownFace(id.clone()))),
+            },
+            EraseTarget::Cluster(c) => {
+                let m = engine.members_of(*c);
+                if m.is_empty() {
+                    return Ok(Err(FeedbackError::UnknownCluster(*c)));
+                }
+                m
+            }
+            EraseTarget::Source(src) => self
+                .store
+                .faces_of_source(src)?
+                .into_iter()
+                .filter(|&s| !engine.is_erased(s))
+                .collect(),
+        };
+        let erased: Vec<String> = seqs
+            .iter()
+            .map(|&s| self.engine.face_id(s).to_string())
+            .collect();
+        let events = self.engine.erase(&seqs, target.reason());
+        if !seqs.is_empty() {
+            self.store.commit(&self.engine.take_changes(), &[])?;
+        }
+        let compacted = if compact && self.engine.index().n_removed() > 0 {
+            self.compact()?;
+            true
+        } else {
+            self.compact_if_due()?
+        };
+        let report = EraseReport {
+            erased,
+            events: events.len(),
+            compacted,
+        };
+        Ok(Ok((report, events)))
+    }
+
+    /// Compacts when the tombstones reach `index.compact_fraction` of the index's points.
+    pub(super) fn compact_if_due(&mut self) -> Result<bool, ClustererError> {
+        let idx = self.engine.index();
+        let removed = idx.n_removed();
+        let due = removed > 0
+            && removed as f64 >= f64::from(self.cfg.index.compact_fraction) * idx.len() as f64;
+        if due {
+            self.compact()?;
+        }
+        Ok(due)
+    }
+
+    /// Rebuilds the index from the live faces' stored vectors in sequence order, without the
+    /// tombstones, swaps it in and dumps it; the tombstones' vectors are then forgotten.
+    pub fn compact(&mut self) -> Result<(), ClustererError> {
+        let started = std::time::Instant::now();
+        let mut fresh = HnswIndex::new(self.cfg.hnsw_params());
+        self.store.for_each_indexed(|seq, v| fresh.insert(seq, v))?;
+        let dropped: Vec<u32> = self
+            .store
+            .tombstoned()?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let n = self.engine.n_faces() as u32;
+        let before = self.engine.index().len();
+        *self.engine_mut().index_mut() = fresh;
+        snapshot(&self.store, &self.index_dir, self.engine.index(), n, &dropped)?;
+        info!(
+            points_before = before,
+            points = self.engine.index().len(),
+            dropped = dropped.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "HNSW index compacted: erased faces' points are gone from memory and disk"
+        );
+        Ok(())
+    }
+}
