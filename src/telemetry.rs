@@ -20,6 +20,10 @@ pub struct Metrics {
     pub faces_applied: IntCounter,
     /// Faces whose id was already applied (redeliveries); nothing changed.
     pub faces_duplicate: IntCounter,
+    /// Faces erased (an operator's erasure of a face, a person or a source; retention), by why.
+    pub faces_erased: IntCounterVec,
+    /// Messages whose face id was erased: refused, never applied again.
+    pub faces_erased_redelivered: IntCounter,
     /// Proxies of older faces recomputed and re-linked by the bounded refresh.
     pub proxies_refreshed: IntCounter,
     /// Image messages turned into identity vectors by this process's embedder.
@@ -150,6 +154,15 @@ impl Metrics {
             faces_duplicate: counter(
                 "faces_duplicate_total",
                 "Faces whose id was already applied (redeliveries); no change.",
+            ),
+            faces_erased: counter_vec(
+                "faces_erased_total",
+                "Faces erased, by reason (face, cluster, source, retention).",
+                "reason",
+            ),
+            faces_erased_redelivered: counter(
+                "faces_erased_redelivered_total",
+                "Messages carrying the id of an erased face: refused, not applied again.",
             ),
             proxies_refreshed: counter(
                 "proxies_refreshed_total",

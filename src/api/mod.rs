@@ -14,12 +14,16 @@
 //!   when it contradicts the constraints held or reuses a command id, 400 when malformed. The
 //!   same command id again returns the first report with `duplicate: true`.
 //!
+//! - `DELETE /v1/faces/{face_id}`, `DELETE /v1/clusters/{cluster_id}`, `DELETE
+//!   /v1/sources/{source_id}` (`?domain=D&compact=true`): erasure (`erase.rs`).
+//!
 //! Every request needs `Authorization: Bearer <token>` unless `api.public_reads` (reads only).
 //! Reads lock the domain's state, so they wait for a batch being applied and see every batch
 //! that was committed before they started. Errors are `{"error": "..."}` with a 4xx or 503
 //! status, counted in `clip_cluster_api_requests_total{outcome}`; a refused request changes
 //! nothing. Writes always need the token.
 
+mod erase;
 pub mod read;
 
 use std::collections::BTreeMap;
@@ -29,7 +33,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -516,7 +520,7 @@ async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
     app.finish(Err(refuse(
         Outcome::NotFound,
         format!(
-            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/search, /v1/feedback)",
+            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/sources/{{id}}, /v1/search, /v1/feedback)",
             uri.path()
         ),
     )))
@@ -534,9 +538,16 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
         metrics,
     };
     Router::new()
-        .route("/v1/faces/{face_id}", get(get_face))
+        .route(
+            "/v1/faces/{face_id}",
+            get(get_face).delete(erase::erase_face),
+        )
         .route("/v1/clusters", get(list_clusters))
-        .route("/v1/clusters/{cluster_id}", get(get_cluster))
+        .route(
+            "/v1/clusters/{cluster_id}",
+            get(get_cluster).delete(erase::erase_cluster),
+        )
+        .route("/v1/sources/{source_id}", delete(erase::erase_source))
         .route("/v1/search", post(search))
         .route("/v1/feedback", post(feedback))
         .fallback(unknown)

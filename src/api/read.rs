@@ -35,8 +35,11 @@ fn version(c: &Clusterer) -> (usize, u64) {
 impl ClusterIndex {
     pub fn build(c: &Clusterer) -> Self {
         let mut members: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-        for (seq, id) in c.engine().assignments().into_iter().enumerate() {
-            members.entry(id).or_default().push(seq as u32);
+        let e = c.engine();
+        for (seq, id) in e.assignments().into_iter().enumerate() {
+            if !e.is_erased(seq as u32) {
+                members.entry(id).or_default().push(seq as u32);
+            }
         }
         let mut by_size: Vec<u64> = members.keys().copied().collect();
         by_size.sort_by_key(|id| (std::cmp::Reverse(members[id].len()), *id));
@@ -76,7 +79,7 @@ pub struct FaceView {
 
 pub fn face(c: &Clusterer, domain: &str, face_id: &str) -> Result<Option<FaceView>, String> {
     let e = c.engine();
-    let Some(seq) = e.seq_of(face_id) else {
+    let Some(seq) = e.seq_of(face_id).filter(|&s| !e.is_erased(s)) else {
         return Ok(None);
     };
     let meta = c

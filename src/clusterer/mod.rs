@@ -40,6 +40,8 @@ pub enum ClustererError {
 pub struct BatchResult {
     pub applied: usize,
     pub duplicates: usize,
+    /// Faces whose id was erased: refused for good (a tombstone), not counted as duplicates.
+    pub erased_redelivered: usize,
     /// (position in the batch, why)
     pub rejected: Vec<(usize, EngineError)>,
     pub events: Vec<Event>,
@@ -522,6 +524,9 @@ impl Clusterer {
                             &[],
                         )?;
                     }
+                }
+                Ok((Outcome::Duplicate { seq }, _)) if self.engine.is_erased(seq) => {
+                    res.erased_redelivered += 1
                 }
                 Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
                 Err(e) => res.rejected.push((i, e)),

@@ -269,6 +269,9 @@ impl Daemon {
             self.metrics
                 .faces_duplicate
                 .inc_by(result.duplicates as u64);
+            self.metrics
+                .faces_erased_redelivered
+                .inc_by(result.erased_redelivered as u64);
             for e in &result.events {
                 match e {
                     Event::ClustersMerged { .. } => self.metrics.merges.inc(),
