@@ -128,7 +128,13 @@ impl Clusterer {
         let n = self.engine.n_faces() as u32;
         let before = self.engine.index().len();
         *self.engine_mut().index_mut() = fresh;
-        snapshot(&self.store, &self.index_dir, self.engine.index(), n, &dropped)?;
+        snapshot(
+            &self.store,
+            &self.index_dir,
+            self.engine.index(),
+            n,
+            &dropped,
+        )?;
         info!(
             points_before = before,
             points = self.engine.index().len(),

@@ -368,7 +368,10 @@ impl Clusterer {
                 z.next();
             }
             if restored.erased.binary_search(&seq).is_err() {
-                index.insert(seq, &restored.proxies[seq as usize * d..(seq as usize + 1) * d]);
+                index.insert(
+                    seq,
+                    &restored.proxies[seq as usize * d..(seq as usize + 1) * d],
+                );
             } else if let Some((_, v)) = z.next_if(|(s, _)| *s == seq) {
                 index.insert(seq, v);
             }

@@ -111,10 +111,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         self.live_comps += 1;
         self.unannounced = e;
-        self.apply_kept_diff(&before, &sources, &[], e, events);
-        if !partners.is_empty() {
-            self.relink_constrained(&partners, e, events);
-        }
+        // Its must-link partners are seeds too: a cluster may have been one through e's links.
+        self.apply_kept_diff(&before, &sources, &partners, e, events);
         self.unannounced = u32::MAX;
         let own = self.faces[e as usize].comp;
         debug_assert_eq!(self.comps[own as usize].size, 1, "an erased face is alone");

@@ -702,7 +702,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Recomputes the clusters around `seeds` after their constraints changed: the exact rule
     /// over their kept-graph components, or, over `support_region`, over the faces of their
     /// clusters alone.
-    pub(super) fn relink_constrained(&mut self, seeds: &[u32], cause: u32, events: &mut Vec<Event>) {
+    pub(super) fn relink_constrained(
+        &mut self,
+        seeds: &[u32],
+        cause: u32,
+        events: &mut Vec<Event>,
+    ) {
         if seeds.is_empty() || self.regroup(seeds, cause, events) {
             return;
         }

@@ -136,7 +136,10 @@ fn faces_in_events_out_and_bad_messages_dead_lettered() {
     assert_eq!(dlq.len(), bad.len());
     for (rec, (bytes, class)) in dlq.iter().zip(&bad) {
         // sink.dead_letter_payload = "metadata" (the default): no bytes, their size and hash.
-        assert!(rec.payload.is_empty(), "the payload stays behind by default");
+        assert!(
+            rec.payload.is_empty(),
+            "the payload stays behind by default"
+        );
         assert_eq!(
             rec.header("clip_cluster.payload.bytes").as_deref(),
             Some(bytes.len().to_string().as_str())

@@ -375,6 +375,9 @@ fn replay(
             Event::FaceMoved { face_id, to, .. } => {
                 map.insert(face_id.clone(), *to);
             }
+            Event::FaceErased { face_id, .. } => {
+                map.remove(face_id);
+            }
             Event::ClusterCreated { .. }
             | Event::ClusterSplit { .. }
             | Event::ClusterNamed { .. }

@@ -10,6 +10,7 @@ mod dead_letters;
 mod detector;
 mod domains;
 mod engine_props;
+mod erase;
 mod feedback;
 mod layout;
 mod locate;

@@ -1,0 +1,336 @@
+//! Erasure: random interleavings of insertions, commands and erasures leave no erased face in
+//! any edge, cluster or constraint, keep every constraint, and (exact rule) keep the clusters
+//! equal to the rule computed at once over the live faces; erased ids are refused when they
+//! come again; a restart anywhere (before and after compaction) equals an uninterrupted run;
+//! the store forgets the face's records.
+
+use std::collections::BTreeMap;
+
+use clip_cluster::clusterer::{Clusterer, EraseTarget};
+use clip_cluster::engine::feedback::{Command, Op};
+use clip_cluster::engine::{Engine, EngineParams, Event, Face, FaceMeta, FaceRef};
+use clip_cluster::index::{ExactIndex, NeighborIndex};
+use rand::{Rng, SeedableRng};
+
+fn params(support: f32) -> EngineParams {
+    EngineParams {
+        dim: 6,
+        k: 5,
+        search_k: 400,
+        t1: 0.8,
+        t2: 0.0,
+        refresh: 0,
+        refresh_min_change: 0.0,
+        min_quality: 0.0,
+        weak_margin: 1.0,
+        support,
+        support_region: 0,
+        same_image_cannot_link: true,
+    }
+}
+
+fn vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
+    let centers: Vec<Vec<f32>> = (0..6)
+        .map(|_| (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect())
+        .collect();
+    (0..n)
+        .map(|_| {
+            let c = &centers[rng.gen_range(0..centers.len())];
+            c.iter()
+                .map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5))
+                .collect()
+        })
+        .collect()
+}
+
+/// Canonical partition of the live faces.
+fn canon<L: Ord + Copy>(labels: &[L], live: &[bool]) -> Vec<Vec<u32>> {
+    let mut m: BTreeMap<L, Vec<u32>> = BTreeMap::new();
+    for (i, l) in labels.iter().enumerate() {
+        if live[i] {
+            m.entry(*l).or_default().push(i as u32);
+        }
+    }
+    let mut v: Vec<Vec<u32>> = m.into_values().collect();
+    v.sort();
+    v
+}
+
+fn check(e: &Engine<ExactIndex>, what: &str) {
+    let n = e.n_faces() as u32;
+    let a = e.assignments();
+    for s in 0..n {
+        for (to, _) in e.out_list(s) {
+            assert!(!e.is_erased(to), "{what}: {s} keeps an edge to erased {to}");
+        }
+        if e.is_erased(s) {
+            assert!(e.out_list(s).is_empty(), "{what}: erased {s} has edges");
+        }
+    }
+    let r = e.constraints();
+    for (x, y) in r.cannot_pairs().into_iter().chain(r.must_pairs()) {
+        assert!(
+            !e.is_erased(x) && !e.is_erased(y),
+            "{what}: a constraint on an erased face"
+        );
+    }
+    for (x, y) in r.cannot_pairs() {
+        assert_ne!(a[x as usize], a[y as usize], "{what}: cannot-link crossed");
+    }
+    for (x, y) in r.must_pairs() {
+        assert_eq!(a[x as usize], a[y as usize], "{what}: must-link broken");
+    }
+    // Cluster sizes are the live members.
+    let live: Vec<bool> = (0..n).map(|s| !e.is_erased(s)).collect();
+    assert_eq!(
+        canon(&a, &live).len(),
+        e.n_clusters(),
+        "{what}: every cluster has a live face and none holds an erased one"
+    );
+}
+
+fn interleave(seed: u64, support: f32) -> usize {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let p = params(support);
+    let vs = vectors(&mut rng, 150, p.dim);
+    let mut e = Engine::new(p, ExactIndex::new(p.dim));
+    e.set_tracking(false);
+    let (mut erased, mut n_cmd) = (0, 0);
+    let mut i = 0;
+    while i < vs.len() {
+        let roll = rng.gen_range(0..10);
+        if i < 10 || roll < 6 {
+            let m = FaceMeta {
+                image_id: Some(format!(
+                    "img-{}",
+                    i - usize::from(i > 0 && rng.gen_bool(0.3))
+                )),
+                ..Default::default()
+            };
+            e.insert_face(FaceRef {
+                face_id: &format!("f{i}"),
+                vector: &vs[i],
+                variants: &[],
+                meta: &m,
+            })
+            .unwrap();
+            i += 1;
+        } else if roll < 8 {
+            let s = rng.gen_range(0..i as u32);
+            let was = e.is_erased(s);
+            let before = e.cluster_of(s);
+            let events = e.erase(&[s], "face");
+            if was {
+                assert!(events.is_empty(), "seed {seed}: erasing twice is a no-op");
+                continue;
+            }
+            erased += 1;
+            let last = events.last().expect("a FaceErased event");
+            assert!(
+                matches!(last, Event::FaceErased { face_id, cluster_id, .. }
+                    if *face_id == format!("f{s}") && *cluster_id == before),
+                "seed {seed}: {last:?}"
+            );
+            assert!(!events.iter().any(
+                |ev| matches!(ev, Event::FaceMoved { face_id, .. } if *face_id == format!("f{s}"))
+            ));
+            // The id never comes back.
+            let (o, ev) = e.insert(&format!("f{s}"), &vs[s as usize]).unwrap();
+            assert!(ev.is_empty(), "seed {seed}: {o:?}");
+            assert!(e.is_erased(s));
+        } else {
+            // A command naming faces that may be erased: refused for those, never applied.
+            let a = e.assignments();
+            let x = rng.gen_range(0..i as u32);
+            let y = rng.gen_range(0..i as u32);
+            let op = if rng.gen_bool(0.5) {
+                Op::NotInCluster {
+                    face_id: format!("f{x}"),
+                    cluster_id: a[y as usize],
+                }
+            } else {
+                Op::Assign {
+                    face_id: format!("f{x}"),
+                    cluster_id: a[y as usize],
+                }
+            };
+            let r = e.apply_feedback(&Command {
+                command_id: format!("c{n_cmd}"),
+                op,
+            });
+            if e.is_erased(x) {
+                assert!(
+                    r.is_err(),
+                    "seed {seed}: a command on an erased face is refused"
+                );
+            }
+            n_cmd += usize::from(r.is_ok());
+        }
+        check(&e, &format!("seed {seed} step {i}"));
+        let live: Vec<bool> = (0..e.n_faces() as u32).map(|s| !e.is_erased(s)).collect();
+        if e.constraints().names().is_empty() {
+            assert_eq!(
+                canon(&e.assignments(), &live),
+                canon(&e.rule_partition(), &live),
+                "seed {seed}: clusters are the rule over the live faces"
+            );
+        }
+    }
+    erased
+}
+
+#[test]
+fn random_interleavings_with_erasures_keep_every_invariant() {
+    let mut total = 0;
+    for seed in 0..12 {
+        total += interleave(seed, if seed % 2 == 0 { 0.0 } else { 0.3 });
+    }
+    assert!(total > 100, "erasures were exercised: {total}");
+}
+
+#[test]
+fn an_erased_face_leaves_every_search() {
+    let mut idx = ExactIndex::new(2);
+    idx.insert(0, &[1.0, 0.0]);
+    idx.insert(1, &[0.0, 1.0]);
+    idx.remove(0);
+    assert_eq!(
+        idx.search(&[1.0, 0.0], 2)
+            .iter()
+            .map(|h| h.seq)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!((idx.len(), idx.n_removed()), (2, 1));
+}
+
+fn config(dir: &std::path::Path, compact_fraction: &str) -> clip_cluster::config::Config {
+    let env: Vec<(String, String)> = [
+        ("STORE__PATH", dir.display().to_string()),
+        ("MODEL__DIM", "6".into()),
+        ("PROXY__MODE", "identity".into()),
+        ("EDGE__SCORER", "cosine".into()),
+        ("ENGINE__T1", "0.8".into()),
+        ("CALIBRATION__MODE", "trained".into()),
+        ("INDEX__SNAPSHOT_EVERY_FACES", "100".into()),
+        ("INDEX__COMPACT_FRACTION", compact_fraction.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
+    .collect();
+    clip_cluster::config::Config::load_from(None, &env).unwrap()
+}
+
+/// Batches of 20 faces (each redelivering the first face, which may be erased), then an
+/// erasure chosen from the state: a face, a source, or the largest cluster.
+fn run(c: &mut Clusterer, vs: &[Vec<f32>], batches: std::ops::Range<usize>) {
+    for b in batches {
+        let mut faces: Vec<Face> = (b * 20..(b + 1) * 20)
+            .map(|i| Face {
+                face_id: format!("f{i}"),
+                vector: vs[i].clone(),
+                meta: FaceMeta {
+                    image_id: Some(format!("img-{}", i / 2)),
+                    source_id: Some(format!("cam-{}", i % 7)),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        faces.push(Face::new("f0", vs[0].clone()));
+        c.apply(&faces, &[]).unwrap();
+        let a = c.engine().assignments();
+        let target = match b % 3 {
+            0 => EraseTarget::Face(format!("f{}", b * 20 + 3)),
+            1 => EraseTarget::Source(format!("cam-{}", b % 7)),
+            _ => {
+                let mut sizes: BTreeMap<u64, usize> = BTreeMap::new();
+                for (s, id) in a.iter().enumerate() {
+                    if !c.engine().is_erased(s as u32) {
+                        *sizes.entry(*id).or_default() += 1;
+                    }
+                }
+                let top = sizes
+                    .iter()
+                    .max_by_key(|(id, n)| (**n, std::cmp::Reverse(**id)))
+                    .unwrap();
+                EraseTarget::Cluster(*top.0)
+            }
+        };
+        c.erase(&target, false).unwrap().unwrap();
+        if b == 0 {
+            c.engine().seq_of("f0").unwrap();
+            c.erase(&EraseTarget::Face("f0".into()), false)
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+fn state(c: &Clusterer) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>, usize) {
+    (
+        c.engine().assignments(),
+        crate::support::outbox_events(c),
+        c.engine().n_erased(),
+    )
+}
+
+#[test]
+fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let vs = vectors(&mut rng, 200, 6);
+    // 0.2: compactions happen part-way; 1.0: never (tombstones replayed from z: records).
+    for fraction in ["0.2", "1.0"] {
+        let full = tempfile::tempdir().unwrap();
+        let mut a = Clusterer::open(&config(full.path(), fraction)).unwrap();
+        run(&mut a, &vs, 0..10);
+        let want = state(&a);
+        assert!(want.2 > 20, "faces were erased: {}", want.2);
+        // The erased faces' records are gone; the ids stay refused.
+        for s in 0..a.engine().n_faces() as u32 {
+            if a.engine().is_erased(s) {
+                assert_eq!(a.store().face_meta(s).unwrap(), None);
+            }
+        }
+        let tomb = a.store().tombstoned().unwrap().len();
+        let removed = a.engine().index().n_removed();
+        assert_eq!(tomb, removed, "z: records are the index's tombstones");
+        if fraction == "1.0" {
+            assert_eq!(removed, want.2);
+        } else {
+            assert!(removed < want.2, "a compaction dropped points: {removed}");
+        }
+        drop(a);
+        for stop in [1, 4, 7] {
+            let d = tempfile::tempdir().unwrap();
+            let mut b = Clusterer::open(&config(d.path(), fraction)).unwrap();
+            run(&mut b, &vs, 0..stop);
+            drop(b);
+            let mut b = Clusterer::open(&config(d.path(), fraction)).unwrap();
+            run(&mut b, &vs, stop..10);
+            assert_eq!(
+                state(&b),
+                want,
+                "fraction {fraction}, stopped at batch {stop}"
+            );
+        }
+    }
+    // A compaction asked for at once leaves no tombstone.
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Clusterer::open(&config(d.path(), "1.0")).unwrap();
+    run(&mut c, &vs, 0..2);
+    let (r, _) = c
+        .erase(&EraseTarget::Face("f30".into()), true)
+        .unwrap()
+        .unwrap();
+    assert!(r.compacted && r.erased == ["f30"]);
+    assert_eq!(c.engine().index().n_removed(), 0);
+    assert!(c.store().tombstoned().unwrap().is_empty());
+    assert!(c
+        .erase(&EraseTarget::Face("f30".into()), false)
+        .unwrap()
+        .is_err());
+    drop(c);
+    let c = Clusterer::open(&config(d.path(), "1.0")).unwrap();
+    assert!(c.engine().is_erased(30));
+}
