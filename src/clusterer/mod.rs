@@ -362,18 +362,14 @@ impl Clusterer {
         // Erased faces the index still holds: their tombstones' vectors (the rest were compacted
         // away, so an index built from the store skips them as the compacted one did).
         let tombstoned = store.tombstoned()?;
-        let mut z = tombstoned.iter().peekable();
         for seq in from..n {
-            while z.peek().is_some_and(|(s, _)| *s < seq) {
-                z.next();
-            }
             if restored.erased.binary_search(&seq).is_err() {
                 index.insert(
                     seq,
                     &restored.proxies[seq as usize * d..(seq as usize + 1) * d],
                 );
-            } else if let Some((_, v)) = z.next_if(|(s, _)| *s == seq) {
-                index.insert(seq, v);
+            } else if let Ok(i) = tombstoned.binary_search_by_key(&seq, |t| t.0) {
+                index.insert(seq, &tombstoned[i].1);
             }
         }
         for (seq, _) in &tombstoned {

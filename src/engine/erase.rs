@@ -93,6 +93,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             cluster_id: PENDING,
             size: 1,
         });
+        self.live_comps += 1;
         self.faces[e as usize].comp = own;
         self.comps[old as usize].size -= 1;
         self.touch_comp(old);
@@ -109,7 +110,6 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 self.refresh_kept(s);
             }
         }
-        self.live_comps += 1;
         self.unannounced = e;
         // Its must-link partners are seeds too: a cluster may have been one through e's links.
         self.apply_kept_diff(&before, &sources, &partners, e, events);
@@ -156,26 +156,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         let own = self.proxy(i).to_vec();
         let hits = self.index.search(&own, p.search_k + 1);
-        let mut cands: Vec<Edge> = hits
+        let out = &self.faces[i as usize].out;
+        let fresh = hits
             .iter()
-            .filter(|n| n.seq != i && !self.erased.contains(n.seq))
-            .filter(|n| !self.faces[i as usize].out.iter().any(|x| x.to == n.seq))
-            .map(|n| {
-                let other = self.proxy(n.seq);
-                let cosine = if p.refresh > 0 {
-                    dot(&own, other)
-                } else {
-                    n.similarity
-                };
-                Edge {
-                    to: n.seq,
-                    score: self.scorer.score(cosine, &own, other),
-                    kept: true,
-                }
-            })
-            .filter(|x| x.score > p.t1)
-            .collect();
-        cands.sort_by(edge_rank);
+            .filter(|n| n.seq != i && !out.iter().any(|x| x.to == n.seq));
+        let cands = self.edges_to(&own, fresh);
         let room = p.k - self.faces[i as usize].out.len();
         for c in cands.into_iter().take(room) {
             self.adopt(i, c.to, c.score, None);

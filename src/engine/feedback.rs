@@ -210,15 +210,9 @@ impl Constraints {
     /// Drops every constraint on face `x` (erased): its must- and cannot-links and its photo.
     pub(super) fn forget_face(&mut self, x: u32) {
         for m in [&mut self.must, &mut self.cannot] {
-            if let Some(others) = m.remove(&x) {
-                for o in others {
-                    if let Some(v) = m.get_mut(&o) {
-                        v.retain(|&z| z != x);
-                        if v.is_empty() {
-                            m.remove(&o);
-                        }
-                    }
-                }
+            // Once per link: a pair linked twice is unlinked twice.
+            for o in m.get(&x).cloned().unwrap_or_default() {
+                unlink(m, x, o);
             }
         }
         self.by_image.retain(|_, faces| {

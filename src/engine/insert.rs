@@ -57,27 +57,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         // From here on nothing can fail: the face enters the index now.
         let cands = self.index.insert_and_search(seq, &proxy, p.search_k);
 
-        // Candidate edges above t1, ranked.
-        let mut scored: Vec<Edge> = cands
-            .iter()
-            .map(|n| {
-                let other = self.proxy(n.seq);
-                // With refresh, a face's proxy may have moved from the vector it was indexed
-                // with: score on the current proxy.
-                let cosine = if p.refresh > 0 {
-                    dot(&proxy, other)
-                } else {
-                    n.similarity
-                };
-                Edge {
-                    to: n.seq,
-                    score: self.scorer.score(cosine, &proxy, other),
-                    kept: true,
-                }
-            })
-            .filter(|e| e.score > p.t1)
-            .collect();
-        scored.sort_by(edge_rank);
+        let scored = self.edges_to(&proxy, cands.iter());
         let own_out: Vec<Edge> = scored.iter().take(p.k).copied().collect();
 
         // Reverse re-linking: every candidate whose list the new face improves adopts it.
@@ -224,6 +204,36 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         self.refresh_around(seq, &cands, &mut events);
         Ok((Outcome::Applied { seq }, events))
+    }
+
+    /// The candidate edges from a face with proxy `from` to the faces `cands` (index hits)
+    /// scoring above `t1`, ranked.
+    pub(super) fn edges_to<'a>(
+        &self,
+        from: &[f32],
+        cands: impl Iterator<Item = &'a Neighbor>,
+    ) -> Vec<Edge> {
+        let p = &self.params;
+        let mut scored: Vec<Edge> = cands
+            .map(|n| {
+                let other = self.proxy(n.seq);
+                // With refresh, a face's proxy may have moved from the vector it was indexed
+                // with: score on the current proxy.
+                let cosine = if p.refresh > 0 {
+                    dot(from, other)
+                } else {
+                    n.similarity
+                };
+                Edge {
+                    to: n.seq,
+                    score: self.scorer.score(cosine, from, other),
+                    kept: true,
+                }
+            })
+            .filter(|e| e.score > p.t1)
+            .collect();
+        scored.sort_by(edge_rank);
+        scored
     }
 
     pub(super) fn directed_kept(&self, a: u32, b: u32) -> bool {

@@ -62,6 +62,26 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A `v:` value: the face id, the indexed proxy and the identity vector when it differs.
+pub(super) fn decode_face_vectors(
+    v: &[u8],
+    d: usize,
+) -> Option<(String, Vec<f32>, Option<Vec<f32>>)> {
+    let mut r = Reader { b: v, at: 0 };
+    let len = r.u32()? as usize;
+    let id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+    let has_identity = r.take(1)?[0] == 1;
+    let proxy = r.f32s(d)?;
+    let identity = if has_identity { Some(r.f32s(d)?) } else { None };
+    r.done().then_some((id, proxy, identity))
+}
+
+/// A value that is exactly `n` little-endian f32s.
+pub(super) fn decode_f32s(v: &[u8], n: usize) -> Option<Vec<f32>> {
+    let mut r = Reader { b: v, at: 0 };
+    r.f32s(n).filter(|_| r.done())
+}
+
 pub(super) fn seq_from_key(k: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(k.get(2..6)?.try_into().ok()?))
 }

@@ -45,10 +45,7 @@ impl Store {
             erased: Vec::new(),
             counters,
         };
-        let iter_err = |e: sled::Error| StoreError::Open {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
+        let iter_err = |e: sled::Error| self.iter_err(e);
         // Erased faces keep their id (a tombstone) and have no vector: zeros stand in.
         let mut erased: Vec<(u32, String)> = Vec::new();
         for kv in self.db.scan_prefix(b"e:") {
@@ -82,17 +79,8 @@ impl Store {
             if seq_from_key(&k) != Some(i as u32) {
                 return Err(self.corrupt(&kname, &format!("expected face {i} here")));
             }
-            let mut r = Reader { b: &v, at: 0 };
-            let parsed = (|| {
-                let len = r.u32()? as usize;
-                let id = String::from_utf8(r.take(len)?.to_vec()).ok()?;
-                let has_identity = r.take(1)?[0] == 1;
-                let proxy = r.f32s(d)?;
-                let identity = if has_identity { Some(r.f32s(d)?) } else { None };
-                r.done().then_some((id, proxy, identity))
-            })();
             let (id, proxy, identity) =
-                parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+                decode_face_vectors(&v, d).ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
             out.face_ids.push(id);
             out.identities
                 .extend_from_slice(identity.as_deref().unwrap_or(&proxy));
@@ -245,19 +233,10 @@ impl Store {
     pub fn for_each_indexed(&self, mut f: impl FnMut(u32, &[f32])) -> Result<(), StoreError> {
         let d = self.dim;
         for kv in self.db.scan_prefix(b"v:") {
-            let (k, v) = kv.map_err(|e| StoreError::Open {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("v:", "short key"))?;
-            let mut r = Reader { b: &v, at: 0 };
-            let proxy = (|| {
-                let len = r.u32()? as usize;
-                r.take(len)?;
-                r.take(1)?;
-                r.f32s(d)
-            })()
-            .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
+            let (_, proxy, _) = decode_face_vectors(&v, d)
+                .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
             f(seq, &proxy);
         }
         Ok(())

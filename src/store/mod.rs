@@ -500,10 +500,7 @@ impl Store {
     pub fn waiting(&self) -> Result<Vec<Face>, StoreError> {
         let mut out = Vec::new();
         for (i, kv) in self.db.scan_prefix(b"q:").enumerate() {
-            let (k, v) = kv.map_err(|e| StoreError::Open {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let kname = format!("q:{}", seq_from_key(&k).unwrap_or(u32::MAX));
             if seq_from_key(&k) != Some(i as u32) {
                 return Err(self.corrupt(&kname, &format!("expected waiting face {i} here")));
@@ -571,18 +568,10 @@ impl Store {
     pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(b"z:") {
-            let (k, v) = kv.map_err(|e| StoreError::Open {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("z:", "short key"))?;
-            if v.len() != 4 * self.dim {
-                return Err(self.corrupt(&format!("z:{seq}"), "bad encoding"));
-            }
-            let vals = v
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let vals = decode_f32s(&v, self.dim)
+                .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding"))?;
             out.push((seq, vals));
         }
         Ok(out)
@@ -593,10 +582,7 @@ impl Store {
     pub fn faces_of_source(&self, source_id: &str) -> Result<Vec<u32>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(b"a:") {
-            let (k, v) = kv.map_err(|e| StoreError::Open {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("a:", "short key"))?;
             let meta: crate::engine::FaceMeta = serde_json::from_slice(&v)
                 .map_err(|e| self.corrupt(&format!("a:{seq}"), &e.to_string()))?;
@@ -605,6 +591,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A failed read while scanning the database.
+    fn iter_err(&self, e: sled::Error) -> StoreError {
+        StoreError::Open {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
     }
 
     /// Bytes sled holds on disk (for the benchmarks' accounting).

@@ -8,40 +8,11 @@ use std::collections::BTreeMap;
 
 use clip_cluster::clusterer::{Clusterer, EraseTarget};
 use clip_cluster::engine::feedback::{Command, Op};
-use clip_cluster::engine::{Engine, EngineParams, Event, Face, FaceMeta, FaceRef};
+use clip_cluster::engine::{Engine, Event, Face, FaceMeta, FaceRef};
 use clip_cluster::index::{ExactIndex, NeighborIndex};
 use rand::{Rng, SeedableRng};
 
-fn params(support: f32) -> EngineParams {
-    EngineParams {
-        dim: 6,
-        k: 5,
-        search_k: 400,
-        t1: 0.8,
-        t2: 0.0,
-        refresh: 0,
-        refresh_min_change: 0.0,
-        min_quality: 0.0,
-        weak_margin: 1.0,
-        support,
-        support_region: 0,
-        same_image_cannot_link: true,
-    }
-}
-
-fn vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
-    let centers: Vec<Vec<f32>> = (0..6)
-        .map(|_| (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect())
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centers[rng.gen_range(0..centers.len())];
-            c.iter()
-                .map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5))
-                .collect()
-        })
-        .collect()
-}
+use crate::support::{clustered_vectors, small_config, small_params};
 
 /// Canonical partition of the live faces.
 fn canon<L: Ord + Copy>(labels: &[L], live: &[bool]) -> Vec<Vec<u32>> {
@@ -91,8 +62,8 @@ fn check(e: &Engine<ExactIndex>, what: &str) {
 
 fn interleave(seed: u64, support: f32) -> usize {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let p = params(support);
-    let vs = vectors(&mut rng, 150, p.dim);
+    let p = small_params(support, 0);
+    let vs = clustered_vectors(&mut rng, 150, p.dim);
     let mut e = Engine::new(p, ExactIndex::new(p.dim));
     e.set_tracking(false);
     let (mut erased, mut n_cmd) = (0, 0);
@@ -205,20 +176,7 @@ fn an_erased_face_leaves_every_search() {
 }
 
 fn config(dir: &std::path::Path, compact_fraction: &str) -> clip_cluster::config::Config {
-    let env: Vec<(String, String)> = [
-        ("STORE__PATH", dir.display().to_string()),
-        ("MODEL__DIM", "6".into()),
-        ("PROXY__MODE", "identity".into()),
-        ("EDGE__SCORER", "cosine".into()),
-        ("ENGINE__T1", "0.8".into()),
-        ("CALIBRATION__MODE", "trained".into()),
-        ("INDEX__SNAPSHOT_EVERY_FACES", "100".into()),
-        ("INDEX__COMPACT_FRACTION", compact_fraction.into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
-    .collect();
-    clip_cluster::config::Config::load_from(None, &env).unwrap()
+    small_config(dir, &[("INDEX__COMPACT_FRACTION", compact_fraction)])
 }
 
 /// Batches of 20 faces (each redelivering the first face, which may be erased), then an
@@ -278,7 +236,7 @@ fn state(c: &Clusterer) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>, usize) {
 #[test]
 fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let vs = vectors(&mut rng, 200, 6);
+    let vs = clustered_vectors(&mut rng, 200, 6);
     // 0.2: compactions happen part-way; 1.0: never (tombstones replayed from z: records).
     for fraction in ["0.2", "1.0"] {
         let full = tempfile::tempdir().unwrap();

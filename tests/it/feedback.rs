@@ -8,41 +8,11 @@ use std::collections::BTreeMap;
 
 use clip_cluster::clusterer::Clusterer;
 use clip_cluster::engine::feedback::{Command, FeedbackError, Op};
-use clip_cluster::engine::{Engine, EngineParams, Face, FaceMeta, FaceRef};
+use clip_cluster::engine::{Engine, Face, FaceMeta, FaceRef};
 use clip_cluster::index::ExactIndex;
 use rand::{Rng, SeedableRng};
 
-fn params(support: f32, support_region: usize) -> EngineParams {
-    EngineParams {
-        dim: 6,
-        k: 5,
-        search_k: 400,
-        t1: 0.8,
-        t2: 0.0,
-        refresh: 0,
-        refresh_min_change: 0.0,
-        min_quality: 0.0,
-        weak_margin: 1.0,
-        support,
-        support_region,
-        same_image_cannot_link: true,
-    }
-}
-
-/// Clustered vectors in a low dimension: edges, merges and chains are common.
-fn vectors(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
-    let centers: Vec<Vec<f32>> = (0..6)
-        .map(|_| (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect())
-        .collect();
-    (0..n)
-        .map(|_| {
-            let c = &centers[rng.gen_range(0..centers.len())];
-            c.iter()
-                .map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5))
-                .collect()
-        })
-        .collect()
-}
+use crate::support::{clustered_vectors, small_config, small_params};
 
 /// Canonical partition: sorted member lists.
 fn canon<L: Ord + Copy>(labels: &[L]) -> Vec<Vec<u32>> {
@@ -141,8 +111,8 @@ fn meta(rng: &mut impl Rng, i: usize) -> FaceMeta {
 /// partition checked after every step. Returns (commands applied, refused).
 fn interleave(seed: u64, support: f32, region: usize, names: bool) -> (usize, usize) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let p = params(support, region);
-    let vs = vectors(&mut rng, 160, p.dim);
+    let p = small_params(support, region);
+    let vs = clustered_vectors(&mut rng, 160, p.dim);
     let mut e = Engine::new(p, ExactIndex::new(p.dim));
     e.set_tracking(false);
     let (mut applied, mut refused, mut n_cmd) = (0, 0, 0);
@@ -266,7 +236,7 @@ fn random_interleavings_keep_every_constraint_and_the_rule() {
 
 #[test]
 fn names_follow_ids_and_two_names_never_merge() {
-    let p = params(0.0, 0);
+    let p = small_params(0.0, 0);
     let mut e = Engine::new(p, ExactIndex::new(p.dim));
     let v = |x: f32| vec![1.0, x, 0.0, 0.0, 0.0, 0.0];
     for (i, x) in [0.0, 0.05, 3.0, 3.05].iter().enumerate() {
@@ -363,7 +333,7 @@ fn names_follow_ids_and_two_names_never_merge() {
 
 #[test]
 fn faces_of_one_photo_are_never_one_cluster() {
-    let mut p = params(0.0, 0);
+    let mut p = small_params(0.0, 0);
     let same = vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
     for rule in [true, false] {
         p.same_image_cannot_link = rule;
@@ -392,22 +362,6 @@ fn faces_of_one_photo_are_never_one_cluster() {
             "the other photo's face joins one of them"
         );
     }
-}
-
-fn config(dir: &std::path::Path) -> clip_cluster::config::Config {
-    let env: Vec<(String, String)> = [
-        ("STORE__PATH", dir.display().to_string()),
-        ("MODEL__DIM", "6".into()),
-        ("PROXY__MODE", "identity".into()),
-        ("EDGE__SCORER", "cosine".into()),
-        ("ENGINE__T1", "0.8".into()),
-        ("CALIBRATION__MODE", "trained".into()),
-        ("INDEX__SNAPSHOT_EVERY_FACES", "100".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
-    .collect();
-    clip_cluster::config::Config::load_from(None, &env).unwrap()
 }
 
 /// Faces in batches of 20, and after each batch a command chosen from the state (so the same
@@ -469,9 +423,9 @@ fn run(c: &mut Clusterer, vs: &[Vec<f32>], batches: std::ops::Range<usize>) {
 #[test]
 fn restart_with_feedback_equals_an_uninterrupted_run() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let vs = vectors(&mut rng, 200, 6);
+    let vs = clustered_vectors(&mut rng, 200, 6);
     let full = tempfile::tempdir().unwrap();
-    let mut a = Clusterer::open(&config(full.path())).unwrap();
+    let mut a = Clusterer::open(&small_config(full.path(), &[])).unwrap();
     run(&mut a, &vs, 0..10);
     let names = |c: &Clusterer| {
         let mut v: Vec<(u64, String)> = c
@@ -494,10 +448,10 @@ fn restart_with_feedback_equals_an_uninterrupted_run() {
     drop(a);
     for stop in [1, 3, 6, 9] {
         let d = tempfile::tempdir().unwrap();
-        let mut b = Clusterer::open(&config(d.path())).unwrap();
+        let mut b = Clusterer::open(&small_config(d.path(), &[])).unwrap();
         run(&mut b, &vs, 0..stop);
         drop(b);
-        let mut b = Clusterer::open(&config(d.path())).unwrap();
+        let mut b = Clusterer::open(&small_config(d.path(), &[])).unwrap();
         run(&mut b, &vs, stop..10);
         assert_eq!(b.engine().assignments(), want.0, "stopped at batch {stop}");
         assert_eq!(

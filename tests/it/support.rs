@@ -432,3 +432,56 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// Engine parameters of the constraint and erasure property tests: 6-D cosine, `k` 5, `t1` 0.8,
+/// the photo rule on.
+pub fn small_params(support: f32, support_region: usize) -> clip_cluster::engine::EngineParams {
+    clip_cluster::engine::EngineParams {
+        dim: 6,
+        k: 5,
+        search_k: 400,
+        t1: 0.8,
+        t2: 0.0,
+        refresh: 0,
+        refresh_min_change: 0.0,
+        min_quality: 0.0,
+        weak_margin: 1.0,
+        support,
+        support_region,
+        same_image_cannot_link: true,
+    }
+}
+
+/// Clustered vectors in a low dimension: edges, merges and chains are common.
+pub fn clustered_vectors(rng: &mut impl rand::Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
+    let centers: Vec<Vec<f32>> = (0..6)
+        .map(|_| (0..dim).map(|_| rng.gen::<f32>() - 0.5).collect())
+        .collect();
+    (0..n)
+        .map(|_| {
+            let c = &centers[rng.gen_range(0..centers.len())];
+            c.iter()
+                .map(|x| x + 0.5 * (rng.gen::<f32>() - 0.5))
+                .collect()
+        })
+        .collect()
+}
+
+/// A small durable state's configuration (6-D, identity proxy, cosine, snapshots every 100
+/// faces) under `dir`, with `extra` (`SECTION__KEY`, value) on top.
+pub fn small_config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let env: Vec<(String, String)> = [
+        ("STORE__PATH", dir.display().to_string()),
+        ("MODEL__DIM", "6".into()),
+        ("PROXY__MODE", "identity".into()),
+        ("EDGE__SCORER", "cosine".into()),
+        ("ENGINE__T1", "0.8".into()),
+        ("CALIBRATION__MODE", "trained".into()),
+        ("INDEX__SNAPSHOT_EVERY_FACES", "100".into()),
+    ]
+    .into_iter()
+    .chain(extra.iter().map(|(k, v)| (*k, v.to_string())))
+    .map(|(k, v)| (format!("CLIP_CLUSTER__{k}"), v))
+    .collect();
+    Config::load_from(None, &env).unwrap()
+}
