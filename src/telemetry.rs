@@ -67,6 +67,7 @@ pub struct Metrics {
     /// Operator API requests, by outcome (`api::Outcome`: ok, bad_request, unauthorized,
     /// not_found, too_large, unavailable).
     pub api_requests: IntCounterVec,
+    pub commands: IntCounterVec,
     /// 1 once state is loaded and the consumer is running, and no domain is blocked or split
     /// (what /readyz answers).
     pub ready: IntGauge,
@@ -239,6 +240,11 @@ impl Metrics {
             api_requests: counter_vec(
                 "api_requests_total",
                 "Operator API requests, by outcome.",
+                "outcome",
+            ),
+            commands: counter_vec(
+                "commands_total",
+                "Operator commands read from the command topic, by outcome (applied, duplicate, refused, bad).",
                 "outcome",
             ),
             ready: gauge(

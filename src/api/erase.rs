@@ -109,6 +109,10 @@ pub(super) async fn erase_cluster(
     Path(id): Path<String>,
     q: Result<Query<EraseQuery>, QueryRejection>,
 ) -> Response {
+    // The token first, as everywhere: an anonymous caller learns nothing from the id check.
+    if let Err(r) = app.check(&headers, true) {
+        return app.finish(Err(r));
+    }
     let Ok(id) = id.parse::<u64>() else {
         let msg = format!("cluster id {id:?}: not a number");
         return app.finish(Err(refuse(Outcome::BadRequest, msg)));

@@ -1,5 +1,5 @@
-//! The operator API: JSON over HTTP on `api.listen` (no OpenAPI document yet: the endpoints are
-//! the ones listed here).
+//! The operator API: JSON over HTTP on `api.listen`, described by `schemas/openapi.json` (a
+//! test checks that it lists every route here).
 //!
 //! - `GET /v1/faces/{face_id}`: a face, its cluster and origin; 404 when unknown.
 //! - `GET /v1/clusters?order=size|recent&unnamed=true&limit=N&cursor=C&domain=D`: a page of
@@ -9,7 +9,7 @@
 //! - `POST /v1/search {embedding, k, domain}`: the nearest faces and their clusters.
 //! - `POST /v1/feedback {command_id, op, ..., domain}`: an operator command (`merge
 //!   {cluster_ids}`, `split {face_ids}`, `not_in_cluster {face_id, cluster_id}`, `assign
-//!   {face_id, cluster_id}`, `name {cluster_id, name}`, `undo {command_id}`; see
+//!   {face_id, cluster_id}`, `name {cluster_id, name}`, `undo {target_command_id}`; see
 //!   `engine::feedback`), durable when it returns: 200 with its report, 404 for unknown ids, 409
 //!   when it contradicts the constraints held or reuses a command id, 400 when malformed. The
 //!   same command id again returns the first report with `duplicate: true`.
@@ -61,6 +61,13 @@ impl Shared {
     /// Sets what a write tells the daemon (once; later calls are ignored).
     pub fn on_write(&self, f: impl Fn(usize) + Send + Sync + 'static) {
         let _ = self.wrote.set(Box::new(f));
+    }
+
+    /// Tells the daemon that a write added `n` events to the outbox (nothing when none).
+    pub fn wrote(&self, n: usize) {
+        if let (Some(f), true) = (self.wrote.get(), n > 0) {
+            f(n);
+        }
     }
 
     /// The state, for the daemon's batch (on a blocking thread) and the API's reads.
@@ -451,33 +458,29 @@ async fn feedback(
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    use crate::engine::feedback::{Command, FeedbackError, Op};
+    use crate::engine::feedback::FeedbackError;
     let r = async {
         app.check(&headers, true)?;
         let Json(v) = body.map_err(|e| body_refusal(&app, e))?;
-        let serde_json::Value::Object(mut m) = v else {
-            return Err(refuse(Outcome::BadRequest, "bad body: expected a JSON object"));
+        let req = crate::clusterer::request_from(v, false)
+            .map_err(|e| refuse(Outcome::BadRequest, format!("bad body: {e}")))?;
+        let crate::clusterer::Action::Feedback(cmd) = req.action else {
+            unreachable!("request_from(_, false) gives feedback commands only")
         };
-        let text = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str| match m.remove(k) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(refuse(Outcome::BadRequest, format!("bad body: {k} must be a string"))),
-        };
-        let domain = text(&mut m, "domain")?;
-        let command_id = text(&mut m, "command_id")?
-            .ok_or_else(|| refuse(Outcome::BadRequest, "bad body: command_id is missing (an id of your choosing: the command is applied once per id)"))?;
-        let op: Op = serde_json::from_value(serde_json::Value::Object(m))
-            .map_err(|e| refuse(Outcome::BadRequest, format!("bad command: {e}")))?;
-        let (name, shared) = app.domain(domain.as_deref())?;
-        let cmd = Command { command_id, op };
+        let (name, shared) = app.domain(req.domain.as_deref())?;
         let shared2 = shared.clone();
         blocking(move || {
             let mut c = shared2.lock();
             match c.apply_feedback(&cmd) {
-                Err(e) => Err(refuse(Outcome::Unavailable, format!("the command could not be stored: {e}"))),
+                Err(e) => Err(refuse(
+                    Outcome::Unavailable,
+                    format!("the command could not be stored: {e}"),
+                )),
                 Ok(Err(e)) => {
                     let o = match &e {
-                        FeedbackError::UnknownCluster(_) | FeedbackError::UnknownFace(_) | FeedbackError::UnknownCommand(_) => Outcome::NotFound,
+                        FeedbackError::UnknownCluster(_)
+                        | FeedbackError::UnknownFace(_)
+                        | FeedbackError::UnknownCommand(_) => Outcome::NotFound,
                         FeedbackError::Conflict(_) => Outcome::Conflict,
                         FeedbackError::Invalid(_) => Outcome::BadRequest,
                         FeedbackError::NotReady(_) => Outcome::Unavailable,
@@ -637,5 +640,47 @@ mod tests {
             panic!("no such domain")
         };
         assert_eq!(o, Outcome::NotFound, "{m}");
+    }
+
+    /// Every (method, path) of `schemas/openapi.json` is a route that asks for the token; every
+    /// other method on those paths is not one.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../schemas/openapi.json")).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            let a = app(Some("t"), false);
+            let router = router(a.domains.clone(), (*a.access).clone(), a.metrics.clone());
+            tokio::spawn(async move { axum::serve(l, router).await });
+            let status = move |method: String, path: String| {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::{Read, Write};
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+                    s.write_all(req.as_bytes()).unwrap();
+                    let mut text = String::new();
+                    let _ = s.read_to_string(&mut text);
+                    text.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+                })
+            };
+            assert!(paths.len() >= 6, "the document lists the API's paths");
+            for (path, item) in paths {
+                let concrete = path.replace(|c: char| c == '{' || c == '}', "").replace("face_id", "f").replace("cluster_id", "1").replace("source_id", "s");
+                for method in ["get", "post", "delete", "put", "patch"] {
+                    let documented = item.get(method).is_some();
+                    let got = status(method.to_uppercase(), concrete.clone()).await.unwrap();
+                    if documented {
+                        assert_eq!(got, 401, "{method} {path} is documented: a route that asks for the token");
+                    } else {
+                        assert!(got == 405 || got == 404, "{method} {path} is not documented, yet answers {got}");
+                    }
+                }
+            }
+            assert_eq!(status("GET".into(), "/v1/nothing".into()).await.unwrap(), 404);
+        });
     }
 }

@@ -52,15 +52,59 @@ impl Clusterer {
         target: &EraseTarget,
         compact: bool,
     ) -> Result<Result<(EraseReport, Vec<Event>), FeedbackError>, ClustererError> {
-        if self.decision.is_none() {
-            return Ok(Err(FeedbackError::NotReady(format!(
-                "the state is in its calibration warm-up ({} of {} faces); erasures are taken once it decides",
-                self.waiting.len(),
-                self.calibration.warmup
-            ))));
+        self.erase_at(target, compact, &[])
+    }
+
+    /// As `erase`, committing `positions` with it (alone when nothing is erased).
+    pub(super) fn erase_at(
+        &mut self,
+        target: &EraseTarget,
+        compact: bool,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Result<(EraseReport, Vec<Event>), FeedbackError>, ClustererError> {
+        let seqs = match self.erase_targets(target)? {
+            Ok(s) => s,
+            Err(e) => {
+                if !positions.is_empty() {
+                    self.store.commit_positions(positions)?;
+                }
+                return Ok(Err(e));
+            }
+        };
+        let erased: Vec<String> = seqs
+            .iter()
+            .map(|&s| self.engine.face_id(s).to_string())
+            .collect();
+        let events = self.engine.erase(&seqs, target.reason());
+        if !seqs.is_empty() {
+            self.store.commit(&self.engine.take_changes(), positions)?;
+        } else if !positions.is_empty() {
+            self.store.commit_positions(positions)?;
+        }
+        let compacted = if compact && self.engine.index().n_removed() > 0 {
+            self.compact()?;
+            true
+        } else {
+            self.compact_if_due()?
+        };
+        let report = EraseReport {
+            erased,
+            events: events.len(),
+            compacted,
+        };
+        Ok(Ok((report, events)))
+    }
+
+    /// The live faces `target` names, or why none can be erased.
+    fn erase_targets(
+        &self,
+        target: &EraseTarget,
+    ) -> Result<Result<Vec<u32>, FeedbackError>, ClustererError> {
+        if let Some(e) = self.not_ready("erasures") {
+            return Ok(Err(e));
         }
         let engine = &self.engine;
-        let seqs: Vec<u32> = match target {
+        Ok(Ok(match target {
             EraseTarget::Face(id) => match engine.seq_of(id).filter(|&s| !engine.is_erased(s)) {
                 Some(s) => vec![s],
                 None => return Ok(Err(FeedbackError::UnknownFace(id.clone()))),
@@ -78,27 +122,7 @@ impl Clusterer {
                 .into_iter()
                 .filter(|&s| !engine.is_erased(s))
                 .collect(),
-        };
-        let erased: Vec<String> = seqs
-            .iter()
-            .map(|&s| self.engine.face_id(s).to_string())
-            .collect();
-        let events = self.engine.erase(&seqs, target.reason());
-        if !seqs.is_empty() {
-            self.store.commit(&self.engine.take_changes(), &[])?;
-        }
-        let compacted = if compact && self.engine.index().n_removed() > 0 {
-            self.compact()?;
-            true
-        } else {
-            self.compact_if_due()?
-        };
-        let report = EraseReport {
-            erased,
-            events: events.len(),
-            compacted,
-        };
-        Ok(Ok((report, events)))
+        }))
     }
 
     /// Compacts when the tombstones reach `index.compact_fraction` of the index's points.

@@ -19,7 +19,9 @@ use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
+mod control;
 mod erase;
+pub use control::{parse_request, request_from, request_json, Action, Executed, Request};
 pub use erase::{EraseReport, EraseTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -546,20 +548,37 @@ impl Clusterer {
         &mut self,
         cmd: &Command,
     ) -> Result<Result<(FeedbackReport, Vec<Event>), FeedbackError>, ClustererError> {
-        if self.decision.is_none() {
-            return Ok(Err(FeedbackError::NotReady(format!(
-                "the state is in its calibration warm-up ({} of {} faces); commands are taken once it decides",
-                self.waiting.len(),
-                self.calibration.warmup
-            ))));
-        }
-        let r = self.engine.apply_feedback(cmd);
-        if let Ok((report, _)) = &r {
-            if !report.duplicate {
-                self.store.commit(&self.engine.take_changes(), &[])?;
-            }
+        self.feedback_at(cmd, &[])
+    }
+
+    /// As `apply_feedback`, committing `positions` with it (alone when the command is refused
+    /// or repeated).
+    fn feedback_at(
+        &mut self,
+        cmd: &Command,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<Result<(FeedbackReport, Vec<Event>), FeedbackError>, ClustererError> {
+        let r = match self.not_ready("commands") {
+            Some(e) => Err(e),
+            None => self.engine.apply_feedback(cmd),
+        };
+        if matches!(&r, Ok((report, _)) if !report.duplicate) {
+            self.store.commit(&self.engine.take_changes(), positions)?;
+        } else if !positions.is_empty() {
+            self.store.commit_positions(positions)?;
         }
         Ok(r)
+    }
+
+    /// The refusal of a state in its calibration warm-up, which takes no `what` yet.
+    fn not_ready(&self, what: &str) -> Option<FeedbackError> {
+        self.decision.is_none().then(|| {
+            FeedbackError::NotReady(format!(
+                "the state is in its calibration warm-up ({} of {} faces); {what} are taken once it decides",
+                self.waiting.len(),
+                self.calibration.warmup
+            ))
+        })
     }
 }
 

@@ -274,6 +274,8 @@ pub struct KafkaConfig {
     pub events_topic: String,
     pub embeddings_topic: String,
     pub dead_letter_topic: String,
+    /// Operator commands (feedback and erasure, JSON); empty: none are read from Kafka.
+    pub commands_topic: String,
     /// Free-form librdkafka properties (see `FREE_FORM`).
     pub properties: BTreeMap<String, String>,
     pub consumer_properties: BTreeMap<String, String>,

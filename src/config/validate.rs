@@ -298,6 +298,16 @@ impl Config {
                 return Err(bad(key, "\"\"", "must not be empty"));
             }
         }
+        let others = [&k.events_topic, &k.dead_letter_topic, &k.embeddings_topic];
+        if !k.commands_topic.is_empty()
+            && (k.input_topics.contains(&k.commands_topic) || others.contains(&&k.commands_topic))
+        {
+            return Err(bad(
+                "kafka.commands_topic",
+                format!("{:?}", k.commands_topic),
+                "must be a topic of its own (not an input, events, embeddings or dead-letter topic)",
+            ));
+        }
         let s = &self.source;
         if !(1..=100_000).contains(&s.max_batch) {
             return Err(bad(

@@ -41,7 +41,12 @@ pub enum Op {
         name: Option<String>,
     },
     /// Takes back an earlier command's constraints (and, for a name, restores the one before).
-    Undo { command_id: String },
+    /// On the wire `target_command_id` (the command's own id is `command_id`); records stored
+    /// before the rename read under the old name.
+    Undo {
+        #[serde(rename = "target_command_id", alias = "command_id")]
+        command_id: String,
+    },
 }
 
 impl Op {

@@ -55,6 +55,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
 mod batch;
+mod commands;
 pub mod core;
 mod domains;
 mod embed_worker;
@@ -364,6 +365,14 @@ pub async fn run(
         d.add_domain(cfg.daemon.domain.clone(), clusterer);
         d.refresh_totals();
     }
+    let commands = (!cfg.kafka.commands_topic.is_empty()).then(|| {
+        tokio::spawn(commands::run(
+            cfg.clone(),
+            metrics.clone(),
+            d.api_domains.clone(),
+            stop.clone(),
+        ))
+    });
     let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     info!(topics = ?topics, group = %cfg.kafka.group_id, domains = ?cfg.daemon.domains, faces = metrics.index_faces.get(), "consuming");
@@ -437,7 +446,10 @@ pub async fn run(
     for dom in d.domains.values() {
         let _ = dom.drain_mode.send(DrainMode::Shutdown);
     }
-    // The API lets go of the states first, so that they close below.
+    // The command reader and the API let go of the states first, so that they close below.
+    if let Some(c) = commands {
+        let _ = c.await;
+    }
     d.api_domains
         .write()
         .unwrap_or_else(|p| p.into_inner())

@@ -486,6 +486,15 @@ impl Store {
         self.write(b)
     }
 
+    /// Writes the caller's positions alone (`x:<name>`), then flushes.
+    pub fn commit_positions(&self, positions: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (name, value) in positions {
+            b.insert(key(b'x', name), value.as_slice());
+        }
+        self.write(b)
+    }
+
     /// The calibration decision of this state, once made.
     pub fn calibration(&self) -> Result<Option<crate::engine::calibrate::Decision>, StoreError> {
         match self.get(b"m:calibration")? {
