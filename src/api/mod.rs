@@ -669,7 +669,7 @@ mod tests {
             };
             assert!(paths.len() >= 6, "the document lists the API's paths");
             for (path, item) in paths {
-                let concrete = path.replace(|c: char| c == '{' || c == '}', "").replace("face_id", "f").replace("cluster_id", "1").replace("source_id", "s");
+                let concrete = path.replace(['{', '}'], "").replace("face_id", "f").replace("cluster_id", "1").replace("source_id", "s");
                 for method in ["get", "post", "delete", "put", "patch"] {
                     let documented = item.get(method).is_some();
                     let got = status(method.to_uppercase(), concrete.clone()).await.unwrap();

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_embed;
 pub mod calibrate;
+pub mod command;
 pub mod demo;
 pub mod embed;
 pub mod eval;
@@ -103,6 +104,10 @@ pub enum Command {
     /// machine (no Rust there): e.g. `bench-embed --device cuda:0 --dtype f32,bf16 --batch
     /// 64,512,2048`.
     BenchEmbed(bench_embed::Args),
+    /// One operator command (feedback or erasure, as JSON: the command topic's form) to the
+    /// running daemon's API (default), the command topic (--via kafka), or a stopped daemon's
+    /// state (--via state). Prints the daemon's report.
+    Command(command::Args),
     /// Insert benchmark with durable state (throughput, growth, memory per face).
     Bench(bench::Args),
 }
@@ -123,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::command(a, config),
         Command::BenchEmbed(a) => bench_embed::command(a, config),
         Command::Bench(a) => bench::command(a, config),
+        Command::Command(a) => command::command(a, config),
     }
 }
 

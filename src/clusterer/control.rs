@@ -54,19 +54,22 @@ pub struct Request {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", deny_unknown_fields)]
 enum EraseOp {
-    EraseFace {
+    #[serde(rename = "erase_face")]
+    Face {
         face_id: String,
         #[serde(default)]
         compact: bool,
     },
-    EraseCluster {
+    #[serde(rename = "erase_cluster")]
+    Cluster {
         cluster_id: u64,
         #[serde(default)]
         compact: bool,
     },
-    EraseSource {
+    #[serde(rename = "erase_source")]
+    Source {
         source_id: String,
         #[serde(default)]
         compact: bool,
@@ -104,14 +107,12 @@ pub fn request_from(v: serde_json::Value, erasures: bool) -> Result<Request, Str
         }
         let (target, compact) =
             match serde_json::from_value(v).map_err(|e| format!("bad command: {e}"))? {
-                EraseOp::EraseFace { face_id, compact } => (EraseTarget::Face(face_id), compact),
-                EraseOp::EraseCluster {
+                EraseOp::Face { face_id, compact } => (EraseTarget::Face(face_id), compact),
+                EraseOp::Cluster {
                     cluster_id,
                     compact,
                 } => (EraseTarget::Cluster(cluster_id), compact),
-                EraseOp::EraseSource { source_id, compact } => {
-                    (EraseTarget::Source(source_id), compact)
-                }
+                EraseOp::Source { source_id, compact } => (EraseTarget::Source(source_id), compact),
             };
         Action::Erase {
             command_id,

@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const TOKEN: &str = "api-test-token";
+pub const TOKEN: &str = "api-test-token";
 
 /// One HTTP/1.1 request: (status, JSON body).
-fn http(
+pub fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -61,7 +61,7 @@ fn get(port: u16, path: &str) -> (u16, Value) {
 }
 
 /// A 4xx whose message says `what`.
-fn refused(r: (u16, Value), status: u16, what: &str) {
+pub fn refused(r: (u16, Value), status: u16, what: &str) {
     assert_eq!(r.0, status, "{}", r.1);
     let msg = r.1["error"].as_str().unwrap_or_default();
     assert!(msg.contains(what), "message {msg:?} should say {what:?}");

@@ -3,6 +3,7 @@
 
 mod api;
 mod clip;
+mod commands;
 mod crash;
 mod daemon;
 mod dashboards;

@@ -16,12 +16,14 @@ use rdkafka::{ClientConfig, Message};
 pub const FACES: &str = "faces";
 pub const EVENTS: &str = "face-events";
 pub const DLQ: &str = "faces-dlq";
+pub const COMMANDS: &str = "face-commands";
 
 pub fn mock(input_partitions: i32) -> MockKafka {
     let m = MockKafka::start(3).expect("mock cluster starts");
     m.create_topic(FACES, input_partitions).unwrap();
     m.create_topic(EVENTS, 3).unwrap();
     m.create_topic(DLQ, 1).unwrap();
+    m.create_topic(COMMANDS, 2).unwrap();
     m
 }
 
@@ -145,6 +147,11 @@ pub fn send_to(p: &BaseProducer, partition: i32, key: &str, payload: &[u8]) {
 }
 
 /// Queues `rec`, polling while librdkafka's local queue is full.
+/// Sends an operator command to the command topic.
+pub fn send_command(p: &BaseProducer, payload: &[u8]) {
+    send_record(p, BaseRecord::to(COMMANDS).key("ops").payload(payload));
+}
+
 fn send_record(p: &BaseProducer, mut rec: BaseRecord<'_, str, [u8]>) {
     loop {
         match p.send(rec) {
