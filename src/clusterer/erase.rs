@@ -32,7 +32,7 @@ impl EraseTarget {
 }
 
 /// What an erasure did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct EraseReport {
     /// The faces forgotten.
     pub erased: Vec<String>,
@@ -71,11 +71,47 @@ impl Clusterer {
                 return Ok(Err(e));
             }
         };
+        self.erase_seqs(&seqs, target.reason(), compact, positions)
+            .map(Ok)
+    }
+
+    /// Erases up to `limit` faces whose age (from their capture time, else their arrival)
+    /// passed `max_age_ms` at `now_ms`, oldest first, with reason `retention`; commits (fsync)
+    /// before it returns. Nothing in the calibration warm-up.
+    pub fn expire(
+        &mut self,
+        now_ms: u64,
+        max_age_ms: u64,
+        limit: usize,
+    ) -> Result<(EraseReport, Vec<Event>), ClustererError> {
+        if self.not_ready("erasures").is_some() {
+            return Ok(Default::default());
+        }
+        let seqs: Vec<u32> = self
+            .store
+            .older_than(now_ms.saturating_sub(max_age_ms), limit)?
+            .into_iter()
+            .filter(|&s| !self.engine.is_erased(s))
+            .collect();
+        if seqs.is_empty() {
+            return Ok(Default::default());
+        }
+        self.erase_seqs(&seqs, "retention", false, &[])
+    }
+
+    /// Erases these live faces and commits with `positions`; then compacts when asked or due.
+    fn erase_seqs(
+        &mut self,
+        seqs: &[u32],
+        reason: &str,
+        compact: bool,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(EraseReport, Vec<Event>), ClustererError> {
         let erased: Vec<String> = seqs
             .iter()
             .map(|&s| self.engine.face_id(s).to_string())
             .collect();
-        let events = self.engine.erase(&seqs, target.reason());
+        let events = self.engine.erase(seqs, reason);
         if !seqs.is_empty() {
             self.store.commit(&self.engine.take_changes(), positions)?;
         } else if !positions.is_empty() {
@@ -92,7 +128,7 @@ impl Clusterer {
             events: events.len(),
             compacted,
         };
-        Ok(Ok((report, events)))
+        Ok((report, events))
     }
 
     /// The live faces `target` names, or why none can be erased.

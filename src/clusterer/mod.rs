@@ -613,19 +613,26 @@ fn snapshot(
     dropped: &[u32],
 ) -> Result<(), ClustererError> {
     let points = index.len() as u32;
-    let name = index.dump(dir, &basename(covers, points))?;
-    store.set_snapshot_compacted(
-        &SnapshotInfo {
-            basename: name.clone(),
-            covers,
-            points: Some(points),
-        },
-        dropped,
-    )?;
+    // An empty index has nothing to dump (hnsw_rs cannot): the store rebuilds it, empty.
+    let name = if points == 0 {
+        store.set_snapshot_compacted(None, dropped)?;
+        String::new()
+    } else {
+        let name = index.dump(dir, &basename(covers, points))?;
+        store.set_snapshot_compacted(
+            Some(&SnapshotInfo {
+                basename: name.clone(),
+                covers,
+                points: Some(points),
+            }),
+            dropped,
+        )?;
+        name
+    };
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
-            if f.starts_with("hnsw-") && !f.starts_with(&name) {
+            if f.starts_with("hnsw-") && (name.is_empty() || !f.starts_with(&name)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

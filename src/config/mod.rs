@@ -320,6 +320,51 @@ pub struct AdminConfig {
     pub listen: String,
 }
 
+/// How long faces are kept (`clusterer::Clusterer::expire`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// A face older than this is erased (reason `retention`): "30d", "12h", "90m", "3600s";
+    /// empty: kept until erased.
+    pub max_age: String,
+    /// Seconds between sweeps.
+    pub sweep_interval_s: u64,
+    /// Most faces one sweep erases per domain (the rest wait for the next sweep).
+    pub max_per_sweep: usize,
+}
+
+impl RetentionConfig {
+    /// `max_age` in milliseconds; `None`: no retention.
+    pub fn max_age_ms(&self) -> Result<Option<u64>, String> {
+        let t = self.max_age.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("{t:?}: a whole number and a unit (d, h, m, s), e.g. \"30d\""))?;
+        let ms = match unit {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            _ => {
+                return Err(format!(
+                    "{t:?}: the unit must be d, h, m or s, e.g. \"30d\""
+                ))
+            }
+        };
+        match n.checked_mul(ms) {
+            Some(v) if v > 0 => Ok(Some(v)),
+            _ => Err(format!(
+                "{t:?}: must be above zero (empty turns retention off)"
+            )),
+        }
+    }
+}
+
 /// The operator API (`src/api/`): JSON over HTTP on its own listener.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -381,6 +426,7 @@ pub struct Config {
     pub sink: SinkConfig,
     pub admin: AdminConfig,
     pub api: ApiConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Config {

@@ -12,6 +12,28 @@ impl Config {
                 allowed,
             }
         }
+        let r = &self.retention;
+        if let Err(e) = r.max_age_ms() {
+            return Err(ConfigError::Invalid {
+                key: "retention.max_age",
+                value: e,
+                allowed: "a whole number and a unit (d, h, m, s), or empty for none",
+            });
+        }
+        if !(1..=86_400).contains(&r.sweep_interval_s) {
+            return Err(bad(
+                "retention.sweep_interval_s",
+                r.sweep_interval_s,
+                "must be in 1..=86400",
+            ));
+        }
+        if !(1..=1_000_000).contains(&r.max_per_sweep) {
+            return Err(bad(
+                "retention.max_per_sweep",
+                r.max_per_sweep,
+                "must be in 1..=1000000",
+            ));
+        }
         let m = &self.embed;
         if !(1..=4096).contains(&m.batch_size) {
             return Err(bad("embed.batch_size", m.batch_size, "must be in 1..=4096"));

@@ -59,6 +59,7 @@ mod commands;
 pub mod core;
 mod domains;
 mod embed_worker;
+mod retention;
 
 pub use crate::sink::{producer, queue_send, wire_event, EVENT_SCHEMA_VERSION, EVENT_TYPES};
 use crate::source::{collect_batch, consumer, Msg, Rebalances};
@@ -191,6 +192,7 @@ enum Wake<'a> {
     Rebalance,
     Opened(Box<Result<OpenResult, tokio::task::JoinError>>),
     Retry,
+    Sweep,
     Message(Result<BorrowedMessage<'a>, rdkafka::error::KafkaError>),
 }
 
@@ -380,6 +382,10 @@ pub async fn run(
 
     let mut stop_rx = stop.clone();
     let wait = Duration::from_millis(cfg.source.max_batch_wait_ms);
+    // Validated with the configuration.
+    let max_age = cfg.retention.max_age_ms().ok().flatten();
+    let mut sweep = tokio::time::interval(Duration::from_secs(cfg.retention.sweep_interval_s));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Set when the last batch could not finish before shutdown (its offsets are not stored).
     let mut failed: Option<PipelineError> = None;
     loop {
@@ -394,11 +400,18 @@ pub async fn run(
             _ = tokio::time::sleep_until(
                 retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into()
             ), if retry_at.is_some() => Wake::Retry,
+            _ = sweep.tick(), if max_age.is_some() => Wake::Sweep,
             m = consumer.recv() => Wake::Message(m),
         };
         let first = match wake {
             Wake::Stop => break,
             Wake::Rebalance | Wake::Retry => continue,
+            Wake::Sweep => {
+                if let Some(age) = max_age {
+                    d.sweep(age).await;
+                }
+                continue;
+            }
             Wake::Opened(r) => {
                 let r = (*r).map_err(|e| PipelineError::Join(e.to_string()))?;
                 d.finish_open(r).await?;

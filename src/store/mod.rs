@@ -404,8 +404,17 @@ impl Store {
                 serde_json::to_vec(d).map_err(json_err)?,
             );
         }
+        let now = now_ms();
         for f in &cs.new_faces {
             let seq = f.seq.to_be_bytes();
+            // The retention clock: capture time (never in the future), else arrival.
+            let at = f
+                .meta
+                .as_ref()
+                .and_then(|m| m.ts)
+                .map_or(now, |ts| ts.clamp(0, now as i64) as u64);
+            b.insert(time_key(at, f.seq), &[][..]);
+            b.insert(key(b'i', &seq), &at.to_le_bytes()[..]);
             b.insert(key(b'f', f.face_id.as_bytes()), &f.seq.to_le_bytes()[..]);
             let mut v = Vec::with_capacity(4 + f.face_id.len() + 1 + 8 * self.dim);
             v.extend_from_slice(&(f.face_id.len() as u32).to_le_bytes());
@@ -428,8 +437,11 @@ impl Store {
         }
         for f in &cs.erased {
             let seq = f.seq.to_be_bytes();
-            for prefix in [b'v', b'p', b'h', b'w', b'a'] {
+            for prefix in [b'v', b'p', b'h', b'w', b'a', b'i'] {
                 b.remove(key(prefix, &seq));
+            }
+            if let Some(at) = self.face_time(f.seq)? {
+                b.remove(time_key(at, f.seq));
             }
             b.insert(key(b'e', &seq), f.face_id.as_bytes());
             let z: Vec<u8> = f.indexed.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -554,19 +566,26 @@ impl Store {
     }
 
     pub fn set_snapshot(&self, info: &SnapshotInfo) -> Result<(), StoreError> {
-        self.set_snapshot_compacted(info, &[])
+        self.set_snapshot_compacted(Some(info), &[])
     }
 
     /// Records a snapshot and, in the same batch, forgets the `z:` vectors of the erased faces
     /// `dropped` that the dumped index no longer holds (a compaction).
+    /// `None`: no dump (an index left empty: every face erased).
     pub fn set_snapshot_compacted(
         &self,
-        info: &SnapshotInfo,
+        info: Option<&SnapshotInfo>,
         dropped: &[u32],
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        let v = serde_json::to_vec(info).map_err(|e| self.corrupt("m:snapshot", &e.to_string()))?;
-        b.insert(&b"m:snapshot"[..], v);
+        match info {
+            Some(info) => {
+                let v = serde_json::to_vec(info)
+                    .map_err(|e| self.corrupt("m:snapshot", &e.to_string()))?;
+                b.insert(&b"m:snapshot"[..], v);
+            }
+            None => b.remove(&b"m:snapshot"[..]),
+        }
         for s in dropped {
             b.remove(key(b'z', &s.to_be_bytes()));
         }
@@ -602,6 +621,34 @@ impl Store {
         Ok(out)
     }
 
+    /// The time a face's age counts from (`i:<seq>`), ms since the epoch.
+    fn face_time(&self, seq: u32) -> Result<Option<u64>, StoreError> {
+        let v = self
+            .db
+            .get(key(b'i', &seq.to_be_bytes()))
+            .map_err(|e| self.iter_err(e))?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    /// Up to `limit` faces whose age counts from before `cutoff_ms`, oldest first (a range of
+    /// the time index `t:`).
+    pub fn older_than(&self, cutoff_ms: u64, limit: usize) -> Result<Vec<u32>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.range(time_key(0, 0)..time_key(cutoff_ms, 0)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv.map_err(|e| self.iter_err(e))?;
+            let seq = k
+                .get(10..14)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| self.corrupt("t:", "short key"))?;
+            out.push(seq);
+        }
+        Ok(out)
+    }
+
     /// A failed read while scanning the database.
     fn iter_err(&self, e: sled::Error) -> StoreError {
         StoreError::Open {
@@ -614,4 +661,20 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// `t:<ms u64 BE><seq u32 BE>`: the retention clock's index, in age order.
+fn time_key(at_ms: u64, seq: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(14);
+    k.extend_from_slice(b"t:");
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Milliseconds since the Unix epoch (the store's clock: arrival times for retention).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

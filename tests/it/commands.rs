@@ -320,3 +320,74 @@ fn commands_by_topic_api_and_cli_apply_once_and_bad_ones_change_nothing() {
     assert_eq!(e.cluster_name(b), Some("Bob"));
     assert_eq!(e.cluster_name(c), Some("Cy"));
 }
+
+/// `retention.max_age` in the daemon: faces captured before it are erased by the sweeps, with
+/// their `FaceErased` events (reason `retention`) on the events topic; the others stay.
+#[test]
+fn the_daemon_forgets_faces_past_retention() {
+    let (dim, n) = (32, 60);
+    let s = generate(SynthParams::new(n, dim, 8));
+    let kafka = mock(1);
+    let p = producer(kafka.bootstrap_servers());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (i, v) in s.data.chunks(dim).enumerate() {
+        let meta = clip_cluster::engine::FaceMeta {
+            ts: Some(if i % 3 == 0 { now - 7_200_000 } else { now }),
+            ..Default::default()
+        };
+        let id = format!("face-{i}");
+        send(
+            &p,
+            &id,
+            &clip_cluster::decode::embedding_envelope(&id, &meta, v),
+        );
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut envs = env(kafka.bootstrap_servers(), &state, dim, "127.0.0.1:0");
+    envs.push(("CLIP_CLUSTER__RETENTION__MAX_AGE".into(), "1h".into()));
+    envs.push((
+        "CLIP_CLUSTER__RETENTION__SWEEP_INTERVAL_S".into(),
+        "1".into(),
+    ));
+    let metrics = Metrics::new();
+    with_daemon(&envs, &metrics, move |m| {
+        let erased = || m.faces_erased.with_label_values(&["retention"]).get();
+        wait(
+            || {
+                m.faces_applied.get() == n as u64
+                    && erased() == (n / 3) as u64
+                    && m.outbox_depth.get() == 0
+            },
+            || format!("applied {}, erased {}", m.faces_applied.get(), erased()),
+        );
+    });
+    let records = read_topic(
+        kafka.bootstrap_servers(),
+        EVENTS,
+        Duration::from_secs(30),
+        |r| {
+            events(r)
+                .iter()
+                .filter(|(_, e)| e["type"] == "FaceErased" && e["reason"] == "retention")
+                .count()
+                == n / 3
+        },
+    );
+    let gone: Vec<String> = events(&records)
+        .into_iter()
+        .filter(|(_, e)| e["type"] == "FaceErased")
+        .map(|(_, e)| e["face_id"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..n).step_by(3).map(|i| format!("face-{i}")).collect();
+    let mut got = gone.clone();
+    got.sort_by_key(|f| f[5..].parse::<usize>().unwrap());
+    assert_eq!(got, want);
+    let cfg = clip_cluster::config::Config::load_from(None, &envs).unwrap();
+    let c = Clusterer::open(&cfg).unwrap();
+    assert_eq!(c.engine().n_erased(), n / 3);
+}

@@ -292,3 +292,75 @@ fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
     let c = Clusterer::open(&config(d.path(), "1.0")).unwrap();
     assert!(c.engine().is_erased(30));
 }
+
+/// Retention: faces go oldest first, by capture time (a future one counts from its arrival),
+/// else by arrival; each sweep is bounded; a reopened state has no trace of the expired faces.
+#[test]
+fn retention_forgets_the_oldest_faces_first_and_boundedly() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let vs = clustered_vectors(&mut rng, 40, 6);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let day = 86_400_000u64;
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    // f0..f9: captured 10..1 days ago; f10..f19: in the future; f20..: no capture time.
+    let faces: Vec<Face> = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ts = match i {
+                0..=9 => Some((now - (10 - i as u64) * day) as i64),
+                10..=19 => Some((now + 5 * day) as i64),
+                _ => None,
+            };
+            Face {
+                meta: FaceMeta {
+                    ts,
+                    ..Default::default()
+                },
+                ..Face::new(format!("f{i}"), v.clone())
+            }
+        })
+        .collect();
+    c.apply(&faces, &[]).unwrap();
+    let expired = |c: &mut Clusterer, at: u64, limit: usize| {
+        let (r, events) = c.expire(at, 3 * day + 1000, limit).unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::FaceErased { reason, .. } if reason == "retention"))
+                .count(),
+            r.erased.len()
+        );
+        r.erased
+    };
+    // Faces captured 10..4 days ago are past 3 days; 4 at a time, oldest first.
+    assert_eq!(expired(&mut c, now, 4), ["f0", "f1", "f2", "f3"]);
+    assert_eq!(expired(&mut c, now, 4), ["f4", "f5", "f6"]);
+    assert!(expired(&mut c, now, 4).is_empty());
+    drop(c);
+    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    for i in 0..7 {
+        let s = c.engine().seq_of(&format!("f{i}")).unwrap();
+        assert!(c.engine().is_erased(s), "f{i} stays erased");
+    }
+    assert!(
+        expired(&mut c, now, 100).is_empty(),
+        "nothing is left behind in the time index"
+    );
+    // Four days on: the rest of the captured ones, and every face that arrived without a time
+    // or with one in the future (they count from their arrival, now).
+    let later = expired(&mut c, now + 4 * day, 100);
+    assert_eq!(later.len(), 33, "{later:?}");
+    assert_eq!(c.engine().n_erased(), 40);
+    // Every face gone: the index is empty (no dump), and the state opens and goes on.
+    assert_eq!(c.engine().index().len(), 0);
+    drop(c);
+    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    assert_eq!(c.engine().n_erased(), 40);
+    let r = c.apply(&[Face::new("new", vs[0].clone())], &[]).unwrap();
+    assert_eq!(r.applied, 1);
+}
