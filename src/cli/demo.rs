@@ -211,7 +211,9 @@ pub fn run(
     cfg.embed.enabled = images;
     cfg.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
     let (faces_topic, events_topic, dlq_topic) = ("faces", "face-events", "faces-dlq");
+    let commands_topic = "face-commands";
     cfg.kafka.input_topics = vec![faces_topic.to_string()];
+    cfg.kafka.commands_topic = commands_topic.to_string();
     cfg.kafka.events_topic = events_topic.to_string();
     cfg.kafka.dead_letter_topic = dlq_topic.to_string();
     cfg.kafka.group_id = "clip-cluster-demo".to_string();
@@ -241,8 +243,9 @@ pub fn run(
     mock.create_topic(faces_topic, FACES_PARTITIONS)?;
     mock.create_topic(events_topic, 3)?;
     mock.create_topic(dlq_topic, 1)?;
+    mock.create_topic(commands_topic, 1)?;
     eprintln!(
-        "mock Kafka cluster at {} (topics {faces_topic}, {events_topic}, {dlq_topic}); read the events meanwhile with e.g.\n  kcat -b {} -t {events_topic} -C",
+        "mock Kafka cluster at {} (topics {faces_topic}, {events_topic}, {dlq_topic}, {commands_topic}); read the events meanwhile with e.g.\n  kcat -b {} -t {events_topic} -C",
         mock.bootstrap_servers(),
         mock.bootstrap_servers()
     );
