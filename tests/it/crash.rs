@@ -1,24 +1,91 @@
-//! The crash test: the real binary, killed with SIGKILL at 25 seeded random points while a stream
-//! of 5,000 faces flows in, restarted each time. At the end, the assignments equal an uninterrupted
-//! run, no face is lost or applied twice, and every event arrived at least once with a unique id.
-//! Then SIGTERM stops it cleanly (exit 0).
+//! The crash test: the real binary, killed with SIGKILL at 50 seeded random points while a stream
+//! of 5,000 faces flows in, with operator commands (names, "not this person", erasure of a face
+//! and of a person) on the command topic and redeliveries of erased faces interleaved, restarted
+//! each time. At the end, the assignments and the events equal an uninterrupted run that applied
+//! the same stream and commands in the same order: no face is lost or applied twice, no command is
+//! applied twice, no erased face is seen again, and every event arrived at least once with a
+//! unique id. Then SIGTERM stops it cleanly (exit 0).
 
-use std::collections::HashSet;
-
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use clip_cluster::clusterer::Clusterer;
+use clip_cluster::clusterer::{parse_request, Clusterer};
 use clip_cluster::eval::synth::{generate, SynthParams};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::Producer;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
 const N: usize = 5000;
-const KILLS: usize = 25;
+const KILLS: usize = 50;
+/// The stream pauses here (after this many faces) for a round of commands.
+const CHECKPOINT_EVERY: usize = 1000;
+
+/// What the feed sent, in the order the daemon applied it.
+#[derive(Clone, Debug)]
+enum Step {
+    Face(usize),
+    Command(Vec<u8>),
+}
+
+/// GET `path` from the API until it answers 200 (the daemon may be down or restarting).
+fn api_get(port: u16, path: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Some((200, body)) = http_get(port, path) {
+            return serde_json::from_str(&body).expect("API JSON");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{path} never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the API says `path` is gone (404), through restarts.
+fn api_gone(port: u16, path: &str) {
+    let t = Instant::now();
+    while !matches!(http_get(port, path), Some((404, _))) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{path} never became 404"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The round of commands after `b` faces, as they are sent; the daemon's clusters are read
+/// through the API (the stream is paused, so they are what the uninterrupted run has too).
+/// The last command of a round is an erasure whose face is visible before it and gone after
+/// it, so the feed knows every command of the round was applied before it resumes.
+fn round(port: u16, b: usize) -> (Vec<Value>, String) {
+    let cluster = |i: usize| api_get(port, &format!("/v1/faces/face-{i}"))["cluster_id"].clone();
+    let c = b / CHECKPOINT_EVERY;
+    let mut cmds = vec![
+        json!({"command_id": format!("name-{c}"), "op": "name", "cluster_id": cluster(b - 1),
+               "name": format!("person {c}")}),
+        json!({"command_id": format!("not-{c}"), "op": "not_in_cluster",
+               "face_id": format!("face-{}", b - 2), "cluster_id": cluster(b - 2)}),
+    ];
+    let mut person = None;
+    if c == 3 {
+        // Erase a whole person.
+        person = Some(cluster(b - 20));
+        cmds.push(json!({"command_id": format!("person-{c}"), "op": "erase_cluster",
+                          "cluster_id": person.clone().unwrap()}));
+    }
+    let last = (b - 9..b - 2)
+        .find(|&i| Some(cluster(i)) != person)
+        .expect("a face outside the erased person");
+    cmds.push(json!({"command_id": format!("erase-{c}"), "op": "erase_face",
+                     "face_id": format!("face-{last}")}));
+    (cmds, format!("face-{last}"))
+}
 
 #[test]
-fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
     let dim = 32;
     let s = generate(SynthParams::new(N, dim, 21));
     let vs: Vec<Vec<f32>> = s.data.chunks(dim).map(<[f32]>::to_vec).collect();
@@ -27,33 +94,58 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     let bootstrap = kafka.bootstrap_servers().to_string();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let port = free_port();
+    let (port, api) = (free_port(), free_port());
     let mut envs = env(&bootstrap, &state, dim, &format!("127.0.0.1:{port}"));
     // A killed member keeps its partition until its session expires: keep sessions short.
-    envs.retain(|(k, _)| !k.contains("SESSION.TIMEOUT") && !k.contains("HEARTBEAT"));
-    envs.push((
-        "CLIP_CLUSTER__KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS".into(),
-        "1000".into(),
-    ));
-    envs.push((
-        "CLIP_CLUSTER__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS".into(),
-        "250".into(),
-    ));
+    envs.retain(|(k, _)| {
+        !k.contains("SESSION.TIMEOUT") && !k.contains("HEARTBEAT") && !k.contains("API__LISTEN")
+    });
+    for (k, v) in [
+        ("KAFKA__CONSUMER_PROPERTIES__SESSION.TIMEOUT.MS", "1000"),
+        ("KAFKA__CONSUMER_PROPERTIES__HEARTBEAT.INTERVAL.MS", "250"),
+        ("API__LISTEN", &format!("127.0.0.1:{api}")),
+        ("API__PUBLIC_READS", "true"),
+    ] {
+        envs.push((format!("CLIP_CLUSTER__{k}"), v.to_string()));
+    }
 
-    // Publish the stream gradually, so that the kills land all along it.
+    // Publish the stream gradually, so that the kills land all along it; at each checkpoint,
+    // wait until the daemon applied everything so far, then send a round of commands and wait
+    // until they are applied too, so the order of faces and commands is the feed's.
     let feed = {
         let vs = vs.clone();
         let bootstrap = bootstrap.clone();
         std::thread::spawn(move || {
             let p = producer(&bootstrap);
+            let mut steps = Vec::new();
+            let mut erased = Vec::new();
             for (i, v) in vs.iter().enumerate() {
                 send(&p, &format!("face-{i}"), &face_payload(i, v));
+                steps.push(Step::Face(i));
                 if i % 100 == 99 {
                     p.flush(Duration::from_secs(10)).unwrap();
-                    std::thread::sleep(Duration::from_millis(1100));
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+                let b = i + 1;
+                if b % CHECKPOINT_EVERY == 0 && b < N {
+                    api_get(api, &format!("/v1/faces/face-{i}"));
+                    let (cmds, last) = round(api, b);
+                    for c in &cmds {
+                        let bytes = serde_json::to_vec(c).unwrap();
+                        send_command(&p, &bytes);
+                        steps.push(Step::Command(bytes));
+                    }
+                    p.flush(Duration::from_secs(10)).unwrap();
+                    api_gone(api, &format!("/v1/faces/{last}"));
+                    // A redelivery of the erased face: refused for good.
+                    let j: usize = last["face-".len()..].parse().unwrap();
+                    send(&p, &last, &face_payload(j, &vs[j]));
+                    steps.push(Step::Face(j));
+                    erased.push(last);
                 }
             }
             p.flush(Duration::from_secs(10)).unwrap();
+            (steps, erased)
         })
     };
 
@@ -71,9 +163,8 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             .unwrap_or_else(|e| panic!("state after kill {k} does not open: {e}"));
         seen_progress.push(c.engine().n_faces());
     }
-    feed.join().unwrap();
     let distinct: HashSet<usize> = seen_progress.iter().copied().collect();
-    if distinct.len() < 10 {
+    if distinct.len() < 25 {
         for k in 0..3 {
             eprintln!(
                 "--- run {k}:\n{}",
@@ -82,52 +173,69 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         }
     }
     assert!(
-        distinct.len() >= 15,
+        distinct.len() >= 25,
         "kills should land at many points of the stream: {seen_progress:?}"
     );
     assert!(*seen_progress.first().unwrap() < N / 2, "{seen_progress:?}");
 
-    // Final run: wait until everything is applied and delivered, then stop it with SIGTERM.
+    // Final run: the feed finishes against it; wait until everything is applied and
+    // delivered, then stop it with SIGTERM.
     let mut child = start(&envs, &logs.join("final.log"));
+    let (steps, erased) = feed.join().unwrap();
+    assert_eq!(erased.len(), N / CHECKPOINT_EVERY - 1);
     let t = Instant::now();
     loop {
-        let applied = metric(port, "clip_cluster_index_faces").unwrap_or(0.0);
+        let last = http_get(api, &format!("/v1/faces/face-{}", N - 1));
         let outbox = metric(port, "clip_cluster_outbox_depth_events").unwrap_or(1.0);
-        if applied as usize == N && outbox == 0.0 {
+        if matches!(last, Some((200, _))) && outbox == 0.0 {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(180),
-            "final run stalled at {applied} faces, outbox {outbox}"
+            "final run stalled: {last:?}, outbox {outbox}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    for id in &erased {
+        assert_eq!(
+            http_get(api, &format!("/v1/faces/{id}")).map(|r| r.0),
+            Some(404),
+            "{id} stays erased"
+        );
     }
     sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM gives a clean exit: {status:?}");
 
-    // The uninterrupted run.
+    // The uninterrupted run: the same faces and commands in the same order.
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_cfg = config(&bootstrap, &ref_dir.path().join("s"), dim);
     let mut r = Clusterer::open(&ref_cfg).unwrap();
-    for (i, v) in vs.iter().enumerate() {
-        let meta = clip_cluster::engine::FaceMeta {
-            source_id: Some("cam".into()),
-            image_id: Some(format!("img-{}", i / 2)),
-            ts: Some(i as i64),
-            quality: None,
-            ..Default::default()
-        };
-        r.apply(
-            &[clip_cluster::engine::Face {
-                meta,
-                ..clip_cluster::engine::Face::new(format!("face-{i}"), v.to_vec())
-            }],
-            &[],
-        )
-        .unwrap();
+    for step in &steps {
+        match step {
+            Step::Face(i) => {
+                let meta = clip_cluster::engine::FaceMeta {
+                    source_id: Some("cam".into()),
+                    image_id: Some(format!("img-{}", i / 2)),
+                    ts: Some(*i as i64),
+                    quality: None,
+                    ..Default::default()
+                };
+                let face = clip_cluster::engine::Face {
+                    meta,
+                    ..clip_cluster::engine::Face::new(format!("face-{i}"), vs[*i].to_vec())
+                };
+                r.apply(&[face], &[]).unwrap();
+            }
+            Step::Command(bytes) => {
+                let req = parse_request(bytes).unwrap();
+                r.execute(&req.action, &[])
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(bytes)));
+            }
+        }
     }
-    let want_events: Vec<serde_json::Value> = r
+    let want_events: Vec<Value> = r
         .store()
         .outbox(usize::MAX)
         .unwrap()
@@ -137,21 +245,42 @@ fn sigkill_at_random_points_loses_and_duplicates_nothing() {
 
     let got = Clusterer::open(&config(&bootstrap, &state, dim)).unwrap();
     let (ge, re) = (got.engine(), r.engine());
-    assert_eq!(ge.n_faces(), N, "no face lost, none applied twice");
+    assert_eq!(ge.n_faces(), re.n_faces(), "no face lost, none applied twice");
     for i in 0..N {
         let id = format!("face-{i}");
-        let (gs, rs) = (ge.seq_of(&id).unwrap(), re.seq_of(&id).unwrap());
+        let (gs, rs) = (ge.seq_of(&id), re.seq_of(&id));
         assert_eq!(gs, rs, "{id} got the same sequence number");
-        assert_eq!(
-            ge.cluster_of(gs),
-            re.cluster_of(rs),
-            "{id} is in the same cluster"
-        );
+        let Some(gs) = gs else { continue };
+        assert_eq!(ge.is_erased(gs), re.is_erased(gs), "{id} erased alike");
+        if !ge.is_erased(gs) {
+            assert_eq!(
+                ge.cluster_of(gs),
+                re.cluster_of(gs),
+                "{id} is in the same cluster"
+            );
+        }
+    }
+    for id in &erased {
+        let seq = ge.seq_of(id).expect("a tombstone keeps the id");
+        assert!(ge.is_erased(seq), "{id} is erased");
     }
     assert_eq!(got.store().outbox_len(), 0);
 
-    // Every event at least once, unique ids, the same content as the uninterrupted run.
-    let want: std::collections::BTreeMap<u64, serde_json::Value> = want_events
+    // Every event at least once, unique ids, the same content as the uninterrupted run: so
+    // every command applied once, and nothing about an erased face after its FaceErased.
+    let kinds = |t: &str| want_events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(kinds("FeedbackApplied"), 2 * erased.len());
+    assert!(kinds("FaceErased") > erased.len(), "the person's faces too");
+    let mut gone = HashSet::new();
+    for e in &want_events {
+        if let Some(id) = e["face_id"].as_str() {
+            assert!(!gone.contains(id), "{id} appears after it was erased: {e}");
+            if e["type"] == "FaceErased" {
+                gone.insert(id.to_string());
+            }
+        }
+    }
+    let want: BTreeMap<u64, Value> = want_events
         .into_iter()
         .enumerate()
         .map(|(i, v)| (i as u64, v))
