@@ -131,6 +131,7 @@ fn event_type(e: &Event) -> &'static str {
         Event::ClusterNamed { .. } => "ClusterNamed",
         Event::FeedbackApplied { .. } => "FeedbackApplied",
         Event::FaceErased { .. } => "FaceErased",
+        Event::Reclustered { .. } => "Reclustered",
     }
 }
 

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod hallucinate;
 pub mod mock;
 pub mod produce;
+pub mod recluster;
 pub mod run;
 pub mod train;
 pub mod verify;
@@ -108,6 +109,11 @@ pub enum Command {
     /// running daemon's API (default), the command topic (--via kafka), or a stopped daemon's
     /// state (--via state). Prints the daemon's report.
     Command(command::Args),
+    /// Rebuilds a state's clusters under this configuration (another threshold, rule, proxy or
+    /// edge head) from its stored vectors into a new state (--to, else store.path): names,
+    /// feedback, erased ids and input positions carry over, a surviving cluster keeps its id,
+    /// and the new state's outbox tells subscribers every face's move. The old state is only read.
+    Recluster(recluster::Args),
     /// Insert benchmark with durable state (throughput, growth, memory per face).
     Bench(bench::Args),
 }
@@ -129,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchEmbed(a) => bench_embed::command(a, config),
         Command::Bench(a) => bench::command(a, config),
         Command::Command(a) => command::command(a, config),
+        Command::Recluster(a) => recluster::command(a, config),
     }
 }
 

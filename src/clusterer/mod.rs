@@ -21,8 +21,10 @@ use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
 mod control;
 mod erase;
+mod recluster;
 pub use control::{parse_request, request_from, request_json, Action, Executed, Request};
 pub use erase::{EraseReport, EraseTarget};
+pub use recluster::{recluster, ReclusterError, ReclusterReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClustererError {

@@ -52,6 +52,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let sources = self.sources_of(changed);
         let before = self.kept_pairs(&sources);
         let partners: Vec<u32> = self.rules.must_of(e).to_vec();
+        // Every part its cluster may fall into holds one of these.
+        let mut around: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to).collect();
+        around.extend_from_slice(&pointing);
+        around.extend_from_slice(&partners);
+        around.sort_unstable();
+        around.dedup();
 
         // Out of the graph.
         let out: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to).collect();
@@ -112,7 +118,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         self.unannounced = e;
         // Its must-link partners are seeds too: a cluster may have been one through e's links.
+        self.pre_split = Some((old, around));
         self.apply_kept_diff(&before, &sources, &partners, e, events);
+        self.pre_split = None;
         self.unannounced = u32::MAX;
         let own = self.faces[e as usize].comp;
         debug_assert_eq!(self.comps[own as usize].size, 1, "an erased face is alone");
@@ -145,6 +153,39 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 reason: reason.to_string(),
             },
         ));
+    }
+
+    /// For the edge-by-edge rules (components, and the local rule past `support_region`), before
+    /// they apply an erasure's other changes: splits what is left of the erased face's cluster
+    /// into its connected parts. Its edges to the faces next to it are gone from every walk (it
+    /// has a label of its own), so no cut of theirs would, and a union's walk would find a
+    /// cluster in pieces. Each part holds one of those faces.
+    pub(super) fn split_pending(&mut self, cause: u32, events: &mut Vec<Event>) {
+        let Some((label, around)) = self.pre_split.take() else {
+            return;
+        };
+        loop {
+            let left: Vec<u32> = around
+                .iter()
+                .copied()
+                .filter(|&x| self.faces[x as usize].comp == label)
+                .collect();
+            let Some((&first, rest)) = left.split_first() else {
+                return;
+            };
+            let mut split = false;
+            for &x in rest {
+                self.cut(first, x, cause, events);
+                if self.faces[first as usize].comp != label || self.faces[x as usize].comp != label
+                {
+                    split = true;
+                    break;
+                }
+            }
+            if !split {
+                return;
+            }
+        }
     }
 
     /// Fills face `i`'s out-list back up to `k` from a fresh search: the best faces above `t1`

@@ -427,6 +427,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             return;
         }
         self.visible = removed.clone();
+        self.split_pending(cause, events);
         for &(a, b) in &added {
             self.union(a, b, cause, events);
         }

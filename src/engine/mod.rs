@@ -30,6 +30,7 @@ mod components;
 mod erase;
 pub mod feedback;
 mod insert;
+pub mod recluster;
 mod refresh;
 mod state;
 mod support;
@@ -277,6 +278,20 @@ pub enum Event {
         /// Why: `face`, `cluster`, `source` or `retention`.
         reason: String,
     },
+    /// The state was rebuilt under a new configuration (`clip-cluster recluster`) from the
+    /// state `from_state`; the `FaceMoved` and `ClusterNamed` events before it take every face
+    /// from its old cluster to its new one. Counts: live faces, clusters before and after, new
+    /// clusters that kept an old id or got a fresh one, old ids no cluster kept, faces moved.
+    Reclustered {
+        from_state: String,
+        faces: u64,
+        clusters_before: u64,
+        clusters_after: u64,
+        kept_ids: u64,
+        new_ids: u64,
+        retired_ids: u64,
+        moved: u64,
+    },
 }
 
 /// Errors for a face that cannot be inserted. The engine state is untouched when one is returned.
@@ -400,6 +415,8 @@ pub struct ChangeSet {
     pub commands: Vec<feedback::CommandRecord>,
     /// Faces erased: their records go, a tombstone stays.
     pub erased: Vec<ErasedFace>,
+    /// Ids an earlier state erased, held as tombstones from the start (`recluster`): (seq, id).
+    pub tombstones: Vec<(u32, String)>,
     pub counters: Counters,
 }
 
@@ -419,6 +436,7 @@ impl ChangeSet {
             && self.events.is_empty()
             && self.commands.is_empty()
             && self.erased.is_empty()
+            && self.tombstones.is_empty()
     }
 }
 
@@ -493,6 +511,10 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     /// processed: walks still see them, so every walk sees the structure the labels describe.
     /// (Additions need no such care: walks that relabel follow labels, not just edges.)
     visible: Vec<(u32, u32)>,
+    /// During an erasure: the erased face's old label and the faces next to it, whose cluster
+    /// the edge-by-edge rules split into its connected parts before any other change
+    /// (`erase::split_apart`); the region rule needs no such help.
+    pre_split: Option<(u32, Vec<u32>)>,
     /// Operator feedback and the photo rule, honoured by every re-link (`feedback`).
     rules: feedback::Constraints,
     /// Faces erased: no edges, no cluster, their id refused.

@@ -39,6 +39,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             dirty_faces: HashSet::new(),
             dirty_comps: HashSet::new(),
             visible: Vec::new(),
+            pre_split: None,
             rules: feedback::Constraints::default(),
             erased: crate::index::Tombstones::default(),
         }

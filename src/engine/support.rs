@@ -421,6 +421,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         added.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
         // Removed edges stay visible to the walks until their own cut, as with components.
         self.visible = removed.to_vec();
+        self.split_pending(cause, events);
         for &(a, b, _) in &added {
             if self.supported(a, b) {
                 self.union(a, b, cause, events);

@@ -28,6 +28,7 @@
 //!   from every result), kept only until the index is compacted, so that an index rebuilt after
 //!   a crash is the same structure; removed with the snapshot of the compacted index
 
+mod carry;
 mod codec;
 mod load;
 mod outbox;
@@ -83,8 +84,9 @@ pub enum StoreError {
     },
     #[error(
         "state directory {path} was written by a different model or graph configuration \
-         (stored: {stored}; configured: {configured}); vectors are never mixed: use a new \
-         store.path or restore the configuration"
+         (stored: {stored}; configured: {configured}); vectors are never mixed: restore the \
+         configuration, use a new store.path, or rebuild this state's clusters under the new \
+         graph configuration with `clip-cluster recluster --from {path} --to NEW_PATH`"
     )]
     Fingerprint {
         path: PathBuf,
@@ -446,6 +448,10 @@ impl Store {
             b.insert(key(b'e', &seq), f.face_id.as_bytes());
             let z: Vec<u8> = f.indexed.iter().flat_map(|x| x.to_le_bytes()).collect();
             b.insert(key(b'z', &seq), z);
+        }
+        for (seq, face_id) in &cs.tombstones {
+            b.insert(key(b'f', face_id.as_bytes()), &seq.to_le_bytes()[..]);
+            b.insert(key(b'e', &seq.to_be_bytes()), face_id.as_bytes());
         }
         for (seq, r) in &cs.faces {
             b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));

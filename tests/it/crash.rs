@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use clip_cluster::clusterer::{parse_request, Clusterer};
+use clip_cluster::clusterer::{parse_request, Action, Clusterer};
 use clip_cluster::eval::synth::{generate, SynthParams};
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::Producer;
@@ -73,14 +73,18 @@ fn round(port: u16, b: usize) -> (Vec<Value>, String) {
     if c == 3 {
         // Erase a whole person.
         person = Some(cluster(b - 20));
-        cmds.push(json!({"command_id": format!("person-{c}"), "op": "erase_cluster",
-                          "cluster_id": person.clone().unwrap()}));
+        cmds.push(
+            json!({"command_id": format!("person-{c}"), "op": "erase_cluster",
+                          "cluster_id": person.clone().unwrap()}),
+        );
     }
     let last = (b - 9..b - 2)
         .find(|&i| Some(cluster(i)) != person)
         .expect("a face outside the erased person");
-    cmds.push(json!({"command_id": format!("erase-{c}"), "op": "erase_face",
-                     "face_id": format!("face-{last}")}));
+    cmds.push(
+        json!({"command_id": format!("erase-{c}"), "op": "erase_face",
+                     "face_id": format!("face-{last}")}),
+    );
     (cmds, format!("face-{last}"))
 }
 
@@ -165,10 +169,13 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
     }
     let distinct: HashSet<usize> = seen_progress.iter().copied().collect();
     if distinct.len() < 25 {
-        for k in 0..3 {
+        for k in [0, KILLS - 1] {
+            let log =
+                std::fs::read_to_string(logs.join(format!("run-{k}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("hnsw_rs")).collect();
             eprintln!(
                 "--- run {k}:\n{}",
-                std::fs::read_to_string(logs.join(format!("run-{k}.log"))).unwrap_or_default()
+                lines[lines.len().saturating_sub(40)..].join("\n")
             );
         }
     }
@@ -211,6 +218,7 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_cfg = config(&bootstrap, &ref_dir.path().join("s"), dim);
     let mut r = Clusterer::open(&ref_cfg).unwrap();
+    let mut feedback_applied = 0;
     for step in &steps {
         match step {
             Step::Face(i) => {
@@ -228,10 +236,13 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
                 r.apply(&[face], &[]).unwrap();
             }
             Step::Command(bytes) => {
+                // A refused command (e.g. "not this person" for a face alone) changes nothing,
+                // in the daemon too.
                 let req = parse_request(bytes).unwrap();
-                r.execute(&req.action, &[])
-                    .unwrap()
-                    .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(bytes)));
+                let done = r.execute(&req.action, &[]).unwrap().is_ok();
+                if done && matches!(req.action, Action::Feedback(_)) {
+                    feedback_applied += 1;
+                }
             }
         }
     }
@@ -245,7 +256,11 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
 
     let got = Clusterer::open(&config(&bootstrap, &state, dim)).unwrap();
     let (ge, re) = (got.engine(), r.engine());
-    assert_eq!(ge.n_faces(), re.n_faces(), "no face lost, none applied twice");
+    assert_eq!(
+        ge.n_faces(),
+        re.n_faces(),
+        "no face lost, none applied twice"
+    );
     for i in 0..N {
         let id = format!("face-{i}");
         let (gs, rs) = (ge.seq_of(&id), re.seq_of(&id));
@@ -269,7 +284,8 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
     // Every event at least once, unique ids, the same content as the uninterrupted run: so
     // every command applied once, and nothing about an erased face after its FaceErased.
     let kinds = |t: &str| want_events.iter().filter(|e| e["type"] == t).count();
-    assert_eq!(kinds("FeedbackApplied"), 2 * erased.len());
+    assert_eq!(kinds("FeedbackApplied"), feedback_applied);
+    assert!(feedback_applied >= erased.len(), "the names at least");
     assert!(kinds("FaceErased") > erased.len(), "the person's faces too");
     let mut gone = HashSet::new();
     for e in &want_events {

@@ -351,7 +351,7 @@ fn support_oracle(n: usize, edges: &[(u32, u32, f32)], support: f32) -> Vec<Vec<
 }
 
 /// Replays the engine's events into a face -> cluster map.
-fn replay(
+pub(crate) fn replay(
     map: &mut std::collections::HashMap<String, u64>,
     events: &[clip_cluster::engine::Event],
 ) {
@@ -381,7 +381,8 @@ fn replay(
             Event::ClusterCreated { .. }
             | Event::ClusterSplit { .. }
             | Event::ClusterNamed { .. }
-            | Event::FeedbackApplied { .. } => {}
+            | Event::FeedbackApplied { .. }
+            | Event::Reclustered { .. } => {}
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Erasure: random interleavings of insertions, commands and erasures leave no erased face in
 //! any edge, cluster or constraint, keep every constraint, and (exact rule) keep the clusters
-//! equal to the rule computed at once over the live faces; erased ids are refused when they
+//! equal to the rule computed at once over the live faces, and (any rule) every cluster
+//! connected; erased ids are refused when they
 //! come again; a restart anywhere (before and after compaction) equals an uninterrupted run;
 //! the store forgets the face's records.
 
@@ -51,6 +52,45 @@ fn check(e: &Engine<ExactIndex>, what: &str) {
     for (x, y) in r.must_pairs() {
         assert_eq!(a[x as usize], a[y as usize], "{what}: must-link broken");
     }
+    // Every cluster is connected by its kept edges and must-links (the rules cut along them,
+    // so a cluster in pieces would never be split again).
+    let mut adj: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut link = |x: u32, y: u32| {
+        adj.entry(x).or_default().push(y);
+        adj.entry(y).or_default().push(x);
+    };
+    for s in 0..n {
+        for (to, _, kept) in e.out_edges(s) {
+            if kept {
+                link(s, to);
+            }
+        }
+    }
+    for (x, y) in r.must_pairs() {
+        link(x, y);
+    }
+    let mut reached = vec![false; n as usize];
+    let mut pieces: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in (0..n).filter(|&s| !e.is_erased(s)) {
+        if reached[s as usize] {
+            continue;
+        }
+        *pieces.entry(a[s as usize]).or_default() += 1;
+        let mut stack = vec![s];
+        reached[s as usize] = true;
+        while let Some(x) = stack.pop() {
+            for &y in adj.get(&x).into_iter().flatten() {
+                if !reached[y as usize] && a[y as usize] == a[s as usize] {
+                    reached[y as usize] = true;
+                    stack.push(y);
+                }
+            }
+        }
+    }
+    assert!(
+        pieces.values().all(|&p| p == 1),
+        "{what}: a cluster in pieces: {pieces:?}"
+    );
     // Cluster sizes are the live members.
     let live: Vec<bool> = (0..n).map(|s| !e.is_erased(s)).collect();
     assert_eq!(
@@ -60,9 +100,13 @@ fn check(e: &Engine<ExactIndex>, what: &str) {
     );
 }
 
-fn interleave(seed: u64, support: f32) -> usize {
+/// One random interleaving with the rule's `support`, `support_region` (0: the exact rule
+/// always; small: the local rule on most changes) and the photo rule on or off (off and support
+/// 0: plain connected components).
+fn interleave(seed: u64, support: f32, region: usize, same_image: bool) -> usize {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let p = small_params(support, 0);
+    let mut p = small_params(support, region);
+    p.same_image_cannot_link = same_image;
     let vs = clustered_vectors(&mut rng, 150, p.dim);
     let mut e = Engine::new(p, ExactIndex::new(p.dim));
     e.set_tracking(false);
@@ -139,7 +183,7 @@ fn interleave(seed: u64, support: f32) -> usize {
         }
         check(&e, &format!("seed {seed} step {i}"));
         let live: Vec<bool> = (0..e.n_faces() as u32).map(|s| !e.is_erased(s)).collect();
-        if e.constraints().names().is_empty() {
+        if region == 0 && e.constraints().names().is_empty() {
             assert_eq!(
                 canon(&e.assignments(), &live),
                 canon(&e.rule_partition(), &live),
@@ -153,8 +197,10 @@ fn interleave(seed: u64, support: f32) -> usize {
 #[test]
 fn random_interleavings_with_erasures_keep_every_invariant() {
     let mut total = 0;
-    for seed in 0..12 {
-        total += interleave(seed, if seed % 2 == 0 { 0.0 } else { 0.3 });
+    for seed in 0..24 {
+        let support = if seed % 2 == 0 { 0.0 } else { 0.3 };
+        let region = if seed % 3 == 2 { 6 } else { 0 };
+        total += interleave(seed, support, region, seed % 4 != 3);
     }
     assert!(total > 100, "erasures were exercised: {total}");
 }

@@ -17,6 +17,7 @@ mod layout;
 mod locate;
 mod logs;
 mod prep;
+mod recluster;
 mod resnet;
 mod state;
 mod support;

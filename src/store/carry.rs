@@ -1,0 +1,70 @@
+//! What `recluster` reads from an old state and carries into a new one beside the engine's own
+//! changes: the fingerprint it was written with, the input positions, the retention clock.
+
+use super::codec::*;
+use super::*;
+
+/// A committed input position as `commit` takes it: (name, value).
+pub type Position = (Vec<u8>, Vec<u8>);
+
+impl Store {
+    /// Opens an existing state as it was written, whatever the configuration says now: its
+    /// fingerprint is read from the marker file beside the database (the real one, which may
+    /// have gained an embedder since, from the database). For reading it, not to apply to it.
+    pub fn open_as_written(
+        path: &Path,
+        cache_bytes: u64,
+    ) -> Result<(Self, Fingerprint), StoreError> {
+        let marker = path.join(MARKER);
+        let bytes = std::fs::read(&marker).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            reason: format!("no clip-cluster state here ({}: {e})", marker.display()),
+        })?;
+        let written: Fingerprint =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("{} is not a state marker: {e}", marker.display()),
+            })?;
+        let store = Self::open(path, &written, cache_bytes)?;
+        let fp = store
+            .get(b"m:fingerprint")?
+            .ok_or_else(|| store.corrupt("m:fingerprint", "missing"))?;
+        let stored: Fingerprint = serde_json::from_slice(&fp)
+            .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
+        Ok((store, stored))
+    }
+
+    /// Whether `path` holds a state (its marker file).
+    pub fn holds_state(path: &Path) -> bool {
+        path.join(MARKER).exists()
+    }
+
+    /// Every input position committed (`x:` records), as `commit` takes them.
+    pub fn positions(&self) -> Result<Vec<Position>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(b"x:") {
+            let (k, v) = kv.map_err(|e| self.iter_err(e))?;
+            out.push((k[2..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// When face `seq`'s age starts counting for retention (capture time, else arrival).
+    pub fn face_since(&self, seq: u32) -> Result<Option<u64>, StoreError> {
+        self.face_time(seq)
+    }
+
+    /// Sets the retention clock of faces (`(seq, ms)`): a recluster keeps the arrival times of
+    /// the old state's faces. One batch, fsync.
+    pub fn set_face_times(&self, times: &[(u32, u64)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for &(seq, at) in times {
+            if let Some(old) = self.face_time(seq)? {
+                b.remove(super::time_key(old, seq));
+            }
+            b.insert(super::time_key(at, seq), &[][..]);
+            b.insert(key(b'i', &seq.to_be_bytes()), &at.to_le_bytes()[..]);
+        }
+        self.write(b)
+    }
+}
