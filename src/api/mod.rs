@@ -75,17 +75,18 @@ impl Shared {
         self.clusterer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cluster index of `c` (this domain's locked state), rebuilt when the state changed.
+    /// The cluster index of `c` (this domain's locked state), brought up to date by the events
+    /// committed since, or rebuilt when they are no longer held.
     fn index(&self, c: &Clusterer) -> Arc<read::ClusterIndex> {
         let mut slot = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref() {
-            Some(i) if i.current(c) => i.clone(),
-            _ => {
-                let i = Arc::new(read::ClusterIndex::build(c));
-                *slot = Some(i.clone());
-                i
+        if let Some(i) = slot.as_mut() {
+            if i.current(c) || Arc::make_mut(i).follow(c) {
+                return i.clone();
             }
         }
+        let i = Arc::new(read::ClusterIndex::build(c));
+        *slot = Some(i.clone());
+        i
     }
 }
 

@@ -3,29 +3,37 @@
 //! from it; no HTTP here.
 //!
 //! The engine keeps each face's cluster, not each cluster's faces; the index of members is built
-//! by one pass over the faces when a read needs it and the state changed since (every change of
-//! membership emits an event, so the event counter tells). Under a steady stream each read of a
-//! cluster list pays that pass (not yet measured at 1M faces).
+//! by one pass over the faces when a read first needs it, and then follows the committed events
+//! (every change of membership emits one: `Clusterer::events_since`), so a read under a steady
+//! stream costs the events since the last read, not a pass over every face. It is rebuilt when
+//! the events it missed are no longer held, or when they do not fit it.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use serde::Serialize;
 
 use crate::clusterer::Clusterer;
-use crate::engine::FaceMeta;
+use crate::engine::{Event, FaceMeta};
 use crate::index::NeighborIndex;
 
 /// Faces and clusters of a state, as of one version of it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterIndex {
-    /// (faces, next event sequence) of the state it was built from.
+    /// (faces, next event sequence) of the state it describes.
     version: (usize, u64),
     /// Members of each cluster, by sequence (oldest first).
     members: BTreeMap<u64, Vec<u32>>,
-    /// Cluster ids by size (largest first, then older id).
-    by_size: Vec<u64>,
-    /// Cluster ids by their newest face (newest first, then older id).
-    by_recent: Vec<u64>,
+    /// Clusters by size (largest first, then older id).
+    by_size: BTreeSet<(Reverse<usize>, u64)>,
+    /// Clusters by their newest face (newest first, then older id).
+    by_recent: BTreeSet<(Reverse<u32>, u64)>,
+    /// Each face's cluster by sequence (`NONE`: erased, or not applied yet).
+    at: Vec<u64>,
 }
+
+const NONE: u64 = u64::MAX;
 
 fn version(c: &Clusterer) -> (usize, u64) {
     let e = c.engine();
@@ -41,16 +49,20 @@ impl ClusterIndex {
                 members.entry(id).or_default().push(seq as u32);
             }
         }
-        let mut by_size: Vec<u64> = members.keys().copied().collect();
-        by_size.sort_by_key(|id| (std::cmp::Reverse(members[id].len()), *id));
-        let mut by_recent: Vec<u64> = members.keys().copied().collect();
-        by_recent.sort_by_key(|id| (std::cmp::Reverse(members[id].last().copied()), *id));
-        ClusterIndex {
+        let mut idx = ClusterIndex {
             version: version(c),
-            members,
-            by_size,
-            by_recent,
+            members: BTreeMap::new(),
+            by_size: BTreeSet::new(),
+            by_recent: BTreeSet::new(),
+            at: vec![NONE; e.n_faces()],
+        };
+        for (id, m) in members {
+            for &s in &m {
+                idx.at[s as usize] = id;
+            }
+            idx.put(id, m);
         }
+        idx
     }
 
     /// Whether it still describes `c`.
@@ -60,6 +72,132 @@ impl ClusterIndex {
 
     pub fn n_clusters(&self) -> usize {
         self.members.len()
+    }
+
+    /// Brings it up to date with `c` by the events committed since it was: false (and then it
+    /// must be rebuilt) when they are no longer held or do not fit it. Events are read as the
+    /// replay property reads them: a move takes the face to its new cluster from wherever it is.
+    pub fn follow(&mut self, c: &Clusterer) -> bool {
+        let Some(events) = c.events_since(self.version.1) else {
+            return false;
+        };
+        let e = c.engine();
+        self.at.resize(e.n_faces(), NONE);
+        for ev in events {
+            let seq = |face_id: &str| e.seq_of(face_id);
+            let ok = match ev {
+                Event::FaceAssigned {
+                    face_id,
+                    cluster_id,
+                    ..
+                } => seq(face_id).is_some_and(|s| self.place(s, *cluster_id)),
+                Event::ClustersMerged { into, from, .. } => self.merge(*into, *from),
+                Event::FaceMoved { face_id, to, .. } => {
+                    seq(face_id).is_some_and(|s| self.place(s, *to))
+                }
+                Event::FaceErased { face_id, .. } => {
+                    seq(face_id).is_some_and(|s| self.place(s, NONE))
+                }
+                // Sizes and members change by the events above (a split's faces move one by one).
+                Event::ClusterCreated { .. }
+                | Event::ClusterSplit { .. }
+                | Event::ClusterNamed { .. }
+                | Event::FeedbackApplied { .. } => true,
+                Event::Reclustered { .. } => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.version = version(c);
+        true
+    }
+
+    /// Face `s` leaves its cluster (if any) for `to` (`NONE`: for none).
+    fn place(&mut self, s: u32, to: u64) -> bool {
+        let Some(&from) = self.at.get(s as usize) else {
+            return false;
+        };
+        if from == to {
+            return true;
+        }
+        if from != NONE && !self.remove(from, s) {
+            return false;
+        }
+        self.at[s as usize] = to;
+        to == NONE || self.add(to, s)
+    }
+
+    fn keys(id: u64, m: &[u32]) -> ((Reverse<usize>, u64), (Reverse<u32>, u64)) {
+        (
+            (Reverse(m.len()), id),
+            (Reverse(m.last().copied().unwrap_or(0)), id),
+        )
+    }
+
+    /// Takes cluster `id` out of the orders and the members.
+    fn take(&mut self, id: u64) -> Option<Vec<u32>> {
+        let m = self.members.remove(&id)?;
+        let (a, b) = Self::keys(id, &m);
+        self.by_size.remove(&a);
+        self.by_recent.remove(&b);
+        Some(m)
+    }
+
+    /// Puts cluster `id` with members `m` (sorted) in; an empty one is gone.
+    fn put(&mut self, id: u64, m: Vec<u32>) {
+        if m.is_empty() {
+            return;
+        }
+        let (a, b) = Self::keys(id, &m);
+        self.by_size.insert(a);
+        self.by_recent.insert(b);
+        self.members.insert(id, m);
+    }
+
+    fn add(&mut self, id: u64, s: u32) -> bool {
+        let mut m = self.take(id).unwrap_or_default();
+        let at = m.partition_point(|&x| x < s);
+        let fresh = m.get(at) != Some(&s);
+        if fresh {
+            m.insert(at, s);
+        }
+        self.put(id, m);
+        fresh
+    }
+
+    fn remove(&mut self, id: u64, s: u32) -> bool {
+        let Some(mut m) = self.take(id) else {
+            return false;
+        };
+        let found = m.binary_search(&s).map(|at| m.remove(at)).is_ok();
+        self.put(id, m);
+        found
+    }
+
+    fn merge(&mut self, into: u64, from: u64) -> bool {
+        let Some(f) = self.take(from) else {
+            return false;
+        };
+        for &s in &f {
+            if let Some(x) = self.at.get_mut(s as usize) {
+                *x = into;
+            }
+        }
+        let i = self.take(into).unwrap_or_default();
+        let mut m = Vec::with_capacity(i.len() + f.len());
+        let (mut a, mut b) = (i.into_iter().peekable(), f.into_iter().peekable());
+        while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+            if x < y {
+                m.extend(a.next());
+            } else {
+                m.extend(b.next());
+            }
+        }
+        m.extend(a);
+        m.extend(b);
+        self.put(into, m);
+        true
     }
 }
 
@@ -124,17 +262,13 @@ pub fn clusters(
     after: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<ClusterSummary>, Option<u64>), String> {
-    let list = match order {
-        Order::Size => &idx.by_size,
-        Order::Recent => &idx.by_recent,
-    };
     // A cursor names the last cluster of the previous page; the next page starts after that
     // cluster's place in the current order. Between pages of a live state, clusters that moved
     // may be skipped or seen twice; a cursor whose cluster merged away is refused.
-    let start = match after {
-        None => 0,
-        Some(id) => match list.iter().position(|x| *x == id) {
-            Some(p) => p + 1,
+    let cursor = match after {
+        None => None,
+        Some(id) => match idx.members.get(&id) {
+            Some(m) => Some(ClusterIndex::keys(id, m)),
             None => {
                 return Err(format!(
                     "cursor {id}: no such cluster any more; start again without a cursor"
@@ -142,20 +276,32 @@ pub fn clusters(
             }
         },
     };
+    let list: Box<dyn Iterator<Item = u64>> = match (order, cursor) {
+        (Order::Size, None) => Box::new(idx.by_size.iter().map(|k| k.1)),
+        (Order::Size, Some((k, _))) => Box::new(
+            idx.by_size
+                .range((Bound::Excluded(k), Bound::Unbounded))
+                .map(|k| k.1),
+        ),
+        (Order::Recent, None) => Box::new(idx.by_recent.iter().map(|k| k.1)),
+        (Order::Recent, Some((_, k))) => Box::new(
+            idx.by_recent
+                .range((Bound::Excluded(k), Bound::Unbounded))
+                .map(|k| k.1),
+        ),
+    };
     let e = c.engine();
     // With `unnamed`, named clusters are skipped (they still hold their place for cursors).
-    let mut shown = list[start.min(list.len())..]
-        .iter()
-        .filter(|id| !unnamed || e.cluster_name(**id).is_none());
+    let mut shown = list.filter(|id| !unnamed || e.cluster_name(*id).is_none());
     let page: Vec<ClusterSummary> = shown
         .by_ref()
         .take(limit)
         .map(|id| {
-            let m = &idx.members[id];
+            let m = &idx.members[&id];
             ClusterSummary {
-                cluster_id: *id,
+                cluster_id: id,
                 domain: domain.to_string(),
-                name: e.cluster_name(*id).map(str::to_string),
+                name: e.cluster_name(id).map(str::to_string),
                 size: m.len(),
                 newest_face_id: e.face_id(*m.last().unwrap_or(&0)).to_string(),
             }

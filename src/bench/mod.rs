@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod embed;
+pub mod operator;
 
 use std::time::Instant;
 
@@ -46,6 +47,9 @@ pub struct BenchReport {
     /// The same, less the two stored copies of each vector (engine and HNSW).
     pub rss_bytes_per_face_beyond_vectors: f64,
     pub sled_bytes_on_disk: u64,
+    /// The operator API over the state built (`bench --operator`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<operator::OperatorReport>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -203,5 +207,6 @@ pub fn run(
         rss_bytes_per_face: rss,
         rss_bytes_per_face_beyond_vectors: rss - (2 * dim * 4) as f64,
         sled_bytes_on_disk: c.store().size_on_disk(),
+        operator: None,
     })
 }

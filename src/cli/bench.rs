@@ -32,6 +32,13 @@ pub struct Args {
     pub state: Option<PathBuf>,
     #[arg(long)]
     pub keep: bool,
+    /// Then serve the operator API over the state built and measure it over HTTP (read,
+    /// search, feedback, read after a write, erasure, compaction): `operator` in the report.
+    #[arg(long)]
+    pub operator: bool,
+    /// Requests of each kind the operator phase makes (writes: a tenth of it).
+    #[arg(long, default_value_t = 1000)]
+    pub ops: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -47,6 +54,8 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         synthetic_settings,
         state,
         keep,
+        operator,
+        ops,
         json,
     } = args;
     let tmp;
@@ -84,11 +93,23 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         None => (None, "synthetic".to_string()),
     };
     let step = (faces / 20).max(1);
-    let report = crate::bench::run(&cfg, faces, batch, window, seed, data, &vectors, &|i| {
+    let data = match (data, operator) {
+        (None, true) => Some(
+            crate::eval::synth::generate(crate::eval::synth::SynthParams::new(faces, dim, seed))
+                .data,
+        ),
+        (d, _) => d,
+    };
+    let kept = if operator { data.clone() } else { None };
+    let mut report = crate::bench::run(&cfg, faces, batch, window, seed, data, &vectors, &|i| {
         if i % step == 0 || i == faces {
             eprintln!("  {i} faces");
         }
     })?;
+    if let Some(data) = kept {
+        eprintln!("operator API: {ops} requests of each kind");
+        report.operator = Some(crate::bench::operator::run(&cfg, &data, ops, seed)?);
+    }
     if !keep {
         let _ = std::fs::remove_dir_all(&state);
     }

@@ -121,7 +121,7 @@ fn encode(s: &str) -> String {
 }
 
 /// One HTTP/1.1 request over a plain connection: (status, JSON body).
-fn http(
+pub(crate) fn http(
     addr: &str,
     method: &str,
     path: &str,

@@ -113,7 +113,7 @@ impl Clusterer {
             .collect();
         let events = self.engine.erase(seqs, reason);
         if !seqs.is_empty() {
-            self.store.commit(&self.engine.take_changes(), positions)?;
+            self.commit_engine(&Default::default(), positions)?;
         } else if !positions.is_empty() {
             self.store.commit_positions(positions)?;
         }

@@ -68,7 +68,13 @@ pub struct Clusterer {
     calibration: crate::engine::calibrate::CalibrationParams,
     /// The configuration the engine is rebuilt from once the decision is made.
     cfg: Config,
+    /// The latest committed events (`RECENT_EVENTS` at most), so that readers who keep a view
+    /// of the clusters (the API's listing) follow the changes instead of rebuilding it.
+    recent: std::collections::VecDeque<(u64, Event)>,
 }
+
+/// How many committed events `Clusterer::events_since` can hand out.
+pub const RECENT_EVENTS: usize = 1 << 16;
 
 /// The fingerprint a configuration gives its state.
 pub fn fingerprint(cfg: &Config) -> Fingerprint {
@@ -393,6 +399,7 @@ impl Clusterer {
             waiting,
             calibration,
             cfg: cfg.clone(),
+            recent: std::collections::VecDeque::new(),
         };
         // A compaction that an erasure called for and a crash interrupted.
         this.compact_if_due()?;
@@ -486,6 +493,37 @@ impl Clusterer {
         &self.store
     }
 
+    /// Takes the engine's changes and commits them (fsync) with the warm-up's and `positions`;
+    /// their events join the recent ones.
+    pub(crate) fn commit_engine(
+        &mut self,
+        warmup: &crate::store::Warmup,
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), ClustererError> {
+        let changes = self.engine.take_changes();
+        self.store.commit_with(&changes, warmup, positions)?;
+        for (seq, _, e) in changes.events {
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, e));
+        }
+        Ok(())
+    }
+
+    /// The committed events from event sequence `from` on, when this process still holds every
+    /// one of them (`None`: some are older than the last `RECENT_EVENTS`, or were committed
+    /// before this process opened the state).
+    pub fn events_since(&self, from: u64) -> Option<impl Iterator<Item = &Event>> {
+        let next = self.engine.counters().next_event_seq;
+        let first = self.recent.front().map_or(next, |r| r.0);
+        if from < first || from > next {
+            return None;
+        }
+        let skip = ((from - first) as usize).min(self.recent.len());
+        Some(self.recent.range(skip..).map(|(_, e)| e))
+    }
+
     /// Applies one batch in stream order: each face is checked, waits for the calibration
     /// decision while there is none, then goes into the engine; then one store commit (fsync)
     /// with `positions` (the input offsets this batch ends at). Only after it returns may the
@@ -517,8 +555,7 @@ impl Clusterer {
                     if (seq + 1) % self.snapshot_every == 0 {
                         // The snapshot may only cover what is durable.
                         let w = std::mem::take(&mut warmup);
-                        self.store
-                            .commit_with(&self.engine.take_changes(), &w, &[])?;
+                        self.commit_engine(&w, &[])?;
                         snapshot(
                             &self.store,
                             &self.index_dir,
@@ -535,8 +572,7 @@ impl Clusterer {
                 Err(e) => res.rejected.push((i, e)),
             }
         }
-        self.store
-            .commit_with(&self.engine.take_changes(), &warmup, positions)?;
+        self.commit_engine(&warmup, positions)?;
         res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
     }
@@ -565,7 +601,7 @@ impl Clusterer {
             None => self.engine.apply_feedback(cmd),
         };
         if matches!(&r, Ok((report, _)) if !report.duplicate) {
-            self.store.commit(&self.engine.take_changes(), positions)?;
+            self.commit_engine(&Default::default(), positions)?;
         } else if !positions.is_empty() {
             self.store.commit_positions(positions)?;
         }

@@ -114,9 +114,12 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     // The calibration, decided as a new stream under this configuration would decide it.
     let calibration = cfg.calibration_params().map_err(ClustererError::from)?;
     if faces.is_empty() {
-        return Err(ReclusterError::Refused(
-            "the state holds no live face: nothing to re-cluster".into(),
-        ));
+        let waiting = old.waiting()?.len();
+        return Err(ReclusterError::Refused(if waiting > 0 {
+            format!("the state is still in its calibration warm-up ({waiting} faces wait, none is clustered yet): open it with the configuration it was made with until it decides, or replay the stream into a new store.path")
+        } else {
+            "the state holds no live face: nothing to re-cluster".into()
+        }));
     }
     let decision = if calibration.needs_warmup() {
         let mut rows = Vec::with_capacity(calibration.warmup * d);

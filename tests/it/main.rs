@@ -14,6 +14,7 @@ mod engine_props;
 mod erase;
 mod feedback;
 mod layout;
+mod listing;
 mod locate;
 mod logs;
 mod prep;

@@ -14,7 +14,8 @@ use rand::SeedableRng;
 
 use crate::support::{clustered_vectors, small_config};
 
-fn faces(vs: &[Vec<f32>], from: usize) -> Vec<Face> {
+/// Faces `f<from>..` of `vs`, two to a photo, from three cameras.
+pub(crate) fn faces(vs: &[Vec<f32>], from: usize) -> Vec<Face> {
     vs.iter()
         .enumerate()
         .map(|(i, v)| Face {
