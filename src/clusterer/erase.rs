@@ -7,8 +7,6 @@
 //! (the structure an index built from the store after a crash has too), dumps it, and records
 //! the dump and forgets the tombstone vectors in one batch.
 
-use tracing::info;
-
 use super::*;
 
 /// What to erase.
@@ -159,49 +157,5 @@ impl Clusterer {
                 .filter(|&s| !engine.is_erased(s))
                 .collect(),
         }))
-    }
-
-    /// Compacts when the tombstones reach `index.compact_fraction` of the index's points.
-    pub(super) fn compact_if_due(&mut self) -> Result<bool, ClustererError> {
-        let idx = self.engine.index();
-        let removed = idx.n_removed();
-        let due = removed > 0
-            && removed as f64 >= f64::from(self.cfg.index.compact_fraction) * idx.len() as f64;
-        if due {
-            self.compact()?;
-        }
-        Ok(due)
-    }
-
-    /// Rebuilds the index from the live faces' stored vectors in sequence order, without the
-    /// tombstones, swaps it in and dumps it; the tombstones' vectors are then forgotten.
-    pub fn compact(&mut self) -> Result<(), ClustererError> {
-        let started = std::time::Instant::now();
-        let mut fresh = HnswIndex::new(self.cfg.hnsw_params());
-        self.store.for_each_indexed(|seq, v| fresh.insert(seq, v))?;
-        let dropped: Vec<u32> = self
-            .store
-            .tombstoned()?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        let n = self.engine.n_faces() as u32;
-        let before = self.engine.index().len();
-        *self.engine_mut().index_mut() = fresh;
-        snapshot(
-            &self.store,
-            &self.index_dir,
-            self.engine.index(),
-            n,
-            &dropped,
-        )?;
-        info!(
-            points_before = before,
-            points = self.engine.index().len(),
-            dropped = dropped.len(),
-            seconds = started.elapsed().as_secs_f64(),
-            "HNSW index compacted: erased faces' points are gone from memory and disk"
-        );
-        Ok(())
     }
 }

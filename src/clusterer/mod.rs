@@ -19,6 +19,7 @@ use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
 
+mod compact;
 mod control;
 mod erase;
 mod recluster;
@@ -71,6 +72,10 @@ pub struct Clusterer {
     /// The latest committed events (`RECENT_EVENTS` at most), so that readers who keep a view
     /// of the clusters (the API's listing) follow the changes instead of rebuilding it.
     recent: std::collections::VecDeque<(u64, Event)>,
+    /// A compaction under way beside the stream (`compact.rs`).
+    rebuild: Option<compact::Rebuild>,
+    /// Compactions this process finished.
+    compactions: u64,
 }
 
 /// How many committed events `Clusterer::events_since` can hand out.
@@ -400,8 +405,12 @@ impl Clusterer {
             calibration,
             cfg: cfg.clone(),
             recent: std::collections::VecDeque::new(),
+            rebuild: None,
+            compactions: 0,
         };
-        // A compaction that an erasure called for and a crash interrupted.
+        // A compaction under way beside the stream, or one that an erasure called for and a
+        // crash interrupted.
+        this.resume_rebuild()?;
         this.compact_if_due()?;
         Ok(this)
     }
@@ -552,6 +561,16 @@ impl Clusterer {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);
+                    if self.rebuild.is_some() {
+                        let v = self.engine.indexed_vector_of_new(seq).to_vec();
+                        if self.rebuild_step(seq, &v)? {
+                            // The dump may only cover what is durable.
+                            let w = std::mem::take(&mut warmup);
+                            self.commit_engine(&w, &[])?;
+                            self.finish_rebuild()?;
+                            self.compact_if_due()?;
+                        }
+                    }
                     if (seq + 1) % self.snapshot_every == 0 {
                         // The snapshot may only cover what is durable.
                         let w = std::mem::take(&mut warmup);
@@ -650,10 +669,22 @@ fn snapshot(
     covers: u32,
     dropped: &[u32],
 ) -> Result<(), ClustererError> {
+    snapshot_of(store, dir, index, covers, dropped, false)
+}
+
+/// As `snapshot`; with `compaction`, the dump of a compaction, which ends any rebuild under way.
+fn snapshot_of(
+    store: &Store,
+    dir: &Path,
+    index: &HnswIndex,
+    covers: u32,
+    dropped: &[u32],
+    compaction: bool,
+) -> Result<(), ClustererError> {
     let points = index.len() as u32;
     // An empty index has nothing to dump (hnsw_rs cannot): the store rebuilds it, empty.
     let name = if points == 0 {
-        store.set_snapshot_compacted(None, dropped)?;
+        store.set_snapshot_compacted(None, dropped, compaction)?;
         String::new()
     } else {
         let name = index.dump(dir, &basename(covers, points))?;
@@ -664,6 +695,7 @@ fn snapshot(
                 points: Some(points),
             }),
             dropped,
+            compaction,
         )?;
         name
     };

@@ -223,6 +223,9 @@ pub struct IndexConfig {
     /// Erased faces stay in the HNSW structure as filtered tombstones until they are this
     /// fraction of its points; then the index is rebuilt without them (0: after every erasure).
     pub compact_fraction: f32,
+    /// A compaction rebuilds the index on a worker beside the stream and swaps it in after this
+    /// many new faces per live point it holds. 0: at once, blocking the domain.
+    pub compact_window: f32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -284,6 +284,13 @@ impl Config {
                 "must be in [0, 1]",
             ));
         }
+        if !(0.0..=100.0).contains(&i.compact_window) {
+            return Err(bad(
+                "index.compact_window",
+                i.compact_window,
+                "must be in [0, 100]",
+            ));
+        }
         if self.store.path.as_os_str().is_empty() {
             return Err(bad("store.path", "\"\"", "must name a directory"));
         }

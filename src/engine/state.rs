@@ -251,6 +251,15 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         &self.proxies[seq as usize * d..(seq as usize + 1) * d]
     }
 
+    /// The vector face `seq`, applied and not yet taken in a change set, was indexed with (its
+    /// proxy as inserted).
+    pub fn indexed_vector_of_new(&self, seq: u32) -> &[f32] {
+        match self.changes.new_faces.iter().rev().find(|f| f.seq == seq) {
+            Some(f) => &f.proxy,
+            None => self.proxy(seq),
+        }
+    }
+
     /// Takes the changes recorded since the last call.
     pub fn take_changes(&mut self) -> ChangeSet {
         let mut cs = std::mem::take(&mut self.changes);

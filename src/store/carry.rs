@@ -67,4 +67,50 @@ impl Store {
         }
         self.write(b)
     }
+
+    /// The compaction under way beside the stream, if any (`m:rebuild`).
+    pub fn rebuild(&self) -> Result<Option<RebuildRecord>, StoreError> {
+        match self.get(b"m:rebuild")? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| self.corrupt("m:rebuild", &e.to_string())),
+        }
+    }
+
+    /// Records a compaction started beside the stream (fsync); a compaction's dump ends it.
+    pub fn set_rebuild(&self, r: &RebuildRecord) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        let v = serde_json::to_vec(r).map_err(|e| self.corrupt("m:rebuild", &e.to_string()))?;
+        b.insert(&b"m:rebuild"[..], v);
+        self.write(b)
+    }
+
+    /// The vector face `seq` is indexed with: its `v:` proxy, or, erased and still a tombstone
+    /// of the index, its `z:` vector.
+    pub fn indexed_vector(&self, seq: u32) -> Result<Option<Vec<f32>>, StoreError> {
+        let k = seq.to_be_bytes();
+        if let Some(v) = self.get(&key(b'v', &k))? {
+            let (_, proxy, _) = decode_face_vectors(&v, self.dim)
+                .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
+            return Ok(Some(proxy));
+        }
+        match self.get(&key(b'z', &k))? {
+            None => Ok(None),
+            Some(v) => decode_f32s(&v, self.dim)
+                .map(Some)
+                .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding")),
+        }
+    }
+}
+
+/// A compaction under way beside the stream: decided when the state held `covers` faces; the
+/// new index holds every face below it but the erased ones the old index held then
+/// (`dropped`, sorted), and every face from it on; it replaces the old one when the state
+/// holds `swap_at` faces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuildRecord {
+    pub covers: u32,
+    pub dropped: Vec<u32>,
+    pub swap_at: u32,
 }

@@ -29,6 +29,7 @@
 //!   a crash is the same structure; removed with the snapshot of the compacted index
 
 mod carry;
+pub use carry::{Position, RebuildRecord};
 mod codec;
 mod load;
 mod outbox;
@@ -572,7 +573,7 @@ impl Store {
     }
 
     pub fn set_snapshot(&self, info: &SnapshotInfo) -> Result<(), StoreError> {
-        self.set_snapshot_compacted(Some(info), &[])
+        self.set_snapshot_compacted(Some(info), &[], false)
     }
 
     /// Records a snapshot and, in the same batch, forgets the `z:` vectors of the erased faces
@@ -582,6 +583,7 @@ impl Store {
         &self,
         info: Option<&SnapshotInfo>,
         dropped: &[u32],
+        compaction: bool,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         match info {
@@ -594,6 +596,10 @@ impl Store {
         }
         for s in dropped {
             b.remove(key(b'z', &s.to_be_bytes()));
+        }
+        if compaction {
+            // A compaction's dump: a rebuild under way (`m:rebuild`) is done or void.
+            b.remove(&b"m:rebuild"[..]);
         }
         self.write(b)
     }

@@ -221,8 +221,15 @@ fn an_erased_face_leaves_every_search() {
     assert_eq!((idx.len(), idx.n_removed()), (2, 1));
 }
 
-fn config(dir: &std::path::Path, compact_fraction: &str) -> clip_cluster::config::Config {
-    small_config(dir, &[("INDEX__COMPACT_FRACTION", compact_fraction)])
+/// `compact` is (`index.compact_fraction`, `index.compact_window`).
+fn config(dir: &std::path::Path, compact: (&str, &str)) -> clip_cluster::config::Config {
+    small_config(
+        dir,
+        &[
+            ("INDEX__COMPACT_FRACTION", compact.0),
+            ("INDEX__COMPACT_WINDOW", compact.1),
+        ],
+    )
 }
 
 /// Batches of 20 faces (each redelivering the first face, which may be erased), then an
@@ -271,11 +278,32 @@ fn run(c: &mut Clusterer, vs: &[Vec<f32>], batches: std::ops::Range<usize>) {
     }
 }
 
-fn state(c: &Clusterer) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>, usize) {
+/// Assignments, events, faces erased, and the index: its points, its tombstones, the faces a
+/// compaction beside the stream still needs, and the neighbours of a few probes (the structure
+/// as searches see it).
+#[allow(clippy::type_complexity)]
+fn state(
+    c: &Clusterer,
+) -> (
+    Vec<u64>,
+    BTreeMap<u64, serde_json::Value>,
+    usize,
+    (usize, usize, Option<usize>, Vec<Vec<u32>>),
+) {
+    let idx = c.engine().index();
+    let probes = (0..5u32)
+        .map(|i| {
+            idx.search(c.engine().proxy(i * 7), 8)
+                .into_iter()
+                .map(|n| n.seq)
+                .collect()
+        })
+        .collect();
     (
         c.engine().assignments(),
         crate::support::outbox_events(c),
         c.engine().n_erased(),
+        (idx.len(), idx.n_removed(), c.rebuild_pending(), probes),
     )
 }
 
@@ -283,11 +311,28 @@ fn state(c: &Clusterer) -> (Vec<u64>, BTreeMap<u64, serde_json::Value>, usize) {
 fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let vs = clustered_vectors(&mut rng, 200, 6);
-    // 0.2: compactions happen part-way; 1.0: never (tombstones replayed from z: records).
-    for fraction in ["0.2", "1.0"] {
+    // 0.2: compactions happen part-way, at once (window 0) or beside the stream (a window of
+    // as many faces as the index holds live points, over several batches; one stop falls
+    // after faces of a window were applied); 1.0: never (tombstones replayed from z: records).
+    for compact in [("0.2", "0"), ("0.2", "1"), ("1.0", "1")] {
+        let fraction = compact.0;
         let full = tempfile::tempdir().unwrap();
-        let mut a = Clusterer::open(&config(full.path(), fraction)).unwrap();
-        run(&mut a, &vs, 0..10);
+        let mut a = Clusterer::open(&config(full.path(), compact)).unwrap();
+        let mut pending_at = Vec::new();
+        for b in 0..10 {
+            run(&mut a, &vs, b..b + 1);
+            if a.rebuild_pending().is_some() {
+                pending_at.push(b + 1);
+            }
+        }
+        // Stops: a few fixed ones, and one inside a compaction's window after faces of it.
+        let mut stops = vec![1, 4, 7];
+        let inside = pending_at
+            .windows(2)
+            .find(|w| w[1] == w[0] + 1 && w[1] < 10);
+        if fraction == "0.2" && compact.1 != "0" {
+            stops.push(inside.expect("a window spans batches")[1]);
+        }
         let want = state(&a);
         assert!(want.2 > 20, "faces were erased: {}", want.2);
         // The erased faces' records are gone; the ids stay refused.
@@ -305,23 +350,19 @@ fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
             assert!(removed < want.2, "a compaction dropped points: {removed}");
         }
         drop(a);
-        for stop in [1, 4, 7] {
+        for stop in stops {
             let d = tempfile::tempdir().unwrap();
-            let mut b = Clusterer::open(&config(d.path(), fraction)).unwrap();
+            let mut b = Clusterer::open(&config(d.path(), compact)).unwrap();
             run(&mut b, &vs, 0..stop);
             drop(b);
-            let mut b = Clusterer::open(&config(d.path(), fraction)).unwrap();
+            let mut b = Clusterer::open(&config(d.path(), compact)).unwrap();
             run(&mut b, &vs, stop..10);
-            assert_eq!(
-                state(&b),
-                want,
-                "fraction {fraction}, stopped at batch {stop}"
-            );
+            assert_eq!(state(&b), want, "{compact:?}, stopped at batch {stop}");
         }
     }
     // A compaction asked for at once leaves no tombstone.
     let d = tempfile::tempdir().unwrap();
-    let mut c = Clusterer::open(&config(d.path(), "1.0")).unwrap();
+    let mut c = Clusterer::open(&config(d.path(), ("1.0", "1"))).unwrap();
     run(&mut c, &vs, 0..2);
     let (r, _) = c
         .erase(&EraseTarget::Face("f30".into()), true)
@@ -335,7 +376,7 @@ fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
         .unwrap()
         .is_err());
     drop(c);
-    let c = Clusterer::open(&config(d.path(), "1.0")).unwrap();
+    let c = Clusterer::open(&config(d.path(), ("1.0", "1"))).unwrap();
     assert!(c.engine().is_erased(30));
 }
 
@@ -351,7 +392,9 @@ fn retention_forgets_the_oldest_faces_first_and_boundedly() {
         .as_millis() as u64;
     let day = 86_400_000u64;
     let d = tempfile::tempdir().unwrap();
-    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    // Compaction at once: every face gone leaves an empty index (no dump).
+    let sync = [("INDEX__COMPACT_WINDOW", "0")];
+    let mut c = Clusterer::open(&small_config(d.path(), &sync)).unwrap();
     // f0..f9: captured 10..1 days ago; f10..f19: in the future; f20..: no capture time.
     let faces: Vec<Face> = vs
         .iter()
@@ -388,7 +431,7 @@ fn retention_forgets_the_oldest_faces_first_and_boundedly() {
     assert_eq!(expired(&mut c, now, 4), ["f4", "f5", "f6"]);
     assert!(expired(&mut c, now, 4).is_empty());
     drop(c);
-    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    let mut c = Clusterer::open(&small_config(d.path(), &sync)).unwrap();
     for i in 0..7 {
         let s = c.engine().seq_of(&format!("f{i}")).unwrap();
         assert!(c.engine().is_erased(s), "f{i} stays erased");
@@ -405,7 +448,7 @@ fn retention_forgets_the_oldest_faces_first_and_boundedly() {
     // Every face gone: the index is empty (no dump), and the state opens and goes on.
     assert_eq!(c.engine().index().len(), 0);
     drop(c);
-    let mut c = Clusterer::open(&small_config(d.path(), &[])).unwrap();
+    let mut c = Clusterer::open(&small_config(d.path(), &sync)).unwrap();
     assert_eq!(c.engine().n_erased(), 40);
     let r = c.apply(&[Face::new("new", vs[0].clone())], &[]).unwrap();
     assert_eq!(r.applied, 1);
