@@ -232,17 +232,7 @@ impl Clusterer {
                 index.remove(s);
             }
         }
-        let before = self.engine.index().len();
-        *self.engine_mut().index_mut() = index;
-        self.compactions += 1;
-        snapshot_of(
-            &self.store,
-            &self.index_dir,
-            self.engine.index(),
-            n,
-            &r.record.dropped,
-            true,
-        )?;
+        let before = self.install(index, n, &r.record.dropped)?;
         info!(
             points_before = before,
             points = self.engine.index().len(),
@@ -268,18 +258,7 @@ impl Clusterer {
             .into_iter()
             .map(|(s, _)| s)
             .collect();
-        let n = self.engine.n_faces() as u32;
-        let before = self.engine.index().len();
-        *self.engine_mut().index_mut() = fresh;
-        self.compactions += 1;
-        snapshot_of(
-            &self.store,
-            &self.index_dir,
-            self.engine.index(),
-            n,
-            &dropped,
-            true,
-        )?;
+        let before = self.install(fresh, self.engine.n_faces() as u32, &dropped)?;
         info!(
             points_before = before,
             points = self.engine.index().len(),
@@ -288,6 +267,28 @@ impl Clusterer {
             "HNSW index compacted: erased faces' points are gone from memory and disk"
         );
         Ok(())
+    }
+
+    /// Swaps in a compacted `index` holding the faces below `covers`, dumps it and forgets the
+    /// vectors of the erased points it left out (`dropped`). Returns the old index's points.
+    fn install(
+        &mut self,
+        index: HnswIndex,
+        covers: u32,
+        dropped: &[u32],
+    ) -> Result<usize, ClustererError> {
+        let before = self.engine.index().len();
+        *self.engine_mut().index_mut() = index;
+        self.compactions += 1;
+        snapshot_of(
+            &self.store,
+            &self.index_dir,
+            self.engine.index(),
+            covers,
+            dropped,
+            true,
+        )?;
+        Ok(before)
     }
 
     /// Compactions this process finished (at once or beside the stream).

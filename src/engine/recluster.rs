@@ -86,15 +86,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let part = support::partition_with(region.len(), edges, self.params.support, &rules);
 
         // Parts in order of their oldest face.
-        let mut part_index: HashMap<u32, usize> = HashMap::new();
-        let mut parts: Vec<Vec<u32>> = Vec::new();
-        for (li, &x) in region.iter().enumerate() {
-            let p = *part_index.entry(part[li]).or_insert_with(|| {
-                parts.push(Vec::new());
-                parts.len() - 1
-            });
-            parts[p].push(x);
-        }
+        let (part_index, parts) = support::parts_of(&region, &part);
         // Old cluster -> (part -> faces there), and the part holding its oldest face (the
         // region is in sequence order, so the first face seen of it).
         let mut spread: BTreeMap<u64, BTreeMap<usize, u32>> = BTreeMap::new();

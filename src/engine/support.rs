@@ -40,6 +40,21 @@ impl Rules {
     }
 }
 
+/// The faces of `region` (sorted) grouped by their label in `part` (one per face), parts in
+/// order of their oldest face; and each label's part.
+pub(super) fn parts_of(region: &[u32], part: &[u32]) -> (HashMap<u32, usize>, Vec<Vec<u32>>) {
+    let mut part_index: HashMap<u32, usize> = HashMap::new();
+    let mut parts: Vec<Vec<u32>> = Vec::new();
+    for (li, &x) in region.iter().enumerate() {
+        let p = *part_index.entry(part[li]).or_insert_with(|| {
+            parts.push(Vec::new());
+            parts.len() - 1
+        });
+        parts[p].push(x);
+    }
+    (part_index, parts)
+}
+
 /// As `partition`, honouring constraints: an edge of score `f32::INFINITY` is a must-link (it
 /// merges whatever the support), and no merge joins a cannot-linked pair or two different tags.
 /// With constraints the cluster-level rule runs even at `support = 0` (every edge is supported
@@ -257,15 +272,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let part = partition_with(region.len(), edges, self.params.support, &rules);
 
         // Parts in order of their oldest face (labels are smallest members, region is sorted).
-        let mut part_index: HashMap<u32, usize> = HashMap::new();
-        let mut parts: Vec<Vec<u32>> = Vec::new();
-        for (li, &x) in region.iter().enumerate() {
-            let p = *part_index.entry(part[li]).or_insert_with(|| {
-                parts.push(Vec::new());
-                parts.len() - 1
-            });
-            parts[p].push(x);
-        }
+        let (_, parts) = parts_of(&region, &part);
         // Old labels (PENDING = the new face's own label) and each one's heir part.
         // label -> (part -> (count, oldest face))
         let mut spread: HashMap<u32, HashMap<usize, (u32, u32)>> = HashMap::new();
@@ -312,6 +319,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.comps[l as usize].size = 0;
             self.touch_comp(l);
         }
+        let mut merges = Vec::new();
         for (pi, faces) in parts.iter().enumerate() {
             let size = faces.len() as u32;
             let (label, id) = if let Some(&l) = heirs_of[pi].first() {
@@ -334,7 +342,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             };
             self.comps[label as usize].size = size;
             self.touch_comp(label);
-            // Merges: the other clusters this part is heir to.
+            // Merges: the other clusters this part is heir to, told after every part's splits
+            // and moves, so that a face leaving a merged cluster for another part leaves it
+            // before the cluster is gone.
             for &l in heirs_of[pi].iter().skip(1) {
                 let n_faces = spread[&l][&pi].0 as u64;
                 let gone = self.comps[l as usize].cluster_id;
@@ -342,14 +352,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     // The same name as the part's (different names never merge).
                     self.set_name(gone, None);
                 }
-                events.push(self.emit(
-                    cause,
-                    Event::ClustersMerged {
-                        into: id,
-                        from: self.comps[l as usize].cluster_id,
-                        n_faces,
-                    },
-                ));
+                merges.push(Event::ClustersMerged {
+                    into: id,
+                    from: gone,
+                    n_faces,
+                });
             }
             // Splits into a new cluster, then the faces that changed cluster without a merge.
             let is_new = heirs_of[pi].is_empty() && id != PENDING;
@@ -396,6 +403,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     ));
                 }
             }
+        }
+        for m in merges {
+            events.push(self.emit(cause, m));
         }
         let labels_after = self.labels_of(&region);
         self.live_comps = self.live_comps + labels_after.len() - labels_before.len();
