@@ -53,6 +53,12 @@ pub struct Metrics {
     pub face_to_event: Histogram,
     /// Faces in the index.
     pub index_faces: IntGauge,
+    /// Points of erased faces the index still holds (filtered from every result) until a
+    /// compaction.
+    pub index_tombstones: IntGauge,
+    /// Faces still to come before a compaction running beside the stream is swapped in (0: none
+    /// under way).
+    pub index_compaction_faces_left: IntGauge,
     /// Clusters (connected components), singletons included.
     pub clusters: IntGauge,
     pub merges: IntCounter,
@@ -221,6 +227,14 @@ impl Metrics {
                 "Time from consuming a face to the acknowledgement of its assignment event.",
             ),
             index_faces: gauge("index_faces", "Faces in the HNSW index."),
+            index_tombstones: gauge(
+                "index_tombstones",
+                "Points of erased faces the HNSW index still holds (filtered) until a compaction.",
+            ),
+            index_compaction_faces_left: gauge(
+                "index_compaction_faces_left",
+                "Faces still to come before the compaction running beside the stream is swapped in (0: none).",
+            ),
             clusters: gauge("clusters", "Clusters, singletons included."),
             merges: counter("merges_total", "Cluster merges."),
             splits: counter("splits_total", "Cluster splits."),

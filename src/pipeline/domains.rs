@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use super::{Daemon, Domain, OpenResult, PartitionKey, PipelineError, Slot, RETRY_BLOCKED};
 use crate::clusterer::{Clusterer, ClustererError};
 use crate::config::Config;
+use crate::index::NeighborIndex;
 use crate::pipeline::domain::{fresh_decision, Blocked, Fresh};
 use crate::sink::{DrainMode, Outbox};
 use crate::source::{committed_offset, one_partition, Change, Msg, SourceContext};
@@ -122,16 +123,20 @@ impl Daemon {
 
     /// Process totals from the open domains.
     pub(super) fn refresh_totals(&self) {
-        let (mut faces, mut clusters) = (0i64, 0i64);
+        let (mut faces, mut clusters, mut tombstones, mut left) = (0i64, 0i64, 0i64, 0i64);
         for d in self.domains.values() {
             {
                 let c = d.clusterer.lock();
                 faces += c.engine().n_faces() as i64;
                 clusters += c.engine().n_clusters() as i64;
+                tombstones += c.engine().index().n_removed() as i64;
+                left += c.rebuild_pending().unwrap_or(0) as i64;
             }
         }
         self.metrics.index_faces.set(faces);
         self.metrics.clusters.set(clusters);
+        self.metrics.index_tombstones.set(tombstones);
+        self.metrics.index_compaction_faces_left.set(left);
         self.metrics.domains_open.set(self.domains.len() as i64);
         let blocked = self
             .slots
