@@ -80,12 +80,7 @@ impl Clusterer {
         }
         let (points, live) = (idx.len(), idx.len() - removed);
         let covers = self.engine.n_faces() as u32;
-        let dropped: Vec<u32> = self
-            .store
-            .tombstoned()?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let dropped = self.store.tombstoned_seqs()?;
         let swap_at = covers + ((live as f64 * f64::from(window)).ceil() as u32).max(1);
         let record = RebuildRecord {
             covers,
@@ -110,7 +105,7 @@ impl Clusterer {
         // Live faces below `covers`, and those erased since (their `z:` vectors are kept while
         // the old index holds them).
         let mut base: Vec<u32> = (0..record.covers).filter(|&s| !e.is_erased(s)).collect();
-        for (s, _) in self.store.tombstoned()? {
+        for s in self.store.tombstoned_seqs()? {
             if s < record.covers && record.dropped.binary_search(&s).is_err() {
                 base.push(s);
             }
@@ -252,12 +247,7 @@ impl Clusterer {
         self.rebuild = None;
         let mut fresh = HnswIndex::new(self.cfg.hnsw_params());
         self.store.for_each_indexed(|seq, v| fresh.insert(seq, v))?;
-        let dropped: Vec<u32> = self
-            .store
-            .tombstoned()?
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let dropped = self.store.tombstoned_seqs()?;
         let before = self.install(fresh, self.engine.n_faces() as u32, &dropped)?;
         info!(
             points_before = before,

@@ -604,6 +604,17 @@ impl Store {
         self.write(b)
     }
 
+    /// The sequence numbers of the erased faces the index still holds as tombstones (`z:`), in
+    /// order, without reading their vectors.
+    pub fn tombstoned_seqs(&self) -> Result<Vec<u32>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.db.scan_prefix(b"z:").keys() {
+            let k = k.map_err(|e| self.iter_err(e))?;
+            out.push(seq_from_key(&k).ok_or_else(|| self.corrupt("z:", "short key"))?);
+        }
+        Ok(out)
+    }
+
     /// Erased faces whose vectors the index still holds as tombstones (`z:`), in order.
     pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>)>, StoreError> {
         let mut out = Vec::new();
