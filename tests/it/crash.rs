@@ -113,12 +113,16 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
         envs.push((format!("CLIP_CLUSTER__{k}"), v.to_string()));
     }
 
-    // Publish the stream gradually, so that the kills land all along it; at each checkpoint,
-    // wait until the daemon applied everything so far, then send a round of commands and wait
-    // until they are applied too, so the order of faces and commands is the feed's.
+    // Publish the stream gradually, in step with the kills (a chunk of faces per kill, so that
+    // the kills land all along it however fast the machine restarts the daemon); at each
+    // checkpoint, wait until the daemon applied everything so far, then send a round of
+    // commands and wait until they are applied too, so the order of faces and commands is the
+    // feed's.
+    let kills_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let feed = {
         let vs = vs.clone();
         let bootstrap = bootstrap.clone();
+        let kills_done = kills_done.clone();
         std::thread::spawn(move || {
             let p = producer(&bootstrap);
             let mut steps = Vec::new();
@@ -128,7 +132,14 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
                 steps.push(Step::Face(i));
                 if i % 100 == 99 {
                     p.flush(Duration::from_secs(10)).unwrap();
-                    std::thread::sleep(Duration::from_millis(1500));
+                    let chunk = (i + 1) / 100 * KILLS / (N / 100);
+                    let t = Instant::now();
+                    while kills_done.load(std::sync::atomic::Ordering::SeqCst) < chunk
+                        && t.elapsed() < Duration::from_secs(60)
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
                 }
                 let b = i + 1;
                 if b % CHECKPOINT_EVERY == 0 && b < N {
@@ -162,6 +173,7 @@ fn sigkill_at_random_points_with_commands_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3500)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        kills_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Progress as the durable state sees it (the process is gone, so the store is free).
         let c = Clusterer::open(&config(&bootstrap, &state, dim))
             .unwrap_or_else(|e| panic!("state after kill {k} does not open: {e}"));
