@@ -127,14 +127,7 @@ impl Clusterer {
                     if stopped() {
                         break;
                     }
-                    let v = store
-                        .indexed_vector(s)?
-                        .ok_or_else(|| StoreError::Corrupt {
-                            path: store.path().to_path_buf(),
-                            key: format!("v:{s}"),
-                            reason: "a face the compaction needs has no vector".into(),
-                        })?;
-                    index.insert(s, &v);
+                    index.insert(s, &store.indexed_vector(s)?);
                 }
                 for (s, v) in rx {
                     if stopped() {
@@ -167,14 +160,14 @@ impl Clusterer {
         self.rebuild = Some(self.start_rebuild(record)?);
         let n = self.engine.n_faces() as u32;
         for seq in covers..n.min(swap_at) {
-            let v = self.vector_of(seq)?;
+            let v = self.store.indexed_vector(seq)?;
             self.rebuild_step(seq, &v)?;
         }
         if n >= swap_at {
             self.finish_rebuild()?;
             // Faces after the swap went into the new index as they came.
             for later in swap_at..n {
-                let v = self.vector_of(later)?;
+                let v = self.store.indexed_vector(later)?;
                 self.engine.index_mut().insert(later, &v);
                 if self.engine.is_erased(later) {
                     self.engine.index_mut().remove(later);
@@ -182,17 +175,6 @@ impl Clusterer {
             }
         }
         Ok(())
-    }
-
-    fn vector_of(&self, seq: u32) -> Result<Vec<f32>, ClustererError> {
-        Ok(self
-            .store
-            .indexed_vector(seq)?
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.store.path().to_path_buf(),
-                key: format!("v:{seq}"),
-                reason: "a face the index holds has no vector".into(),
-            })?)
     }
 
     /// After face `seq` (indexed with `v`) was applied: handed to the worker. Returns whether

@@ -60,7 +60,7 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
             to.display()
         )));
     }
-    if from.canonicalize().ok().is_some() && from.canonicalize().ok() == to.canonicalize().ok() {
+    if matches!((from.canonicalize(), to.canonicalize()), (Ok(a), Ok(b)) if a == b) {
         return Err(ReclusterError::Refused(
             "the old and the new state are one directory".into(),
         ));
@@ -84,7 +84,6 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     let restored = old.load()?;
     let d = cfg.model.dim;
     let n_old = restored.face_ids.len();
-    let erased: std::collections::HashSet<u32> = restored.erased.iter().copied().collect();
     let cluster_of_label: HashMap<u32, u64> = restored
         .comps
         .iter()
@@ -93,27 +92,15 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     let variants: HashMap<u32, &Vec<f32>> =
         restored.variants.iter().map(|(s, v)| (*s, v)).collect();
 
-    // The faces, live ones in their old order.
-    let mut faces: Vec<(u32, Face)> = Vec::with_capacity(n_old);
-    for seq in 0..n_old as u32 {
-        if erased.contains(&seq) {
-            continue;
-        }
-        let s = seq as usize;
-        faces.push((
-            seq,
-            Face {
-                face_id: restored.face_ids[s].clone(),
-                vector: restored.identities[s * d..(s + 1) * d].to_vec(),
-                variants: variants.get(&seq).map(|v| v.to_vec()).unwrap_or_default(),
-                meta: old.face_meta(seq)?.unwrap_or_default(),
-            },
-        ));
-    }
+    // The live faces, in their old order; each is built from the stored records as it goes in.
+    let live: Vec<u32> = (0..n_old as u32)
+        .filter(|s| restored.erased.binary_search(s).is_err())
+        .collect();
+    let identity = |seq: u32| &restored.identities[seq as usize * d..(seq as usize + 1) * d];
 
     // The calibration, decided as a new stream under this configuration would decide it.
     let calibration = cfg.calibration_params().map_err(ClustererError::from)?;
-    if faces.is_empty() {
+    if live.is_empty() {
         let waiting = old.waiting()?.len();
         return Err(ReclusterError::Refused(if waiting > 0 {
             format!("the state is still in its calibration warm-up ({waiting} faces wait, none is clustered yet): open it with the configuration it was made with until it decides, or replay the stream into a new store.path")
@@ -123,8 +110,8 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     }
     let decision = if calibration.needs_warmup() {
         let mut rows = Vec::with_capacity(calibration.warmup * d);
-        for (_, f) in faces.iter().take(calibration.warmup) {
-            rows.extend_from_slice(&f.vector);
+        for &seq in live.iter().take(calibration.warmup) {
+            rows.extend_from_slice(identity(seq));
         }
         calibration.decide(&crate::engine::calibrate::profile(&rows, d))
     } else {
@@ -133,16 +120,22 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     log_decision(&decision);
     let (params, proxy, scorer) = stages_for(cfg, &decision)?;
     let mut hnsw = cfg.hnsw_params();
-    hnsw.capacity_hint = hnsw.capacity_hint.max(faces.len());
+    hnsw.capacity_hint = hnsw.capacity_hint.max(live.len());
     let mut engine = Engine::with_stages(params, HnswIndex::new(hnsw), proxy, scorer);
 
-    let mut new_seq: HashMap<u32, u32> = HashMap::with_capacity(faces.len());
-    let mut old_cluster: Vec<u64> = Vec::with_capacity(faces.len() + erased.len());
-    for (i, (seq, face)) in faces.iter().enumerate() {
+    let mut new_seq: HashMap<u32, u32> = HashMap::with_capacity(live.len());
+    let mut old_cluster: Vec<u64> = Vec::with_capacity(live.len());
+    for (i, &seq) in live.iter().enumerate() {
+        let face = Face {
+            face_id: restored.face_ids[seq as usize].clone(),
+            vector: identity(seq).to_vec(),
+            variants: variants.get(&seq).map(|v| v.to_vec()).unwrap_or_default(),
+            meta: old.face_meta(seq)?.unwrap_or_default(),
+        };
         match engine.insert_face(face.view()) {
             Ok((Outcome::Applied { seq: s }, _)) => {
-                new_seq.insert(*seq, s);
-                old_cluster.push(cluster_of_label[&restored.faces[*seq as usize].comp]);
+                new_seq.insert(seq, s);
+                old_cluster.push(cluster_of_label[&restored.faces[seq as usize].comp]);
             }
             other => {
                 return Err(ReclusterError::Refused(format!(
@@ -152,7 +145,7 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
             }
         }
         if (i + 1) % 100_000 == 0 {
-            info!(faces = i + 1, of = faces.len(), "recluster: faces inserted");
+            info!(faces = i + 1, of = live.len(), "recluster: faces inserted");
         }
     }
     // The insertions' events describe building the new state, not news for subscribers.
@@ -182,10 +175,8 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     let fresh_from = restored.counters.next_cluster_id;
     // Tombstones come after the live faces; their old cluster is never read.
     let regrouped = engine.regroup_as(&old_cluster, &names, fresh_from, &from_state);
-    for seq in 0..n_old as u32 {
-        if erased.contains(&seq) {
-            engine.add_tombstone(&restored.face_ids[seq as usize]);
-        }
+    for &seq in &restored.erased {
+        engine.add_tombstone(&restored.face_ids[seq as usize]);
     }
 
     // One commit: faces, clusters, names, commands, tombstones, events, decision, positions.
@@ -197,8 +188,8 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
         ..Default::default()
     };
     store.commit_with(&changes, &warmup, &old.positions()?)?;
-    let mut times = Vec::with_capacity(faces.len());
-    for (seq, _) in &faces {
+    let mut times = Vec::with_capacity(live.len());
+    for seq in &live {
         if let Some(at) = old.face_since(*seq)? {
             times.push((new_seq[seq], at));
         }
@@ -213,8 +204,8 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
         to: to.display().to_string(),
         from_state,
         state: store.state_id()?,
-        faces: faces.len() as u64,
-        erased: erased.len() as u64,
+        faces: live.len() as u64,
+        erased: restored.erased.len() as u64,
         commands: n_commands,
         regrouped,
         events,

@@ -87,18 +87,21 @@ impl Store {
     }
 
     /// The vector face `seq` is indexed with: its `v:` proxy, or, erased and still a tombstone
-    /// of the index, its `z:` vector.
-    pub fn indexed_vector(&self, seq: u32) -> Result<Option<Vec<f32>>, StoreError> {
+    /// of the index, its `z:` vector. A face the index holds always has one: none is corrupt
+    /// state.
+    pub fn indexed_vector(&self, seq: u32) -> Result<Vec<f32>, StoreError> {
         let k = seq.to_be_bytes();
         if let Some(v) = self.get(&key(b'v', &k))? {
             let (_, proxy, _) = decode_face_vectors(&v, self.dim)
                 .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
-            return Ok(Some(proxy));
+            return Ok(proxy);
         }
         match self.get(&key(b'z', &k))? {
-            None => Ok(None),
+            None => Err(self.corrupt(
+                &format!("v:{seq}"),
+                "a face the index holds has neither a vector nor a tombstone vector",
+            )),
             Some(v) => decode_f32s(&v, self.dim)
-                .map(Some)
                 .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding")),
         }
     }
