@@ -33,10 +33,19 @@ pub struct FaceMessage {
     /// Hallucinated variants of the face made upstream (the envelope's `hallucinated`, e.g. by
     /// an embedding worker with CLIP): whole vectors of `dim`, row after row; empty when none.
     pub variants: Vec<f32>,
+    /// A picture of the face sent with its embedding (the envelope's `thumbnail_b64`, e.g. by an
+    /// embedding worker that kept one); empty when none.
+    pub thumbnail: Vec<u8>,
 }
 
 /// Most hallucinated variants one message may carry.
 pub const MAX_VARIANTS: usize = 64;
+
+/// Largest thumbnail a message may carry, bytes (decoded).
+pub const MAX_THUMBNAIL_BYTES: usize = 64 * 1024;
+
+/// Longest `thumbnail_url`, bytes.
+pub const MAX_THUMBNAIL_URL: usize = 2048;
 
 /// What decoding a message checks it against: limits checked before anything is allocated for
 /// it, and where its face id may come from.
@@ -193,6 +202,10 @@ pub struct Envelope {
     /// `model.dim` values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hallucinated: Option<Vec<Vec<f64>>>,
+    /// A small JPEG/PNG/WebP picture of the face, base64 (with `embedding` only), kept for the
+    /// review page when `api.keep_thumbnails` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_b64: Option<String>,
 }
 
 /// The envelope as written: values as f32, so each prints in its shortest f32 form (about half
@@ -205,20 +218,24 @@ struct EnvelopeOut<'a> {
     embedding: &'a [f32],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     hallucinated: Vec<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnail_b64: Option<String>,
 }
 
 /// Serializes an embedding message (the format `produce` and `demo` write).
 pub fn embedding_envelope(face_id: &str, meta: &FaceMeta, embedding: &[f32]) -> Vec<u8> {
-    embedding_envelope_with(face_id, meta, embedding, &[])
+    embedding_envelope_with(face_id, meta, embedding, &[], &[])
 }
 
 /// As `embedding_envelope`, with the face's hallucinated variants (`variants`: whole vectors of
-/// the embedding's length, row after row), as embedding workers with CLIP write them.
+/// the embedding's length, row after row) and its thumbnail (none when empty), as embedding
+/// workers write them.
 pub fn embedding_envelope_with(
     face_id: &str,
     meta: &FaceMeta,
     embedding: &[f32],
     variants: &[f32],
+    thumbnail: &[u8],
 ) -> Vec<u8> {
     let hallucinated = if embedding.is_empty() {
         Vec::new()
@@ -230,6 +247,8 @@ pub fn embedding_envelope_with(
         meta,
         embedding,
         hallucinated,
+        thumbnail_b64: (!thumbnail.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(thumbnail)),
     })
     .unwrap_or_default()
 }
@@ -338,11 +357,25 @@ pub fn decode(
             }
             (Some(h), Payload::Embedding(_)) => check_variants(h, limits.dim)?,
         };
+        let thumbnail = match (env.thumbnail_b64, &payload) {
+            (None, _) => Vec::new(),
+            (Some(_), Payload::Image(_)) => {
+                return Err(reject(
+                    Reason::BadJson,
+                    "thumbnail_b64 comes with an embedding (an image's thumbnail is cut from it)",
+                ))
+            }
+            (Some(b64), Payload::Embedding(_)) => check_thumbnail(&b64)?,
+        };
+        if let Some(url) = &env.meta.thumbnail_url {
+            check_thumbnail_url(url)?;
+        }
         return Ok(FaceMessage {
             face_id,
             meta: env.meta,
             payload,
             variants,
+            thumbnail,
         });
     }
     if is_image(bytes) {
@@ -369,18 +402,66 @@ pub fn decode(
             quality: None,
             face_box: None,
             located: None,
+            thumbnail_url: None,
         };
         return Ok(FaceMessage {
             face_id,
             meta,
             payload: Payload::Image(bytes.to_vec()),
             variants: Vec::new(),
+            thumbnail: Vec::new(),
         });
     }
     Err(reject(
         Reason::UnknownFormat,
         "payload is neither a JSON envelope nor a JPEG/PNG/WebP image",
     ))
+}
+
+/// A thumbnail's base64: decoded, an image, within `MAX_THUMBNAIL_BYTES`.
+fn check_thumbnail(b64: &str) -> Result<Vec<u8>, Rejection> {
+    if b64.len() > MAX_THUMBNAIL_BYTES.div_ceil(3) * 4 + 4 {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("thumbnail_b64 is over {MAX_THUMBNAIL_BYTES} bytes"),
+        ));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| reject(Reason::BadBase64, format!("thumbnail_b64: {e}")))?;
+    if raw.len() > MAX_THUMBNAIL_BYTES {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("thumbnail_b64 is over {MAX_THUMBNAIL_BYTES} bytes"),
+        ));
+    }
+    if !is_image(&raw) {
+        return Err(reject(
+            Reason::UnknownFormat,
+            "thumbnail_b64 is not a JPEG, PNG or WebP image",
+        ));
+    }
+    Ok(raw)
+}
+
+/// A `thumbnail_url`: http(s), or a path on the API's host; no spaces or control characters.
+fn check_thumbnail_url(url: &str) -> Result<(), Rejection> {
+    let scheme_ok = url.starts_with("https://")
+        || url.starts_with("http://")
+        || (url.starts_with('/') && !url.starts_with("//"));
+    if url.len() > MAX_THUMBNAIL_URL {
+        return Err(reject(
+            Reason::TooLarge,
+            format!("thumbnail_url is over {MAX_THUMBNAIL_URL} bytes"),
+        ));
+    }
+    if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(reject(
+            Reason::BadJson,
+            format!("thumbnail_url {url:?}: an http(s) URL or a path starting with /, without spaces"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_variants(h: Vec<Vec<f64>>, dim: usize) -> Result<Vec<f32>, Rejection> {
@@ -523,6 +604,54 @@ mod tests {
     }
 
     #[test]
+    fn a_thumbnail_and_its_url_ride_with_the_embedding_and_are_checked() {
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
+        let meta = FaceMeta {
+            thumbnail_url: Some("https://photos.example/f1.jpg".into()),
+            ..Default::default()
+        };
+        let bytes = embedding_envelope_with("f1", &meta, &[1.0, 0.0, 0.0], &[], &jpeg);
+        let m = dec(None, &[], &bytes).unwrap();
+        assert_eq!((m.thumbnail, m.meta), (jpeg.to_vec(), meta));
+        let plain = embedding_envelope("f1", &FaceMeta::default(), &[1.0, 0.0, 0.0]);
+        assert!(!String::from_utf8_lossy(&plain).contains("thumbnail"));
+        let big = base64::engine::general_purpose::STANDARD
+            .encode(vec![0xFF; MAX_THUMBNAIL_BYTES + 1]);
+        for (payload, reason) in [
+            (
+                r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_b64":"!!"}"#.to_string(),
+                Reason::BadBase64,
+            ),
+            (
+                r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_b64":"aGVsbG8="}"#.to_string(),
+                Reason::UnknownFormat,
+            ),
+            (
+                format!(r#"{{"face_id":"a","embedding":[1,0,0],"thumbnail_b64":"{big}"}}"#),
+                Reason::TooLarge,
+            ),
+            (
+                r#"{"face_id":"a","image_b64":"AA==","thumbnail_b64":"/9j/"}"#.to_string(),
+                Reason::BadJson,
+            ),
+            (
+                r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_url":"javascript:alert(1)"}"#
+                    .to_string(),
+                Reason::BadJson,
+            ),
+            (
+                r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_url":"//evil/x"}"#.to_string(),
+                Reason::BadJson,
+            ),
+        ] {
+            let e = dec(None, &[], payload.as_bytes()).unwrap_err();
+            assert_eq!(e.reason, reason, "{e}");
+        }
+        let local = r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_url":"/crops/a.jpg"}"#;
+        assert!(dec(None, &[], local.as_bytes()).is_ok());
+    }
+
+    #[test]
     fn hallucinated_variants_ride_with_the_embedding_and_are_checked() {
         let meta = FaceMeta::default();
         let bytes = embedding_envelope_with(
@@ -530,6 +659,7 @@ mod tests {
             &meta,
             &[1.0, 0.0, 0.0],
             &[0.0, 1.0, 0.0, 0.5, 0.5, 0.0],
+            &[],
         );
         let m = dec(None, &[], &bytes).unwrap();
         assert_eq!(m.variants, vec![0.0, 1.0, 0.0, 0.5, 0.5, 0.0]);

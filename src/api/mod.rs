@@ -1,12 +1,16 @@
 //! The operator API: JSON over HTTP on `api.listen`, described by `schemas/openapi.json` (a
 //! test checks that it lists every route here).
 //!
+//! - `GET /v1/domains`: the open domains.
 //! - `GET /v1/faces/{face_id}`: a face, its cluster and origin; 404 when unknown.
-//! - `GET /v1/clusters?order=size|recent&unnamed=true&limit=N&cursor=C&domain=D`: a page of
-//!   clusters and the cursor of the next.
+//! - `GET /v1/faces/{face_id}/thumbnail`: its kept thumbnail (image bytes), else a redirect to
+//!   the producer's `thumbnail_url`, else 404.
+//! - `GET /v1/clusters?order=size|recent&unnamed=true&faces=N&limit=N&cursor=C&domain=D`: a page
+//!   of clusters (each with a strip of N faces) and the cursor of the next.
 //! - `GET /v1/clusters/{cluster_id}?limit=N&cursor=C&domain=D`: a cluster, a page of its faces,
 //!   its representative faces.
-//! - `POST /v1/search {embedding, k, domain}`: the nearest faces and their clusters.
+//! - `POST /v1/search {embedding | image_b64, k, domain}`: the nearest faces and their clusters
+//!   (an image is embedded as the stream's images are, where this daemon embeds).
 //! - `POST /v1/feedback {command_id, op, ..., domain}`: an operator command (`merge
 //!   {cluster_ids}`, `split {face_ids}`, `not_in_cluster {face_id, cluster_id}`, `assign
 //!   {face_id, cluster_id}`, `name {cluster_id, name}`, `undo {target_command_id}`; see
@@ -16,6 +20,8 @@
 //!
 //! - `DELETE /v1/faces/{face_id}`, `DELETE /v1/clusters/{cluster_id}`, `DELETE
 //!   /v1/sources/{source_id}` (`?domain=D&compact=true`): erasure (`erase.rs`).
+//! - `GET /ui`: the review page (`ui.rs`), static, served without a token (it holds no data;
+//!   everything it shows it reads through the routes above with the token the user gives it).
 //!
 //! Every request needs `Authorization: Bearer <token>` unless `api.public_reads` (reads only).
 //! Reads lock the domain's state, so they wait for a batch being applied and see every batch
@@ -25,6 +31,7 @@
 
 mod erase;
 pub mod read;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -129,11 +136,16 @@ impl Access {
     }
 }
 
+/// The daemon's face embedder, for searches by image (none in role cluster or with
+/// `embed.enabled = false`).
+pub type Embedder = Option<Arc<dyn crate::embed::FaceEmbedder>>;
+
 #[derive(Clone)]
 struct App {
     domains: Domains,
     access: Arc<Access>,
     metrics: Metrics,
+    embedder: Embedder,
 }
 
 /// What became of a request (the metric's label).
@@ -327,6 +339,7 @@ async fn get_face(
 struct ListQuery {
     order: Option<String>,
     unnamed: Option<bool>,
+    faces: Option<usize>,
     limit: Option<usize>,
     cursor: Option<u64>,
     domain: Option<String>,
@@ -352,12 +365,20 @@ async fn list_clusters(
         };
         let n = limit(q.limit)?;
         let unnamed = q.unnamed.unwrap_or(false);
+        let strip = q.faces.unwrap_or(0);
+        if strip > read::MAX_STRIP {
+            return Err(refuse(
+                Outcome::BadRequest,
+                format!("faces {strip}: must be in 0..={}", read::MAX_STRIP),
+            ));
+        }
         let (name, shared) = app.domain(q.domain.as_deref())?;
         blocking(move || {
             let c = shared.lock();
             let idx = shared.index(&c);
-            let (page, next) = read::clusters(&c, &idx, &name, (order, unnamed), q.cursor, n)
-                .map_err(|e| refuse(Outcome::BadRequest, e))?;
+            let (page, next) =
+                read::clusters(&c, &idx, &name, (order, unnamed, strip), q.cursor, n)
+                    .map_err(|e| refuse(Outcome::BadRequest, e))?;
             Ok(json!({ "clusters": page, "total": idx.n_clusters(), "next": next }))
         })
         .await
@@ -395,6 +416,7 @@ async fn get_cluster(
             let c = shared.lock();
             let idx = shared.index(&c);
             read::cluster(&c, &idx, &name, id, q.cursor, n)
+                .map_err(|e| refuse(Outcome::Unavailable, e))?
                 .map(|v| serde_json::to_value(v).unwrap_or_default())
                 .ok_or_else(|| {
                     refuse(
@@ -412,9 +434,56 @@ async fn get_cluster(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
-    embedding: Vec<f32>,
+    embedding: Option<Vec<f32>>,
+    /// A photo or face crop (JPEG, PNG or WebP, base64), embedded as the stream's images are.
+    image_b64: Option<String>,
     k: Option<usize>,
     domain: Option<String>,
+}
+
+/// The query vector of a search: the embedding given, or the given image's face embedded (and
+/// where it was found, when the embedder located it).
+fn query_vector(
+    app: &App,
+    b: &mut SearchBody,
+) -> Result<(Vec<f32>, Option<serde_json::Value>), Refusal> {
+    use base64::Engine as _;
+    match (b.embedding.take(), b.image_b64.take()) {
+        (Some(v), None) => Ok((v, None)),
+        (None, Some(b64)) => {
+            let Some(embedder) = &app.embedder else {
+                return Err(refuse(
+                    Outcome::BadRequest,
+                    "this daemon does not embed images (role cluster, or embed.enabled = false): send an embedding",
+                ));
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim().as_bytes())
+                .map_err(|e| refuse(Outcome::BadRequest, format!("image_b64: {e}")))?;
+            let face = embedder
+                .embed_encoded(&[&bytes])
+                .pop()
+                .ok_or_else(|| refuse(Outcome::Unavailable, "the embedder gave no result"))?
+                .map_err(|e| match e {
+                    crate::embed::EmbedError::Model(m) => {
+                        refuse(Outcome::Unavailable, format!("the embedder failed: {m}"))
+                    }
+                    e => refuse(Outcome::BadRequest, format!("image_b64: {e}")),
+                })?;
+            let found = face
+                .located
+                .map(|l| json!({ "face_box": l.face_box, "located": l.outcome }));
+            Ok((face.vector, found))
+        }
+        (Some(_), Some(_)) => Err(refuse(
+            Outcome::BadRequest,
+            "bad body: give embedding or image_b64, not both",
+        )),
+        (None, None) => Err(refuse(
+            Outcome::BadRequest,
+            "bad body: give embedding (a vector of model.dim) or image_b64 (a photo, base64)",
+        )),
+    }
 }
 
 async fn search(
@@ -424,15 +493,17 @@ async fn search(
 ) -> Response {
     let r = async {
         app.check(&headers, false)?;
-        let Json(b) = body.map_err(|e| body_refusal(&app, e))?;
+        let Json(mut b) = body.map_err(|e| body_refusal(&app, e))?;
         let k = b.k.unwrap_or(10);
         if !(1..=MAX_LIMIT).contains(&k) {
             return Err(refuse(Outcome::BadRequest, format!("k {k}: must be in 1..={MAX_LIMIT}")));
         }
         let (name, shared) = app.domain(b.domain.as_deref())?;
+        let app2 = app.clone();
         blocking(move || {
+            let (embedding, found) = query_vector(&app2, &mut b)?;
             let c = shared.lock();
-            let hits = read::search(&c, &name, &b.embedding, k).map_err(|e| refuse(Outcome::BadRequest, e))?;
+            let hits = read::search(&c, &name, &embedding, k).map_err(|e| refuse(Outcome::BadRequest, e))?;
             // The clusters among the hits, best first, with how many hits each holds.
             let mut clusters: Vec<(u64, f32, usize)> = Vec::new();
             for h in &hits {
@@ -445,12 +516,101 @@ async fn search(
                 .into_iter()
                 .map(|(id, best, hits)| json!({ "cluster_id": id, "best_score": best, "hits": hits }))
                 .collect();
-            Ok(json!({ "domain": name, "faces": hits, "clusters": clusters }))
+            let mut v = json!({ "domain": name, "faces": hits, "clusters": clusters });
+            if let Some(f) = found {
+                v["query"] = f;
+            }
+            Ok(v)
         })
         .await
     }
     .await;
     app.finish(r)
+}
+
+async fn list_domains(State(app): State<App>, headers: HeaderMap) -> Response {
+    let r = app
+        .check(&headers, false)
+        .map(|()| json!({ "domains": app.all_domains().into_iter().map(|(n, _)| n).collect::<Vec<_>>() }));
+    app.finish(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaceQuery {
+    domain: Option<String>,
+}
+
+/// `GET /v1/faces/{face_id}/thumbnail`: the kept picture, else a redirect to the producer's URL.
+async fn get_thumbnail(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(face_id): Path<String>,
+    q: Result<Query<FaceQuery>, QueryRejection>,
+) -> Response {
+    let r = async {
+        app.check(&headers, false)?;
+        let q = query(q)?;
+        let domains = match &q.domain {
+            Some(d) => vec![app.domain(Some(d))?],
+            None => app.all_domains(),
+        };
+        tokio::task::spawn_blocking(move || {
+            for (_, shared) in domains {
+                let c = shared.lock();
+                match read::picture(&c, &face_id) {
+                    Err(_) => continue,
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {
+                        return Err(refuse(
+                            Outcome::NotFound,
+                            format!("face {face_id:?} has no thumbnail (none was kept: api.keep_thumbnails off, or it came as an embedding without thumbnail_b64 or thumbnail_url)"),
+                        ))
+                    }
+                }
+            }
+            Err(refuse(Outcome::NotFound, format!("no face {face_id:?}")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(refuse(Outcome::Unavailable, format!("request failed: {e}"))))
+    }
+    .await;
+    match r {
+        Ok(p) => {
+            app.metrics
+                .api_requests
+                .with_label_values(&[Outcome::Ok.label()])
+                .inc();
+            use axum::http::header;
+            match p {
+                read::Picture::Stored(bytes) => (
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, image_type(&bytes)),
+                        (header::CACHE_CONTROL, "private, max-age=60"),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                    ],
+                    bytes,
+                )
+                    .into_response(),
+                read::Picture::Url(url) => {
+                    (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response()
+                }
+            }
+        }
+        Err(e) => app.finish(Err(e)),
+    }
+}
+
+/// The media type of stored picture bytes (checked as images when they arrived).
+fn image_type(b: &[u8]) -> &'static str {
+    if b.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if b.starts_with(b"RIFF") {
+        "image/webp"
+    } else {
+        "image/jpeg"
+    }
 }
 
 /// `POST /v1/feedback {command_id, op, ..., domain}`: one operator command (`feedback::Op`).
@@ -524,14 +684,14 @@ async fn unknown(State(app): State<App>, uri: axum::http::Uri) -> Response {
     app.finish(Err(refuse(
         Outcome::NotFound,
         format!(
-            "no such endpoint: {} (the API has /v1/faces/{{id}}, /v1/clusters, /v1/clusters/{{id}}, /v1/sources/{{id}}, /v1/search, /v1/feedback)",
+            "no such endpoint: {} (the API has /v1/domains, /v1/faces/{{id}}, /v1/faces/{{id}}/thumbnail, /v1/clusters, /v1/clusters/{{id}}, /v1/sources/{{id}}, /v1/search, /v1/feedback; the review page is /ui)",
             uri.path()
         ),
     )))
 }
 
-/// The API's routes.
-pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
+/// The API's routes and the review page.
+pub fn router(domains: Domains, access: Access, metrics: Metrics, embedder: Embedder) -> Router {
     for o in Outcome::ALL {
         metrics.api_requests.with_label_values(&[o.label()]);
     }
@@ -540,12 +700,15 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
         domains,
         access: Arc::new(access),
         metrics,
+        embedder,
     };
     Router::new()
+        .route("/v1/domains", get(list_domains))
         .route(
             "/v1/faces/{face_id}",
             get(get_face).delete(erase::erase_face),
         )
+        .route("/v1/faces/{face_id}/thumbnail", get(get_thumbnail))
         .route("/v1/clusters", get(list_clusters))
         .route(
             "/v1/clusters/{cluster_id}",
@@ -554,6 +717,7 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics) -> Router {
         .route("/v1/sources/{source_id}", delete(erase::erase_source))
         .route("/v1/search", post(search))
         .route("/v1/feedback", post(feedback))
+        .merge(ui::routes())
         .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(app)
@@ -572,6 +736,7 @@ mod tests {
                 max_body_bytes: 4096,
             }),
             metrics: Metrics::new(),
+            embedder: None,
         }
     }
 
@@ -655,7 +820,7 @@ mod tests {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = l.local_addr().unwrap().port();
             let a = app(Some("t"), false);
-            let router = router(a.domains.clone(), (*a.access).clone(), a.metrics.clone());
+            let router = router(a.domains.clone(), (*a.access).clone(), a.metrics.clone(), None);
             tokio::spawn(async move { axum::serve(l, router).await });
             let status = move |method: String, path: String| {
                 tokio::task::spawn_blocking(move || {

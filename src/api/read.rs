@@ -213,6 +213,79 @@ pub struct FaceView {
     pub meta: FaceMeta,
     /// Below `quality.min_score`: assigned, never a bridge between clusters.
     pub weak: bool,
+    /// Where its picture is: this API's thumbnail path when one was kept, else the producer's
+    /// `thumbnail_url`, else none.
+    pub thumbnail: Option<String>,
+}
+
+/// A face in a list: its id and where its picture is (as `FaceView::thumbnail`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaceBrief {
+    pub face_id: String,
+    pub thumbnail: Option<String>,
+}
+
+/// The path of a face's thumbnail on this API (the id percent-encoded).
+pub fn thumbnail_path(face_id: &str) -> String {
+    let mut p = String::from("/v1/faces/");
+    for b in face_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p.push_str("/thumbnail");
+    p
+}
+
+/// Where face `seq`'s picture is (see `FaceView::thumbnail`).
+fn thumbnail_of(c: &Clusterer, seq: u32, meta: Option<&FaceMeta>) -> Result<Option<String>, String> {
+    let e = c.engine();
+    if c.store().has_thumbnail(seq).map_err(|e| e.to_string())? {
+        return Ok(Some(thumbnail_path(e.face_id(seq))));
+    }
+    let url = match meta {
+        Some(m) => m.thumbnail_url.clone(),
+        None => c
+            .store()
+            .face_meta(seq)
+            .map_err(|e| e.to_string())?
+            .and_then(|m| m.thumbnail_url),
+    };
+    Ok(url)
+}
+
+fn briefs(c: &Clusterer, seqs: impl IntoIterator<Item = u32>) -> Result<Vec<FaceBrief>, String> {
+    seqs.into_iter()
+        .map(|s| {
+            Ok(FaceBrief {
+                face_id: c.engine().face_id(s).to_string(),
+                thumbnail: thumbnail_of(c, s, None)?,
+            })
+        })
+        .collect()
+}
+
+/// A face's stored thumbnail (JPEG, PNG or WebP bytes), or the producer's URL of one.
+pub enum Picture {
+    Stored(Vec<u8>),
+    Url(String),
+}
+
+pub fn picture(c: &Clusterer, face_id: &str) -> Result<Option<Picture>, String> {
+    let e = c.engine();
+    let Some(seq) = e.seq_of(face_id).filter(|&s| !e.is_erased(s)) else {
+        return Err(format!("no face {face_id:?}"));
+    };
+    if let Some(t) = c.store().thumbnail(seq).map_err(|e| e.to_string())? {
+        return Ok(Some(Picture::Stored(t)));
+    }
+    Ok(c.store()
+        .face_meta(seq)
+        .map_err(|e| e.to_string())?
+        .and_then(|m| m.thumbnail_url)
+        .map(Picture::Url))
 }
 
 pub fn face(c: &Clusterer, domain: &str, face_id: &str) -> Result<Option<FaceView>, String> {
@@ -230,6 +303,7 @@ pub fn face(c: &Clusterer, domain: &str, face_id: &str) -> Result<Option<FaceVie
         domain: domain.to_string(),
         cluster_id: e.cluster_of(seq),
         face_seq: seq,
+        thumbnail: thumbnail_of(c, seq, Some(&meta))?,
         meta,
         weak: e.is_weak(seq),
     }))
@@ -245,7 +319,13 @@ pub struct ClusterSummary {
     pub size: usize,
     /// Its newest face's id.
     pub newest_face_id: String,
+    /// With `faces=N`: up to N of its faces, the representatives first, then the newest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faces: Vec<FaceBrief>,
 }
+
+/// Most faces a cluster of a list may show (`faces=N`).
+pub const MAX_STRIP: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -253,12 +333,13 @@ pub enum Order {
     Recent,
 }
 
-/// One page of clusters and the cursor of the next (the last cluster id shown), if any.
+/// One page of clusters and the cursor of the next (the last cluster id shown), if any; each
+/// with a strip of `strip` faces.
 pub fn clusters(
     c: &Clusterer,
     idx: &ClusterIndex,
     domain: &str,
-    (order, unnamed): (Order, bool),
+    (order, unnamed, strip): (Order, bool, usize),
     after: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<ClusterSummary>, Option<u64>), String> {
@@ -298,15 +379,31 @@ pub fn clusters(
         .take(limit)
         .map(|id| {
             let m = &idx.members[&id];
-            ClusterSummary {
+            let faces = if strip == 0 {
+                Vec::new()
+            } else {
+                let mut seqs = representatives(c, m, STRIP_SCAN);
+                seqs.truncate(strip);
+                for s in m.iter().rev() {
+                    if seqs.len() >= strip {
+                        break;
+                    }
+                    if !seqs.contains(s) {
+                        seqs.push(*s);
+                    }
+                }
+                briefs(c, seqs)?
+            };
+            Ok(ClusterSummary {
                 cluster_id: id,
                 domain: domain.to_string(),
                 name: e.cluster_name(id).map(str::to_string),
                 size: m.len(),
                 newest_face_id: e.face_id(*m.last().unwrap_or(&0)).to_string(),
-            }
+                faces,
+            })
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     let next = if shown.next().is_some() {
         page.last().map(|s| s.cluster_id)
     } else {
@@ -325,6 +422,9 @@ pub struct ClusterView {
     pub face_ids: Vec<String>,
     /// Up to `REPRESENTATIVES` faces nearest the cluster's mean proxy, nearest first.
     pub representative_face_ids: Vec<String>,
+    /// The page's faces and the representatives, with where their pictures are.
+    pub faces: Vec<FaceBrief>,
+    pub representatives: Vec<FaceBrief>,
     /// Cursor of the next page of faces (the face sequence to start after), if any.
     pub next: Option<u32>,
 }
@@ -333,6 +433,8 @@ pub const REPRESENTATIVES: usize = 5;
 /// Members scanned for the representatives (the oldest this many): bounds the cost of opening
 /// a cluster of a million faces.
 pub const REPRESENTATIVE_SCAN: usize = 20_000;
+/// Members scanned for a listed cluster's strip (a page of a list holds many clusters).
+pub const STRIP_SCAN: usize = 2_000;
 
 pub fn cluster(
     c: &Clusterer,
@@ -341,8 +443,10 @@ pub fn cluster(
     cluster_id: u64,
     after: Option<u32>,
     limit: usize,
-) -> Option<ClusterView> {
-    let m = idx.members.get(&cluster_id)?;
+) -> Result<Option<ClusterView>, String> {
+    let Some(m) = idx.members.get(&cluster_id) else {
+        return Ok(None);
+    };
     let e = c.engine();
     let start = match after {
         None => 0,
@@ -352,25 +456,24 @@ pub fn cluster(
     let next = (start + page.len() < m.len())
         .then(|| page.last().copied())
         .flatten();
-    Some(ClusterView {
+    let reps = representatives(c, m, REPRESENTATIVE_SCAN);
+    Ok(Some(ClusterView {
         cluster_id,
         domain: domain.to_string(),
         name: e.cluster_name(cluster_id).map(str::to_string),
         size: m.len(),
         face_ids: page.iter().map(|s| e.face_id(*s).to_string()).collect(),
-        representative_face_ids: representatives(c, m)
-            .into_iter()
-            .map(|s| e.face_id(s).to_string())
-            .collect(),
+        representative_face_ids: reps.iter().map(|s| e.face_id(*s).to_string()).collect(),
+        faces: briefs(c, page.iter().copied())?,
+        representatives: briefs(c, reps)?,
         next,
-    })
+    }))
 }
 
-/// The members nearest the mean of the (first `REPRESENTATIVE_SCAN`) members' proxies; ties by
-/// the older face.
-fn representatives(c: &Clusterer, members: &[u32]) -> Vec<u32> {
+/// The members nearest the mean of the (first `scan`) members' proxies; ties by the older face.
+fn representatives(c: &Clusterer, members: &[u32], scan: usize) -> Vec<u32> {
     let e = c.engine();
-    let scan = &members[..members.len().min(REPRESENTATIVE_SCAN)];
+    let scan = &members[..members.len().min(scan)];
     let dim = e.params().dim;
     let mut mean = vec![0f32; dim];
     for s in scan {

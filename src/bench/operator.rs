@@ -106,7 +106,7 @@ pub fn run(cfg: &Config, data: &[f32], ops: usize, seed: u64) -> anyhow::Result<
         public_reads: false,
         max_body_bytes: 1 << 20,
     };
-    let router = crate::api::router(domains, access, crate::telemetry::Metrics::new());
+    let router = crate::api::router(domains, access, crate::telemetry::Metrics::new(), None);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -233,7 +233,10 @@ pub fn run(
             .map_err(anyhow::Error::msg)?
             .token
             .unwrap_or_default();
-        Some(format!("api: http://{} token: {token}", cfg.api.listen))
+        Some(format!(
+            "api: http://{} token: {token}\nreview page: http://{}/ui (it asks for the token once)",
+            cfg.api.listen, cfg.api.listen
+        ))
     } else {
         cfg.api.enabled = false;
         None
@@ -305,8 +308,7 @@ pub fn run(
                     image_id: Some(format!("photo-{}", i / 2)),
                     ts: Some(1_700_000_000_000 + i as i64),
                     quality: None,
-                    face_box: None,
-                    located: None,
+                    ..Default::default()
                 };
                 let payload = rows.payload(i, &id, &meta)?;
                 pending.push(send(&producer, faces_topic, &id, &payload).await?);
@@ -497,7 +499,8 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// After the stream, keep the daemon and its API up until SIGTERM or Ctrl-C (stderr prints
-    /// `api: http://ADDR token: TOKEN`, then a line saying it is serving).
+    /// `api: http://ADDR token: TOKEN`, `review page: http://ADDR/ui`, then a line saying it is
+    /// serving).
     #[arg(long)]
     pub serve: bool,
 }

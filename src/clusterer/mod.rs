@@ -430,7 +430,7 @@ impl Clusterer {
     fn wait(
         &mut self,
         face: &crate::engine::Face,
-        warmup: &mut crate::store::Warmup,
+        extras: &mut crate::store::Extras,
     ) -> Result<bool, EngineError> {
         crate::engine::check_face(
             &face.face_id,
@@ -442,7 +442,7 @@ impl Clusterer {
             return Ok(false);
         }
         let w = face.clone();
-        warmup.waiting.push((self.waiting.len() as u32, w.clone()));
+        extras.waiting.push((self.waiting.len() as u32, w.clone()));
         self.waiting.push(w);
         Ok(true)
     }
@@ -451,7 +451,7 @@ impl Clusterer {
     fn decide(
         &mut self,
         res: &mut BatchResult,
-        warmup: &mut crate::store::Warmup,
+        extras: &mut crate::store::Extras,
     ) -> Result<(), ClustererError> {
         let d = self.cfg.model.dim;
         let mut rows = Vec::with_capacity(self.waiting.len() * d);
@@ -477,15 +477,18 @@ impl Clusterer {
                     path: self.cfg.store.path.clone(),
                     reason: format!("a waiting face no longer applies: {e}"),
                 })?;
-            if matches!(o, Outcome::Applied { .. }) {
+            if let Outcome::Applied { seq } = o {
                 res.applied += 1;
                 res.events.extend(events);
+                if self.cfg.api.keep_thumbnails && !w.thumbnail.is_empty() {
+                    extras.thumbnails.push((seq, w.thumbnail));
+                }
             }
-            warmup.clear_waiting += 1;
+            extras.clear_waiting += 1;
         }
         res.waiting = 0;
-        warmup.waiting.clear();
-        warmup.decision = Some(decision);
+        extras.waiting.clear();
+        extras.decision = Some(decision);
         self.decision = Some(decision);
         Ok(())
     }
@@ -506,11 +509,11 @@ impl Clusterer {
     /// their events join the recent ones.
     pub(crate) fn commit_engine(
         &mut self,
-        warmup: &crate::store::Warmup,
+        extras: &crate::store::Extras,
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), ClustererError> {
         let changes = self.engine.take_changes();
-        self.store.commit_with(&changes, warmup, positions)?;
+        self.store.commit_with(&changes, extras, positions)?;
         for (seq, _, e) in changes.events {
             if self.recent.len() == RECENT_EVENTS {
                 self.recent.pop_front();
@@ -544,16 +547,16 @@ impl Clusterer {
     ) -> Result<BatchResult, ClustererError> {
         let mut res = BatchResult::default();
         let refreshed_before = self.engine.n_refreshed();
-        let mut warmup = crate::store::Warmup::default();
+        let mut extras = crate::store::Extras::default();
         for (i, face) in faces.iter().enumerate() {
             if self.decision.is_none() {
-                match self.wait(face, &mut warmup) {
+                match self.wait(face, &mut extras) {
                     Ok(true) => res.waiting += 1,
                     Ok(false) => res.duplicates += 1,
                     Err(e) => res.rejected.push((i, e)),
                 }
                 if self.waiting.len() >= self.calibration.warmup {
-                    self.decide(&mut res, &mut warmup)?;
+                    self.decide(&mut res, &mut extras)?;
                 }
                 continue;
             }
@@ -561,11 +564,14 @@ impl Clusterer {
                 Ok((Outcome::Applied { seq }, events)) => {
                     res.applied += 1;
                     res.events.extend(events);
+                    if self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
+                        extras.thumbnails.push((seq, face.thumbnail.clone()));
+                    }
                     if self.rebuild.is_some() {
                         let v = self.engine.indexed_vector_of_new(seq).to_vec();
                         if self.rebuild_step(seq, &v)? {
                             // The dump may only cover what is durable.
-                            let w = std::mem::take(&mut warmup);
+                            let w = std::mem::take(&mut extras);
                             self.commit_engine(&w, &[])?;
                             self.finish_rebuild()?;
                             self.compact_if_due()?;
@@ -573,7 +579,7 @@ impl Clusterer {
                     }
                     if (seq + 1) % self.snapshot_every == 0 {
                         // The snapshot may only cover what is durable.
-                        let w = std::mem::take(&mut warmup);
+                        let w = std::mem::take(&mut extras);
                         self.commit_engine(&w, &[])?;
                         snapshot(
                             &self.store,
@@ -591,7 +597,7 @@ impl Clusterer {
                 Err(e) => res.rejected.push((i, e)),
             }
         }
-        self.commit_engine(&warmup, positions)?;
+        self.commit_engine(&extras, positions)?;
         res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
     }

@@ -131,6 +131,7 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
             vector: identity(seq).to_vec(),
             variants: variants.get(&seq).map(|v| v.to_vec()).unwrap_or_default(),
             meta: old.face_meta(seq)?.unwrap_or_default(),
+            thumbnail: Vec::new(),
         };
         match engine.insert_face(face.view()) {
             Ok((Outcome::Applied { seq: s }, _)) => {
@@ -183,11 +184,11 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
     let store = Store::open(&to, &want, cfg.store.cache_bytes)?;
     let changes = engine.take_changes();
     let events = changes.events.len() as u64;
-    let warmup = crate::store::Warmup {
+    let extras = crate::store::Extras {
         decision: calibration.needs_warmup().then_some(decision),
         ..Default::default()
     };
-    store.commit_with(&changes, &warmup, &old.positions()?)?;
+    store.commit_with(&changes, &extras, &old.positions()?)?;
     let mut times = Vec::with_capacity(live.len());
     for seq in &live {
         if let Some(at) = old.face_since(*seq)? {
@@ -195,6 +196,16 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
         }
     }
     store.set_face_times(&times)?;
+    // Thumbnails a chunk at a time (they would be gigabytes at a million faces).
+    for chunk in live.chunks(10_000) {
+        let mut thumbnails = Vec::new();
+        for seq in chunk {
+            if let Some(t) = old.thumbnail(*seq)? {
+                thumbnails.push((new_seq[seq], t));
+            }
+        }
+        store.put_thumbnails(&thumbnails)?;
+    }
     let n = engine.n_faces() as u32;
     if engine.index().len() > 0 {
         snapshot(&store, &to.join("index"), engine.index(), n, &[])?;

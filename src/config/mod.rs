@@ -382,6 +382,23 @@ pub struct ApiConfig {
     pub public_reads: bool,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Keep a small JPEG of each embedded face (or the one a message carries) for the review
+    /// page, erased with the face.
+    pub keep_thumbnails: bool,
+    /// A kept thumbnail's longest side, pixels.
+    pub thumbnail_px: u32,
+}
+
+impl Config {
+    /// How the embedder cuts thumbnails, None when none are kept.
+    pub fn thumbnails(&self) -> Option<crate::embed::thumbnail::ThumbnailSpec> {
+        self.api
+            .keep_thumbnails
+            .then_some(crate::embed::thumbnail::ThumbnailSpec {
+                px: self.api.thumbnail_px,
+                box_fraction: self.embed.box_fraction as f64,
+            })
+    }
 }
 
 /// Tables whose keys are librdkafka properties: passed through, validated by librdkafka.

@@ -394,6 +394,13 @@ impl Config {
                 "must be in 1024..=67108864",
             ));
         }
+        if !(16..=512).contains(&self.api.thumbnail_px) {
+            return Err(bad(
+                "api.thumbnail_px",
+                self.api.thumbnail_px,
+                "must be in 16..=512",
+            ));
+        }
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod locate;
 pub mod network;
 pub mod outcome;
 pub mod quality;
+pub mod thumbnail;
 
 use std::sync::Arc;
 

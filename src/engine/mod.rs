@@ -145,6 +145,27 @@ pub struct Face {
     pub variants: Vec<f32>,
     #[serde(default)]
     pub meta: FaceMeta,
+    /// A small JPEG of the face for people to look at (`api.keep_thumbnails`), made by the
+    /// embedder or sent by the producer; stored beside the face, never read by the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "base64_bytes")]
+    pub thumbnail: Vec<u8>,
+}
+
+/// Bytes as one base64 string in JSON (a waiting face's thumbnail), not an array of numbers.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A face as the engine takes it, borrowed (`Face::view`).
@@ -164,6 +185,7 @@ pub const NO_META: FaceMeta = FaceMeta {
     quality: None,
     face_box: None,
     located: None,
+    thumbnail_url: None,
 };
 
 impl Face {
@@ -211,6 +233,10 @@ pub struct FaceMeta {
     /// / `face_uncertain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub located: Option<String>,
+    /// Where a picture of the face is (an http(s) URL or a path on the API's host), sent by a
+    /// producer of embeddings that keeps its own crops; the review page shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
 }
 
 /// What happened, in the order it happened. Cluster ids are stable: a merge keeps the older id,

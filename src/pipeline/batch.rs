@@ -46,8 +46,9 @@ impl Daemon {
         let started = Instant::now();
         let clip = self.clip.clone();
         let dim = self.cfg.model.dim;
+        let thumbs = self.cfg.thumbnails();
         let results = tokio::task::spawn_blocking(move || {
-            super::core::embed_faces(embedder.as_ref(), clip.as_deref(), faces, dim)
+            super::core::embed_faces(embedder.as_ref(), clip.as_deref(), faces, dim, thumbs)
         })
         .await
         .map_err(|e| PipelineError::Join(e.to_string()))?

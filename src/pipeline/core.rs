@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::decode::{check_vector, decode, Limits, Payload, Reason, Rejection};
 use crate::embed::image::RgbImage;
+use crate::embed::thumbnail::{thumbnail, ThumbnailSpec};
 use crate::embed::{decode_all, embed_decoded_all, EmbedError, FaceEmbedder};
 use crate::engine::Face;
 use crate::hallucinate::ClipStage;
@@ -78,6 +79,7 @@ pub fn prepare<E>(
                     vector: Vec::new(),
                     variants: f.variants,
                     meta: f.meta,
+                    thumbnail: f.thumbnail,
                 };
                 match (f.payload, images_refused) {
                     (Payload::Embedding(v), _) => Ok((Face { vector: v, ..face }, None)),
@@ -115,6 +117,7 @@ pub fn embed_faces(
     clip: Option<&ClipStage>,
     faces: Vec<(Face, Vec<u8>)>,
     dim: usize,
+    thumbnails: Option<ThumbnailSpec>,
 ) -> Result<Vec<Result<Vec<Face>, Rejection>>, ModelFailure> {
     let (faces, bytes): (Vec<Face>, Vec<Vec<u8>>) = faces.into_iter().unzip();
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
@@ -166,7 +169,8 @@ pub fn embed_faces(
         .into_iter()
         .zip(results)
         .zip(variants)
-        .map(|((face, r), xs)| {
+        .zip(&decoded)
+        .map(|(((face, r), xs), img)| {
             let embedded = r.map_err(|e| Rejection {
                 reason: Reason::from(&e),
                 message: e.to_string(),
@@ -183,6 +187,9 @@ pub fn embed_faces(
                     check_vector(&f.face_id, &e.vector, dim)?;
                     f.vector = e.vector;
                     f.variants = x;
+                    if let (Some(spec), Ok(img)) = (thumbnails, img) {
+                        f.thumbnail = thumbnail(img, e.located.as_ref().map(|l| l.face_box), spec);
+                    }
                     f.meta.quality = face.meta.quality.or(e.quality);
                     if let Some(l) = e.located {
                         f.meta.face_box = Some(l.face_box);
@@ -293,7 +300,7 @@ mod tests {
             (Face::new("garbage", Vec::new()), b"not an image".to_vec()),
             (Face::new("nan", Vec::new()), png(3, [1, 1, 1])),
         ];
-        let out: Vec<Result<Face, Rejection>> = embed_faces(&e, None, faces, 3)
+        let out: Vec<Result<Face, Rejection>> = embed_faces(&e, None, faces, 3, None)
             .unwrap()
             .into_iter()
             .map(|r| r.map(|mut f| f.remove(0)))
@@ -314,7 +321,7 @@ mod tests {
             (Face::new("a", Vec::new()), png(4, [10, 20, 30])),
             (Face::new("b", Vec::new()), png(5, [1, 2, 3])),
         ];
-        let err = embed_faces(&e, None, faces, 3).unwrap_err();
+        let err = embed_faces(&e, None, faces, 3, None).unwrap_err();
         assert!(err.0.contains("device lost"), "{err}");
     }
 

@@ -95,6 +95,7 @@ pub(super) async fn run(
                         vector: Vec::new(),
                         variants: f.variants,
                         meta: f.meta,
+                        thumbnail: f.thumbnail,
                     };
                     match f.payload {
                         Payload::Embedding(v) => {
@@ -121,8 +122,9 @@ pub(super) async fn run(
             let e = embedder.clone();
             let c = clip.clone();
             let t = Instant::now();
+            let thumbs = cfg.thumbnails();
             let results = tokio::task::spawn_blocking(move || {
-                super::core::embed_faces(e.as_ref(), c.as_deref(), faces, dim)
+                super::core::embed_faces(e.as_ref(), c.as_deref(), faces, dim, thumbs)
             })
             .await
             .map_err(|e| PipelineError::Join(e.to_string()))?
@@ -153,7 +155,13 @@ pub(super) async fn run(
         for (i, face) in &out {
             let m = &msgs[*i];
             let payload =
-                embedding_envelope_with(&face.face_id, &face.meta, &face.vector, &face.variants);
+                embedding_envelope_with(
+                    &face.face_id,
+                    &face.meta,
+                    &face.vector,
+                    &face.variants,
+                    &face.thumbnail,
+                );
             let mut headers = OwnedHeaders::new();
             for (k, val) in &m.headers {
                 headers = headers.insert(Header {

@@ -267,6 +267,7 @@ async fn start_admin(
 /// Binds `api.listen` and serves the operator API until `stop` (none when `api.enabled` is off).
 async fn start_api(
     api: &crate::config::ApiConfig,
+    embedder: crate::api::Embedder,
     domains: &crate::api::Domains,
     metrics: &Metrics,
     stop: &watch::Receiver<bool>,
@@ -293,11 +294,11 @@ async fn start_api(
         (None, true) => {
             warn!(addr = %bound, "operator API: reads are public; no token configured, so writes are refused")
         }
-        _ => info!(addr = %bound, public_reads = access.public_reads, "operator API"),
+        _ => info!(addr = %bound, public_reads = access.public_reads, review_page = %format!("http://{bound}/ui"), "operator API"),
     }
     Ok(Some(tokio::spawn(crate::pipeline::admin::serve_until(
         listener,
-        crate::api::router(domains.clone(), access, metrics.clone()),
+        crate::api::router(domains.clone(), access, metrics.clone(), embedder),
         stop.clone(),
     ))))
 }
@@ -333,7 +334,7 @@ pub async fn run(
     }
     let (health, admin) = start_admin(&cfg.admin, &metrics, &stop).await?;
     let api_domains = crate::api::Domains::default();
-    let api = start_api(&cfg.api, &api_domains, &metrics, &stop).await?;
+    let api = start_api(&cfg.api, embedder.clone(), &api_domains, &metrics, &stop).await?;
 
     let producer = producer(&cfg.kafka)?;
     let rebalances = Arc::new(Rebalances::default());

@@ -54,6 +54,15 @@ impl Store {
         self.face_time(seq)
     }
 
+    /// Writes faces' thumbnails (`(seq, JPEG)`, as a recluster carries them). One batch, fsync.
+    pub fn put_thumbnails(&self, thumbnails: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (seq, t) in thumbnails {
+            b.insert(key(b't', &seq.to_be_bytes()), t.as_slice());
+        }
+        self.write(b)
+    }
+
     /// Sets the retention clock of faces (`(seq, ms)`): a recluster keeps the arrival times of
     /// the old state's faces. One batch, fsync.
     pub fn set_face_times(&self, times: &[(u32, u64)]) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
 //! - `h:<seq>` -> the face's hallucinated variants made upstream (CLIP), when it had any
 //! - `w:<seq>` -> (empty) the face was weak at insertion (quality below `quality.min_score`)
+//! - `t:<seq>` -> the face's thumbnail (JPEG bytes), when it was kept (`api.keep_thumbnails`)
 //! - `a:<seq>` -> the face's origin (`FaceMeta` JSON: source, image, time, quality, box), when
 //!   the message told any (the faces of one photo share its image id)
 //! - `q:<n>` -> a face of a new state waiting for the calibration decision (JSON); `m:calibration`
@@ -23,7 +24,7 @@
 //!   (`feedback::CommandRecord` JSON), rewritten when an undo marks it
 //! - `x:<name>` -> positions owned by the caller (e.g. source offsets), written with the batch
 //! - `e:<seq>` -> the id of an erased face (its tombstone: `f:<face_id>` stays, so the id is
-//!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:` records are gone)
+//!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:`, `t:` records are gone)
 //! - `z:<seq>` -> the vector an erased face still has in the HNSW index as a tombstone (filtered
 //!   from every result), kept only until the index is compacted, so that an index rebuilt after
 //!   a crash is the same structure; removed with the snapshot of the compacted index
@@ -42,14 +43,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{ChangeSet, CompRecord, Counters, Event, Face, FaceRecord, Restored};
 
-/// The calibration warm-up's part of a commit (see `Store::commit_with`).
+/// What the clusterer adds to a commit beside the engine's changes (see `Store::commit_with`):
+/// the calibration warm-up and the applied faces' thumbnails.
 #[derive(Debug, Clone, Default)]
-pub struct Warmup {
+pub struct Extras {
     /// Faces that start waiting, with their place in the queue.
     pub waiting: Vec<(u32, Face)>,
     /// The decision; with it, the first `clear_waiting` waiting faces leave the queue.
     pub decision: Option<crate::engine::calibrate::Decision>,
     pub clear_waiting: u32,
+    /// Thumbnails of faces applied in this commit, by sequence number (`t:<seq>`).
+    pub thumbnails: Vec<(u32, Vec<u8>)>,
 }
 
 /// A file beside the database that says "this directory holds clip-cluster state", so that a
@@ -375,7 +379,7 @@ impl Store {
         cs: &ChangeSet,
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        self.commit_with(cs, &Warmup::default(), positions)
+        self.commit_with(cs, &Extras::default(), positions)
     }
 
     /// As `commit`, with the calibration warm-up's changes in the same atomic batch: faces that
@@ -384,7 +388,7 @@ impl Store {
     pub fn commit_with(
         &self,
         cs: &ChangeSet,
-        warmup: &Warmup,
+        extras: &Extras,
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
@@ -392,14 +396,14 @@ impl Store {
             path: self.path.clone(),
             reason: e.to_string(),
         };
-        for (n, f) in &warmup.waiting {
+        for (n, f) in &extras.waiting {
             b.insert(
                 key(b'q', &n.to_be_bytes()),
                 serde_json::to_vec(f).map_err(json_err)?,
             );
         }
-        if let Some(d) = &warmup.decision {
-            for n in 0..warmup.clear_waiting {
+        if let Some(d) = &extras.decision {
+            for n in 0..extras.clear_waiting {
                 b.remove(key(b'q', &n.to_be_bytes()));
             }
             b.insert(
@@ -438,9 +442,12 @@ impl Store {
                 b.insert(key(b'a', &seq), serde_json::to_vec(meta).map_err(json_err)?);
             }
         }
+        for (seq, jpeg) in &extras.thumbnails {
+            b.insert(key(b't', &seq.to_be_bytes()), jpeg.as_slice());
+        }
         for f in &cs.erased {
             let seq = f.seq.to_be_bytes();
-            for prefix in [b'v', b'p', b'h', b'w', b'a', b'i'] {
+            for prefix in [b'v', b'p', b'h', b'w', b'a', b't', b'i'] {
                 b.remove(key(prefix, &seq));
             }
             if let Some(at) = self.face_time(f.seq)? {
@@ -536,6 +543,21 @@ impl Store {
             out.push(serde_json::from_slice(&v).map_err(|e| self.corrupt(&kname, &e.to_string()))?);
         }
         Ok(out)
+    }
+
+    /// Whether a thumbnail of the face was kept.
+    pub fn has_thumbnail(&self, seq: u32) -> Result<bool, StoreError> {
+        self.db
+            .contains_key(key(b't', &seq.to_be_bytes()))
+            .map_err(|e| StoreError::Open {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// A face's thumbnail (`t:<seq>`), None when none was kept.
+    pub fn thumbnail(&self, seq: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(b't', &seq.to_be_bytes()))
     }
 
     /// A face's sequence number by its id.

@@ -447,6 +447,15 @@ fn demo_serve_stays_up_until_sigterm() {
     let (st, v) = http(port, "GET", "/v1/clusters?limit=3", Some(&token), None);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["clusters"].as_array().unwrap().len(), 3);
+    // The review page's address beside it; the page itself needs no token (it holds no data).
+    let ui = text
+        .lines()
+        .find(|l| l.starts_with("review page: http://"))
+        .expect("the review page line");
+    assert!(ui.contains(&format!("127.0.0.1:{port}/ui")), "{ui}");
+    let (st, page) = http(port, "GET", "/ui", None, None);
+    assert_eq!(st, 200);
+    assert!(page["raw"].as_str().unwrap().contains("<title>clip-cluster review</title>"));
     refused(
         http(port, "GET", "/v1/clusters", Some("wrong"), None),
         401,
