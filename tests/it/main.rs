@@ -2,6 +2,7 @@
 //! stores in temporary directories and real librdkafka against its mock cluster.
 
 mod api;
+mod cdp;
 mod clip;
 mod commands;
 mod crash;
