@@ -6,8 +6,8 @@ set -euo pipefail
 need_apt=()
 # cmake + curl headers: librdkafka's bundled build (rdkafka's cmake-build feature; the curl
 # headers are needed even with curl off). prometheus: promtool, which checks our metrics
-# exposition and alert rules in the tests.
-for pkg in cmake libcurl4-openssl-dev prometheus "$@"; do
+# exposition and alert rules in the tests. chromium: the review page's tests drive it headless.
+for pkg in cmake libcurl4-openssl-dev prometheus chromium "$@"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

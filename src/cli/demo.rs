@@ -209,6 +209,8 @@ pub fn run(
     let mut cfg = base.clone();
     // The embedder loads only when the stream carries images.
     cfg.embed.enabled = images;
+    // A stream shorter than the calibration's warm-up would wait for faces that never come.
+    cfg.calibration.warmup = cfg.calibration.warmup.min(n.max(2));
     cfg.kafka.bootstrap_servers = mock.bootstrap_servers().to_string();
     let (faces_topic, events_topic, dlq_topic) = ("faces", "face-events", "faces-dlq");
     let commands_topic = "face-commands";

@@ -265,6 +265,37 @@ fn requests(port: u16, vs: &[Vec<f32>]) -> Answers {
         413,
         "max_body_bytes",
     );
+    // Searches by image need an embedder, which this vector-only daemon has not; a body gives
+    // one query, not two or none.
+    let by_image = serde_json::to_vec(&json!({ "image_b64": "/9j/4AAQ" })).unwrap();
+    refused(
+        http(port, "POST", "/v1/search", Some(TOKEN), Some(&by_image)),
+        400,
+        "does not embed images",
+    );
+    let both = serde_json::to_vec(&json!({ "embedding": vs[0], "image_b64": "/9j/" })).unwrap();
+    refused(
+        http(port, "POST", "/v1/search", Some(TOKEN), Some(&both)),
+        400,
+        "not both",
+    );
+    refused(
+        http(port, "POST", "/v1/search", Some(TOKEN), Some(b"{}")),
+        400,
+        "give embedding",
+    );
+    // Pictures: none kept for embeddings without one; strips of faces, bounded.
+    refused(get(port, "/v1/faces/face-3/thumbnail"), 404, "has no thumbnail");
+    refused(get(port, "/v1/faces/nobody/thumbnail"), 404, "no face");
+    assert_eq!(get(port, "/v1/faces/face-3").1["thumbnail"], Value::Null);
+    assert_eq!(get(port, "/v1/domains").1["domains"], json!(["default"]));
+    let strips = get(port, "/v1/clusters?limit=5&faces=3").1;
+    for c in strips["clusters"].as_array().unwrap() {
+        let f = c["faces"].as_array().unwrap();
+        assert!(!f.is_empty() && f.len() <= 3 && f.len() <= c["size"].as_u64().unwrap() as usize, "{c}");
+        assert!(f.iter().all(|x| x["thumbnail"].is_null()), "{c}");
+    }
+    refused(get(port, "/v1/clusters?faces=13"), 400, "faces 13");
     let k0 = serde_json::to_vec(&json!({ "embedding": vs[0], "k": 0 })).unwrap();
     refused(
         http(port, "POST", "/v1/search", Some(TOKEN), Some(&k0)),

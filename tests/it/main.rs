@@ -23,3 +23,4 @@ mod recluster;
 mod resnet;
 mod state;
 mod support;
+mod ui;
