@@ -357,16 +357,15 @@ pub fn decode(
             }
             (Some(h), Payload::Embedding(_)) => check_variants(h, limits.dim)?,
         };
-        let thumbnail = match (env.thumbnail_b64, &payload) {
-            (None, _) => Vec::new(),
-            (Some(_), Payload::Image(_)) => {
-                return Err(reject(
+        let thumbnail =
+            match (env.thumbnail_b64, &payload) {
+                (None, _) => Vec::new(),
+                (Some(_), Payload::Image(_)) => return Err(reject(
                     Reason::BadJson,
                     "thumbnail_b64 comes with an embedding (an image's thumbnail is cut from it)",
-                ))
-            }
-            (Some(b64), Payload::Embedding(_)) => check_thumbnail(&b64)?,
-        };
+                )),
+                (Some(b64), Payload::Embedding(_)) => check_thumbnail(&b64)?,
+            };
         if let Some(url) = &env.meta.thumbnail_url {
             check_thumbnail_url(url)?;
         }
@@ -458,7 +457,9 @@ fn check_thumbnail_url(url: &str) -> Result<(), Rejection> {
     if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(reject(
             Reason::BadJson,
-            format!("thumbnail_url {url:?}: an http(s) URL or a path starting with /, without spaces"),
+            format!(
+                "thumbnail_url {url:?}: an http(s) URL or a path starting with /, without spaces"
+            ),
         ));
     }
     Ok(())
@@ -615,8 +616,8 @@ mod tests {
         assert_eq!((m.thumbnail, m.meta), (jpeg.to_vec(), meta));
         let plain = embedding_envelope("f1", &FaceMeta::default(), &[1.0, 0.0, 0.0]);
         assert!(!String::from_utf8_lossy(&plain).contains("thumbnail"));
-        let big = base64::engine::general_purpose::STANDARD
-            .encode(vec![0xFF; MAX_THUMBNAIL_BYTES + 1]);
+        let big =
+            base64::engine::general_purpose::STANDARD.encode(vec![0xFF; MAX_THUMBNAIL_BYTES + 1]);
         for (payload, reason) in [
             (
                 r#"{"face_id":"a","embedding":[1,0,0],"thumbnail_b64":"!!"}"#.to_string(),

@@ -240,7 +240,11 @@ pub fn thumbnail_path(face_id: &str) -> String {
 }
 
 /// Where face `seq`'s picture is (see `FaceView::thumbnail`).
-fn thumbnail_of(c: &Clusterer, seq: u32, meta: Option<&FaceMeta>) -> Result<Option<String>, String> {
+fn thumbnail_of(
+    c: &Clusterer,
+    seq: u32,
+    meta: Option<&FaceMeta>,
+) -> Result<Option<String>, String> {
     let e = c.engine();
     if c.store().has_thumbnail(seq).map_err(|e| e.to_string())? {
         return Ok(Some(thumbnail_path(e.face_id(seq))));

@@ -154,14 +154,13 @@ pub(super) async fn run(
         let mut pending = Vec::with_capacity(out.len());
         for (i, face) in &out {
             let m = &msgs[*i];
-            let payload =
-                embedding_envelope_with(
-                    &face.face_id,
-                    &face.meta,
-                    &face.vector,
-                    &face.variants,
-                    &face.thumbnail,
-                );
+            let payload = embedding_envelope_with(
+                &face.face_id,
+                &face.meta,
+                &face.vector,
+                &face.variants,
+                &face.thumbnail,
+            );
             let mut headers = OwnedHeaders::new();
             for (k, val) in &m.headers {
                 headers = headers.insert(Header {

@@ -294,7 +294,9 @@ async fn start_api(
         (None, true) => {
             warn!(addr = %bound, "operator API: reads are public; no token configured, so writes are refused")
         }
-        _ => info!(addr = %bound, public_reads = access.public_reads, review_page = %format!("http://{bound}/ui"), "operator API"),
+        _ => {
+            info!(addr = %bound, public_reads = access.public_reads, review_page = %format!("http://{bound}/ui"), "operator API")
+        }
     }
     Ok(Some(tokio::spawn(crate::pipeline::admin::serve_until(
         listener,

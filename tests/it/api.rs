@@ -285,14 +285,21 @@ fn requests(port: u16, vs: &[Vec<f32>]) -> Answers {
         "give embedding",
     );
     // Pictures: none kept for embeddings without one; strips of faces, bounded.
-    refused(get(port, "/v1/faces/face-3/thumbnail"), 404, "has no thumbnail");
+    refused(
+        get(port, "/v1/faces/face-3/thumbnail"),
+        404,
+        "has no thumbnail",
+    );
     refused(get(port, "/v1/faces/nobody/thumbnail"), 404, "no face");
     assert_eq!(get(port, "/v1/faces/face-3").1["thumbnail"], Value::Null);
     assert_eq!(get(port, "/v1/domains").1["domains"], json!(["default"]));
     let strips = get(port, "/v1/clusters?limit=5&faces=3").1;
     for c in strips["clusters"].as_array().unwrap() {
         let f = c["faces"].as_array().unwrap();
-        assert!(!f.is_empty() && f.len() <= 3 && f.len() <= c["size"].as_u64().unwrap() as usize, "{c}");
+        assert!(
+            !f.is_empty() && f.len() <= 3 && f.len() <= c["size"].as_u64().unwrap() as usize,
+            "{c}"
+        );
         assert!(f.iter().all(|x| x["thumbnail"].is_null()), "{c}");
     }
     refused(get(port, "/v1/clusters?faces=13"), 400, "faces 13");
@@ -486,7 +493,10 @@ fn demo_serve_stays_up_until_sigterm() {
     assert!(ui.contains(&format!("127.0.0.1:{port}/ui")), "{ui}");
     let (st, page) = http(port, "GET", "/ui", None, None);
     assert_eq!(st, 200);
-    assert!(page["raw"].as_str().unwrap().contains("<title>clip-cluster review</title>"));
+    assert!(page["raw"]
+        .as_str()
+        .unwrap()
+        .contains("<title>clip-cluster review</title>"));
     refused(
         http(port, "GET", "/v1/clusters", Some("wrong"), None),
         401,

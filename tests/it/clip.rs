@@ -589,10 +589,16 @@ fn clip_stage_honours_the_configured_image_limits() {
             f.clone(),
         );
         let face = clip_cluster::engine::Face::new("a", Vec::new());
-        clip_cluster::pipeline::core::embed_faces(&e, Some(&stage), vec![(face, png.clone())], 128, None)
-            .unwrap()
-            .remove(0)
-            .map(|mut faces| faces.remove(0))
+        clip_cluster::pipeline::core::embed_faces(
+            &e,
+            Some(&stage),
+            vec![(face, png.clone())],
+            128,
+            None,
+        )
+        .unwrap()
+        .remove(0)
+        .map(|mut faces| faces.remove(0))
     };
     let face = embed(&cfg(&[])).expect("the default limits take a 64x48 image");
     assert!(!face.variants.is_empty(), "CLIP ran on the decoded pixels");

@@ -90,8 +90,10 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     send(
         &p,
         "far-away",
-        &serde_json::to_vec(&json!({ "face_id": "far-away", "embedding": v, "thumbnail_url": url }))
-            .unwrap(),
+        &serde_json::to_vec(
+            &json!({ "face_id": "far-away", "embedding": v, "thumbnail_url": url }),
+        )
+        .unwrap(),
     );
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
 
@@ -105,7 +107,10 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     );
     envs.retain(|(k, _)| k != "CLIP_CLUSTER__API__LISTEN");
     envs.extend([
-        ("CLIP_CLUSTER__API__LISTEN".into(), format!("127.0.0.1:{api}")),
+        (
+            "CLIP_CLUSTER__API__LISTEN".into(),
+            format!("127.0.0.1:{api}"),
+        ),
         ("CLIP_CLUSTER__API__TOKEN".into(), TOKEN.into()),
         // Reads without the token, writes with it: the page shows clusters at once and asks
         // for the token at the first write.
@@ -136,8 +141,16 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     assert!(clusters.len() >= 2, "{list}");
     let largest = &clusters[0];
     let id_of = |c: &Value| c["cluster_id"].as_u64().unwrap();
-    let cluster_of = |face: &str| get(api, &format!("/v1/faces/{face}"))["cluster_id"].as_u64().unwrap();
-    let size_of = |id: u64| get(api, &format!("/v1/clusters/{id}"))["size"].as_u64().unwrap();
+    let cluster_of = |face: &str| {
+        get(api, &format!("/v1/faces/{face}"))["cluster_id"]
+            .as_u64()
+            .unwrap()
+    };
+    let size_of = |id: u64| {
+        get(api, &format!("/v1/clusters/{id}"))["size"]
+            .as_u64()
+            .unwrap()
+    };
     // What the reviewer merges: Tony Blair's cluster and another of his, if the stream split
     // him, else the next cluster in the list.
     let a = cluster_of("Tony_Blair_1");
@@ -172,7 +185,9 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     let asked = asked.as_array().unwrap();
     assert!(!asked.is_empty());
     assert!(
-        asked.iter().all(|u| u.as_str().unwrap().contains("limit=20")),
+        asked
+            .iter()
+            .all(|u| u.as_str().unwrap().contains("limit=20")),
         "{asked:?}"
     );
 
@@ -187,9 +202,20 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
         ),
     );
     message(&b, "refused (401)");
-    assert!(text(&b, "message").contains("Authorization"), "{}", text(&b, "message"));
-    assert_eq!(b.eval("document.getElementById('token-dialog').open"), json!(true));
-    assert_eq!(get(api, "/v1/clusters?limit=1")["total"], list["total"], "nothing changed");
+    assert!(
+        text(&b, "message").contains("Authorization"),
+        "{}",
+        text(&b, "message")
+    );
+    assert_eq!(
+        b.eval("document.getElementById('token-dialog').open"),
+        json!(true)
+    );
+    assert_eq!(
+        get(api, "/v1/clusters?limit=1")["total"],
+        list["total"],
+        "nothing changed"
+    );
 
     // The token, once; then the same merge goes through.
     run(
@@ -205,7 +231,13 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     // A merge keeps the older id.
     let (kept, gone) = (a.min(b_id), a.max(b_id));
     assert_eq!(size_of(kept), size_a + size_b);
-    let (st, _) = http(api, "GET", &format!("/v1/clusters/{gone}"), Some(TOKEN), None);
+    let (st, _) = http(
+        api,
+        "GET",
+        &format!("/v1/clusters/{gone}"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(st, 404, "the merged-away cluster is gone");
 
     // Open the merged cluster and name it.
@@ -223,7 +255,10 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
          document.getElementById('name-form').requestSubmit();",
     );
     message(&b, "named");
-    assert_eq!(get(api, &format!("/v1/clusters/{kept}"))["name"], "Tony Blair");
+    assert_eq!(
+        get(api, &format!("/v1/clusters/{kept}"))["name"],
+        "Tony Blair"
+    );
 
     // After a reload (the token kept for the tab): the name and the merge are still there.
     b.reload();
@@ -268,8 +303,17 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     );
     ready(&b, "search");
     let found = b.eval("document.querySelector('#search-results .cluster').dataset.id");
-    assert_eq!(found, json!(kept.to_string()), "{}", text(&b, "search-results"));
-    assert!(text(&b, "search-query").contains("detected"), "{}", text(&b, "search-query"));
+    assert_eq!(
+        found,
+        json!(kept.to_string()),
+        "{}",
+        text(&b, "search-results")
+    );
+    assert!(
+        text(&b, "search-query").contains("detected"),
+        "{}",
+        text(&b, "search-query")
+    );
 
     run(&b, "location.hash = '#/';");
     ready(&b, "list");
@@ -282,7 +326,8 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
         Duration::from_secs(30),
         "every picture settled",
     );
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-test/review-page.png");
+    let shot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-test/review-page.png");
     b.screenshot(&shot);
     eprintln!("review page screenshot: {}", shot.display());
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
@@ -352,7 +397,11 @@ fn thumbnails_are_kept_erased_with_their_face_and_carried_by_a_recluster() {
         let r = Clusterer::open(&new_cfg).unwrap();
         for i in 1..faces.len() {
             let want = (i % 4 != 3).then(|| jpeg(i));
-            assert_eq!(thumb(&r, &format!("f{i}")), want, "f{i} after the recluster");
+            assert_eq!(
+                thumb(&r, &format!("f{i}")),
+                want,
+                "f{i} after the recluster"
+            );
         }
     }
     // Off: none kept, whatever the faces carry.
@@ -361,4 +410,121 @@ fn thumbnails_are_kept_erased_with_their_face_and_carried_by_a_recluster() {
     let mut c = Clusterer::open(&cfg).unwrap();
     c.apply(&faces, &[]).unwrap();
     assert!((0..faces.len()).all(|i| thumb(&c, &format!("f{i}")).is_none()));
+}
+
+/// At 100,000 clusters the page still opens on one page of 20 (the list is paged: no request
+/// asks for everything), pages forward, and opens a cluster; the API it calls is served
+/// in-process over a state built directly (a vector-only domain where every face is alone).
+#[test]
+fn the_review_page_stays_usable_at_a_hundred_thousand_clusters() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, RwLock};
+
+    use clip_cluster::api::{Access, Domains, Shared};
+    use clip_cluster::clusterer::Clusterer;
+    use clip_cluster::engine::Face;
+    use rand::{Rng, SeedableRng};
+
+    const N: usize = 100_000;
+    let Some(b) = Browser::launch("100,000 clusters") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(
+        dir.path(),
+        &[
+            ("MODEL__DIM", "16"),
+            ("ENGINE__T1", "0.999"),
+            ("ENGINE__K", "2"),
+            ("INDEX__SNAPSHOT_EVERY_FACES", "1000000"),
+        ],
+    );
+    let mut c = Clusterer::open(&cfg).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(100);
+    let faces: Vec<Face> = (0..N)
+        .map(|i| {
+            Face::new(
+                format!("f{i}"),
+                (0..16).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+            )
+        })
+        .collect();
+    for chunk in faces.chunks(5_000) {
+        c.apply(chunk, &[]).unwrap();
+    }
+    let domains: Domains = Arc::new(RwLock::new(BTreeMap::from([(
+        "default".to_string(),
+        Shared::new(c),
+    )])));
+    let access = Access {
+        token: Some(TOKEN.into()),
+        public_reads: false,
+        max_body_bytes: 1 << 20,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = clip_cluster::api::router(
+        domains,
+        access,
+        clip_cluster::telemetry::Metrics::new(),
+        None,
+    );
+    rt.spawn(async move { axum::serve(listener, router).await });
+    let total = get(port, "/v1/clusters?limit=1")["total"].as_u64().unwrap();
+    assert!(total > 99_000, "{total} clusters");
+
+    let t = std::time::Instant::now();
+    b.navigate(&format!("http://127.0.0.1:{port}/ui"));
+    b.wait_for(
+        "document.getElementById('token-dialog').open",
+        Duration::from_secs(30),
+        "the token asked for",
+    );
+    run(
+        &b,
+        &format!(
+            "document.getElementById('token').value = {TOKEN:?}; \
+             document.getElementById('token-form').requestSubmit();"
+        ),
+    );
+    ready(&b, "list");
+    let first_page = t.elapsed();
+    assert_eq!(
+        b.eval("document.querySelectorAll('.cluster').length"),
+        json!(20)
+    );
+    assert!(text(&b, "total").contains(&format!("{total} clusters")));
+    let first = b.eval("document.querySelector('.cluster').dataset.id");
+    let t = std::time::Instant::now();
+    run(&b, "document.getElementById('next').click();");
+    b.wait_for(
+        &format!(
+            "document.body.dataset.ready === 'list' && document.getElementById('page').textContent === 'page 2' \
+             && document.querySelector('.cluster').dataset.id !== {first}"
+        ),
+        Duration::from_secs(30),
+        "the second page",
+    );
+    let second_page = t.elapsed();
+    let t = std::time::Instant::now();
+    run(&b, "document.querySelector('.cluster .open').click();");
+    ready(&b, "cluster");
+    let opened = t.elapsed();
+    let asked = b.eval(
+        "performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/v1/clusters?'))",
+    );
+    assert!(
+        asked
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u.as_str().unwrap().contains("limit=20")),
+        "{asked}"
+    );
+    eprintln!(
+        "review page at {total} clusters: first page {first_page:?} (with the token dialog), next page {second_page:?}, a cluster opened {opened:?}"
+    );
 }
