@@ -90,6 +90,27 @@ fn bench_prep(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    // The review page's thumbnail (api.keep_thumbnails): a crop of the decoded image, scaled
+    // and JPEG-encoded, per face beside the embedding.
+    let decoded: Vec<_> = faces
+        .iter()
+        .filter_map(|f| decode::decode(f, &limits).ok())
+        .collect();
+    let spec = clip_cluster::embed::thumbnail::ThumbnailSpec {
+        px: 96,
+        box_fraction: 0.4545,
+    };
+    g.bench_function("thumbnail_96px", |b| {
+        b.iter(|| {
+            decoded
+                .iter()
+                .map(|i| {
+                    clip_cluster::embed::thumbnail::thumbnail(i, Some([70, 70, 179, 179]), spec)
+                        .len()
+                })
+                .sum::<usize>()
+        })
+    });
     let centre = Preprocessor {
         limits: limits.clone(),
         mode: ChipMode::Centre { crop_fraction: 0.5 },

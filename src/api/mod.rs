@@ -30,7 +30,9 @@
 //! nothing. Writes always need the token.
 
 mod erase;
+mod faces;
 pub mod read;
+mod search;
 mod ui;
 
 use std::collections::BTreeMap;
@@ -309,31 +311,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Refusal> {
         .map_err(|e| refuse(Outcome::BadRequest, format!("bad query: {}", e.body_text())))
 }
 
-async fn get_face(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(face_id): Path<String>,
-) -> Response {
-    let r = async {
-        app.check(&headers, false)?;
-        let domains = app.all_domains();
-        blocking(move || {
-            for (name, shared) in domains {
-                let c = shared.lock();
-                if let Some(f) =
-                    read::face(&c, &name, &face_id).map_err(|e| refuse(Outcome::Unavailable, e))?
-                {
-                    return Ok(serde_json::to_value(f).unwrap_or_default());
-                }
-            }
-            Err(refuse(Outcome::NotFound, format!("no face {face_id:?}")))
-        })
-        .await
-    }
-    .await;
-    app.finish(r)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -431,186 +408,11 @@ async fn get_cluster(
     app.finish(r)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SearchBody {
-    embedding: Option<Vec<f32>>,
-    /// A photo or face crop (JPEG, PNG or WebP, base64), embedded as the stream's images are.
-    image_b64: Option<String>,
-    k: Option<usize>,
-    domain: Option<String>,
-}
-
-/// The query vector of a search: the embedding given, or the given image's face embedded (and
-/// where it was found, when the embedder located it).
-fn query_vector(
-    app: &App,
-    b: &mut SearchBody,
-) -> Result<(Vec<f32>, Option<serde_json::Value>), Refusal> {
-    use base64::Engine as _;
-    match (b.embedding.take(), b.image_b64.take()) {
-        (Some(v), None) => Ok((v, None)),
-        (None, Some(b64)) => {
-            let Some(embedder) = &app.embedder else {
-                return Err(refuse(
-                    Outcome::BadRequest,
-                    "this daemon does not embed images (role cluster, or embed.enabled = false): send an embedding",
-                ));
-            };
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim().as_bytes())
-                .map_err(|e| refuse(Outcome::BadRequest, format!("image_b64: {e}")))?;
-            let face = embedder
-                .embed_encoded(&[&bytes])
-                .pop()
-                .ok_or_else(|| refuse(Outcome::Unavailable, "the embedder gave no result"))?
-                .map_err(|e| match e {
-                    crate::embed::EmbedError::Model(m) => {
-                        refuse(Outcome::Unavailable, format!("the embedder failed: {m}"))
-                    }
-                    e => refuse(Outcome::BadRequest, format!("image_b64: {e}")),
-                })?;
-            let found = face
-                .located
-                .map(|l| json!({ "face_box": l.face_box, "located": l.outcome }));
-            Ok((face.vector, found))
-        }
-        (Some(_), Some(_)) => Err(refuse(
-            Outcome::BadRequest,
-            "bad body: give embedding or image_b64, not both",
-        )),
-        (None, None) => Err(refuse(
-            Outcome::BadRequest,
-            "bad body: give embedding (a vector of model.dim) or image_b64 (a photo, base64)",
-        )),
-    }
-}
-
-async fn search(
-    State(app): State<App>,
-    headers: HeaderMap,
-    body: Result<Json<SearchBody>, JsonRejection>,
-) -> Response {
-    let r = async {
-        app.check(&headers, false)?;
-        let Json(mut b) = body.map_err(|e| body_refusal(&app, e))?;
-        let k = b.k.unwrap_or(10);
-        if !(1..=MAX_LIMIT).contains(&k) {
-            return Err(refuse(Outcome::BadRequest, format!("k {k}: must be in 1..={MAX_LIMIT}")));
-        }
-        let (name, shared) = app.domain(b.domain.as_deref())?;
-        let app2 = app.clone();
-        blocking(move || {
-            let (embedding, found) = query_vector(&app2, &mut b)?;
-            let c = shared.lock();
-            let hits = read::search(&c, &name, &embedding, k).map_err(|e| refuse(Outcome::BadRequest, e))?;
-            // The clusters among the hits, best first, with how many hits each holds.
-            let mut clusters: Vec<(u64, f32, usize)> = Vec::new();
-            for h in &hits {
-                match clusters.iter_mut().find(|c| c.0 == h.cluster_id) {
-                    Some(c) => c.2 += 1,
-                    None => clusters.push((h.cluster_id, h.score, 1)),
-                }
-            }
-            let clusters: Vec<_> = clusters
-                .into_iter()
-                .map(|(id, best, hits)| json!({ "cluster_id": id, "best_score": best, "hits": hits }))
-                .collect();
-            let mut v = json!({ "domain": name, "faces": hits, "clusters": clusters });
-            if let Some(f) = found {
-                v["query"] = f;
-            }
-            Ok(v)
-        })
-        .await
-    }
-    .await;
-    app.finish(r)
-}
-
 async fn list_domains(State(app): State<App>, headers: HeaderMap) -> Response {
     let r = app
         .check(&headers, false)
         .map(|()| json!({ "domains": app.all_domains().into_iter().map(|(n, _)| n).collect::<Vec<_>>() }));
     app.finish(r)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaceQuery {
-    domain: Option<String>,
-}
-
-/// `GET /v1/faces/{face_id}/thumbnail`: the kept picture, else a redirect to the producer's URL.
-async fn get_thumbnail(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(face_id): Path<String>,
-    q: Result<Query<FaceQuery>, QueryRejection>,
-) -> Response {
-    let r = async {
-        app.check(&headers, false)?;
-        let q = query(q)?;
-        let domains = match &q.domain {
-            Some(d) => vec![app.domain(Some(d))?],
-            None => app.all_domains(),
-        };
-        tokio::task::spawn_blocking(move || {
-            for (_, shared) in domains {
-                let c = shared.lock();
-                match read::picture(&c, &face_id) {
-                    Err(_) => continue,
-                    Ok(Some(p)) => return Ok(p),
-                    Ok(None) => {
-                        return Err(refuse(
-                            Outcome::NotFound,
-                            format!("face {face_id:?} has no thumbnail (none was kept: api.keep_thumbnails off, or it came as an embedding without thumbnail_b64 or thumbnail_url)"),
-                        ))
-                    }
-                }
-            }
-            Err(refuse(Outcome::NotFound, format!("no face {face_id:?}")))
-        })
-        .await
-        .unwrap_or_else(|e| Err(refuse(Outcome::Unavailable, format!("request failed: {e}"))))
-    }
-    .await;
-    match r {
-        Ok(p) => {
-            app.metrics
-                .api_requests
-                .with_label_values(&[Outcome::Ok.label()])
-                .inc();
-            use axum::http::header;
-            match p {
-                read::Picture::Stored(bytes) => (
-                    StatusCode::OK,
-                    [
-                        (header::CONTENT_TYPE, image_type(&bytes)),
-                        (header::CACHE_CONTROL, "private, max-age=60"),
-                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                    ],
-                    bytes,
-                )
-                    .into_response(),
-                read::Picture::Url(url) => {
-                    (StatusCode::SEE_OTHER, [(header::LOCATION, url)]).into_response()
-                }
-            }
-        }
-        Err(e) => app.finish(Err(e)),
-    }
-}
-
-/// The media type of stored picture bytes (checked as images when they arrived).
-fn image_type(b: &[u8]) -> &'static str {
-    if b.starts_with(b"\x89PNG") {
-        "image/png"
-    } else if b.starts_with(b"RIFF") {
-        "image/webp"
-    } else {
-        "image/jpeg"
-    }
 }
 
 /// `POST /v1/feedback {command_id, op, ..., domain}`: one operator command (`feedback::Op`).
@@ -706,16 +508,16 @@ pub fn router(domains: Domains, access: Access, metrics: Metrics, embedder: Embe
         .route("/v1/domains", get(list_domains))
         .route(
             "/v1/faces/{face_id}",
-            get(get_face).delete(erase::erase_face),
+            get(faces::get_face).delete(erase::erase_face),
         )
-        .route("/v1/faces/{face_id}/thumbnail", get(get_thumbnail))
+        .route("/v1/faces/{face_id}/thumbnail", get(faces::get_thumbnail))
         .route("/v1/clusters", get(list_clusters))
         .route(
             "/v1/clusters/{cluster_id}",
             get(get_cluster).delete(erase::erase_cluster),
         )
         .route("/v1/sources/{source_id}", delete(erase::erase_source))
-        .route("/v1/search", post(search))
+        .route("/v1/search", post(search::search))
         .route("/v1/feedback", post(feedback))
         .merge(ui::routes())
         .fallback(unknown)

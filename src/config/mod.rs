@@ -389,18 +389,6 @@ pub struct ApiConfig {
     pub thumbnail_px: u32,
 }
 
-impl Config {
-    /// How the embedder cuts thumbnails, None when none are kept.
-    pub fn thumbnails(&self) -> Option<crate::embed::thumbnail::ThumbnailSpec> {
-        self.api
-            .keep_thumbnails
-            .then_some(crate::embed::thumbnail::ThumbnailSpec {
-                px: self.api.thumbnail_px,
-                box_fraction: self.embed.box_fraction as f64,
-            })
-    }
-}
-
 /// Tables whose keys are librdkafka properties: passed through, validated by librdkafka.
 pub const FREE_FORM: [&str; 4] = [
     "kafka.properties",

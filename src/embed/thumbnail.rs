@@ -11,6 +11,16 @@ pub struct ThumbnailSpec {
     pub box_fraction: f64,
 }
 
+impl ThumbnailSpec {
+    /// From `api.keep_thumbnails` / `api.thumbnail_px` and the fixed box; None when none are kept.
+    pub fn from_config(cfg: &crate::config::Config) -> Option<Self> {
+        cfg.api.keep_thumbnails.then_some(ThumbnailSpec {
+            px: cfg.api.thumbnail_px,
+            box_fraction: cfg.embed.box_fraction as f64,
+        })
+    }
+}
+
 /// JPEG quality: small files (about 3 KB at 96 px) that still show a face.
 const QUALITY: u8 = 80;
 

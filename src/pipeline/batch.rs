@@ -46,7 +46,7 @@ impl Daemon {
         let started = Instant::now();
         let clip = self.clip.clone();
         let dim = self.cfg.model.dim;
-        let thumbs = self.cfg.thumbnails();
+        let thumbs = crate::embed::thumbnail::ThumbnailSpec::from_config(&self.cfg);
         let results = tokio::task::spawn_blocking(move || {
             super::core::embed_faces(embedder.as_ref(), clip.as_deref(), faces, dim, thumbs)
         })

@@ -122,7 +122,7 @@ pub(super) async fn run(
             let e = embedder.clone();
             let c = clip.clone();
             let t = Instant::now();
-            let thumbs = cfg.thumbnails();
+            let thumbs = crate::embed::thumbnail::ThumbnailSpec::from_config(&cfg);
             let results = tokio::task::spawn_blocking(move || {
                 super::core::embed_faces(e.as_ref(), c.as_deref(), faces, dim, thumbs)
             })

@@ -58,7 +58,7 @@ impl Store {
     pub fn put_thumbnails(&self, thumbnails: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (seq, t) in thumbnails {
-            b.insert(key(b't', &seq.to_be_bytes()), t.as_slice());
+            b.insert(key(b'j', &seq.to_be_bytes()), t.as_slice());
         }
         self.write(b)
     }

@@ -11,7 +11,7 @@
 //! - `p:<seq>` -> the face's current proxy when a refresh replaced it (`proxy.refresh_per_insert`)
 //! - `h:<seq>` -> the face's hallucinated variants made upstream (CLIP), when it had any
 //! - `w:<seq>` -> (empty) the face was weak at insertion (quality below `quality.min_score`)
-//! - `t:<seq>` -> the face's thumbnail (JPEG bytes), when it was kept (`api.keep_thumbnails`)
+//! - `j:<seq>` -> the face's thumbnail (JPEG bytes), when it was kept (`api.keep_thumbnails`)
 //! - `a:<seq>` -> the face's origin (`FaceMeta` JSON: source, image, time, quality, box), when
 //!   the message told any (the faces of one photo share its image id)
 //! - `q:<n>` -> a face of a new state waiting for the calibration decision (JSON); `m:calibration`
@@ -24,7 +24,7 @@
 //!   (`feedback::CommandRecord` JSON), rewritten when an undo marks it
 //! - `x:<name>` -> positions owned by the caller (e.g. source offsets), written with the batch
 //! - `e:<seq>` -> the id of an erased face (its tombstone: `f:<face_id>` stays, so the id is
-//!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:`, `t:` records are gone)
+//!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:`, `j:` records are gone)
 //! - `z:<seq>` -> the vector an erased face still has in the HNSW index as a tombstone (filtered
 //!   from every result), kept only until the index is compacted, so that an index rebuilt after
 //!   a crash is the same structure; removed with the snapshot of the compacted index
@@ -52,7 +52,7 @@ pub struct Extras {
     /// The decision; with it, the first `clear_waiting` waiting faces leave the queue.
     pub decision: Option<crate::engine::calibrate::Decision>,
     pub clear_waiting: u32,
-    /// Thumbnails of faces applied in this commit, by sequence number (`t:<seq>`).
+    /// Thumbnails of faces applied in this commit, by sequence number (`j:<seq>`).
     pub thumbnails: Vec<(u32, Vec<u8>)>,
 }
 
@@ -443,11 +443,11 @@ impl Store {
             }
         }
         for (seq, jpeg) in &extras.thumbnails {
-            b.insert(key(b't', &seq.to_be_bytes()), jpeg.as_slice());
+            b.insert(key(b'j', &seq.to_be_bytes()), jpeg.as_slice());
         }
         for f in &cs.erased {
             let seq = f.seq.to_be_bytes();
-            for prefix in [b'v', b'p', b'h', b'w', b'a', b't', b'i'] {
+            for prefix in [b'v', b'p', b'h', b'w', b'a', b'j', b'i'] {
                 b.remove(key(prefix, &seq));
             }
             if let Some(at) = self.face_time(f.seq)? {
@@ -548,16 +548,16 @@ impl Store {
     /// Whether a thumbnail of the face was kept.
     pub fn has_thumbnail(&self, seq: u32) -> Result<bool, StoreError> {
         self.db
-            .contains_key(key(b't', &seq.to_be_bytes()))
+            .contains_key(key(b'j', &seq.to_be_bytes()))
             .map_err(|e| StoreError::Open {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })
     }
 
-    /// A face's thumbnail (`t:<seq>`), None when none was kept.
+    /// A face's thumbnail (`j:<seq>`), None when none was kept.
     pub fn thumbnail(&self, seq: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(&key(b't', &seq.to_be_bytes()))
+        self.get(&key(b'j', &seq.to_be_bytes()))
     }
 
     /// A face's sequence number by its id.

@@ -403,6 +403,7 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
         Duration::from_secs(30),
         |r| r.len() >= 9,
     );
+    let c = Clusterer::open(&cluster_cfg).unwrap();
     for r in &out {
         let env: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         let id = env["face_id"].as_str().unwrap();
@@ -415,6 +416,12 @@ fn image_messages_are_embedded_in_process_and_by_embed_workers_alike() {
             .collect();
         assert_eq!(got, vectors[k], "{id}");
         assert_eq!(r.key.as_deref(), Some(id.as_bytes()));
+        // The worker's thumbnail travels with the vector and the cluster worker keeps it.
+        let b64 = env["thumbnail_b64"].as_str().expect("a thumbnail");
+        let jpeg = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        assert!(jpeg.starts_with(&[0xFF, 0xD8, 0xFF]), "{id}");
+        let seq = c.engine().seq_of(id).unwrap();
+        assert_eq!(c.store().thumbnail(seq).unwrap(), Some(jpeg), "{id}");
     }
 }
 
