@@ -43,12 +43,16 @@ pub fn thumbnail(img: &RgbImage, face_box: Option<[i64; 4]>, spec: ThumbnailSpec
     let clamp = |v: f64, hi: f64| v.round().clamp(0.0, hi) as u32;
     let (x0, x1) = (clamp(cx - half, w - 1.0), clamp(cx + half, w - 1.0));
     let (y0, y1) = (clamp(cy - half, h - 1.0), clamp(cy + half, h - 1.0));
-    let Some(full) =
-        image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
-    else {
+    // Only the crop's rows are copied out of the image.
+    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+    let mut px = Vec::with_capacity((cw * ch * 3) as usize);
+    for y in y0..=y1 {
+        let row = (y as usize * img.width + x0 as usize) * 3;
+        px.extend_from_slice(&img.pixels[row..row + cw as usize * 3]);
+    }
+    let Some(crop) = image::RgbImage::from_raw(cw, ch, px) else {
         return Vec::new();
     };
-    let crop = image::imageops::crop_imm(&full, x0, y0, x1 - x0 + 1, y1 - y0 + 1).to_image();
     let scale = (spec.px as f64 / crop.width().max(crop.height()) as f64).min(1.0);
     let (tw, th) = (
         ((crop.width() as f64 * scale).round() as u32).max(1),
