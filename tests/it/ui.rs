@@ -389,7 +389,11 @@ fn thumbnails_are_kept_erased_with_their_face_and_carried_by_a_recluster() {
     use clip_cluster::engine::Face;
     use rand::SeedableRng;
 
-    const NOW: i64 = 1_800_000_000_000;
+    // Capture times: now (a time in the future would count from arrival), or long ago.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let vs = clustered_vectors(&mut rng, 40, 6);
     let jpeg = |i: usize| [&[0xFF, 0xD8, 0xFF][..], format!("face {i}").as_bytes()].concat();
@@ -400,7 +404,7 @@ fn thumbnails_are_kept_erased_with_their_face_and_carried_by_a_recluster() {
             thumbnail: if i % 4 == 3 { Vec::new() } else { jpeg(i) },
             meta: clip_cluster::engine::FaceMeta {
                 // f38 and f39 were taken long ago: retention takes them.
-                ts: Some(if i >= 38 { 1_000 } else { NOW }),
+                ts: Some(if i >= 38 { 1_000 } else { now }),
                 ..Default::default()
             },
             ..Face::new(format!("f{i}"), v.clone())
@@ -426,7 +430,7 @@ fn thumbnails_are_kept_erased_with_their_face_and_carried_by_a_recluster() {
                 .unwrap()
                 .unwrap();
             // Retention erases by the time index, which the thumbnails must not be read as.
-            let (report, _) = c.expire(NOW as u64, 86_400_000, 100).unwrap();
+            let (report, _) = c.expire(now as u64 + 60_000, 86_400_000, 100).unwrap();
             assert_eq!(report.erased, ["f38", "f39"]);
         }
         let c = Clusterer::open(&cfg).unwrap();
