@@ -219,7 +219,7 @@ impl<'b, T: Clone + Send + Sync + 'b> PointData<'b, T> {
 /// Its constains data as coming from the client, its client id,  
 /// and position in layer representation and neighbours.
 ///
-// neighbours table : one vector by layer so neighbours is allocated to NB_LAYER_MAX
+// neighbours table : one vector by layer the point is on (0..=p_id.0; patch 0007)
 //
 #[derive(Debug, Clone)]
 #[allow(clippy::type_complexity)]
@@ -236,11 +236,10 @@ pub struct Point<'b, T: Clone + Send + Sync> {
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
     pub fn new(v: Vec<T>, origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
+        // (patch 0007: one neighbour list per layer the point is on, 0..=p_id.0, instead of
+        // NB_LAYER_MAX; a list above is made only when a former entry point needs one, see
+        // reverse_update_neighborhood_simple)
+        let neighbours = Self::layers(p_id);
         Point {
             data: PointData::new_v(v),
             origin_id,
@@ -250,17 +249,20 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
     }
 
     pub fn new_from_mmap(s: &'b [T], origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
+        let neighbours = Self::layers(p_id);
         Point {
             data: PointData::new_s(s),
             origin_id,
             p_id,
             neighbours: Arc::new(RwLock::new(neighbours)),
         }
+    }
+
+    /// Empty neighbour lists for layers 0..=p_id.0 (patch 0007).
+    #[allow(clippy::type_complexity)]
+    fn layers(p_id: PointId) -> Vec<Vec<Arc<PointWithOrder<'b, T>>>> {
+        let nb = (p_id.0 as usize + 1).min(NB_LAYER_MAX as usize);
+        (0..nb).map(|_| Vec::new()).collect()
     }
 
     /// get a reference to vector data
@@ -282,11 +284,13 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
     /// useful for extern crate only as it reallocates vectors
     pub fn get_neighborhood_id(&self) -> Vec<Vec<Neighbour>> {
         let ref_neighbours = self.neighbours.read();
-        let nb_layer = ref_neighbours.len();
+        // (patch 0007: NB_LAYER_MAX lists as before, the layers a point has no list for empty;
+        // the dump format writes every layer of every point)
+        let nb_layer = NB_LAYER_MAX as usize;
         let mut neighborhood = Vec::<Vec<Neighbour>>::with_capacity(nb_layer);
         for i in 0..nb_layer {
             let mut neighbours = Vec::<Neighbour>::new();
-            let nb_ngbh = ref_neighbours[i].len();
+            let nb_ngbh = ref_neighbours.get(i).map_or(0, |v| v.len());
             if nb_ngbh > 0usize {
                 neighbours.reserve(nb_ngbh);
                 for pointwo in &ref_neighbours[i] {
@@ -1080,7 +1084,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             // now we scan neighborhood of c in layer and increment visited_point, candidate_points
             // and optimize candidate_points so that it contains points with lowest distances to point arg
             //
-            let neighbours_c_l = &c.point_ref.neighbours.read()[layer as usize];
+            // (patch 0007: a point has no list above its own layer; reached there only as the
+            // entry point of a layer above it, where it has no neighbours)
+            let c_lists = c.point_ref.neighbours.read();
+            let neighbours_c_l = c_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
             let c_pid = c.point_ref.p_id;
             trace!(
                 "       search_layer, {:?} has  nb neighbours  : {:?} ",
@@ -1235,11 +1242,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             //
             if let Some(ep) = sorted_points.pop() {
                 // useful for projecting lower layer to upper layer. keep track of points encountered.
-                if new_point.neighbours.read()[l as usize].len()
-                    < self.get_max_nb_connection() as usize
-                {
-                    new_point.neighbours.write()[l as usize].push(Arc::clone(&ep));
-                }
+                // (patch 0007: upstream also kept `ep` in the new point's list of layer l, above
+                // the new point's own layer, where no search ever reads it; no such list now)
                 // get the lowest distance point
                 let tmp_dist = self.dist_f.eval(data, ep.point_ref.data.get_v());
                 if tmp_dist < dist_to_entry {
@@ -1365,6 +1369,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     // fix from vidaunited (https://github.com/vidaunited), store potential reverse neighbout at correct layer
                     // This potential reverse add provide a symetric edge only if new_point is sufficiently close to q_point from q_point point of view
                     let l_n = l as usize;
+                    // (patch 0007: q may be a former entry point below layer l, reached there as
+                    // the only point of a layer above it; its list of layer l is made now)
+                    if q_point_neighbours.len() <= l_n {
+                        q_point_neighbours.resize_with(l_n + 1, Vec::new);
+                    }
                     let already = q_point_neighbours[l_n]
                         .iter()
                         .position(|old| old.point_ref.p_id == new_point.p_id);
@@ -1451,7 +1460,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut new_candidates_set = HashMap::<PointId, Arc<Point<T>>>::new();
             // get a list of all neighbours of candidates
             for (_p_id, p_point) in candidates_set.iter() {
-                let n_p_layer = &p_point.neighbours.read()[layer as usize];
+                let p_lists = p_point.neighbours.read();
+                let n_p_layer = p_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
                 for q in n_p_layer {
                     if !candidates_set.contains_key(&q.point_ref.p_id)
                         && !new_candidates_set.contains_key(&q.point_ref.p_id)
@@ -1622,7 +1632,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut has_changed = false;
             // search in stored neighbours
             {
-                let neighbours = &pivot.neighbours.read()[layer as usize];
+                let pivot_lists = pivot.neighbours.read();
+                let neighbours = pivot_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
                 for n in neighbours {
                     // get the lowest  distance point.
                     let tmp_dist = self.dist_f.eval(data, n.point_ref.data.get_v());

@@ -719,6 +719,14 @@ impl HnswIo {
         for (p_id, neighbours) in &neighbourhood_map {
             let point = &points_by_layer[p_id.0 as usize][p_id.1 as usize];
             for (l, neighbours) in neighbours.iter().enumerate() {
+                // (patch 0007: a point holds lists up to its own layer, and above it only the
+                // non-empty ones a dump gives)
+                if neighbours.is_empty() {
+                    continue;
+                }
+                if point.neighbours.read().len() <= l {
+                    point.neighbours.write().resize_with(l + 1, Vec::new);
+                }
                 for n in neighbours {
                     let n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
                     // now n_point is the Arc<Point> corresponding to neighbour n of point,
