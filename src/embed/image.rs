@@ -111,6 +111,31 @@ impl RgbImage {
         let i = (y * self.width + x) * 3;
         [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
     }
+
+    /// The square of half-side `half` around (`cx`, `cy`), clamped to the image (so not square
+    /// at a border), its rows copied out.
+    pub fn crop_around(&self, (cx, cy): (f64, f64), half: f64) -> RgbImage {
+        let clamp = |v: f64, hi: usize| (v.round().max(0.0) as usize).min(hi);
+        let (x0, x1) = (
+            clamp(cx - half, self.width - 1),
+            clamp(cx + half, self.width - 1),
+        );
+        let (y0, y1) = (
+            clamp(cy - half, self.height - 1),
+            clamp(cy + half, self.height - 1),
+        );
+        let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
+        let mut pixels = Vec::with_capacity(w * h * 3);
+        for y in y0..=y1 {
+            let row = (y * self.width + x0) * 3;
+            pixels.extend_from_slice(&self.pixels[row..row + w * 3]);
+        }
+        RgbImage {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
 }
 
 /// Why bytes did not become a chip. Every variant is refused without a panic and without

@@ -39,18 +39,9 @@ pub fn thumbnail(img: &RgbImage, face_box: Option<[i64; 4]>, spec: ThumbnailSpec
             spec.box_fraction * w.min(h),
         ),
     };
-    let half = 0.8 * side;
-    let clamp = |v: f64, hi: f64| v.round().clamp(0.0, hi) as u32;
-    let (x0, x1) = (clamp(cx - half, w - 1.0), clamp(cx + half, w - 1.0));
-    let (y0, y1) = (clamp(cy - half, h - 1.0), clamp(cy + half, h - 1.0));
-    // Only the crop's rows are copied out of the image.
-    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
-    let mut px = Vec::with_capacity((cw * ch * 3) as usize);
-    for y in y0..=y1 {
-        let row = (y as usize * img.width + x0 as usize) * 3;
-        px.extend_from_slice(&img.pixels[row..row + cw as usize * 3]);
-    }
-    let Some(crop) = image::RgbImage::from_raw(cw, ch, px) else {
+    let cut = img.crop_around((cx, cy), 0.8 * side);
+    let Some(crop) = image::RgbImage::from_raw(cut.width as u32, cut.height as u32, cut.pixels)
+    else {
         return Vec::new();
     };
     let scale = (spec.px as f64 / crop.width().max(crop.height()) as f64).min(1.0);

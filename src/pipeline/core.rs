@@ -206,28 +206,8 @@ pub fn embed_faces(
 /// image: what CLIP sees of one face of a photo.
 fn face_surroundings(img: &RgbImage, face_box: [i64; 4]) -> RgbImage {
     let [l, t, r, b] = face_box;
-    let (cx, cy) = ((l + r) as f64 / 2.0, (t + b) as f64 / 2.0);
-    let half = 1.1 * ((r - l + 1).max(b - t + 1)) as f64;
-    let clamp = |v: f64, hi: usize| (v.round().max(0.0) as usize).min(hi);
-    let (x0, x1) = (
-        clamp(cx - half, img.width - 1),
-        clamp(cx + half, img.width - 1),
-    );
-    let (y0, y1) = (
-        clamp(cy - half, img.height - 1),
-        clamp(cy + half, img.height - 1),
-    );
-    let (w, h) = (x1 - x0 + 1, y1 - y0 + 1);
-    let mut pixels = Vec::with_capacity(w * h * 3);
-    for y in y0..=y1 {
-        let row = (y * img.width + x0) * 3;
-        pixels.extend_from_slice(&img.pixels[row..row + w * 3]);
-    }
-    RgbImage {
-        width: w,
-        height: h,
-        pixels,
-    }
+    let centre = ((l + r) as f64 / 2.0, (t + b) as f64 / 2.0);
+    img.crop_around(centre, 1.1 * ((r - l + 1).max(b - t + 1)) as f64)
 }
 
 #[cfg(test)]

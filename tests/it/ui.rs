@@ -37,9 +37,22 @@ fn text(b: &Browser, id: &str) -> String {
 fn ready(b: &Browser, view: &str) {
     b.wait_for(
         &format!("document.body.dataset.ready === {view:?}"),
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &format!("the page shows {view}"),
     );
+}
+
+/// Selects the opened cluster's last face by clicking it, then presses button `id`; its face id.
+fn last_face_then(b: &Browser, id: &str) -> String {
+    let face = b.eval("[...document.querySelectorAll('#faces .face')].pop().dataset.face");
+    run(
+        b,
+        &format!(
+            "[...document.querySelectorAll('#faces .face img')].pop().click(); \
+             document.getElementById({id:?}).click();"
+        ),
+    );
+    face.as_str().unwrap().to_string()
 }
 
 /// The message bar shows `what` (visible, not hidden).
@@ -48,7 +61,7 @@ fn message(b: &Browser, what: &str) {
         &format!(
             "(() => {{ const m = document.getElementById('message'); return !m.hidden && m.offsetHeight > 0 && m.textContent.includes({what:?}); }})()"
         ),
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         &format!(
             "a visible message saying {what:?} (it says {:?})",
             b.eval("document.getElementById('message').textContent")
@@ -95,7 +108,7 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
         )
         .unwrap(),
     );
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(90)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let (admin, api) = (free_port(), free_port());
@@ -175,7 +188,7 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     b.wait_for(
         "(() => { const imgs = [...document.querySelector('.cluster').querySelectorAll('img')]; \
          return imgs.length > 0 && imgs.every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0); })()",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "the largest cluster's thumbnails loaded",
     );
     // Paged: every list request asked for one page, never for everything.
@@ -246,7 +259,7 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     b.wait_for(
         "document.querySelectorAll('#faces img').length > 0 && \
          [...document.querySelectorAll('#faces img')].every(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "the opened cluster's faces loaded",
     );
     run(
@@ -275,25 +288,13 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     let other_size = size_of(other);
     run(&b, &format!("location.hash = '#/cluster/{other}';"));
     ready(&b, "cluster");
-    let split_face = b.eval("[...document.querySelectorAll('#faces .face')].pop().dataset.face");
-    let split_face = split_face.as_str().unwrap().to_string();
-    run(
-        &b,
-        "[...document.querySelectorAll('#faces .face img')].pop().click(); \
-         document.getElementById('split').click();",
-    );
+    let split_face = last_face_then(&b, "split");
     message(&b, "split 1 face off");
     assert_ne!(cluster_of(&split_face), other, "{split_face} left");
     assert_eq!(size_of(other), other_size - 1);
 
     // "Not this person" for another of its faces: it leaves and stays out.
-    let not_this = b.eval("[...document.querySelectorAll('#faces .face')].pop().dataset.face");
-    let not_this = not_this.as_str().unwrap().to_string();
-    run(
-        &b,
-        "[...document.querySelectorAll('#faces .face img')].pop().click(); \
-         document.getElementById('not-this').click();",
-    );
+    let not_this = last_face_then(&b, "not-this");
     message(&b, "not this person");
     assert_ne!(cluster_of(&not_this), other, "{not_this} left");
 
@@ -363,7 +364,7 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     assert_eq!(named, json!("Tony Blair"), "{}", text(&b, "clusters"));
     b.wait_for(
         "[...document.querySelectorAll('.cluster img')].every(i => i.complete)",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "every picture settled",
     );
     let shot =
@@ -539,7 +540,7 @@ fn the_review_page_stays_usable_at_a_hundred_thousand_clusters() {
     b.navigate(&format!("http://127.0.0.1:{port}/ui"));
     b.wait_for(
         "document.getElementById('token-dialog').open",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "the token asked for",
     );
     run(
@@ -564,7 +565,7 @@ fn the_review_page_stays_usable_at_a_hundred_thousand_clusters() {
             "document.body.dataset.ready === 'list' && document.getElementById('page').textContent === 'page 2' \
              && document.querySelector('.cluster').dataset.id !== {first}"
         ),
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         "the second page",
     );
     let second_page = t.elapsed();
