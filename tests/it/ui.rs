@@ -42,6 +42,17 @@ fn ready(b: &Browser, view: &str) {
     );
 }
 
+/// Types the API token into the page's token dialog and submits it.
+fn give_token(b: &Browser) {
+    run(
+        b,
+        &format!(
+            "document.getElementById('token').value = {TOKEN:?}; \
+             document.getElementById('token-form').requestSubmit();"
+        ),
+    );
+}
+
 /// Selects the opened cluster's last face by clicking it, then presses button `id`; its face id.
 fn last_face_then(b: &Browser, id: &str) -> String {
     let face = b.eval("[...document.querySelectorAll('#faces .face')].pop().dataset.face");
@@ -231,13 +242,7 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
     );
 
     // The token, once; then the same merge goes through.
-    run(
-        &b,
-        &format!(
-            "document.getElementById('token').value = {TOKEN:?}; \
-             document.getElementById('token-form').requestSubmit();"
-        ),
-    );
+    give_token(&b);
     ready(&b, "list");
     run(&b, "document.getElementById('merge').click();");
     message(&b, "merged 2 clusters");
@@ -543,13 +548,7 @@ fn the_review_page_stays_usable_at_a_hundred_thousand_clusters() {
         Duration::from_secs(90),
         "the token asked for",
     );
-    run(
-        &b,
-        &format!(
-            "document.getElementById('token').value = {TOKEN:?}; \
-             document.getElementById('token-form').requestSubmit();"
-        ),
-    );
+    give_token(&b);
     ready(&b, "list");
     let first_page = t.elapsed();
     assert_eq!(
