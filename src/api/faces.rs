@@ -48,7 +48,7 @@ pub(super) async fn get_thumbnail(
             Some(d) => vec![app.domain(Some(d))?],
             None => app.all_domains(),
         };
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             for (_, shared) in domains {
                 let c = shared.lock();
                 match read::picture(&c, &face_id) {
@@ -65,15 +65,11 @@ pub(super) async fn get_thumbnail(
             Err(refuse(Outcome::NotFound, format!("no face {face_id:?}")))
         })
         .await
-        .unwrap_or_else(|e| Err(refuse(Outcome::Unavailable, format!("request failed: {e}"))))
     }
     .await;
     match r {
         Ok(p) => {
-            app.metrics
-                .api_requests
-                .with_label_values(&[Outcome::Ok.label()])
-                .inc();
+            app.count(Outcome::Ok);
             use axum::http::header;
             match p {
                 read::Picture::Stored(bytes) => (
@@ -97,11 +93,5 @@ pub(super) async fn get_thumbnail(
 
 /// The media type of stored picture bytes (checked as images when they arrived).
 fn image_type(b: &[u8]) -> &'static str {
-    if b.starts_with(b"\x89PNG") {
-        "image/png"
-    } else if b.starts_with(b"RIFF") {
-        "image/webp"
-    } else {
-        "image/jpeg"
-    }
+    image::guess_format(b).map_or("image/jpeg", |f| f.to_mime_type())
 }

@@ -214,11 +214,16 @@ impl App {
             Ok(v) => (Outcome::Ok, v),
             Err(Refusal(o, msg)) => (o, json!({ "error": msg })),
         };
+        self.count(o);
+        (o.status(), Json(body)).into_response()
+    }
+
+    /// Counts a request's outcome (`clip_cluster_api_requests_total`).
+    fn count(&self, o: Outcome) {
         self.metrics
             .api_requests
             .with_label_values(&[o.label()])
             .inc();
-        (o.status(), Json(body)).into_response()
     }
 
     /// Lets a read in: a valid token, or none needed.
@@ -283,9 +288,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Runs `f` on a blocking thread (it locks a state that a batch may hold).
-async fn blocking<F>(f: F) -> Reply
+async fn blocking<T, F>(f: F) -> Result<T, Refusal>
 where
-    F: FnOnce() -> Reply + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Refusal> + Send + 'static,
 {
     tokio::task::spawn_blocking(f)
         .await
