@@ -230,8 +230,8 @@ pub struct Point<'b, T: Clone + Send + Sync> {
     origin_id: DataId,
     /// a point id identifying point as stored in our structure
     p_id: PointId,
-    /// neighbours info
-    pub(crate) neighbours: Arc<RwLock<Vec<Vec<Arc<PointWithOrder<'b, T>>>>>>,
+    /// neighbours info (patch 0008: each link held by value in its list, not behind its own `Arc`)
+    pub(crate) neighbours: Arc<RwLock<Vec<Vec<PointWithOrder<'b, T>>>>>,
 }
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
@@ -260,7 +260,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
 
     /// Empty neighbour lists for layers 0..=p_id.0 (patch 0007).
     #[allow(clippy::type_complexity)]
-    fn layers(p_id: PointId) -> Vec<Vec<Arc<PointWithOrder<'b, T>>>> {
+    fn layers(p_id: PointId) -> Vec<Vec<PointWithOrder<'b, T>>> {
         let nb = (p_id.0 as usize + 1).min(NB_LAYER_MAX as usize);
         (0..nb).map(|_| Vec::new()).collect()
     }
@@ -1308,7 +1308,14 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 // sort neighbours
                 neighbours.sort_unstable();
                 // we must add bidirecti*onal from data i.e new_point_id to neighbours
-                new_point.neighbours.write()[l as usize].clone_from(&neighbours);
+                // (patch 0008: the links copied by value, the list sized to them exactly)
+                {
+                    let mut lists = new_point.neighbours.write();
+                    let list = &mut lists[l as usize];
+                    list.clear();
+                    list.reserve_exact(neighbours.len());
+                    list.extend(neighbours.iter().map(|p| PointWithOrder::clone(p)));
+                }
                 // this reverse neighbour update could be done here but we put it at end to gather all code
                 // requiring a mutex guard for multi threading.
                 // update ep for loop iteration. As we sorted neighbours the nearest
@@ -1384,15 +1391,21 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         //   panic!();
                         continue;
                     }
-                    q_point_neighbours[l_n].push(Arc::new(n_to_add));
-                    let nbn_at_l = q_point_neighbours[l_n].len();
-                    //
                     // if l < level, update upward chaining, insert does a sort! t_q has a neighbour not yet in global table of points!
                     let threshold_shrinking = if l_n > 0 {
                         self.max_nb_connection
                     } else {
                         2 * self.max_nb_connection
                     };
+                    // (patch 0008: the list grows by doubling but never past one more than it
+                    // keeps, instead of doubling to twice that when a full list takes one more)
+                    let q_list = &mut q_point_neighbours[l_n];
+                    if q_list.len() == q_list.capacity() {
+                        let want = (2 * q_list.capacity()).max(4).min(threshold_shrinking + 1);
+                        q_list.reserve_exact(want.max(q_list.len() + 1) - q_list.len());
+                    }
+                    q_list.push(n_to_add);
+                    let nbn_at_l = q_point_neighbours[l_n].len();
                     let shrink = nbn_at_l > threshold_shrinking;
                     {
                         // sort and shring if necessary

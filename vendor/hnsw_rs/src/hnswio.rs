@@ -727,12 +727,14 @@ impl HnswIo {
                 if point.neighbours.read().len() <= l {
                     point.neighbours.write().resize_with(l + 1, Vec::new);
                 }
+                // (patch 0008: the list sized to the dump's links exactly)
+                point.neighbours.write()[l].reserve_exact(neighbours.len());
                 for n in neighbours {
                     let n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
                     // now n_point is the Arc<Point> corresponding to neighbour n of point,
                     // construct a corresponding PointWithOrder
                     let n_pwo = PointWithOrder::<T>::new(n_point, n.distance);
-                    point.neighbours.write()[l].push(Arc::new(n_pwo));
+                    point.neighbours.write()[l].push(n_pwo);
                 } // end of for n
                 //  must sort
                 point.neighbours.write()[l].sort_unstable();
