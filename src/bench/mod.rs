@@ -20,6 +20,9 @@ pub struct Window {
     pub n_faces: usize,
     pub faces_per_second: f64,
     pub micros_per_face: f64,
+    /// Resident bytes beyond the two vector copies per face held when the window ended: with
+    /// two windows, the slope between them is the cost of one more face and the rest is fixed.
+    pub rss_bytes_per_face_beyond_vectors: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,10 +164,12 @@ pub fn run(
         i = apply_range(&mut c, &ids, &data, dim, i, w_end, batch, progress)?;
         let secs = t.elapsed().as_secs_f64();
         if w_end > w_start {
+            let rss = rss_bytes().saturating_sub(rss0) as f64 / w_end as f64;
             windows.push(Window {
                 n_faces: w_end,
                 faces_per_second: (w_end - w_start) as f64 / secs,
                 micros_per_face: secs * 1e6 / (w_end - w_start) as f64,
+                rss_bytes_per_face_beyond_vectors: rss - (2 * dim * 4) as f64,
             });
         }
         i = apply_range(&mut c, &ids, &data, dim, i, cp, batch, progress)?;

@@ -32,7 +32,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             meta,
         } = face;
         let identity = check_face(face_id, vector, extra, self.params.dim)?;
-        if let Some(&seq) = self.by_id.get(face_id) {
+        if let Some(seq) = self.face_ids.get(face_id) {
             return Ok((Outcome::Duplicate { seq }, Vec::new()));
         }
         if self.faces.len() >= u32::MAX as usize - 1 {
@@ -105,9 +105,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         });
         self.n_weak += usize::from(weak);
         self.mark.push(0);
-        let boxed: Box<str> = face_id.into();
-        self.face_ids.push(boxed.clone());
-        self.by_id.insert(boxed, seq);
+        self.face_ids.push(face_id);
         for e in &own_out {
             let inn = &mut self.faces[e.to as usize].inn;
             let pos = inn.binary_search(&seq).unwrap_or_else(|x| x);

@@ -20,7 +20,7 @@
 
 pub mod calibrate;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,7 @@ use crate::index::{dot, rank, Neighbor, NeighborIndex};
 mod components;
 mod erase;
 pub mod feedback;
+mod ids;
 mod insert;
 pub mod recluster;
 mod refresh;
@@ -501,8 +502,7 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     proxy_gen: P,
     scorer: S,
     faces: Vec<Node>,
-    face_ids: Vec<Box<str>>,
-    by_id: HashMap<Box<str>, u32>,
+    face_ids: ids::FaceIds,
     /// Row-major proxies; the edge scorer and re-linking read them.
     proxies: Vec<f32>,
     /// Row-major normalized identity vectors, kept only when proxies are refreshed (`refresh`).

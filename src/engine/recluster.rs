@@ -222,7 +222,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// with no vector, edge or cluster, so the id stays refused. Returns its sequence number,
     /// or `None` when the id is held already.
     pub fn add_tombstone(&mut self, face_id: &str) -> Option<u32> {
-        if self.by_id.contains_key(face_id) || face_id.is_empty() {
+        if self.face_ids.get(face_id).is_some() || face_id.is_empty() {
             return None;
         }
         let seq = self.faces.len() as u32;
@@ -245,9 +245,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.identities.extend(std::iter::repeat_n(0.0, d));
             self.extras.push(Vec::new());
         }
-        let boxed: Box<str> = face_id.into();
-        self.face_ids.push(boxed.clone());
-        self.by_id.insert(boxed, seq);
+        self.face_ids.push(face_id);
         self.erased.insert(seq);
         self.touch_face(seq);
         if self.track {

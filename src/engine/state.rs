@@ -1,6 +1,6 @@
 //! The engine's construction, restoration from the store, read accessors and change tracking.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::*;
 
@@ -19,8 +19,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             proxy_gen,
             scorer,
             faces: Vec::new(),
-            face_ids: Vec::new(),
-            by_id: HashMap::new(),
+            face_ids: ids::FaceIds::default(),
             proxies: Vec::new(),
             identities: Vec::new(),
             n_refreshed: 0,
@@ -90,13 +89,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 e.refresh_kept(s);
             }
         }
-        e.face_ids = r.face_ids.into_iter().map(String::into_boxed_str).collect();
-        e.by_id = e
-            .face_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32))
-            .collect();
+        e.face_ids = ids::FaceIds::from_ids(r.face_ids);
         e.proxies = r.proxies;
         let d = params.dim;
         for (seq, p) in r.refreshed {
@@ -186,7 +179,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     pub fn seq_of(&self, face_id: &str) -> Option<u32> {
-        self.by_id.get(face_id).copied()
+        self.face_ids.get(face_id)
     }
 
     pub fn face_id(&self, seq: u32) -> &str {

@@ -221,7 +221,8 @@ impl<'b, T: Clone + Send + Sync + 'b> PointData<'b, T> {
 ///
 // neighbours table : one vector by layer the point is on (0..=p_id.0; patch 0007)
 //
-#[derive(Debug, Clone)]
+// (patch 0009: not `Clone`: the lists live in the point, not behind a shared `Arc`)
+#[derive(Debug)]
 #[allow(clippy::type_complexity)]
 pub struct Point<'b, T: Clone + Send + Sync> {
     /// The data of this point, coming from hnsw client and associated to origin_id,
@@ -231,7 +232,8 @@ pub struct Point<'b, T: Clone + Send + Sync> {
     /// a point id identifying point as stored in our structure
     p_id: PointId,
     /// neighbours info (patch 0008: each link held by value in its list, not behind its own `Arc`)
-    pub(crate) neighbours: Arc<RwLock<Vec<Vec<PointWithOrder<'b, T>>>>>,
+    /// (patch 0009: the lock and the lists in the point itself, not in a block of their own)
+    pub(crate) neighbours: RwLock<Vec<Vec<PointWithOrder<'b, T>>>>,
 }
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
@@ -244,7 +246,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
             data: PointData::new_v(v),
             origin_id,
             p_id,
-            neighbours: Arc::new(RwLock::new(neighbours)),
+            neighbours: RwLock::new(neighbours),
         }
     }
 
@@ -254,7 +256,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
             data: PointData::new_s(s),
             origin_id,
             p_id,
-            neighbours: Arc::new(RwLock::new(neighbours)),
+            neighbours: RwLock::new(neighbours),
         }
     }
 
@@ -1397,22 +1399,25 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     } else {
                         2 * self.max_nb_connection
                     };
-                    // (patch 0008: the list grows by doubling but never past one more than it
-                    // keeps, instead of doubling to twice that when a full list takes one more)
+                    // (patch 0008: a full list (sorted, as every list is) takes the new link in
+                    // place of its farthest when the new one is nearer, which is what pushing,
+                    // sorting and dropping the farthest leaves, without growing past what it
+                    // keeps; a list below that grows by doubling, capped at what it keeps)
                     let q_list = &mut q_point_neighbours[l_n];
-                    if q_list.len() == q_list.capacity() {
-                        let want = (2 * q_list.capacity()).max(4).min(threshold_shrinking + 1);
-                        q_list.reserve_exact(want.max(q_list.len() + 1) - q_list.len());
-                    }
-                    q_list.push(n_to_add);
-                    let nbn_at_l = q_point_neighbours[l_n].len();
-                    let shrink = nbn_at_l > threshold_shrinking;
-                    {
-                        // sort and shring if necessary
-                        q_point_neighbours[l_n].sort_unstable();
-                        if shrink {
-                            q_point_neighbours[l_n].pop();
+                    if q_list.len() >= threshold_shrinking {
+                        let nearer = q_list.last().is_some_and(|far| n_to_add < *far);
+                        if nearer {
+                            q_list.pop();
+                            q_list.push(n_to_add);
+                            q_list.sort_unstable();
                         }
+                    } else {
+                        if q_list.len() == q_list.capacity() {
+                            let want = (2 * q_list.capacity()).max(4).min(threshold_shrinking);
+                            q_list.reserve_exact(want - q_list.len());
+                        }
+                        q_list.push(n_to_add);
+                        q_list.sort_unstable();
                     }
                 } // end protection against point identity
             }
