@@ -178,9 +178,11 @@ pub fn photos(
             };
             let singles: Vec<&RgbImage> = tiles.iter().map(|t| &images[t.image]).collect();
             let alone = one.embed_images(&singles);
-            // Each tile's face is the detected one nearest the tile's centre, as the image
-            // embedded alone chooses; other faces (a bystander in the picture) count as extra.
-            let mut best: Vec<Option<(f64, usize)>> = vec![None; tiles.len()];
+            // Each tile's face is the one the image embedded alone would choose: the subject
+            // rule (`embed::locate::subject`) over the faces detected in the tile, with the tile
+            // as the picture; other faces (a bystander in the picture) count as extra.
+            let mut in_tile: Vec<Vec<(crate::embed::landmarks::Rect, f32, usize)>> =
+                vec![Vec::new(); tiles.len()];
             for (i, f) in faces.iter().enumerate() {
                 let Some(l) = f.located.as_ref().filter(|l| l.outcome == "detected") else {
                     report.extra += 1;
@@ -196,18 +198,30 @@ pub fn photos(
                     report.extra += 1;
                     continue;
                 };
+                let r = crate::embed::landmarks::Rect {
+                    left: fl,
+                    top: ft,
+                    right: fr,
+                    bottom: fb,
+                };
+                in_tile[t].push((r, l.score.unwrap_or(0.0), i));
+            }
+            let mut best: Vec<Option<usize>> = vec![None; tiles.len()];
+            for (t, cands) in in_tile.iter().enumerate() {
+                if cands.is_empty() {
+                    continue;
+                }
+                report.extra += cands.len() - 1;
                 let tc = &tiles[t];
-                let d = (x - (tc.x as f64 + (tc.w as f64 - 1.0) / 2.0))
-                    .hypot(y - (tc.y as f64 + (tc.h as f64 - 1.0) / 2.0));
-                if best[t].is_some() {
-                    report.extra += 1;
-                }
-                if best[t].is_none_or(|(bd, _)| d < bd) {
-                    best[t] = Some((d, i));
-                }
+                let area = [tc.x, tc.y, tc.x + tc.w, tc.y + tc.h];
+                let (r, _) = crate::embed::locate::subject(
+                    cands.iter().map(|(r, c, _)| (*r, *c)).collect(),
+                    area,
+                );
+                best[t] = cands.iter().find(|(q, _, _)| *q == r).map(|(_, _, i)| *i);
             }
             for (t, b) in best.iter().enumerate() {
-                let Some((_, i)) = b else { continue };
+                let Some(i) = b else { continue };
                 report.found += 1;
                 match &alone[t] {
                     Ok(a) => cosines.push(cosine(&faces[*i].vector, &a.vector)),

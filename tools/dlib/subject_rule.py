@@ -18,6 +18,7 @@ Usage:
 Nothing is written into the repository.
 """
 import argparse
+import io
 import json
 import os
 import random
@@ -57,8 +58,41 @@ def centre(b):
     return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
 
 
-def rules(w, h):
+# src/embed/locate.rs `content_box`: the picture without uniform margins (padding, letterbox).
+MARGIN_TOLERANCE = 10
+
+
+def content_box(a):
+    """[x0, y0, x1, y1) of an H x W x 3 uint8 array, as the Rust function computes it."""
+    h, w = a.shape[:2]
+    a = a.astype(np.int16)
+    tol = MARGIN_TOLERANCE
+
+    def run(lines, ref):
+        n = 0
+        for line in lines:
+            if np.abs(line - ref).max() > tol:
+                break
+            n += 1
+        return n
+
+    top = run((a[y] for y in range(h)), a[0, 0])
+    bottom = run((a[y] for y in range(h - 1, -1, -1)), a[h - 1, 0])
+    left = run((a[:, x] for x in range(w)), a[0, 0])
+    right = run((a[:, x] for x in range(w - 1, -1, -1)), a[0, w - 1])
+    x0, y0, x1, y1 = left, top, w - right, h - bottom
+    if x1 - x0 < w / 4 or y1 - y0 < h / 4:
+        return [0, 0, w, h]
+    return [x0, y0, x1, y1]
+
+
+def rules(w, h, area=None):
+    """The rules on a w x h picture; `area` = [x0, y0, x1, y1): the content-box variants' part."""
     cx, cy = (w - 1) / 2, (h - 1) / 2
+    if area is not None:
+        x0, y0, x1, y1 = area
+        cx, cy = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2
+        w, h = x1 - x0, y1 - y0
     dist = lambda b: np.hypot(centre(b)[0] - cx, centre(b)[1] - cy)
 
     side = lambda b: min(b[2] - b[0], b[3] - b[1])
@@ -108,8 +142,29 @@ def main():
     if not os.path.isfile(os.path.join(a.lfw, "pairs.txt")):
         raise SystemExit(f"LFW not found at {a.lfw} (--lfw or CLIP_CLUSTER_LFW)")
     dets = detect(a.lfw, a.models, a.cache)
-    several = [fs for fs in ([b for b in e["d"] if b[4] >= 0] for e in dets) if len(fs) >= 2]
-    print(f"{len(dets)} training images, {len(several)} with several certain faces")
+    several, images = [], []
+    from PIL import Image
+
+    for e in dets:
+        fs = [b for b in e["d"] if b[4] >= 0]
+        if len(fs) < 2:
+            continue
+        several.append(fs)
+        images.append(Image.open(f"{a.lfw}/images/{e['k'][:-5]}/{e['k']}.jpg").convert("RGB"))
+    trimmed = sum(content_box(np.array(im)) != [0, 0, 250, 250] for im in images)
+    print(f"{len(dets)} training images, {len(several)} with several certain faces ({trimmed} with a uniform margin)")
+
+    def picture(im, side, dx, dy):
+        """The moved picture as tools/lfw_variants.py makes it (JPEG quality 95, read back)."""
+        if side == 125:
+            out = im.crop((-dx, -dy, -dx + side, -dy + side))
+        else:
+            out = Image.new("RGB", (side, side), (128, 128, 128))
+            out.paste(im, (dx, dy))
+        buf = io.BytesIO()
+        out.save(buf, "JPEG", quality=95)
+        buf.seek(0)
+        return np.array(Image.open(buf).convert("RGB"))
     r = random.Random(1)
     variants = [
         ("standard", 250, lambda: (0, 0), 1),
@@ -122,7 +177,7 @@ def main():
     table = {}
     for name, side, move, reps in variants:
         wrong, n = {}, 0
-        for fs in several:
+        for fs, im in zip(several, images):
             truth = min(range(len(fs)), key=lambda i: np.hypot(centre(fs[i])[0] - 124.5, centre(fs[i])[1] - 124.5))
             for _ in range(reps):
                 dx, dy = move()
@@ -133,6 +188,10 @@ def main():
                 n += 1
                 for rule, pick in rules(side, side).items():
                     wrong[rule] = wrong.get(rule, 0) + (pick(moved)[5] != truth)
+                box = content_box(picture(im, side, dx, dy))
+                for rule, pick in rules(side, side, box).items():
+                    key = rule + " [content box]"
+                    wrong[key] = wrong.get(key, 0) + (pick(moved)[5] != truth)
         for rule, v in wrong.items():
             table.setdefault(rule, []).append(f"{100 * v / max(n, 1):.1f}%")
     for rule, cells in table.items():
