@@ -277,7 +277,7 @@ impl FaceEmbedder for DlibEmbedder {
         // The detector is part of the embedder's identity; fixed-box ids are those of before it.
         let locate = match &self.locator {
             Some(l) => format!(
-                "+det{}-s{}-m{}-x{}-c{}-subj{}-{}-{}",
+                "+det{}-s{}-m{}-x{}-c{}-subj{}-{}-{}-in{}",
                 &l.detector.sha256()[..8],
                 l.min_face_score,
                 l.min_face_px,
@@ -285,7 +285,8 @@ impl FaceEmbedder for DlibEmbedder {
                 l.max_face_outside,
                 crate::embed::locate::SUBJECT_MARGIN,
                 crate::embed::locate::SUBJECT_CENTRE,
-                crate::embed::locate::SUBJECT_SIZE
+                crate::embed::locate::SUBJECT_SIZE,
+                crate::embed::locate::MARGIN_TOLERANCE
             ),
             None => String::new(),
         };
