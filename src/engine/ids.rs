@@ -39,6 +39,7 @@ impl FaceIds {
     pub fn from_ids(ids: Vec<String>) -> Self {
         let mut out = Self::default();
         out.ids.reserve_exact(ids.len());
+        // The table is empty: nothing to rehash while it grows here.
         out.table.reserve(ids.len(), |_| 0);
         for id in ids {
             out.push(&id);
