@@ -187,7 +187,13 @@ impl Locator {
                     .map(|(r, c)| spot(r, c))
                     .collect());
             }
-            let (r, c) = subject(certain, content_box(img));
+            // (one face is the subject wherever the picture is: no margins to look for)
+            let area = if certain.len() > 1 {
+                content_box(img)
+            } else {
+                [0, 0, img.width, img.height]
+            };
+            let (r, c) = subject(certain, area);
             if let Some(e) = refuse(&r) {
                 return Err(e);
             }
