@@ -142,6 +142,8 @@ pub fn run(
     );
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
     let rss0 = rss_bytes();
+    // Resident bytes per face beyond the two vector copies each face holds.
+    let beyond_vectors = |per_face: f64| per_face - (2 * dim * 4) as f64;
     let mut c = Clusterer::open(cfg)?;
     let start = Instant::now();
     let mut windows = Vec::new();
@@ -169,7 +171,7 @@ pub fn run(
                 n_faces: w_end,
                 faces_per_second: (w_end - w_start) as f64 / secs,
                 micros_per_face: secs * 1e6 / (w_end - w_start) as f64,
-                rss_bytes_per_face_beyond_vectors: rss - (2 * dim * 4) as f64,
+                rss_bytes_per_face_beyond_vectors: beyond_vectors(rss),
             });
         }
         i = apply_range(&mut c, &ids, &data, dim, i, cp, batch, progress)?;
@@ -210,7 +212,7 @@ pub fn run(
         windows,
         n_clusters: c.engine().n_clusters(),
         rss_bytes_per_face: rss,
-        rss_bytes_per_face_beyond_vectors: rss - (2 * dim * 4) as f64,
+        rss_bytes_per_face_beyond_vectors: beyond_vectors(rss),
         sled_bytes_on_disk: c.store().size_on_disk(),
         operator: None,
     })

@@ -266,18 +266,13 @@ pub const MARGIN_TOLERANCE: u8 = 10;
 /// a quarter of its width or height (a plain image, a plain backdrop).
 pub fn content_box(img: &RgbImage) -> [usize; 4] {
     let (w, h) = (img.width, img.height);
-    let px = |x: usize, y: usize| &img.pixels[(y * w + x) * 3..(y * w + x) * 3 + 3];
-    let near = |p: &[u8], q: &[u8]| {
-        p.iter()
-            .zip(q)
-            .all(|(a, b)| a.abs_diff(*b) <= MARGIN_TOLERANCE)
-    };
-    let row = |y: usize, r: &[u8]| (0..w).all(|x| near(px(x, y), r));
-    let col = |x: usize, r: &[u8]| (0..h).all(|y| near(px(x, y), r));
+    let near = |p: [u8; 3], q: [u8; 3]| (0..3).all(|c| p[c].abs_diff(q[c]) <= MARGIN_TOLERANCE);
+    let row = |y: usize, r: [u8; 3]| (0..w).all(|x| near(img.rgb(x, y), r));
+    let col = |x: usize, r: [u8; 3]| (0..h).all(|y| near(img.rgb(x, y), r));
     if w == 0 || h == 0 {
         return [0, 0, w, h];
     }
-    let (tl, bl, tr) = (px(0, 0), px(0, h - 1), px(w - 1, 0));
+    let (tl, bl, tr) = (img.rgb(0, 0), img.rgb(0, h - 1), img.rgb(w - 1, 0));
     let top = (0..h).take_while(|&y| row(y, tl)).count();
     let bottom = (0..h).rev().take_while(|&y| row(y, bl)).count();
     let left = (0..w).take_while(|&x| col(x, tl)).count();
@@ -425,7 +420,7 @@ mod tests {
                 px[i..i + 3].fill(v);
             }
         }
-        let img = RgbImage::new(w, h, px.clone()).unwrap();
+        let img = RgbImage::new(w, h, px).unwrap();
         assert_eq!(content_box(&img), [25, 10, 65, 40]);
         // A plain image, or a picture that would be under a quarter of it: the whole image.
         let plain = RgbImage::new(w, h, vec![128u8; w * h * 3]).unwrap();
