@@ -120,6 +120,7 @@ pub struct EmbedConfig {
     pub min_face_score: f32,
     pub max_face_outside: f32,
     pub detect_max_side: u32,
+    pub refine_box: bool,
     pub faces_per_image: FacesPerImage,
 }
 

@@ -17,6 +17,8 @@ pub struct Locator {
     /// The fraction of a face box's width or height that may lie outside the image.
     pub max_face_outside: f32,
     pub max_side: u32,
+    /// `embed.refine_box`: the detector's boxes between its grid positions and pyramid levels.
+    pub refine_box: bool,
     /// `faces_per_image = "all"`: every certain face, not only the subject.
     pub all: bool,
 }
@@ -92,7 +94,12 @@ impl Locator {
             .collect();
         let found = self
             .detector
-            .detect(&refs, self.min_face_score - UNCERTAIN_MARGIN, batch)
+            .detect_with(
+                &refs,
+                self.min_face_score - UNCERTAIN_MARGIN,
+                batch,
+                self.refine_box,
+            )
             .map_err(|e| EmbedError::Model(format!("face detector: {e}")))?;
         Ok(images
             .iter()

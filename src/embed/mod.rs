@@ -201,6 +201,7 @@ impl DlibEmbedder {
                 min_face_score: e.min_face_score,
                 max_face_outside: e.max_face_outside,
                 max_side: e.detect_max_side,
+                refine_box: e.refine_box,
                 all: e.faces_per_image == crate::config::FacesPerImage::All,
             }),
             _ => None,
@@ -277,7 +278,7 @@ impl FaceEmbedder for DlibEmbedder {
         // The detector is part of the embedder's identity; fixed-box ids are those of before it.
         let locate = match &self.locator {
             Some(l) => format!(
-                "+det{}-s{}-m{}-x{}-c{}-subj{}-{}-{}-in{}",
+                "+det{}-s{}-m{}-x{}-c{}-subj{}-{}-{}-in{}{}",
                 &l.detector.sha256()[..8],
                 l.min_face_score,
                 l.min_face_px,
@@ -286,7 +287,8 @@ impl FaceEmbedder for DlibEmbedder {
                 crate::embed::locate::SUBJECT_MARGIN,
                 crate::embed::locate::SUBJECT_CENTRE,
                 crate::embed::locate::SUBJECT_SIZE,
-                crate::embed::locate::MARGIN_TOLERANCE
+                crate::embed::locate::MARGIN_TOLERANCE,
+                if l.refine_box { "-rb" } else { "" }
             ),
             None => String::new(),
         };

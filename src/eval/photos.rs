@@ -36,9 +36,21 @@ pub struct PhotoReport {
     pub within_099_fraction: f64,
     pub cosine_min: f64,
     pub cosine_median: f64,
+    /// Each found face below cosine 0.99: its image, the cosine, and the box the landmarks started
+    /// from alone and in the collage (moved to the image's own pixels).
+    pub below_099: Vec<PhotoMiss>,
     /// Collages refused whole (the reason, e.g. no_face), and images refused alone.
     pub refused: Vec<String>,
     pub seconds: f64,
+}
+
+/// A face embedded differently in a collage than alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhotoMiss {
+    pub image: String,
+    pub cosine: f64,
+    pub box_alone: Option<[i64; 4]>,
+    pub box_in_photo: Option<[i64; 4]>,
 }
 
 struct Tile {
@@ -153,6 +165,7 @@ pub fn photos(
         within_099_fraction: 0.0,
         cosine_min: f64::NAN,
         cosine_median: f64::NAN,
+        below_099: Vec::new(),
         refused: Vec::new(),
         seconds: 0.0,
     };
@@ -224,7 +237,24 @@ pub fn photos(
                 let Some(i) = b else { continue };
                 report.found += 1;
                 match &alone[t] {
-                    Ok(a) => cosines.push(cosine(&faces[*i].vector, &a.vector)),
+                    Ok(a) => {
+                        let c = cosine(&faces[*i].vector, &a.vector);
+                        if c < 0.99 {
+                            let tc = &tiles[t];
+                            let (dx, dy) = (tc.x as i64, tc.y as i64);
+                            let (name, n) = &keys[tc.image];
+                            report.below_099.push(PhotoMiss {
+                                image: format!("{name}_{n:04}"),
+                                cosine: c,
+                                box_alone: a.located.as_ref().map(|l| l.face_box),
+                                box_in_photo: faces[*i].located.as_ref().map(|l| {
+                                    let [l, t, r, b] = l.face_box;
+                                    [l - dx, t - dy, r - dx, b - dy]
+                                }),
+                            });
+                        }
+                        cosines.push(c);
+                    }
                     Err(e) => {
                         if let Some(m) = model(e) {
                             return Err(m);

@@ -246,3 +246,108 @@ fn truncated_or_foreign_detector_files_are_typed_errors() {
         .expect("refused");
     assert!(err.to_string().contains("expected loss_mmod_"), "{err}");
 }
+
+/// `detect_with(.., refine = true)`: the same LFW image pasted at different places of a larger
+/// picture (as a crop in a group photo) gets nearly the same box relative to the image, where
+/// dlib's boxes snap to the network's output grid (8 pyramid pixels, about 11 image pixels at an
+/// LFW face's level) and to the pyramid's levels (a factor 1.2). Same faces, same order, same
+/// scores either way. Ten images of TRAINING identities (`REFINE_*` were chosen on these).
+#[test]
+fn refined_boxes_follow_the_face_across_the_picture() {
+    let test = "refined_boxes_follow_the_face_across_the_picture";
+    let Some(det) = detector(test) else {
+        return;
+    };
+    let Some(lfw) = crate::support::lfw_root(test) else {
+        return;
+    };
+    let names = [
+        "Aaron_Peirsol",
+        "Ari_Fleischer",
+        "Britney_Spears",
+        "Constance_Marie",
+        "Eileen_Coparropa",
+        "George_W_Bush",
+        "Hugo_Chavez",
+        "Joan_Laporta",
+        "Julianne_Moore",
+        "Lleyton_Hewitt",
+    ];
+    let offsets: [(i64, i64); 8] = [
+        (0, 0),
+        (3, 5),
+        (5, 2),
+        (7, 7),
+        (10, 3),
+        (13, 11),
+        (37, 61),
+        (90, 45),
+    ];
+    // Per mode (dlib, refined): the largest and the summed spread of a box corner across places.
+    let (mut worst, mut total) = ([0i64; 2], [0i64; 2]);
+    for name in names {
+        let path = lfw
+            .join("images")
+            .join(name)
+            .join(format!("{name}_0001.jpg"));
+        let bytes = std::fs::read(&path).expect("LFW image readable");
+        let img = decode::decode(&bytes, &DecodeLimits::default()).expect("decodes");
+        let pictures: Vec<RgbImage> = offsets
+            .iter()
+            .map(|&(x, y)| canvas(400, 380, 128, &[(&img, x, y)]))
+            .collect();
+        let refs: Vec<&RgbImage> = pictures.iter().collect();
+        let raw = det.detect_with(&refs, 0.0, 8, false).expect("detect");
+        let refined = det.detect_with(&refs, 0.0, 8, true).expect("detect");
+        for (mode, found) in [&raw, &refined].into_iter().enumerate() {
+            // The best face of each picture, moved back to the image's own pixels.
+            let boxes: Vec<[i64; 4]> = found
+                .iter()
+                .zip(&offsets)
+                .map(|(d, &(x, y))| {
+                    let r = d.first().expect("a face in every picture").rect;
+                    [r.l - x, r.t - y, r.r - x, r.b - y]
+                })
+                .collect();
+            let spread = (0..4)
+                .map(|i| {
+                    let lo = boxes.iter().map(|b| b[i]).min().unwrap_or(0);
+                    let hi = boxes.iter().map(|b| b[i]).max().unwrap_or(0);
+                    hi - lo
+                })
+                .max()
+                .unwrap_or(0);
+            worst[mode] = worst[mode].max(spread);
+            total[mode] += spread;
+            println!(
+                "{name} {}: {spread} px {boxes:?}",
+                ["dlib", "refined"][mode]
+            );
+        }
+        for (a, b) in raw.iter().zip(&refined) {
+            assert_eq!(a.len(), b.len(), "{name}: the same faces");
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.confidence, y.confidence, "{name}: the same scores");
+            }
+        }
+    }
+    let mean = |m: usize| total[m] as f64 / names.len() as f64;
+    println!(
+        "a box corner moves by {:.1} px on average, {} at most (dlib); {:.1}, {} (refined)",
+        mean(0),
+        worst[0],
+        mean(1),
+        worst[1]
+    );
+    assert!(
+        mean(0) >= 10.0,
+        "dlib's boxes snap to the grid ({:.1} px)",
+        mean(0)
+    );
+    assert!(
+        mean(1) <= 6.0 && worst[1] <= 10,
+        "refined boxes follow the face ({:.1} px on average, {} at most)",
+        mean(1),
+        worst[1]
+    );
+}

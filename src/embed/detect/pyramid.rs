@@ -65,7 +65,7 @@ impl IRect {
             b: self.b + y,
         }
     }
-    fn contains(&self, x: i64, y: i64) -> bool {
+    pub(crate) fn contains(&self, x: i64, y: i64) -> bool {
         self.l <= x && x <= self.r && self.t <= y && y <= self.b
     }
 }
@@ -194,6 +194,29 @@ impl Pyramid {
             y = y * ratio + 0.3;
         }
         (x, y)
+    }
+
+    /// The inverse of `point_up`: an image point on level `levels`.
+    pub(crate) fn point_down(&self, mut x: f64, mut y: f64, levels: usize) -> (f64, f64) {
+        let ratio = f64::from(self.n) / (f64::from(self.n) - 1.0);
+        for _ in 0..levels {
+            x = (x - 0.3) / ratio;
+            y = (y - 0.3) / ratio;
+        }
+        (x, y)
+    }
+
+    /// An image point on level `level`, in the tiled tensor.
+    pub(crate) fn image_to_tensor(
+        &self,
+        layout: &Layout,
+        x: f64,
+        y: f64,
+        level: usize,
+    ) -> (f64, f64) {
+        let o = layout.rects[level];
+        let (x, y) = self.point_down(x, y, level);
+        (x + o.l as f64, y + o.t as f64)
     }
 
     /// `tiled_pyramid_to_image`: the level whose tile is nearest the rectangle's centre, then
