@@ -281,7 +281,6 @@ impl FaceDetector {
         r: usize,
         c: usize,
     ) -> Detection {
-        let (temp, radius) = (REFINE_TEMPERATURE, REFINE_RADIUS);
         let at = |r: usize, c: usize| s[(k * rows + r) * cols + c] as f64;
         let (ww, wh) = self.options.windows[k];
         let level = |x: f64, y: f64| {
@@ -310,8 +309,8 @@ impl FaceDetector {
         for lv in lo..=hi {
             let (tx, ty) = self.pyramid.image_to_tensor(layout, cx, cy, lv);
             let (pc, pr) = (((tx - b) / a).round() as i64, ((ty - b) / a).round() as i64);
-            for rr in pr - radius..=pr + radius {
-                for cc in pc - radius..=pc + radius {
+            for rr in pr - REFINE_RADIUS..=pr + REFINE_RADIUS {
+                for cc in pc - REFINE_RADIUS..=pc + REFINE_RADIUS {
                     if rr < 0 || cc < 0 || rr as usize >= rows || cc as usize >= cols {
                         continue;
                     }
@@ -319,7 +318,7 @@ impl FaceDetector {
                     if l != Some(lv) {
                         continue;
                     }
-                    let w = ((at(rr as usize, cc as usize) - peak) / temp).exp();
+                    let w = ((at(rr as usize, cc as usize) - peak) / REFINE_TEMPERATURE).exp();
                     sw += w;
                     sx += w * (q[0] + q[2]) / 2.0;
                     sy += w * (q[1] + q[3]) / 2.0;

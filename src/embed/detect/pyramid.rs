@@ -197,7 +197,7 @@ impl Pyramid {
     }
 
     /// The inverse of `point_up`: an image point on level `levels`.
-    pub(crate) fn point_down(&self, mut x: f64, mut y: f64, levels: usize) -> (f64, f64) {
+    fn point_down(&self, mut x: f64, mut y: f64, levels: usize) -> (f64, f64) {
         let ratio = f64::from(self.n) / (f64::from(self.n) - 1.0);
         for _ in 0..levels {
             x = (x - 0.3) / ratio;
