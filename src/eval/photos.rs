@@ -53,6 +53,9 @@ pub struct PhotoMiss {
     pub box_in_photo: Option<[i64; 4]>,
 }
 
+/// The cosine to the image embedded alone that a face in a collage must reach.
+const WITHIN: f64 = 0.99;
+
 struct Tile {
     image: usize,
     x: usize,
@@ -239,7 +242,7 @@ pub fn photos(
                 match &alone[t] {
                     Ok(a) => {
                         let c = cosine(&faces[*i].vector, &a.vector);
-                        if c < 0.99 {
+                        if c < WITHIN {
                             let tc = &tiles[t];
                             let (dx, dy) = (tc.x as i64, tc.y as i64);
                             let (name, n) = &keys[tc.image];
@@ -268,7 +271,7 @@ pub fn photos(
     }
     cosines.sort_by(f64::total_cmp);
     report.found_fraction = report.found as f64 / report.placed.max(1) as f64;
-    report.within_099 = cosines.iter().filter(|c| **c >= 0.99).count();
+    report.within_099 = cosines.iter().filter(|c| **c >= WITHIN).count();
     report.within_099_fraction = report.within_099 as f64 / cosines.len().max(1) as f64;
     if !cosines.is_empty() {
         report.cosine_min = cosines[0];
