@@ -120,6 +120,13 @@ fn fingerprint_with(cfg: &Config, proxy: &str) -> Fingerprint {
             c.min_centroid_cos,
             c.tolerance
         ));
+        // States written before the valley rule keep their fingerprint ("profile").
+        if c.threshold == crate::engine::calibrate::ThresholdRule::Valley {
+            graph.push_str(&format!(
+                ":valley:z_max={}:margin={}:until={}",
+                c.z_max, c.valley_margin, c.refit_until
+            ));
+        }
     }
     Fingerprint {
         model: cfg.model.name.clone(),
@@ -461,9 +468,10 @@ impl Clusterer {
                 rows.extend_from_slice(&v);
             }
         }
-        let decision = self
-            .calibration
-            .decide(&crate::engine::calibrate::profile(&rows, d));
+        let decision = self.calibration.decide(
+            &crate::engine::calibrate::profile(&rows, d),
+            &crate::engine::calibrate::nearest(&rows, d),
+        );
         log_decision(&decision);
         let (params, proxy, scorer) = stages_for(&self.cfg, &decision)?;
         let mut hnsw = self.cfg.hnsw_params();
@@ -567,6 +575,17 @@ impl Clusterer {
                     if self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
                         extras.thumbnails.push((seq, face.thumbnail.clone()));
                     }
+                    if let Some(d) = self.decision {
+                        if let Some((new, events)) =
+                            self.engine
+                                .refit_calibration(&self.calibration, &d, seq as usize + 1)
+                        {
+                            log_decision(&new);
+                            res.events.extend(events);
+                            extras.decision = Some(new);
+                            self.decision = Some(new);
+                        }
+                    }
                     if self.rebuild.is_some() {
                         let v = self.engine.indexed_vector_of_new(seq).to_vec();
                         if self.rebuild_step(seq, &v)? {
@@ -656,12 +675,17 @@ fn log_decision(d: &crate::engine::calibrate::Decision) {
         crate::engine::calibrate::Decision::Trained { seen: None } => {
             info!("calibration: running the configured edge scorer, proxy and engine.t1")
         }
-        crate::engine::calibrate::Decision::Stream { t1, seen: profile } => warn!(
+        crate::engine::calibrate::Decision::Stream {
+            t1,
+            seen: profile,
+            faces,
+        } => warn!(
             median = profile.median,
             spread = profile.spread,
             centroid_cos = profile.centroid_cos,
             t1,
-            "calibration: the stream is not the space the trained parts were fitted in; running the cosine of the raw vectors with a threshold calibrated from the stream (calibration.z); `clip-cluster calibrate` fits this model from labelled faces"
+            read_at_faces = faces,
+            "calibration: the stream is not the space the trained parts were fitted in; running the cosine of the raw vectors with a threshold read off the stream (calibration.threshold; read again as the stream doubles); `clip-cluster calibrate` fits this model from labelled faces"
         ),
     }
 }

@@ -108,12 +108,15 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
             "the state holds no live face: nothing to re-cluster".into()
         }));
     }
-    let decision = if calibration.needs_warmup() {
+    let mut decision = if calibration.needs_warmup() {
         let mut rows = Vec::with_capacity(calibration.warmup * d);
         for &seq in live.iter().take(calibration.warmup) {
             rows.extend_from_slice(identity(seq));
         }
-        calibration.decide(&crate::engine::calibrate::profile(&rows, d))
+        calibration.decide(
+            &crate::engine::calibrate::profile(&rows, d),
+            &crate::engine::calibrate::nearest(&rows, d),
+        )
     } else {
         crate::engine::calibrate::Decision::Trained { seen: None }
     };
@@ -137,6 +140,10 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
             Ok((Outcome::Applied { seq: s }, _)) => {
                 new_seq.insert(seq, s);
                 old_cluster.push(cluster_of_label[&restored.faces[seq as usize].comp]);
+                // As a new stream of these faces would read its threshold again.
+                if let Some((d, _)) = engine.refit_calibration(&calibration, &decision, i + 1) {
+                    decision = d;
+                }
             }
             other => {
                 return Err(ReclusterError::Refused(format!(

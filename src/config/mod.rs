@@ -199,7 +199,11 @@ pub struct EngineConfig {
 pub struct CalibrationConfig {
     pub mode: crate::engine::calibrate::CalibrationMode,
     pub warmup: usize,
+    pub threshold: crate::engine::calibrate::ThresholdRule,
     pub z: f32,
+    pub z_max: f32,
+    pub valley_margin: f32,
+    pub refit_until: usize,
     pub reference_path: PathBuf,
     pub min_centroid_cos: f32,
     pub tolerance: f32,
@@ -561,7 +565,11 @@ impl Config {
         Ok(crate::engine::calibrate::CalibrationParams {
             mode: c.mode,
             warmup: c.warmup,
+            threshold: c.threshold,
             z: c.z,
+            z_max: c.z_max,
+            valley_margin: c.valley_margin,
+            refit_until: c.refit_until,
             reference,
             min_centroid_cos: c.min_centroid_cos,
             tolerance: c.tolerance,

@@ -214,11 +214,19 @@ impl Config {
         }
         for (key, v) in [
             ("calibration.z", c.z),
+            ("calibration.z_max", c.z_max),
             ("calibration.tolerance", c.tolerance),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(bad(key, v, "must be a finite number > 0"));
             }
+        }
+        if !(c.valley_margin.is_finite() && c.valley_margin >= 0.0) {
+            return Err(bad(
+                "calibration.valley_margin",
+                c.valley_margin,
+                "must be a finite number >= 0",
+            ));
         }
         if !(c.min_centroid_cos.is_finite() && (-1.0..=1.0).contains(&c.min_centroid_cos)) {
             return Err(bad(

@@ -33,6 +33,7 @@ mod ids;
 mod insert;
 pub mod recluster;
 mod refresh;
+mod retune;
 mod state;
 mod support;
 

@@ -245,9 +245,13 @@ pub fn run(
             if s.algorithm == Algorithm::Stream {
                 // As the daemon: the first `warmup` faces decide the space (src/calibrate.rs).
                 let c = cfg.calibration_params()?;
-                let decision = if c.needs_warmup() {
+                let mut decision = if c.needs_warmup() {
                     let w = c.warmup.min(n);
-                    c.decide(&crate::engine::calibrate::profile(&feats.data[..w * d], d))
+                    let rows = &feats.data[..w * d];
+                    c.decide(
+                        &crate::engine::calibrate::profile(rows, d),
+                        &crate::engine::calibrate::nearest(rows, d),
+                    )
                 } else {
                     crate::engine::calibrate::Decision::Trained { seen: None }
                 };
@@ -276,8 +280,20 @@ pub fn run(
                         meta: &meta,
                     })
                     .map_err(|source| EvalError::Engine { row, source })?;
+                    // As the daemon: a stream threshold is read again as the stream doubles
+                    // (not when `--threshold` pins it).
+                    if s.threshold.is_none() {
+                        if let Some((new, _)) = e.refit_calibration(&c, &decision, i + 1) {
+                            decision = new;
+                        }
+                    }
                     if (i + 1) % 1000 == 0 || i + 1 == n {
                         progress(i + 1, n);
+                    }
+                }
+                if let crate::engine::calibrate::Decision::Stream { t1, faces, .. } = decision {
+                    if s.threshold.is_none() {
+                        calibration = format!("stream t1={t1:.4} (read at {faces} faces)");
                     }
                 }
                 if let Some(path) = &s.graph_out {

@@ -100,8 +100,9 @@ fn restart_anywhere_equals_an_uninterrupted_run() {
 }
 
 /// A new state's first faces wait for the calibration decision (stored, no events), are applied
-/// all at once when the warm-up is full, and a restart anywhere, during the warm-up or after,
-/// continues exactly as an uninterrupted run; the decision is stored and never made again.
+/// all at once when the warm-up is full, and a restart anywhere, during the warm-up, after it, or
+/// after the threshold was read again at twice the warm-up, continues exactly as an
+/// uninterrupted run; each decision is stored and never made again.
 #[test]
 fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
     let dim = 32;
@@ -128,6 +129,16 @@ fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
     };
     assert!(t1 > 0.0 && t1 < 1.0, "{t1}");
     apply(&mut a, &ids, &vs, 121..n, 37);
+    // The valley rule read the threshold again at 240 faces (twice the warm-up); it never falls.
+    let decided = *a.decision().unwrap();
+    let clip_cluster::engine::calibrate::Decision::Stream {
+        t1: later, faces, ..
+    } = decided
+    else {
+        panic!("{decided:?}")
+    };
+    assert_eq!(faces, 240);
+    assert!(later >= t1, "{later} < {t1}");
     let want = (a.engine().assignments(), outbox(&a));
     drop(a);
     for stop in [1, 60, 119, 120, 121, 250] {
@@ -139,6 +150,60 @@ fn restart_during_the_calibration_warmup_equals_an_uninterrupted_run() {
         assert_eq!(b.n_waiting(), stop.min(120) % 120, "stopped at {stop}");
         apply(&mut b, &ids, &vs, stop..n, 37);
         assert_eq!(b.decision(), Some(&decided), "stopped at {stop}");
+        assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
+        assert_eq!(outbox(&b), want.1, "stopped at {stop}");
+    }
+}
+
+/// The valley rule reads a stream's threshold again each time the stream doubles: the threshold
+/// rises, faces move (`FaceMoved` and one `Reclustered` per reading, in the outbox), the new
+/// decision is stored, and a restart before, at or after a reading continues exactly as an
+/// uninterrupted run.
+#[test]
+fn a_stream_threshold_read_again_rises_and_restarts_change_nothing() {
+    let dim = 32;
+    let n = 700;
+    let (ids, vs) = faces(n, dim);
+    let cal = [
+        ("CALIBRATION__MODE", "stream"),
+        ("CALIBRATION__WARMUP", "80"),
+    ];
+    let t1_of = |c: &Clusterer| match c.decision() {
+        Some(clip_cluster::engine::calibrate::Decision::Stream { t1, faces, .. }) => (*t1, *faces),
+        d => panic!("{d:?}"),
+    };
+    let full = tempfile::tempdir().unwrap();
+    let mut a = Clusterer::open(&config_with(full.path(), dim, &cal)).unwrap();
+    let mut readings = Vec::new();
+    for i in (0..n).step_by(40) {
+        apply(&mut a, &ids, &vs, i..(i + 40).min(n), 40);
+        if a.decision().is_some() && readings.last() != Some(&t1_of(&a)) {
+            readings.push(t1_of(&a));
+        }
+    }
+    let at: Vec<u32> = readings.iter().map(|r| r.1).collect();
+    assert_eq!(at, vec![80, 160, 320, 640], "{readings:?}");
+    assert!(
+        readings.windows(2).all(|w| w[1].0 > w[0].0),
+        "strangers get nearer as faces accumulate: {readings:?}"
+    );
+    let events = outbox(&a);
+    let regrouped: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("Reclustered") && e.contains("calibration: t1"))
+        .collect();
+    assert_eq!(regrouped.len(), 3, "one per rise");
+    assert!(events.iter().any(|e| e.contains("FaceMoved")));
+    let want = (a.engine().assignments(), events, *a.decision().unwrap());
+    drop(a);
+    for stop in [100, 160, 161, 330, 641] {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Clusterer::open(&config_with(d.path(), dim, &cal)).unwrap();
+        apply(&mut b, &ids, &vs, 0..stop, 33);
+        drop(b);
+        let mut b = Clusterer::open(&config_with(d.path(), dim, &cal)).unwrap();
+        apply(&mut b, &ids, &vs, stop..n, 33);
+        assert_eq!(b.decision(), Some(&want.2), "stopped at {stop}");
         assert_eq!(b.engine().assignments(), want.0, "stopped at {stop}");
         assert_eq!(outbox(&b), want.1, "stopped at {stop}");
     }
