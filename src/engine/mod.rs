@@ -307,8 +307,9 @@ pub enum Event {
         reason: String,
     },
     /// The state was rebuilt under a new configuration (`clip-cluster recluster`) from the
-    /// state `from_state`; the `FaceMoved` and `ClusterNamed` events before it take every face
-    /// from its old cluster to its new one. Counts: live faces, clusters before and after, new
+    /// state `from_state`, or a stream's calibrated threshold rose (`from_state` = "calibration:
+    /// t1 <t1> at <n> faces", `Engine::raise_threshold`); the `FaceMoved` and `ClusterNamed`
+    /// events before it take every face from its old cluster to its new one. Counts: live faces, clusters before and after, new
     /// clusters that kept an old id or got a fresh one, old ids no cluster kept, faces moved.
     Reclustered {
         from_state: String,
