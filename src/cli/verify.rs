@@ -19,6 +19,11 @@ pub struct Args {
     /// embedded alone.
     #[arg(long, value_name = "N")]
     pub photos: Option<usize>,
+    /// With --photos: draw the collages' images from these people's photos (a people list such as
+    /// peopleDevTrain.txt, "name count" per line; relative to the LFW root unless it exists as
+    /// given) instead of pairs.txt's images: choose settings on training identities.
+    #[arg(long, value_name = "FILE", requires = "photos")]
+    pub people: Option<PathBuf>,
     /// Only the pairs of pairs.txt's first K folds (2..=10), each fold's threshold chosen on the
     /// other K - 1: for slow variants (a large canvas), compared with the standard images at the
     /// same K.
@@ -32,6 +37,7 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         chip,
         json,
         photos,
+        people,
         folds,
     } = args;
     let mut cfg = config_with_chip(config, chip)?;
@@ -45,10 +51,18 @@ pub fn command(args: Args, config: Option<&Path>) -> anyhow::Result<()> {
         all.embed.faces_per_image = crate::config::FacesPerImage::All;
         all.validate()?;
         let every = crate::embed::DlibEmbedder::from_config(&all)?;
-        let r = crate::eval::photos::photos(&root, &every, &embedder, n, &|i, n| {
-            bar.set_length(n as u64);
-            bar.set_position(i as u64);
-        })?;
+        let people = people.map(|p| if p.exists() { p } else { root.join(p) });
+        let r = crate::eval::photos::photos(
+            &root,
+            &every,
+            &embedder,
+            n,
+            people.as_deref(),
+            &|i, n| {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            },
+        )?;
         bar.finish_and_clear();
         if json {
             println!("{}", serde_json::to_string(&r)?);

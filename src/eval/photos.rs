@@ -4,7 +4,7 @@
 //! the one nearest the tile's centre), embedded as the same image embedded alone gives it
 //! (`faces_per_image = "one"`), compared by cosine.
 //!
-//! Collages: the distinct images of pairs.txt, shuffled with a fixed seed, taken 2 to 6 at a time
+//! Collages: the distinct images of pairs.txt (or of a people list's people, `--people`), shuffled with a fixed seed, taken 2 to 6 at a time
 //! in a grid of up to 3 columns, a random gap of 0 to 40 px between and around the tiles, grey 128
 //! elsewhere. The same on every machine.
 
@@ -133,12 +133,22 @@ pub fn photos(
     all: &dyn FaceEmbedder,
     one: &dyn FaceEmbedder,
     n: usize,
+    people: Option<&Path>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<PhotoReport, DatasetError> {
     let start = Instant::now();
-    let (_, pairs) = crate::eval::lfw::read_pairs(&root.join("pairs.txt"))
-        .map_err(|e| DatasetError::Model(e.to_string()))?;
-    let mut keys = crate::eval::lfw::pair_images(&pairs);
+    let mut keys = match people {
+        None => {
+            let (_, pairs) = crate::eval::lfw::read_pairs(&root.join("pairs.txt"))
+                .map_err(|e| DatasetError::Model(e.to_string()))?;
+            crate::eval::lfw::pair_images(&pairs)
+        }
+        Some(list) => crate::eval::lfw::read_people(list)
+            .map_err(|e| DatasetError::Model(e.to_string()))?
+            .into_iter()
+            .flat_map(|(name, count)| (1..=count).map(move |i| (name.clone(), i)))
+            .collect(),
+    };
     // Enough images for n collages of up to 6.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
     rand::seq::SliceRandom::shuffle(keys.as_mut_slice(), &mut rng);
