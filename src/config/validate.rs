@@ -501,7 +501,10 @@ mod tests {
             ("[index]\nm = 1000\n", "index.m"),
             ("[model]\ndim = 0\n", "model.dim"),
             ("[embed]\nlandmark_passes = 0\n", "embed.landmark_passes"),
-            ("[embed]\naverage_passes = true\n", "embed.average_passes"),
+            (
+                "[embed]\nlandmark_passes = 1\naverage_passes = true\n",
+                "embed.average_passes",
+            ),
             ("[clip]\ndevice = \"gpu\"\n", "clip.device"),
             (
                 "[clip]\nweights = \"w.safetensors\"\nvocab = \"\"\n",
