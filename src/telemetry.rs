@@ -6,8 +6,8 @@
 //! input topics' partition counts; a domain's series are removed when its partition moves away.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the daemon exports. Dashboards and alert rules may use only these (tested).
@@ -93,6 +93,9 @@ pub struct Metrics {
     pub domain_outbox_depth: IntGaugeVec,
     /// 1 while a domain's partition is assigned here but blocked (see `domains_blocked`).
     pub domain_blocked: IntGaugeVec,
+    /// The edge threshold each open domain's engine runs with (`engine.t1`, or the threshold the
+    /// calibration read off another space's stream, which rises as the stream doubles).
+    pub domain_edge_threshold: GaugeVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -288,6 +291,21 @@ impl Metrics {
                 "Durable events of each open domain not yet acknowledged downstream.",
                 "domain",
             ),
+            domain_edge_threshold: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "domain_edge_threshold",
+                        "The edge threshold each open domain's engine runs with: engine.t1 with the trained parts, or the threshold calibrated from another space's stream (read again as the stream doubles; it only rises).",
+                    )
+                    .namespace(ns),
+                    &["domain"],
+                )
+                .expect("static metric definition is valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric name");
+                g
+            },
             domain_blocked: gauge_vec(
                 "domain_blocked",
                 "1 while the domain's partition is assigned here but blocked.",

@@ -285,6 +285,7 @@ impl Daemon {
             {
                 let c = dom.clusterer.lock();
                 dom.faces.set(c.engine().n_faces() as i64);
+                dom.threshold.set(f64::from(c.engine().params().t1));
                 let local = c.engine().bounded_regroups();
                 self.metrics
                     .cluster_rule_local

@@ -51,6 +51,11 @@ impl Daemon {
         let store = clusterer.store().clone();
         let faces = self.metrics.domain_faces.with_label_values(&[&name]);
         faces.set(clusterer.engine().n_faces() as i64);
+        let threshold = self
+            .metrics
+            .domain_edge_threshold
+            .with_label_values(&[&name]);
+        threshold.set(f64::from(clusterer.engine().params().t1));
         let outbox = self.metrics.domain_outbox_depth.with_label_values(&[&name]);
         let left = store.outbox_len() as i64;
         outbox.set(left);
@@ -101,6 +106,7 @@ impl Daemon {
                 drainer,
                 faces,
                 outbox,
+                threshold,
                 local_rule_seen: 0,
             },
         );
@@ -115,6 +121,10 @@ impl Daemon {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(name);
             let _ = self.metrics.domain_faces.remove_label_values(&[name]);
+            let _ = self
+                .metrics
+                .domain_edge_threshold
+                .remove_label_values(&[name]);
             let _ = d.drain_mode.send(mode);
             self.closing.push(d.drainer);
             info!(domain = %name, "domain closed");

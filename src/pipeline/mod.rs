@@ -125,6 +125,8 @@ struct Domain {
     drainer: JoinHandle<Result<(), StoreError>>,
     faces: IntGauge,
     outbox: IntGauge,
+    /// The engine's edge threshold (`clip_cluster_domain_edge_threshold`).
+    threshold: prometheus::Gauge,
     /// The engine's `bounded_regroups` as last counted into the metric.
     local_rule_seen: u64,
 }

@@ -53,6 +53,9 @@ fn full_metrics() -> Metrics {
     for g in [&m.domain_faces, &m.domain_outbox_depth, &m.domain_blocked] {
         g.with_label_values(&["faces-0"]).set(1);
     }
+    m.domain_edge_threshold
+        .with_label_values(&["faces-0"])
+        .set(0.9);
     m.batch_duration.observe(0.004);
     m.face_to_event.observe(0.012);
     m

@@ -153,6 +153,17 @@ fn the_review_page_shows_thumbnails_and_its_merge_and_name_hold() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The domain's edge threshold is exported: the trained parts' engine.t1 (0.9) here.
+    let (_, body) = http_get(admin, "/metrics").unwrap();
+    let threshold: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with("clip_cluster_domain_edge_threshold{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    assert!(
+        threshold.len() == 1 && (threshold[0] - 0.9).abs() < 1e-6,
+        "{threshold:?}"
+    );
 
     // The API's view: thumbnails kept for embedded images, the producer's URL for the other.
     let face = get(api, "/v1/faces/George_W_Bush_1");
