@@ -438,11 +438,12 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::index::ExactIndex;
 
-    fn params(dim: usize, k: usize, t1: f32, t2: f32) -> EngineParams {
+    /// Engine parameters of the unit tests: these four, every other rule off.
+    pub(in crate::engine) fn params(dim: usize, k: usize, t1: f32, t2: f32) -> EngineParams {
         EngineParams {
             dim,
             k,

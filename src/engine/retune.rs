@@ -104,20 +104,7 @@ mod tests {
     }
 
     fn engine(t1: f32) -> Engine<ExactIndex, IdentityProxy, CosineScorer> {
-        let p = EngineParams {
-            dim: 2,
-            k: 4,
-            search_k: 8,
-            t1,
-            t2: 0.3,
-            refresh: 0,
-            refresh_min_change: 0.0,
-            min_quality: 0.0,
-            weak_margin: 1.0,
-            support: 0.0,
-            support_region: 0,
-            same_image_cannot_link: true,
-        };
+        let p = super::super::insert::tests::params(2, 4, t1, 0.3);
         let mut e = Engine::new(p, ExactIndex::new(2));
         e.set_tracking(true);
         e
