@@ -468,10 +468,7 @@ impl Clusterer {
                 rows.extend_from_slice(&v);
             }
         }
-        let decision = self.calibration.decide(
-            &crate::engine::calibrate::profile(&rows, d),
-            &crate::engine::calibrate::nearest(&rows, d),
-        );
+        let decision = self.calibration.decide_rows(&rows, d);
         log_decision(&decision);
         let (params, proxy, scorer) = stages_for(&self.cfg, &decision)?;
         let mut hnsw = self.cfg.hnsw_params();

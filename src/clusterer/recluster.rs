@@ -113,10 +113,7 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
         for &seq in live.iter().take(calibration.warmup) {
             rows.extend_from_slice(identity(seq));
         }
-        calibration.decide(
-            &crate::engine::calibrate::profile(&rows, d),
-            &crate::engine::calibrate::nearest(&rows, d),
-        )
+        calibration.decide_rows(&rows, d)
     } else {
         crate::engine::calibrate::Decision::Trained { seen: None }
     };

@@ -151,6 +151,13 @@ impl CalibrationParams {
         self.mode != CalibrationMode::Trained
     }
 
+    /// Decides from the stream's first faces (`rows`, row-major, `dim` wide, unit length): their
+    /// profile and nearest-face cosines, from one pass over their pairs.
+    pub fn decide_rows(&self, rows: &[f32], dim: usize) -> Decision {
+        let (sims, nearest) = pair_cosines(rows, dim);
+        self.decide(&profile_of(centroid(rows, dim), sims), &nearest)
+    }
+
     /// Decides from the profile of the stream's first faces and their nearest-face cosines
     /// (`nearest`, one per face among those faces).
     pub fn decide(&self, p: &SpaceProfile, nearest: &[f32]) -> Decision {
@@ -285,14 +292,17 @@ pub fn valley(values: &[f32]) -> Option<f32> {
     best.map(|(_, b)| (f64::from(lo) + b as f64 * width) as f32)
 }
 
-/// The cosine of each of `rows` (row-major, `dim` wide, unit length) to its nearest other row.
-pub fn nearest(rows: &[f32], dim: usize) -> Vec<f32> {
+/// The cosines of all pairs of `rows` (row-major, `dim` wide, unit length), and each row's cosine
+/// to its nearest other row (empty for fewer than two rows).
+fn pair_cosines(rows: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>) {
     let n = rows.len().checked_div(dim).unwrap_or(0);
+    let mut sims = Vec::with_capacity(n * n.saturating_sub(1) / 2);
     let mut best = vec![f32::NEG_INFINITY; n];
     for i in 0..n {
         let a = &rows[i * dim..(i + 1) * dim];
         for j in i + 1..n {
             let s = crate::index::dot(a, &rows[j * dim..(j + 1) * dim]);
+            sims.push(s);
             best[i] = best[i].max(s);
             best[j] = best[j].max(s);
         }
@@ -300,20 +310,16 @@ pub fn nearest(rows: &[f32], dim: usize) -> Vec<f32> {
     if n < 2 {
         best.clear();
     }
-    best
+    (sims, best)
 }
 
 /// The profile of `rows` (row-major, `dim` wide, unit length): all pairs.
 pub fn profile(rows: &[f32], dim: usize) -> SpaceProfile {
-    let n = rows.len().checked_div(dim).unwrap_or(0);
-    let centroid = centroid(rows, dim);
-    let mut sims = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    for i in 0..n {
-        let a = &rows[i * dim..(i + 1) * dim];
-        for j in i + 1..n {
-            sims.push(crate::index::dot(a, &rows[j * dim..(j + 1) * dim]));
-        }
-    }
+    profile_of(centroid(rows, dim), pair_cosines(rows, dim).0)
+}
+
+/// The profile of a space with this centroid from its pair cosines `sims`.
+fn profile_of(centroid: Vec<f32>, mut sims: Vec<f32>) -> SpaceProfile {
     if sims.is_empty() {
         return SpaceProfile {
             centroid,
@@ -457,7 +463,7 @@ mod tests {
     #[test]
     fn nearest_is_each_rows_best_cosine_to_another() {
         let rows = unit_rows(&[0.0, 10.0, 90.0]);
-        let nn = nearest(&rows, 2);
+        let nn = pair_cosines(&rows, 2).1;
         let c10 = 10f32.to_radians().cos();
         let c80 = 80f32.to_radians().cos();
         assert!(
@@ -465,7 +471,7 @@ mod tests {
             "{nn:?}"
         );
         assert!((nn[2] - c80).abs() < 1e-6, "{nn:?}");
-        assert!(nearest(&unit_rows(&[5.0]), 2).is_empty());
+        assert!(pair_cosines(&unit_rows(&[5.0]), 2).1.is_empty());
     }
 
     #[test]

@@ -247,11 +247,7 @@ pub fn run(
                 let c = cfg.calibration_params()?;
                 let mut decision = if c.needs_warmup() {
                     let w = c.warmup.min(n);
-                    let rows = &feats.data[..w * d];
-                    c.decide(
-                        &crate::engine::calibrate::profile(rows, d),
-                        &crate::engine::calibrate::nearest(rows, d),
-                    )
+                    c.decide_rows(&feats.data[..w * d], d)
                 } else {
                     crate::engine::calibrate::Decision::Trained { seen: None }
                 };
