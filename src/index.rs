@@ -188,7 +188,7 @@ pub enum IndexError {
     },
 }
 
-/// HNSW index on hnsw_rs (vendored with two patches, see `vendor/hnsw_rs/PATCHES.md`) with `DistDot` (vectors are normalized; the `simdeez_f` feature makes the
+/// HNSW index on hnsw_rs (vendored with the patches `vendor/hnsw_rs/PATCHES.md` lists) with `DistDot` (vectors are normalized; the `simdeez_f` feature makes the
 /// dot product tolerate a self-similarity a hair above 1, which a re-sent face produces).
 ///
 /// Each point's layer is a hash of its sequence number (patched hnsw_rs), so a structure that is

@@ -71,8 +71,12 @@ impl FlatPoint {
     }
 } // end impl block for FlatPoint
 
-fn flatten_point<T: Clone + Send + Sync>(point: &Point<T>) -> FlatPoint {
-    let neighbours = point.get_neighborhood_id();
+fn flatten_point<'b, T: Clone + Send + Sync>(
+    point: &Point<'b, T>,
+    layers: &[Vec<std::sync::Arc<Point<'b, T>>>],
+) -> FlatPoint {
+    // (patch 0010: the links name points by `PointId`; the layers resolve them)
+    let neighbours = point.get_neighborhood_id(layers);
     // now we flatten neighbours
     let mut flat_neighbours = Vec::<Neighbour>::new();
     for layer in neighbours {
@@ -112,11 +116,12 @@ impl<T: Clone + Send + Sync, D: Distance<T> + Send + Sync> From<&Hnsw<'_, T, D>>
     /// Useful after reloading from a dump with T=NoData and D = NoDist as points are then reloaded with neighbourhood information only.
     fn from(hnsw: &Hnsw<T, D>) -> Self {
         let mut hash_t = HashMap::new();
+        let layers = hnsw.get_point_indexation().points_by_layer.read();
         let pt_iter = hnsw.get_point_indexation().into_iter();
         //
         for point in pt_iter {
             //    println!("point : {:?}", _point.p_id);
-            let res_insert = hash_t.insert(point.get_origin_id(), flatten_point(&point));
+            let res_insert = hash_t.insert(point.get_origin_id(), flatten_point(&point, &layers));
             if let Some(old_point) = res_insert {
                 error!("2 points with same origin id {:?}", old_point.origin_id);
             }

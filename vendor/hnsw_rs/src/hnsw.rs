@@ -29,19 +29,16 @@ use log::{debug, info};
 pub use crate::filter::FilterT;
 
 /// The points one `search_layer` call has visited (patch 0005). Each thread keeps one stamp per
-/// data id; a search takes the thread's stamps for its duration and a new epoch, so starting a
-/// search costs nothing and a visited test is one array read. Data ids beyond
-/// `VISITED_DENSE_MAX` (sparse client ids) fall back to a set.
+/// point, by layer and rank in layer (patch 0010: by `PointId`, so a link is tested without
+/// reading the point it names); a search takes the thread's stamps for its duration and a new
+/// epoch, so starting a search costs nothing and a visited test is one array read.
 struct Visited {
     epoch: u32,
-    stamps: Vec<u32>,
-    sparse: hashbrown::HashSet<DataId>,
+    stamps: Vec<Vec<u32>>,
 }
 
-const VISITED_DENSE_MAX: usize = 1 << 26;
-
 thread_local! {
-    static VISITED_STAMPS: std::cell::RefCell<(u32, Vec<u32>)> =
+    static VISITED_STAMPS: std::cell::RefCell<(u32, Vec<Vec<u32>>)> =
         const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
@@ -52,28 +49,26 @@ impl Visited {
             v.0 = v.0.wrapping_add(1);
             if v.0 == 0 {
                 // The stamps wrapped: forget them all once every 2^32 searches.
-                v.1.iter_mut().for_each(|s| *s = 0);
+                v.1.iter_mut().flatten().for_each(|s| *s = 0);
                 v.0 = 1;
             }
             (v.0, std::mem::take(&mut v.1))
         });
-        Visited {
-            epoch,
-            stamps,
-            sparse: hashbrown::HashSet::new(),
-        }
+        Visited { epoch, stamps }
     }
 
-    /// Marks `id` visited; true when it was not yet.
-    fn insert(&mut self, id: DataId) -> bool {
-        if id >= VISITED_DENSE_MAX {
-            return self.sparse.insert(id);
+    /// Marks `p_id` visited; true when it was not yet.
+    fn insert(&mut self, p_id: PointId) -> bool {
+        let (l, r) = (p_id.0 as usize, p_id.1 as usize);
+        if self.stamps.len() <= l {
+            self.stamps.resize_with(l + 1, Vec::new);
         }
-        if self.stamps.len() <= id {
-            self.stamps.resize((id + 1).next_power_of_two(), 0);
+        let layer = &mut self.stamps[l];
+        if layer.len() <= r {
+            layer.resize((r + 1).next_power_of_two(), 0);
         }
-        let fresh = self.stamps[id] != self.epoch;
-        self.stamps[id] = self.epoch;
+        let fresh = layer[r] != self.epoch;
+        layer[r] = self.epoch;
         fresh
     }
 }
@@ -233,7 +228,8 @@ pub struct Point<'b, T: Clone + Send + Sync> {
     p_id: PointId,
     /// neighbours info (patch 0008: each link held by value in its list, not behind its own `Arc`)
     /// (patch 0009: the lock and the lists in the point itself, not in a block of their own)
-    pub(crate) neighbours: RwLock<Vec<Vec<PointWithOrder<'b, T>>>>,
+    /// (patch 0010: a link is a packed `PointId` and a distance, see `Link`)
+    pub(crate) neighbours: RwLock<Vec<Vec<Link>>>,
 }
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
@@ -262,7 +258,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
 
     /// Empty neighbour lists for layers 0..=p_id.0 (patch 0007).
     #[allow(clippy::type_complexity)]
-    fn layers(p_id: PointId) -> Vec<Vec<PointWithOrder<'b, T>>> {
+    fn layers(p_id: PointId) -> Vec<Vec<Link>> {
         let nb = (p_id.0 as usize + 1).min(NB_LAYER_MAX as usize);
         (0..nb).map(|_| Vec::new()).collect()
     }
@@ -284,7 +280,8 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
 
     /// returns for each layer, a vector Neighbour of a point, one vector by layer
     /// useful for extern crate only as it reallocates vectors
-    pub fn get_neighborhood_id(&self) -> Vec<Vec<Neighbour>> {
+    /// (patch 0010: `layers` are the structure's points by layer, which the links name)
+    pub fn get_neighborhood_id(&self, layers: &[Layer<'b, T>]) -> Vec<Vec<Neighbour>> {
         let ref_neighbours = self.neighbours.read();
         // (patch 0007: NB_LAYER_MAX lists as before, the layers a point has no list for empty;
         // the dump format writes every layer of every point)
@@ -295,11 +292,11 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
             let nb_ngbh = ref_neighbours.get(i).map_or(0, |v| v.len());
             if nb_ngbh > 0usize {
                 neighbours.reserve(nb_ngbh);
-                for pointwo in &ref_neighbours[i] {
+                for link in &ref_neighbours[i] {
                     neighbours.push(Neighbour::new(
-                        pointwo.point_ref.get_origin_id(),
-                        pointwo.dist_to_ref,
-                        pointwo.point_ref.get_point_id(),
+                        linked(layers, link).get_origin_id(),
+                        link.dist_to_ref,
+                        link.p_id(),
                     ));
                 }
             }
@@ -318,7 +315,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
             if !ref_neighbours[i].is_empty() {
                 println!("neighbours at layer {:?}", i);
                 for n in &ref_neighbours[i] {
-                    println!(" {:?}", n.point_ref.p_id);
+                    println!(" {:?}", n.p_id());
                 }
             }
         }
@@ -372,6 +369,93 @@ impl<'b, T: Clone + Send + Sync> PointWithOrder<'b, T> {
         }
     }
 } // end of impl block
+
+/// A neighbour link as a point's list holds it (patch 0010): the linked point's `PointId` packed
+/// in 32 bits (layer in the top `32 - LINK_RANK_BITS`, rank in layer below) and the distance, 8
+/// bytes where a `PointWithOrder` (an `Arc` and a distance) takes 16. The point is found through
+/// the layers (`linked`). Ordered by distance, as `PointWithOrder` is, so every list sorts the
+/// same way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link {
+    pid: u32,
+    dist_to_ref: f32,
+}
+
+/// Bits of a packed `PointId` that hold the rank in layer: a layer holds at most 2^28 points.
+const LINK_RANK_BITS: u32 = 28;
+pub(crate) const LAYER_POINTS_MAX: usize = 1 << LINK_RANK_BITS;
+
+impl Link {
+    pub(crate) fn new(p_id: PointId, dist_to_ref: f32) -> Self {
+        debug_assert!(p_id.0 < NB_LAYER_MAX && p_id.1 >= 0 && (p_id.1 as usize) < LAYER_POINTS_MAX);
+        Link {
+            pid: (p_id.0 as u32) << LINK_RANK_BITS | p_id.1 as u32,
+            dist_to_ref,
+        }
+    }
+
+    pub(crate) fn p_id(&self) -> PointId {
+        PointId(
+            (self.pid >> LINK_RANK_BITS) as u8,
+            (self.pid & ((1 << LINK_RANK_BITS) - 1)) as i32,
+        )
+    }
+}
+
+impl PartialEq for Link {
+    fn eq(&self, other: &Link) -> bool {
+        self.dist_to_ref == other.dist_to_ref
+    }
+}
+
+impl Eq for Link {}
+
+#[allow(clippy::non_canonical_partial_ord_impl)]
+impl PartialOrd for Link {
+    fn partial_cmp(&self, other: &Link) -> Option<Ordering> {
+        self.dist_to_ref.partial_cmp(&other.dist_to_ref)
+    }
+}
+
+impl Ord for Link {
+    fn cmp(&self, other: &Link) -> Ordering {
+        if !self.dist_to_ref.is_nan() && !other.dist_to_ref.is_nan() {
+            self.dist_to_ref.partial_cmp(&other.dist_to_ref).unwrap()
+        } else {
+            panic!("got a NaN in a distance");
+        }
+    }
+}
+
+/// Asks the CPU to bring `v` into cache ahead of its use (patch 0010; a hint, no effect on results).
+#[inline]
+fn prefetch_slice<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(v);
+        let p = v.as_ptr() as *const i8;
+        let mut off = 0;
+        while off < bytes.min(1024) {
+            // SAFETY: prefetching is a hint; it never faults, and `p + off` is inside `v`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(p.add(off), std::arch::x86_64::_MM_HINT_T0);
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
+/// The point a link names (patch 0010).
+#[inline]
+fn linked<'a, 'b, T: Clone + Send + Sync>(
+    layers: &'a [Layer<'b, T>],
+    link: &Link,
+) -> &'a Arc<Point<'b, T>> {
+    let p_id = link.p_id();
+    &layers[p_id.0 as usize][p_id.1 as usize]
+}
 
 //============================================================================================
 
@@ -597,7 +681,13 @@ impl<'b, T: Clone + Send + Sync> PointIndexation<'b, T> {
             // open a write lock on points_by_layer
             let mut points_by_layer_ref = self.points_by_layer.write();
             let mut p_id = PointId(level as u8, -1);
-            p_id.1 = points_by_layer_ref[p_id.0 as usize].len() as i32;
+            // (patch 0010: a link packs the rank in layer in 28 bits)
+            let rank = points_by_layer_ref[p_id.0 as usize].len();
+            assert!(
+                rank < LAYER_POINTS_MAX,
+                "hnsw_rs (patched): layer {level} is full, a layer holds at most {LAYER_POINTS_MAX} points"
+            );
+            p_id.1 = rank as i32;
             // make a Point and then an Arc<Point>
             let point = Point::new(data.to_vec(), origin_id, p_id);
             new_point = Arc::new(point);
@@ -1036,9 +1126,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let dist_to_entry_point = self.dist_f.eval(point, entry_point.data.get_v());
         trace!("       distance to entry point: {:?} ", dist_to_entry_point);
         // keep a list of id visited (patch 0005: an epoch-stamped list per thread, indexed by
-        // the point's data id, instead of a HashMap of Arc clones allocated per search)
+        // the point's id (patch 0010), instead of a HashMap of Arc clones allocated per search)
         let mut visited = Visited::begin();
-        visited.insert(entry_point.get_origin_id());
+        visited.insert(entry_point.p_id);
+        // (patch 0010: the links name points by `PointId`; the layers resolve them)
+        let layers = self.layer_indexed_points.points_by_layer.read();
+        let mut fresh: Vec<&Arc<Point<'b, T>>> = Vec::with_capacity(2 * self.max_nb_connection);
         //
         // (patch 0006: the candidates live only here, so they are held by value, not each in a
         // new Arc; the heap's order is the same, `Arc<T>` orders as `T`)
@@ -1096,28 +1189,39 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 c_pid,
                 neighbours_c_l.len()
             );
+            // (patch 0010: first the links not yet visited, their points resolved and their
+            // vectors asked of memory ahead, then the distances in the list's order; the visited
+            // set and every later step are what one pass gives)
+            fresh.clear();
             for e in neighbours_c_l {
+                if visited.insert(e.p_id()) {
+                    let e_point = linked(&layers, e);
+                    prefetch_slice(e_point.data.get_v());
+                    fresh.push(e_point);
+                }
+            }
+            for &e_point in &fresh {
                 // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
                 // CAVEAT what if several point_id with same distance to ref point?
-                if visited.insert(e.point_ref.get_origin_id()) {
-                    trace!("             visited insertion {:?}", e.point_ref.p_id);
+                {
+                    trace!("             visited insertion {:?}", e_point.p_id);
                     let f_opt = return_points.peek();
                     if f_opt.is_none() {
                         // do some debug info, dumped distance is from e to c! as e is in c neighbours
-                        debug!("return points empty when inserting {:?}", e.point_ref.p_id);
+                        debug!("return points empty when inserting {:?}", e_point.p_id);
                         return return_points;
                     }
                     let f = f_opt.unwrap();
-                    let e_dist_to_p = self.dist_f.eval(point, e.point_ref.data.get_v());
+                    let e_dist_to_p = self.dist_f.eval(point, e_point.data.get_v());
                     let f_dist_to_p = f.dist_to_ref;
                     if e_dist_to_p < f_dist_to_p || return_points.len() < ef {
-                        let e_prime = Arc::new(PointWithOrder::new(&e.point_ref, e_dist_to_p));
+                        let e_prime = Arc::new(PointWithOrder::new(e_point, e_dist_to_p));
                         // a neighbour of neighbour is better, we insert it into candidate with the distance to point
                         trace!(
                             "                inserting new candidate {:?}",
                             e_prime.point_ref.p_id
                         );
-                        candidate_points.push(PointWithOrder::new(&e.point_ref, -e_dist_to_p));
+                        candidate_points.push(PointWithOrder::new(e_point, -e_dist_to_p));
                         //
                         if let Some(f) = filter {
                             let id: &usize = &e_prime.point_ref.get_origin_id();
@@ -1310,13 +1414,18 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 // sort neighbours
                 neighbours.sort_unstable();
                 // we must add bidirecti*onal from data i.e new_point_id to neighbours
-                // (patch 0008: the links copied by value, the list sized to them exactly)
+                // (patch 0008: the links copied by value, the list sized to them exactly; patch
+                // 0010: as `Link`s)
                 {
                     let mut lists = new_point.neighbours.write();
                     let list = &mut lists[l as usize];
                     list.clear();
                     list.reserve_exact(neighbours.len());
-                    list.extend(neighbours.iter().map(|p| PointWithOrder::clone(p)));
+                    list.extend(
+                        neighbours
+                            .iter()
+                            .map(|p| Link::new(p.point_ref.p_id, p.dist_to_ref)),
+                    );
                 }
                 // this reverse neighbour update could be done here but we put it at end to gather all code
                 // requiring a mutex guard for multi threading.
@@ -1368,13 +1477,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             new_point.p_id
         );
         let level = new_point.p_id.0;
+        // (patch 0010: the links name points by `PointId`; the layers resolve them)
+        let layers = self.layer_indexed_points.points_by_layer.read();
         for l in (0..level + 1).rev() {
             for q in &new_point.neighbours.read()[l as usize] {
-                if new_point.p_id != q.point_ref.p_id {
+                if new_point.p_id != q.p_id() {
                     // as new point is in global table, do not loop and deadlock!!
-                    let q_point = &q.point_ref;
+                    let q_point = linked(&layers, q);
                     let mut q_point_neighbours = q_point.neighbours.write();
-                    let n_to_add = PointWithOrder::<T>::new(&Arc::clone(&new_point), q.dist_to_ref);
+                    let n_to_add = Link::new(new_point.p_id, q.dist_to_ref);
                     // fix from vidaunited (https://github.com/vidaunited), store potential reverse neighbout at correct layer
                     // This potential reverse add provide a symetric edge only if new_point is sufficiently close to q_point from q_point point of view
                     let l_n = l as usize;
@@ -1385,7 +1496,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     }
                     let already = q_point_neighbours[l_n]
                         .iter()
-                        .position(|old| old.point_ref.p_id == new_point.p_id);
+                        .position(|old| old.p_id() == new_point.p_id);
                     if already.is_some() {
                         // debug!(" new_point.p_id {:?} already in neighbourhood of  q_point {:?} at index {:?}", new_point.p_id, q_point.p_id, already.unwrap());
                         // q_point.debug_dump();  cannot be called as its neighbours are locked write by this method.
@@ -1477,17 +1588,20 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             }
             let mut new_candidates_set = HashMap::<PointId, Arc<Point<T>>>::new();
             // get a list of all neighbours of candidates
+            // (patch 0010: the links name points by `PointId`; the layers resolve them)
+            let layers = self.layer_indexed_points.points_by_layer.read();
             for (_p_id, p_point) in candidates_set.iter() {
                 let p_lists = p_point.neighbours.read();
                 let n_p_layer = p_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
                 for q in n_p_layer {
-                    if !candidates_set.contains_key(&q.point_ref.p_id)
-                        && !new_candidates_set.contains_key(&q.point_ref.p_id)
+                    if !candidates_set.contains_key(&q.p_id())
+                        && !new_candidates_set.contains_key(&q.p_id())
                     {
-                        new_candidates_set.insert(q.point_ref.p_id, Arc::clone(&q.point_ref));
+                        new_candidates_set.insert(q.p_id(), Arc::clone(linked(&layers, q)));
                     }
                 }
             } // end of for p
+            drop(layers);
             trace!(
                 "select neighbours extend candidates from  : {:?} adding : {:?}",
                 candidates.len(),
@@ -1650,13 +1764,16 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut has_changed = false;
             // search in stored neighbours
             {
+                // (patch 0010: the links name points by `PointId`; the layers resolve them)
+                let layers = self.layer_indexed_points.points_by_layer.read();
                 let pivot_lists = pivot.neighbours.read();
                 let neighbours = pivot_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
                 for n in neighbours {
                     // get the lowest  distance point.
-                    let tmp_dist = self.dist_f.eval(data, n.point_ref.data.get_v());
+                    let n_point = linked(&layers, n);
+                    let tmp_dist = self.dist_f.eval(data, n_point.data.get_v());
                     if tmp_dist < dist_to_entry {
-                        new_pivot = Some(Arc::clone(&n.point_ref));
+                        new_pivot = Some(Arc::clone(n_point));
                         has_changed = true;
                         dist_to_entry = tmp_dist;
                     }
@@ -1875,10 +1992,10 @@ where
                 assert_eq!(nbgh1[k].len(), nbgh2[k].len());
                 for l in 0..nbgh1[k].len() {
                     assert_eq!(
-                        nbgh1[k][l].point_ref.origin_id,
-                        nbgh2[k][l].point_ref.origin_id
+                        linked(&layers_1, &nbgh1[k][l]).origin_id,
+                        linked(&layers_2, &nbgh2[k][l]).origin_id
                     );
-                    assert_eq!(nbgh1[k][l].point_ref.p_id, nbgh2[k][l].point_ref.p_id);
+                    assert_eq!(nbgh1[k][l].p_id(), nbgh2[k][l].p_id());
                     // CAVEAT for precision with f32
                     assert_eq!(nbgh1[k][l].dist_to_ref, nbgh2[k][l].dist_to_ref);
                     nb_neighbours_checked += 1;

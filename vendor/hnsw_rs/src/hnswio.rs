@@ -730,11 +730,9 @@ impl HnswIo {
                 // (patch 0008: the list sized to the dump's links exactly)
                 point.neighbours.write()[l].reserve_exact(neighbours.len());
                 for n in neighbours {
-                    let n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
-                    // now n_point is the Arc<Point> corresponding to neighbour n of point,
-                    // construct a corresponding PointWithOrder
-                    let n_pwo = PointWithOrder::<T>::new(n_point, n.distance);
-                    point.neighbours.write()[l].push(n_pwo);
+                    // (patch 0010: a link names its point by `PointId`; the point must exist)
+                    let _n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
+                    point.neighbours.write()[l].push(Link::new(n.p_id, n.distance));
                 } // end of for n
                 //  must sort
                 point.neighbours.write()[l].sort_unstable();
@@ -1069,8 +1067,9 @@ pub fn load_description(io_in: &mut dyn Read) -> Result<Description> {
 ///  2. origin_id as a u64
 ///  3. The vector of data (the length is known from Description)
 ///
-fn dump_point<T: Serialize + Clone + Sized + Send + Sync, W: Write>(
-    point: &Point<T>,
+fn dump_point<'b, T: Serialize + Clone + Sized + Send + Sync, W: Write>(
+    point: &Point<'b, T>,
+    layers: &[Vec<Arc<Point<'b, T>>>],
     mode: DumpMode,
     graphout: &mut BufWriter<W>,
     dataout: &mut BufWriter<W>,
@@ -1086,7 +1085,7 @@ fn dump_point<T: Serialize + Clone + Sized + Send + Sync, W: Write>(
     }
     trace!(" point dump {:?} {:?}  ", p_id, point.get_origin_id());
     // then dump neighborhood info : nb neighbours : u32 , then list of origin_id, layer, rank_in_layer
-    let neighborhood = point.get_neighborhood_id();
+    let neighborhood = point.get_neighborhood_id(layers);
     // in any case nb_layers are dumped with possibly 0 neighbours at a layer, but this does not occur by construction
     for (l, neighbours_at_l) in neighborhood.iter().enumerate() {
         // Caution : we dump number of neighbours as a usize, even if it cannot be so large!
@@ -1327,7 +1326,7 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync> HnswIoT for PointInd
             graphout.write_all(&nb_point.to_ne_bytes())?;
             for j in 0..layers[i].len() {
                 assert_eq!(layers[i][j].get_point_id(), PointId(i as u8, j as i32));
-                dump_point(&layers[i][j], mode, graphout, dataout)?;
+                dump_point(&layers[i][j], &layers, mode, graphout, dataout)?;
             }
         }
         // dump id of entry point
