@@ -9,8 +9,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         out.clear();
         let f = &self.faces[x as usize];
         for e in &f.out {
-            if e.kept {
-                out.push(e.to);
+            if e.kept() {
+                out.push(e.to());
             }
         }
         for &j in &f.inn {

@@ -53,14 +53,14 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let before = self.kept_pairs(&sources);
         let partners: Vec<u32> = self.rules.must_of(e).to_vec();
         // Every part its cluster may fall into holds one of these.
-        let mut around: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to).collect();
+        let mut around: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to()).collect();
         around.extend_from_slice(&pointing);
         around.extend_from_slice(&partners);
         around.sort_unstable();
         around.dedup();
 
         // Out of the graph.
-        let out: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to).collect();
+        let out: Vec<u32> = self.faces[e as usize].out.iter().map(|x| x.to()).collect();
         for t in out {
             let inn = &mut self.faces[t as usize].inn;
             if let Ok(pos) = inn.binary_search(&e) {
@@ -70,7 +70,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.faces[e as usize].out.clear();
         self.faces[e as usize].inn.clear();
         for &i in &pointing {
-            self.faces[i as usize].out.retain(|x| x.to != e);
+            self.faces[i as usize].out.retain(|x| x.to() != e);
             self.touch_face(i);
         }
         self.touch_face(e);
@@ -200,11 +200,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let out = &self.faces[i as usize].out;
         let fresh = hits
             .iter()
-            .filter(|n| n.seq != i && !out.iter().any(|x| x.to == n.seq));
+            .filter(|n| n.seq != i && !out.iter().any(|x| x.to() == n.seq));
         let cands = self.edges_to(&own, fresh);
         let room = p.k - self.faces[i as usize].out.len();
         for c in cands.into_iter().take(room) {
-            self.adopt(i, c.to, c.score, None);
+            self.adopt(i, c.to(), c.score, None);
         }
     }
 }

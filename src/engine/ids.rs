@@ -1,6 +1,7 @@
-//! The faces' external ids, each held once: a vector by sequence number and a hash table of
-//! sequence numbers that finds a face by its id (hashed again from the vector when the table
-//! grows). A map from id to sequence number would hold every id twice.
+//! The faces' external ids, each held once: their bytes end to end in one buffer with the end of
+//! each by sequence number, and a hash table of sequence numbers that finds a face by its id
+//! (hashed again from the buffer when the table grows). A map from id to sequence number would hold
+//! every id twice; a boxed string per id costs a pointer, a length and an allocation each.
 
 use std::hash::BuildHasher;
 
@@ -8,9 +9,19 @@ use hashbrown::HashTable;
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct FaceIds {
-    ids: Vec<Box<str>>,
+    /// Every id's bytes, in sequence order (each a whole `str`, so any slice between two ends is
+    /// valid UTF-8).
+    bytes: String,
+    /// `ends[s]`: where id `s` ends in `bytes` (it starts where id `s - 1` ends).
+    ends: Vec<u64>,
     table: HashTable<u32>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// Id `seq` in `bytes` by `ends`.
+fn id_at<'a>(bytes: &'a str, ends: &[u64], seq: usize) -> &'a str {
+    let start = if seq == 0 { 0 } else { ends[seq - 1] as usize };
+    &bytes[start..ends[seq] as usize]
 }
 
 impl FaceIds {
@@ -18,7 +29,7 @@ impl FaceIds {
     pub fn get(&self, id: &str) -> Option<u32> {
         let h = self.hasher.hash_one(id);
         self.table
-            .find(h, |&s| &*self.ids[s as usize] == id)
+            .find(h, |&s| id_at(&self.bytes, &self.ends, s as usize) == id)
             .copied()
     }
 
@@ -26,11 +37,12 @@ impl FaceIds {
     /// is not held.
     pub fn push(&mut self, id: &str) -> u32 {
         debug_assert!(self.get(id).is_none());
-        let seq = self.ids.len() as u32;
-        self.ids.push(id.into());
-        let (ids, hasher) = (&self.ids, &self.hasher);
+        let seq = self.ends.len() as u32;
+        self.bytes.push_str(id);
+        self.ends.push(self.bytes.len() as u64);
+        let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
         self.table.insert_unique(hasher.hash_one(id), seq, |&s| {
-            hasher.hash_one(&*ids[s as usize])
+            hasher.hash_one(id_at(bytes, ends, s as usize))
         });
         seq
     }
@@ -38,7 +50,8 @@ impl FaceIds {
     /// Replaces every id by `ids` (sequence numbers in order).
     pub fn from_ids(ids: Vec<String>) -> Self {
         let mut out = Self::default();
-        out.ids.reserve_exact(ids.len());
+        out.bytes.reserve_exact(ids.iter().map(|i| i.len()).sum());
+        out.ends.reserve_exact(ids.len());
         // The table is empty: nothing to rehash while it grows here.
         out.table.reserve(ids.len(), |_| 0);
         for id in ids {
@@ -52,7 +65,7 @@ impl std::ops::Index<usize> for FaceIds {
     type Output = str;
 
     fn index(&self, seq: usize) -> &str {
-        &self.ids[seq]
+        id_at(&self.bytes, &self.ends, seq)
     }
 }
 
@@ -72,6 +85,15 @@ mod tests {
         }
         assert_eq!(ids.get("face-10000"), None);
         assert_eq!(ids.get(""), None);
+        // Ids that are prefixes of one another, empty and not ASCII, stay apart.
+        let mut odd = FaceIds::default();
+        for id in ["ab", "a", "", "abc", "é", "aé"] {
+            odd.push(id);
+        }
+        for (s, id) in ["ab", "a", "", "abc", "é", "aé"].iter().enumerate() {
+            assert_eq!((odd.get(id), &odd[s]), (Some(s as u32), *id));
+        }
+        assert_eq!(odd.get("b"), None);
         let back = FaceIds::from_ids(vec!["a".into(), "b".into()]);
         assert_eq!(
             (back.get("a"), back.get("b"), back.get("c")),

@@ -64,17 +64,13 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         // (adopter, evicted)
         let mut adopters: Vec<(u32, Option<u32>)> = Vec::new();
         for e in &scored {
-            let f = &self.faces[e.to as usize];
-            let me = Edge {
-                to: seq,
-                score: e.score,
-                kept: true,
-            };
+            let f = &self.faces[e.to() as usize];
+            let me = Edge::new(seq, e.score, true);
             if f.out.len() < p.k {
-                adopters.push((e.to, None));
+                adopters.push((e.to(), None));
             } else if let Some(w) = f.out.last() {
                 if edge_rank(&me, w) == std::cmp::Ordering::Less {
-                    adopters.push((e.to, Some(w.to)));
+                    adopters.push((e.to(), Some(w.to())));
                 }
             }
         }
@@ -107,14 +103,15 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.mark.push(0);
         self.face_ids.push(face_id);
         for e in &own_out {
-            let inn = &mut self.faces[e.to as usize].inn;
+            let inn = &mut self.faces[e.to() as usize].inn;
             let pos = inn.binary_search(&seq).unwrap_or_else(|x| x);
+            room_for_one(inn, usize::MAX);
             inn.insert(pos, seq);
         }
         for &(j, evicted) in &adopters {
             let score = scored
                 .iter()
-                .find(|e| e.to == j)
+                .find(|e| e.to() == j)
                 .map(|e| e.score)
                 .unwrap_or(0.0);
             self.adopt(j, seq, score, evicted);
@@ -157,7 +154,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let best = self.faces[seq as usize]
             .out
             .iter()
-            .filter(|e| e.kept)
+            .filter(|e| e.kept())
             .map(|e| e.score)
             .chain(
                 self.faces[seq as usize]
@@ -168,7 +165,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                         self.faces[j as usize]
                             .out
                             .iter()
-                            .find(|e| e.to == seq)
+                            .find(|e| e.to() == seq)
                             .map(|e| e.score)
                     }),
             )
@@ -222,11 +219,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 } else {
                     n.similarity
                 };
-                Edge {
-                    to: n.seq,
-                    score: self.scorer.score(cosine, from, other),
-                    kept: true,
-                }
+                Edge::new(n.seq, self.scorer.score(cosine, from, other), true)
             })
             .filter(|e| e.score > p.t1)
             .collect();
@@ -238,7 +231,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.faces[a as usize]
             .out
             .iter()
-            .any(|e| e.to == b && e.kept)
+            .any(|e| e.to() == b && e.kept())
     }
 
     pub(super) fn undirected_kept(&self, a: u32, b: u32) -> bool {
@@ -259,25 +252,25 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let weak_s = self.faces[s as usize].weak;
         let mut anchored = false;
         for idx in 0..n_out {
-            let j = self.faces[s as usize].out[idx].to;
+            let j = self.faces[s as usize].out[idx].to();
             let fj = &self.faces[j as usize];
             let certain = self.faces[s as usize].out[idx].score > sure;
             if !certain && (fj.weak || (weak_s && anchored)) {
-                self.faces[s as usize].out[idx].kept = false;
+                self.faces[s as usize].out[idx].set_kept(false);
                 continue;
             }
             if !fj.weak {
                 anchored = true;
             }
             if t2 <= 0.0 {
-                self.faces[s as usize].out[idx].kept = true;
+                self.faces[s as usize].out[idx].set_kept(true);
                 continue;
             }
             let fs = &self.faces[s as usize];
             // s itself is in {j}+in(j) because s->j; j is in {s}+out(s) and in {j}.
             let mut common = 2usize;
             for e in &fs.out {
-                if e.to != j && fj.inn.binary_search(&e.to).is_ok() {
+                if e.to() != j && fj.inn.binary_search(&e.to()).is_ok() {
                     common += 1;
                 }
             }
@@ -285,7 +278,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let deg_j = (fj.out.len() + 1) as f32;
             let c = common as f32;
             let kept = (c / deg_s).max(c / deg_j) > t2;
-            self.faces[s as usize].out[idx].kept = kept;
+            self.faces[s as usize].out[idx].set_kept(kept);
         }
     }
 
@@ -302,11 +295,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Face `j` takes the edge j -> `to` with `score` into its out-list (rank order), first
     /// dropping its weakest edge, to `evicted`, when the list is full.
     pub(super) fn adopt(&mut self, j: u32, to: u32, score: f32, evicted: Option<u32>) {
-        let me = Edge {
-            to,
-            score,
-            kept: true,
-        };
+        let me = Edge::new(to, score, true);
         if let Some(w) = evicted {
             self.faces[j as usize].out.pop();
             let inn = &mut self.faces[w as usize].inn;
@@ -314,14 +303,17 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 inn.remove(pos);
             }
         }
+        let k = self.params.k;
         let f = &mut self.faces[j as usize];
         let pos = f
             .out
             .binary_search_by(|x| edge_rank(x, &me))
             .unwrap_or_else(|x| x);
+        room_for_one(&mut f.out, k);
         f.out.insert(pos, me);
         let inn = &mut self.faces[to as usize].inn;
         let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
+        room_for_one(inn, usize::MAX);
         inn.insert(pos, j);
         self.touch_face(j);
     }
@@ -345,9 +337,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut before: HashMap<(u32, u32), bool> = HashMap::new();
         for &s in sources {
             for e in &self.faces[s as usize].out {
-                let pr = pair(s, e.to);
+                let pr = pair(s, e.to());
                 if let std::collections::hash_map::Entry::Vacant(v) = before.entry(pr) {
-                    v.insert(self.undirected_kept(s, e.to));
+                    v.insert(self.undirected_kept(s, e.to()));
                 }
             }
         }
@@ -371,7 +363,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut after_pairs: Vec<(u32, u32)> = Vec::new();
         for &s in sources_after {
             for e in &self.faces[s as usize].out {
-                after_pairs.push(pair(s, e.to));
+                after_pairs.push(pair(s, e.to()));
             }
         }
         let mut added: Vec<(u32, u32)> = Vec::new();
@@ -458,6 +450,26 @@ pub(super) mod tests {
             support_region: 0,
             same_image_cannot_link: true,
         }
+    }
+
+    #[test]
+    fn lists_grow_by_half_and_an_out_list_never_past_k() {
+        let (mut out, mut inn) = (Vec::<u32>::new(), Vec::<u32>::new());
+        let (mut out_caps, mut inn_caps) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            if out.len() < 8 {
+                room_for_one(&mut out, 8);
+                out.push(i);
+                out_caps.push(out.capacity());
+            }
+            room_for_one(&mut inn, usize::MAX);
+            inn.push(i);
+            inn_caps.push(inn.capacity());
+        }
+        out_caps.dedup();
+        inn_caps.dedup();
+        assert_eq!(out_caps, [4, 6, 8]);
+        assert_eq!(inn_caps, [4, 6, 9, 13, 19, 28]);
     }
 
     #[test]

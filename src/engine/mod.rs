@@ -357,17 +357,57 @@ pub enum Outcome {
     Duplicate { seq: u32 },
 }
 
-/// One entry of an out-list.
+/// One entry of an out-list: the face it points to and whether the edge passed the intimacy
+/// refinement (always true when `t2 = 0`) share one `u32` (the top bit is the flag), so an edge
+/// is 8 bytes, not 12 (a full out-list of 8 takes 64 bytes: BENCHMARKS.md section 15). Faces are
+/// numbered below 2^31 (the HNSW holds at most 2^28 points per layer).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Edge {
-    to: u32,
+    to_kept: u32,
     score: f32,
-    /// Passed the intimacy refinement (always true when `t2 = 0`).
-    kept: bool,
+}
+
+const KEPT_BIT: u32 = 1 << 31;
+
+impl Edge {
+    fn new(to: u32, score: f32, kept: bool) -> Self {
+        debug_assert!(to < KEPT_BIT, "face sequence numbers stay below 2^31");
+        Edge {
+            to_kept: to | if kept { KEPT_BIT } else { 0 },
+            score,
+        }
+    }
+
+    fn to(&self) -> u32 {
+        self.to_kept & !KEPT_BIT
+    }
+
+    fn kept(&self) -> bool {
+        self.to_kept & KEPT_BIT != 0
+    }
+
+    fn set_kept(&mut self, kept: bool) {
+        self.to_kept = self.to() | if kept { KEPT_BIT } else { 0 };
+    }
+}
+
+/// Makes room for one more item in a neighbour list: by half again (at least 4), never past `max`
+/// (an out-list holds at most `k`). The lists are many and small (a million faces hold two each),
+/// so doubling's slack was a tenth of the memory per face (BENCHMARKS.md section 15).
+fn room_for_one<T>(v: &mut Vec<T>, max: usize) {
+    if v.len() == v.capacity() {
+        let want = (v.capacity() + v.capacity() / 2)
+            .max(4)
+            .min(max)
+            .max(v.len() + 1);
+        v.reserve_exact(want - v.len());
+    }
 }
 
 fn edge_rank(a: &Edge, b: &Edge) -> std::cmp::Ordering {
-    b.score.total_cmp(&a.score).then_with(|| a.to.cmp(&b.to))
+    b.score
+        .total_cmp(&a.score)
+        .then_with(|| a.to().cmp(&b.to()))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -632,10 +672,9 @@ pub fn batch<I: NeighborIndex>(
         hits.sort_by(rank);
         let mut edges: Vec<Edge> = hits
             .into_iter()
-            .map(|h| Edge {
-                to: h.seq,
-                score: dot(v, &proxies[h.seq as usize * d..(h.seq as usize + 1) * d]),
-                kept: true,
+            .map(|h| {
+                let score = dot(v, &proxies[h.seq as usize * d..(h.seq as usize + 1) * d]);
+                Edge::new(h.seq, score, true)
             })
             .filter(|e| e.score > params.t1)
             .collect();
@@ -646,7 +685,7 @@ pub fn batch<I: NeighborIndex>(
     let mut inn: Vec<Vec<u32>> = vec![Vec::new(); n];
     for (i, l) in out.iter().enumerate() {
         for e in l {
-            inn[e.to as usize].push(i as u32);
+            inn[e.to() as usize].push(i as u32);
         }
     }
     let sure = if params.weak_margin >= 1.0 {
@@ -659,17 +698,17 @@ pub fn batch<I: NeighborIndex>(
         let mut anchored = false;
         for e in &out[i] {
             let certain = e.score > sure;
-            if !certain && (is_weak(e.to as usize) || (is_weak(i) && anchored)) {
+            if !certain && (is_weak(e.to() as usize) || (is_weak(i) && anchored)) {
                 continue;
             }
-            if !is_weak(e.to as usize) {
+            if !is_weak(e.to() as usize) {
                 anchored = true;
             }
             let keep = if params.t2 > 0.0 {
-                let j = e.to as usize;
+                let j = e.to() as usize;
                 let common = 2 + out[i]
                     .iter()
-                    .filter(|m| m.to != e.to && inn[j].binary_search(&m.to).is_ok())
+                    .filter(|m| m.to() != e.to() && inn[j].binary_search(&m.to()).is_ok())
                     .count();
                 let c = common as f32;
                 (c / (out[i].len() + 1) as f32).max(c / (out[j].len() + 1) as f32) > params.t2
@@ -677,7 +716,7 @@ pub fn batch<I: NeighborIndex>(
                 true
             };
             if keep {
-                let (a, b) = pair(i as u32, e.to);
+                let (a, b) = pair(i as u32, e.to());
                 kept.push((a, b, e.score));
             }
         }

@@ -62,11 +62,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             .into_iter()
             .filter(|h| h.seq != j)
             .take(p.search_k)
-            .map(|h| Edge {
-                to: h.seq,
-                score: score_with(self, h.seq),
-                kept: true,
-            })
+            .map(|h| Edge::new(h.seq, score_with(self, h.seq), true))
             .filter(|e| e.score > p.t1)
             .collect();
         scored.sort_by(edge_rank);
@@ -77,20 +73,16 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         // Faces that do not point at j yet and whose lists j now improves.
         let mut adopters: Vec<(u32, Option<u32>, f32)> = Vec::new();
         for e in &scored {
-            if holders.binary_search(&e.to).is_ok() {
+            if holders.binary_search(&e.to()).is_ok() {
                 continue;
             }
-            let f = &self.faces[e.to as usize];
-            let me = Edge {
-                to: j,
-                score: e.score,
-                kept: true,
-            };
+            let f = &self.faces[e.to() as usize];
+            let me = Edge::new(j, e.score, true);
             if f.out.len() < p.k {
-                adopters.push((e.to, None, e.score));
+                adopters.push((e.to(), None, e.score));
             } else if let Some(w) = f.out.last() {
                 if edge_rank(&me, w) == std::cmp::Ordering::Less {
-                    adopters.push((e.to, Some(w.to), e.score));
+                    adopters.push((e.to(), Some(w.to()), e.score));
                 }
             }
         }
@@ -105,31 +97,29 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.proxies[j as usize * d..(j as usize + 1) * d].copy_from_slice(&new);
         let old_out = std::mem::take(&mut self.faces[j as usize].out);
         for e in &old_out {
-            let inn = &mut self.faces[e.to as usize].inn;
+            let inn = &mut self.faces[e.to() as usize].inn;
             if let Ok(pos) = inn.binary_search(&j) {
                 inn.remove(pos);
             }
         }
         for e in &new_out {
-            let inn = &mut self.faces[e.to as usize].inn;
+            let inn = &mut self.faces[e.to() as usize].inn;
             let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
+            room_for_one(inn, usize::MAX);
             inn.insert(pos, j);
         }
         self.faces[j as usize].out = new_out;
         for (i, score) in rescored {
             let out = &mut self.faces[i as usize].out;
-            if let Some(pos) = out.iter().position(|e| e.to == j) {
+            if let Some(pos) = out.iter().position(|e| e.to() == j) {
                 out.remove(pos);
             }
             if score > p.t1 {
-                let me = Edge {
-                    to: j,
-                    score,
-                    kept: true,
-                };
+                let me = Edge::new(j, score, true);
                 let pos = out
                     .binary_search_by(|x| edge_rank(x, &me))
                     .unwrap_or_else(|x| x);
+                room_for_one(out, p.k);
                 out.insert(pos, me);
             } else {
                 let inn = &mut self.faces[j as usize].inn;
@@ -213,10 +203,10 @@ mod tests {
         let n = e.faces.len();
         for (s, f) in e.faces.iter().enumerate() {
             for ed in &f.out {
-                assert!(e.faces[ed.to as usize].inn.contains(&(s as u32)));
+                assert!(e.faces[ed.to() as usize].inn.contains(&(s as u32)));
             }
             for &i in &f.inn {
-                assert!(e.faces[i as usize].out.iter().any(|ed| ed.to == s as u32));
+                assert!(e.faces[i as usize].out.iter().any(|ed| ed.to() == s as u32));
             }
         }
         let mut parent: Vec<usize> = (0..n).collect();

@@ -63,7 +63,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 .partition(|e| e.score > t1);
             self.faces[s as usize].out = keep;
             for e in cut {
-                let inn = &mut self.faces[e.to as usize].inn;
+                let inn = &mut self.faces[e.to() as usize].inn;
                 if let Ok(pos) = inn.binary_search(&s) {
                     inn.remove(pos);
                 }
@@ -75,9 +75,18 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 if self.is_erased(s) {
                     continue;
                 }
-                let before: Vec<bool> = self.faces[s as usize].out.iter().map(|e| e.kept).collect();
+                let before: Vec<bool> = self.faces[s as usize]
+                    .out
+                    .iter()
+                    .map(|e| e.kept())
+                    .collect();
                 self.refresh_kept(s);
-                if self.faces[s as usize].out.iter().map(|e| e.kept).ne(before) {
+                if self.faces[s as usize]
+                    .out
+                    .iter()
+                    .map(|e| e.kept())
+                    .ne(before)
+                {
                     self.touch_face(s);
                 }
             }

@@ -63,11 +63,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 out: f
                     .out
                     .iter()
-                    .map(|&(to, score)| Edge {
-                        to,
-                        score,
-                        kept: true,
-                    })
+                    .map(|&(to, score)| Edge::new(to, score, true))
                     .collect(),
                 inn: Vec::new(),
                 comp: f.comp,
@@ -81,7 +77,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for (seq, f) in r.faces.iter().enumerate() {
             for &(to, _) in &f.out {
                 // Sequence order makes every in-list sorted without a sort.
-                e.faces[to as usize].inn.push(seq as u32);
+                let inn = &mut e.faces[to as usize].inn;
+                room_for_one(inn, usize::MAX);
+                inn.push(seq as u32);
             }
         }
         if e.flags_needed() {
@@ -203,7 +201,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.faces[seq as usize]
             .out
             .iter()
-            .map(|e| (e.to, e.score))
+            .map(|e| (e.to(), e.score))
             .collect()
     }
 
@@ -212,7 +210,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.faces[seq as usize]
             .out
             .iter()
-            .map(|e| (e.to, e.score, e.kept))
+            .map(|e| (e.to(), e.score, e.kept()))
             .collect()
     }
 
@@ -230,8 +228,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             .flat_map(|(s, f)| {
                 f.out
                     .iter()
-                    .filter(|e| e.kept)
-                    .map(move |e| pair(s as u32, e.to))
+                    .filter(|e| e.kept())
+                    .map(move |e| pair(s as u32, e.to()))
             })
             .collect();
         v.sort_unstable();
@@ -266,7 +264,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                     s,
                     FaceRecord {
                         comp: f.comp,
-                        out: f.out.iter().map(|e| (e.to, e.score)).collect(),
+                        out: f.out.iter().map(|e| (e.to(), e.score)).collect(),
                     },
                 )
             })

@@ -232,7 +232,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         for (li, &x) in region.iter().enumerate() {
             let li = li as u32;
             for e in &self.faces[x as usize].out {
-                if let (true, Some(lj)) = (e.kept, local(e.to)) {
+                if let (true, Some(lj)) = (e.kept(), local(e.to())) {
                     let (a, b) = ordered(li, lj);
                     edges.push((a, b, e.score));
                 }
@@ -450,7 +450,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             self.faces[x as usize]
                 .out
                 .iter()
-                .filter(|e| e.to == y && e.kept)
+                .filter(|e| e.to() == y && e.kept())
                 .map(|e| e.score)
                 .fold(f32::NEG_INFINITY, f32::max)
         };

@@ -724,9 +724,7 @@ impl HnswIo {
                 if neighbours.is_empty() {
                     continue;
                 }
-                if point.neighbours.read().len() <= l {
-                    point.neighbours.write().resize_with(l + 1, Vec::new);
-                }
+                Point::<T>::lists_up_to(&mut point.neighbours.write(), l);
                 // (patch 0008: the list sized to the dump's links exactly)
                 point.neighbours.write()[l].reserve_exact(neighbours.len());
                 for n in neighbours {
