@@ -65,7 +65,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut adopters: Vec<(u32, Option<u32>)> = Vec::new();
         for e in &scored {
             let f = &self.faces[e.to() as usize];
-            let me = Edge::new(seq, e.score, true);
+            let me = Edge::new(seq, e.score);
             if f.out.len() < p.k {
                 adopters.push((e.to(), None));
             } else if let Some(w) = f.out.last() {
@@ -103,10 +103,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.mark.push(0);
         self.face_ids.push(face_id);
         for e in &own_out {
-            let inn = &mut self.faces[e.to() as usize].inn;
-            let pos = inn.binary_search(&seq).unwrap_or_else(|x| x);
-            room_for_one(inn, usize::MAX);
-            inn.insert(pos, seq);
+            add_in(&mut self.faces[e.to() as usize].inn, seq);
         }
         for &(j, evicted) in &adopters {
             let score = scored
@@ -219,7 +216,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 } else {
                     n.similarity
                 };
-                Edge::new(n.seq, self.scorer.score(cosine, from, other), true)
+                Edge::new(n.seq, self.scorer.score(cosine, from, other))
             })
             .filter(|e| e.score > p.t1)
             .collect();
@@ -295,7 +292,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// Face `j` takes the edge j -> `to` with `score` into its out-list (rank order), first
     /// dropping its weakest edge, to `evicted`, when the list is full.
     pub(super) fn adopt(&mut self, j: u32, to: u32, score: f32, evicted: Option<u32>) {
-        let me = Edge::new(to, score, true);
+        let me = Edge::new(to, score);
         if let Some(w) = evicted {
             self.faces[j as usize].out.pop();
             let inn = &mut self.faces[w as usize].inn;
@@ -303,18 +300,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 inn.remove(pos);
             }
         }
-        let k = self.params.k;
-        let f = &mut self.faces[j as usize];
-        let pos = f
-            .out
-            .binary_search_by(|x| edge_rank(x, &me))
-            .unwrap_or_else(|x| x);
-        room_for_one(&mut f.out, k);
-        f.out.insert(pos, me);
-        let inn = &mut self.faces[to as usize].inn;
-        let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
-        room_for_one(inn, usize::MAX);
-        inn.insert(pos, j);
+        add_out(&mut self.faces[j as usize].out, me, self.params.k);
+        add_in(&mut self.faces[to as usize].inn, j);
         self.touch_face(j);
     }
 

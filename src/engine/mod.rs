@@ -370,10 +370,11 @@ struct Edge {
 const KEPT_BIT: u32 = 1 << 31;
 
 impl Edge {
-    fn new(to: u32, score: f32, kept: bool) -> Self {
+    /// A new edge, kept until the refinement says otherwise (`set_kept`).
+    fn new(to: u32, score: f32) -> Self {
         debug_assert!(to < KEPT_BIT, "face sequence numbers stay below 2^31");
         Edge {
-            to_kept: to | if kept { KEPT_BIT } else { 0 },
+            to_kept: to | KEPT_BIT,
             score,
         }
     }
@@ -402,6 +403,22 @@ fn room_for_one<T>(v: &mut Vec<T>, max: usize) {
             .max(v.len() + 1);
         v.reserve_exact(want - v.len());
     }
+}
+
+/// Adds face `x` to an in-list, kept sorted.
+fn add_in(inn: &mut Vec<u32>, x: u32) {
+    let pos = inn.binary_search(&x).unwrap_or_else(|p| p);
+    room_for_one(inn, usize::MAX);
+    inn.insert(pos, x);
+}
+
+/// Adds `e` to an out-list that holds fewer than `k` edges, kept in `edge_rank` order.
+fn add_out(out: &mut Vec<Edge>, e: Edge, k: usize) {
+    let pos = out
+        .binary_search_by(|x| edge_rank(x, &e))
+        .unwrap_or_else(|p| p);
+    room_for_one(out, k);
+    out.insert(pos, e);
 }
 
 fn edge_rank(a: &Edge, b: &Edge) -> std::cmp::Ordering {
@@ -674,7 +691,7 @@ pub fn batch<I: NeighborIndex>(
             .into_iter()
             .map(|h| {
                 let score = dot(v, &proxies[h.seq as usize * d..(h.seq as usize + 1) * d]);
-                Edge::new(h.seq, score, true)
+                Edge::new(h.seq, score)
             })
             .filter(|e| e.score > params.t1)
             .collect();

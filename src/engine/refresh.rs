@@ -62,7 +62,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             .into_iter()
             .filter(|h| h.seq != j)
             .take(p.search_k)
-            .map(|h| Edge::new(h.seq, score_with(self, h.seq), true))
+            .map(|h| Edge::new(h.seq, score_with(self, h.seq)))
             .filter(|e| e.score > p.t1)
             .collect();
         scored.sort_by(edge_rank);
@@ -77,7 +77,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 continue;
             }
             let f = &self.faces[e.to() as usize];
-            let me = Edge::new(j, e.score, true);
+            let me = Edge::new(j, e.score);
             if f.out.len() < p.k {
                 adopters.push((e.to(), None, e.score));
             } else if let Some(w) = f.out.last() {
@@ -103,10 +103,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             }
         }
         for e in &new_out {
-            let inn = &mut self.faces[e.to() as usize].inn;
-            let pos = inn.binary_search(&j).unwrap_or_else(|x| x);
-            room_for_one(inn, usize::MAX);
-            inn.insert(pos, j);
+            add_in(&mut self.faces[e.to() as usize].inn, j);
         }
         self.faces[j as usize].out = new_out;
         for (i, score) in rescored {
@@ -115,12 +112,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 out.remove(pos);
             }
             if score > p.t1 {
-                let me = Edge::new(j, score, true);
-                let pos = out
-                    .binary_search_by(|x| edge_rank(x, &me))
-                    .unwrap_or_else(|x| x);
-                room_for_one(out, p.k);
-                out.insert(pos, me);
+                add_out(out, Edge::new(j, score), p.k);
             } else {
                 let inn = &mut self.faces[j as usize].inn;
                 if let Ok(pos) = inn.binary_search(&i) {

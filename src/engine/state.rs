@@ -63,7 +63,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 out: f
                     .out
                     .iter()
-                    .map(|&(to, score)| Edge::new(to, score, true))
+                    .map(|&(to, score)| Edge::new(to, score))
                     .collect(),
                 inn: Vec::new(),
                 comp: f.comp,
