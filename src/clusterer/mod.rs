@@ -545,6 +545,10 @@ impl Clusterer {
     /// decision while there is none, then goes into the engine; then one store commit (fsync)
     /// with `positions` (the input offsets this batch ends at). Only after it returns may the
     /// caller acknowledge the input. Faces the engine refuses are reported in `rejected`.
+    ///
+    /// Runs of faces go through `Engine::insert_many` (the index halves on a second thread, the
+    /// same result as one at a time), each run ending where something acts between two faces: a
+    /// snapshot, a calibration reading. While a compaction is under way faces go one at a time.
     pub fn apply(
         &mut self,
         faces: &[crate::engine::Face],
@@ -553,7 +557,9 @@ impl Clusterer {
         let mut res = BatchResult::default();
         let refreshed_before = self.engine.n_refreshed();
         let mut extras = crate::store::Extras::default();
-        for (i, face) in faces.iter().enumerate() {
+        let mut i = 0;
+        while i < faces.len() {
+            let face = &faces[i];
             if self.decision.is_none() {
                 match self.wait(face, &mut extras) {
                     Ok(true) => res.waiting += 1,
@@ -563,59 +569,93 @@ impl Clusterer {
                 if self.waiting.len() >= self.calibration.warmup {
                     self.decide(&mut res, &mut extras)?;
                 }
+                i += 1;
                 continue;
             }
-            match self.engine.insert_face(face.view()) {
-                Ok((Outcome::Applied { seq }, events)) => {
-                    res.applied += 1;
-                    res.events.extend(events);
-                    if self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
-                        extras.thumbnails.push((seq, face.thumbnail.clone()));
-                    }
-                    if let Some(d) = self.decision {
-                        if let Some((new, events)) =
-                            self.engine
-                                .refit_calibration(&self.calibration, &d, seq as usize + 1)
-                        {
-                            log_decision(&new);
-                            res.events.extend(events);
-                            extras.decision = Some(new);
-                            self.decision = Some(new);
-                        }
-                    }
-                    if self.rebuild.is_some() {
-                        let v = self.engine.indexed_vector_of_new(seq).to_vec();
-                        if self.rebuild_step(seq, &v)? {
-                            // The dump may only cover what is durable.
-                            let w = std::mem::take(&mut extras);
-                            self.commit_engine(&w, &[])?;
-                            self.finish_rebuild()?;
-                            self.compact_if_due()?;
-                        }
-                    }
-                    if (seq + 1) % self.snapshot_every == 0 {
-                        // The snapshot may only cover what is durable.
-                        let w = std::mem::take(&mut extras);
-                        self.commit_engine(&w, &[])?;
-                        snapshot(
-                            &self.store,
-                            &self.index_dir,
-                            self.engine.index(),
-                            seq + 1,
-                            &[],
-                        )?;
-                    }
-                }
-                Ok((Outcome::Duplicate { seq }, _)) if self.engine.is_erased(seq) => {
-                    res.erased_redelivered += 1
-                }
-                Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
-                Err(e) => res.rejected.push((i, e)),
+            if self.rebuild.is_some() {
+                let r = self.engine.insert_face(face.view());
+                self.after_insert(i, face, r, &mut res, &mut extras)?;
+                i += 1;
+                continue;
             }
+            let views: Vec<_> = faces[i..].iter().map(|f| f.view()).collect();
+            let every = self.snapshot_every as usize;
+            let stream = matches!(
+                self.decision,
+                Some(crate::engine::calibrate::Decision::Stream { .. })
+            );
+            let calibration = &self.calibration;
+            let stop = |n: usize| n % every == 0 || (stream && calibration.refits_at(n));
+            let (consumed, results) = self.engine.insert_many(&views, &stop);
+            for (j, r) in results.into_iter().enumerate() {
+                self.after_insert(i + j, &faces[i + j], r, &mut res, &mut extras)?;
+            }
+            i += consumed;
         }
         self.commit_engine(&extras, positions)?;
         res.refreshed = (self.engine.n_refreshed() - refreshed_before) as usize;
         Ok(res)
+    }
+
+    /// What follows one insertion of `apply`, in stream order: the result counted, the
+    /// thumbnail kept, and what acts at this face count (a calibration reading, a compaction
+    /// step, a snapshot).
+    fn after_insert(
+        &mut self,
+        i: usize,
+        face: &crate::engine::Face,
+        r: crate::engine::InsertResult,
+        res: &mut BatchResult,
+        extras: &mut crate::store::Extras,
+    ) -> Result<(), ClustererError> {
+        match r {
+            Ok((Outcome::Applied { seq }, events)) => {
+                res.applied += 1;
+                res.events.extend(events);
+                if self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
+                    extras.thumbnails.push((seq, face.thumbnail.clone()));
+                }
+                if let Some(d) = self.decision {
+                    if let Some((new, events)) =
+                        self.engine
+                            .refit_calibration(&self.calibration, &d, seq as usize + 1)
+                    {
+                        log_decision(&new);
+                        res.events.extend(events);
+                        extras.decision = Some(new);
+                        self.decision = Some(new);
+                    }
+                }
+                if self.rebuild.is_some() {
+                    let v = self.engine.indexed_vector_of_new(seq).to_vec();
+                    if self.rebuild_step(seq, &v)? {
+                        // The dump may only cover what is durable.
+                        let w = std::mem::take(extras);
+                        self.commit_engine(&w, &[])?;
+                        self.finish_rebuild()?;
+                        self.compact_if_due()?;
+                    }
+                }
+                if (seq + 1) % self.snapshot_every == 0 {
+                    // The snapshot may only cover what is durable.
+                    let w = std::mem::take(extras);
+                    self.commit_engine(&w, &[])?;
+                    snapshot(
+                        &self.store,
+                        &self.index_dir,
+                        self.engine.index(),
+                        seq + 1,
+                        &[],
+                    )?;
+                }
+            }
+            Ok((Outcome::Duplicate { seq }, _)) if self.engine.is_erased(seq) => {
+                res.erased_redelivered += 1
+            }
+            Ok((Outcome::Duplicate { .. }, _)) => res.duplicates += 1,
+            Err(e) => res.rejected.push((i, e)),
+        }
+        Ok(())
     }
 }
 

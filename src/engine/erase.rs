@@ -75,7 +75,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
         self.touch_face(e);
         self.erased.insert(e);
-        self.index.remove(e);
+        self.idx_mut().remove(e);
         let indexed = self.proxy(e).to_vec();
         self.rules.forget_face(e);
         if self.track {
@@ -196,7 +196,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             return;
         }
         let own = self.proxy(i).to_vec();
-        let hits = self.index.search(&own, p.search_k + 1);
+        let hits = self.idx().search(&own, p.search_k + 1);
         let out = &self.faces[i as usize].out;
         let fresh = hits
             .iter()

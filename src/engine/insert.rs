@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::many::{prepare, score_edges, Prepared};
 use super::*;
 
 impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
@@ -25,39 +26,52 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// join the proxy's candidates. On error nothing changed. The events this insertion caused
     /// are returned (and recorded in the change set).
     pub fn insert_face(&mut self, face: FaceRef<'_>) -> Result<(Outcome, Vec<Event>), EngineError> {
-        let FaceRef {
-            face_id,
-            vector,
-            variants: extra,
-            meta,
-        } = face;
-        let identity = check_face(face_id, vector, extra, self.params.dim)?;
-        if let Some(seq) = self.face_ids.get(face_id) {
+        let identity = check_face(face.face_id, face.vector, face.variants, self.params.dim)?;
+        if let Some(seq) = self.face_ids.get(face.face_id) {
             return Ok((Outcome::Duplicate { seq }, Vec::new()));
         }
         if self.faces.len() >= u32::MAX as usize - 1 {
             return Err(EngineError::Full(self.faces.len()));
         }
         let seq = self.faces.len() as u32;
+        // From here on nothing can fail: the face enters the index now.
+        let prep = prepare(
+            self.index
+                .as_mut()
+                .expect("the index is in the engine outside insert_many's index stage"),
+            &mut self.proxies,
+            &self.proxy_gen,
+            &self.scorer,
+            &self.params,
+            seq,
+            identity,
+            face.variants,
+        );
+        Ok(self.finish(face, prep))
+    }
+
+    /// The graph half of an insertion, after its index half (`prepare`): out-list and
+    /// re-linking, kept flags, the cluster rule, events. Reads nothing of the index side
+    /// (index, proxies, proxy generator, scorer), so `insert_many` runs it beside the next faces'
+    /// index halves.
+    pub(super) fn finish(&mut self, face: FaceRef<'_>, prep: Prepared) -> (Outcome, Vec<Event>) {
+        let FaceRef {
+            face_id,
+            variants: extra,
+            meta,
+            ..
+        } = face;
+        let Prepared {
+            seq,
+            identity,
+            generated,
+            proxy,
+            cands,
+            scored,
+        } = prep;
+        debug_assert_eq!(seq as usize, self.faces.len());
         let p = self.params;
         let weak = meta.quality.is_some_and(|q| q < p.min_quality);
-
-        // A generator that looks at the neighbourhood sees the identity vector's neighbours; the
-        // proxy is then inserted, and its own neighbours come from the insertion's traversal.
-        let generated = if self.proxy_gen.needs_neighbors() {
-            let around = self.index.search(&identity, p.search_k);
-            let dim = p.dim;
-            let proxies = &self.proxies;
-            let proxy_of = |s: u32| proxies[s as usize * dim..(s as usize + 1) * dim].to_vec();
-            self.proxy_gen.proxy(&identity, extra, &around, &proxy_of)
-        } else {
-            None
-        };
-        let proxy: Vec<f32> = generated.clone().unwrap_or_else(|| identity.clone());
-        // From here on nothing can fail: the face enters the index now.
-        let cands = self.index.insert_and_search(seq, &proxy, p.search_k);
-
-        let scored = self.edges_to(&proxy, cands.iter());
         let own_out: Vec<Edge> = scored.iter().take(p.k).copied().collect();
 
         // Reverse re-linking: every candidate whose list the new face improves adopts it.
@@ -80,8 +94,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         // Undirected status before the change, for every pair an out-edge of a source touches.
         let before = self.kept_pairs(&sources);
 
-        // Apply the list changes.
-        self.proxies.extend_from_slice(&proxy);
+        // Apply the list changes (the proxy is in `proxies` already: `prepare`).
         if p.refresh > 0 {
             self.identities.extend_from_slice(&identity);
             self.extras.push(extra.to_vec());
@@ -188,14 +201,14 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 seq,
                 face_id: face_id.to_string(),
                 proxy,
-                identity: generated.map(|_| identity),
+                identity: generated.then_some(identity),
                 variants: extra.to_vec(),
                 weak,
                 meta: (meta != &FaceMeta::default()).then(|| meta.clone()),
             });
         }
         self.refresh_around(seq, &cands, &mut events);
-        Ok((Outcome::Applied { seq }, events))
+        (Outcome::Applied { seq }, events)
     }
 
     /// The candidate edges from a face with proxy `from` to the faces `cands` (index hits)
@@ -205,23 +218,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         from: &[f32],
         cands: impl Iterator<Item = &'a Neighbor>,
     ) -> Vec<Edge> {
-        let p = &self.params;
-        let mut scored: Vec<Edge> = cands
-            .map(|n| {
-                let other = self.proxy(n.seq);
-                // With refresh, a face's proxy may have moved from the vector it was indexed
-                // with: score on the current proxy.
-                let cosine = if p.refresh > 0 {
-                    dot(from, other)
-                } else {
-                    n.similarity
-                };
-                Edge::new(n.seq, self.scorer.score(cosine, from, other))
-            })
-            .filter(|e| e.score > p.t1)
-            .collect();
-        scored.sort_by(edge_rank);
-        scored
+        score_edges(&self.proxies, &self.scorer, &self.params, from, cands)
     }
 
     pub(super) fn directed_kept(&self, a: u32, b: u32) -> bool {

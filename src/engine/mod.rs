@@ -20,6 +20,8 @@
 
 pub mod calibrate;
 
+pub use many::InsertResult;
+
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,7 @@ mod erase;
 pub mod feedback;
 mod ids;
 mod insert;
+mod many;
 pub mod recluster;
 mod refresh;
 mod retune;
@@ -557,7 +560,8 @@ pub struct Restored {
 pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeScorer = CosineScorer>
 {
     params: EngineParams,
-    index: I,
+    /// Out of the engine only while `insert_many`'s index stage holds it (`idx`, `idx_mut`).
+    index: Option<I>,
     proxy_gen: P,
     scorer: S,
     faces: Vec<Node>,

@@ -27,7 +27,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             let j = n.seq;
             let identity = self.identities[j as usize * d..(j as usize + 1) * d].to_vec();
             let around: Vec<Neighbor> = self
-                .index
+                .idx()
                 .search(&identity, p.search_k + 1)
                 .into_iter()
                 .filter(|x| x.seq != j)
@@ -57,7 +57,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         };
         // j's new out-list.
         let mut scored: Vec<Edge> = self
-            .index
+            .idx()
             .search(&new, p.search_k + 1)
             .into_iter()
             .filter(|h| h.seq != j)

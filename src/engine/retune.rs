@@ -12,7 +12,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         (0..self.faces.len() as u32)
             .filter(|&s| !self.is_erased(s))
             .filter_map(|s| {
-                self.index
+                self.idx()
                     .search(self.proxy(s), 2)
                     .into_iter()
                     .find(|n| n.seq != s)

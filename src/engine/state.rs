@@ -15,7 +15,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     pub fn with_stages(params: EngineParams, index: I, proxy_gen: P, scorer: S) -> Self {
         Self {
             params,
-            index,
+            index: Some(index),
             proxy_gen,
             scorer,
             faces: Vec::new(),
@@ -130,12 +130,24 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     pub fn index(&self) -> &I {
-        &self.index
+        self.idx()
     }
 
     /// The index, for the caller's persistence (snapshots) between insertions.
     pub fn index_mut(&mut self) -> &mut I {
-        &mut self.index
+        self.idx_mut()
+    }
+
+    pub(super) fn idx(&self) -> &I {
+        self.index
+            .as_ref()
+            .expect("the index is in the engine outside insert_many's index stage")
+    }
+
+    pub(super) fn idx_mut(&mut self) -> &mut I {
+        self.index
+            .as_mut()
+            .expect("the index is in the engine outside insert_many's index stage")
     }
 
     pub fn n_faces(&self) -> usize {
