@@ -519,12 +519,7 @@ impl Clusterer {
     ) -> Result<(), ClustererError> {
         let changes = self.engine.take_changes();
         self.store.commit_with(&changes, extras, positions)?;
-        for (seq, _, e) in changes.events {
-            if self.recent.len() == RECENT_EVENTS {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((seq, e));
-        }
+        remember(&mut self.recent, changes.events);
         Ok(())
     }
 
@@ -574,7 +569,7 @@ impl Clusterer {
             }
             if self.rebuild.is_some() {
                 let r = self.engine.insert_face(face.view());
-                self.after_insert(i, face, r, &mut res, &mut extras)?;
+                self.after_insert(i, face, r, true, &mut res, &mut extras)?;
                 i += 1;
                 continue;
             }
@@ -586,9 +581,40 @@ impl Clusterer {
             );
             let calibration = &self.calibration;
             let stop = |n: usize| n % every == 0 || (stream && calibration.refits_at(n));
-            let (consumed, results) = self.engine.insert_many(&views, &stop);
+            // While the index thread goes on, this thread commits what the run changed so far,
+            // every `WRITE_EVERY` faces (thumbnails with their faces), without the positions:
+            // as a snapshot's commit does, it leaves a durable state of whole faces, a prefix of
+            // the batch, which a redelivery completes (applied faces are no-ops).
+            let (store, recent) = (&self.store, &mut self.recent);
+            let keep_thumbnails = self.cfg.api.keep_thumbnails;
+            let mut failed = None;
+            let mut unwritten = 0;
+            let (consumed, results) =
+                self.engine
+                    .insert_many(&views, &stop, &mut |engine, so_far| {
+                        let j = so_far.len() - 1;
+                        if let Some(Ok((Outcome::Applied { seq }, _))) = so_far.last() {
+                            let f = &faces[i + j];
+                            if keep_thumbnails && !f.thumbnail.is_empty() {
+                                extras.thumbnails.push((*seq, f.thumbnail.clone()));
+                            }
+                            unwritten += 1;
+                        }
+                        if unwritten >= WRITE_EVERY && failed.is_none() {
+                            unwritten = 0;
+                            let changes = engine.take_changes();
+                            let w = std::mem::take(&mut extras);
+                            match store.commit_with(&changes, &w, &[]) {
+                                Ok(()) => remember(recent, changes.events),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    });
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             for (j, r) in results.into_iter().enumerate() {
-                self.after_insert(i + j, &faces[i + j], r, &mut res, &mut extras)?;
+                self.after_insert(i + j, &faces[i + j], r, false, &mut res, &mut extras)?;
             }
             i += consumed;
         }
@@ -598,13 +624,14 @@ impl Clusterer {
     }
 
     /// What follows one insertion of `apply`, in stream order: the result counted, the
-    /// thumbnail kept, and what acts at this face count (a calibration reading, a compaction
-    /// step, a snapshot).
+    /// thumbnail kept (unless `insert_many`'s caller kept it already: `thumbnail` false), and
+    /// what acts at this face count (a calibration reading, a compaction step, a snapshot).
     fn after_insert(
         &mut self,
         i: usize,
         face: &crate::engine::Face,
         r: crate::engine::InsertResult,
+        thumbnail: bool,
         res: &mut BatchResult,
         extras: &mut crate::store::Extras,
     ) -> Result<(), ClustererError> {
@@ -612,7 +639,7 @@ impl Clusterer {
             Ok((Outcome::Applied { seq }, events)) => {
                 res.applied += 1;
                 res.events.extend(events);
-                if self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
+                if thumbnail && self.cfg.api.keep_thumbnails && !face.thumbnail.is_empty() {
                     extras.thumbnails.push((seq, face.thumbnail.clone()));
                 }
                 if let Some(d) = self.decision {
@@ -656,6 +683,22 @@ impl Clusterer {
             Err(e) => res.rejected.push((i, e)),
         }
         Ok(())
+    }
+}
+
+/// Faces of a run of `Clusterer::apply` between two commits of its changes (the batch's last
+/// commit carries its positions). These commits overlap the index thread
+/// (`Engine::insert_many`), so the store's work (most of a commit) no longer waits for the
+/// run to end (BENCHMARKS.md section 16).
+const WRITE_EVERY: usize = 128;
+
+/// Keeps committed events for `Clusterer::events_since`, the last `RECENT_EVENTS`.
+fn remember(recent: &mut std::collections::VecDeque<(u64, Event)>, events: Vec<(u64, u32, Event)>) {
+    for (seq, _, e) in events {
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back((seq, e));
     }
 }
 

@@ -11,6 +11,7 @@
 //! overlap; each half stays serial, so nothing about the graph or the index changes.
 
 use std::collections::HashMap;
+use std::sync::mpsc;
 
 use super::*;
 
@@ -116,19 +117,23 @@ pub type InsertResult = Result<(Outcome, Vec<Event>), EngineError>;
 
 impl<I, P, S> Engine<I, P, S>
 where
-    I: NeighborIndex + Send,
-    P: ProxyGenerator + Clone + Send,
-    S: EdgeScorer + Clone + Send,
+    I: NeighborIndex + Send + 'static,
+    P: ProxyGenerator + Clone + Send + 'static,
+    S: EdgeScorer + Clone + Send + 'static,
 {
     /// Inserts `faces` in order, exactly as `insert_face` one after the other would (the same
     /// results, events and state), with the index halves on a second thread (module docs).
     /// Stops after the face whose insertion makes the engine hold `n` faces with `stop(n)` true,
-    /// so that a caller can act at that count (a snapshot, a calibration reading). Returns how
-    /// many of `faces` it consumed and their results in order.
+    /// so that a caller can act at that count (a snapshot, a calibration reading). `between` is
+    /// called on this thread after each face with the results so far (the last one is that
+    /// face's), while the index thread goes on: the caller may take the changes there (e.g. to
+    /// write them), but must not insert or erase. Returns how many of `faces` it consumed and
+    /// their results in order.
     pub fn insert_many(
         &mut self,
         faces: &[FaceRef<'_>],
         stop: &dyn Fn(usize) -> bool,
+        between: &mut dyn FnMut(&mut Self, &[InsertResult]),
     ) -> (usize, Vec<InsertResult>) {
         // Decide every face's fate first: checks, repeated ids (also within the run), sequence
         // numbers. None of it depends on an insertion's outcome.
@@ -191,76 +196,171 @@ where
                         Ok(self.finish(faces[i], prep))
                     }
                 });
+                between(self, &results);
             }
             return (consumed, results);
         }
 
-        let mut index = self
-            .index
-            .take()
-            .expect("the index is in the engine outside insert_many's index stage");
-        let mut proxies = std::mem::take(&mut self.proxies);
-        let proxy_gen = self.proxy_gen.clone();
-        let scorer = self.scorer.clone();
-        let params = self.params;
-        let (index, proxies) = std::thread::scope(|sc| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Prepared>>(64);
-            let worker = sc.spawn(move || {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                for (i, seq, identity) in jobs {
-                    chunk.push(prepare(
-                        &mut index,
-                        &mut proxies,
-                        &proxy_gen,
-                        &scorer,
-                        &params,
-                        seq,
-                        identity,
-                        faces[i].variants,
-                    ));
-                    if chunk.len() == CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
-                        break;
-                    }
-                }
-                if !chunk.is_empty() {
-                    // The receiver only hangs up after a panic of its own.
-                    let _ = tx.send(chunk);
-                }
-                (index, proxies)
-            });
-            let mut ended_early = false;
-            let mut ready = Vec::new().into_iter();
-            for (i, entry) in plan.into_iter().enumerate() {
-                match entry {
-                    Plan::Done(r) => results.push(r),
-                    Plan::Insert => {
-                        let prep = match ready.next() {
-                            Some(p) => p,
-                            None => match rx.recv() {
-                                Ok(chunk) => {
-                                    ready = chunk.into_iter();
-                                    ready.next().expect("chunks are not empty")
-                                }
-                                Err(_) => {
-                                    ended_early = true;
-                                    break;
-                                }
-                            },
-                        };
-                        results.push(Ok(self.finish(faces[i], prep)));
-                    }
+        let side = Side {
+            index: self
+                .index
+                .take()
+                .expect("the index is in the engine outside insert_many's index stage"),
+            proxies: std::mem::take(&mut self.proxies),
+            proxy_gen: self.proxy_gen.clone(),
+            scorer: self.scorer.clone(),
+        };
+        let jobs = jobs
+            .into_iter()
+            .map(|(i, seq, identity)| Job {
+                seq,
+                identity,
+                variants: faces[i].variants.to_vec(),
+            })
+            .collect();
+        let thread = self.index_thread.get_or_insert_with(IndexThread::spawn);
+        if thread
+            .runs
+            .send(Run {
+                side,
+                params: self.params,
+                jobs,
+            })
+            .is_err()
+        {
+            thread.died();
+        }
+        let mut ready = Vec::new().into_iter();
+        for (i, entry) in plan.into_iter().enumerate() {
+            match entry {
+                Plan::Done(r) => results.push(r),
+                Plan::Insert => {
+                    let prep = match ready.next() {
+                        Some(p) => p,
+                        None => match self.index_thread.as_mut().map(|t| t.back.recv()) {
+                            Some(Ok(FromIndex::Chunk(chunk))) => {
+                                ready = chunk.into_iter();
+                                ready.next().expect("chunks are not empty")
+                            }
+                            _ => self.index_thread.as_mut().expect("spawned above").died(),
+                        },
+                    };
+                    results.push(Ok(self.finish(faces[i], prep)));
                 }
             }
-            drop(rx);
-            match worker.join() {
-                Ok(back) if !ended_early => back,
-                Ok(_) => unreachable!("the index thread sends one result per face to insert"),
-                Err(panic) => std::panic::resume_unwind(panic),
+            between(self, &results);
+        }
+        match self.index_thread.as_mut().map(|t| t.back.recv()) {
+            Some(Ok(FromIndex::Done(side))) => {
+                self.index = Some(side.index);
+                self.proxies = side.proxies;
             }
-        });
-        self.index = Some(index);
-        self.proxies = proxies;
+            _ => self.index_thread.as_mut().expect("spawned above").died(),
+        }
         (consumed, results)
+    }
+}
+
+/// What the index thread works with during a run: the engine's index side, moved there and back.
+struct Side<I, P, S> {
+    index: I,
+    proxies: Vec<f32>,
+    proxy_gen: P,
+    scorer: S,
+}
+
+/// One face's index half to run.
+struct Job {
+    seq: u32,
+    identity: Vec<f32>,
+    variants: Vec<f32>,
+}
+
+/// A run for the index thread.
+struct Run<I, P, S> {
+    side: Side<I, P, S>,
+    params: EngineParams,
+    jobs: Vec<Job>,
+}
+
+/// What the index thread sends back: the index halves, `CHUNK` at a time, in order; then the
+/// index side.
+enum FromIndex<I, P, S> {
+    Chunk(Vec<Prepared>),
+    Done(Side<I, P, S>),
+}
+
+/// The thread that runs the index halves of `insert_many`, one per engine for its life (a
+/// thread per run would cost a spawn, and the allocator a fresh heap, every batch). It ends
+/// when the engine is dropped (its channels close).
+pub(super) struct IndexThread<I, P, S> {
+    runs: mpsc::Sender<Run<I, P, S>>,
+    back: mpsc::Receiver<FromIndex<I, P, S>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<I, P, S> IndexThread<I, P, S>
+where
+    I: NeighborIndex + Send + 'static,
+    P: ProxyGenerator + Send + 'static,
+    S: EdgeScorer + Send + 'static,
+{
+    fn spawn() -> Self {
+        let (runs, inbox) = mpsc::channel::<Run<I, P, S>>();
+        let (outbox, back) = mpsc::sync_channel::<FromIndex<I, P, S>>(64);
+        let handle = std::thread::Builder::new()
+            .name("index-halves".into())
+            .spawn(move || {
+                for Run {
+                    mut side,
+                    params,
+                    jobs,
+                } in inbox
+                {
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    for job in jobs {
+                        chunk.push(prepare(
+                            &mut side.index,
+                            &mut side.proxies,
+                            &side.proxy_gen,
+                            &side.scorer,
+                            &params,
+                            job.seq,
+                            job.identity,
+                            &job.variants,
+                        ));
+                        if chunk.len() == CHUNK
+                            && outbox
+                                .send(FromIndex::Chunk(std::mem::take(&mut chunk)))
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if !chunk.is_empty() && outbox.send(FromIndex::Chunk(chunk)).is_err() {
+                        return;
+                    }
+                    if outbox.send(FromIndex::Done(side)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("cannot start the engine's index thread");
+        IndexThread {
+            runs,
+            back,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl<I, P, S> IndexThread<I, P, S> {
+    /// The thread stopped mid-run: only a panic there does that; it goes on here.
+    fn died(&mut self) -> ! {
+        match self.handle.take().map(|h| h.join()) {
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            _ => panic!("the engine's index thread stopped before the end of a run"),
+        }
     }
 }
 
@@ -355,7 +455,13 @@ mod tests {
         let (mut run_results, mut at, mut runs) = (Vec::new(), 0, 0);
         let mut stopped_at = Vec::new();
         while at < views.len() {
-            let (consumed, r) = run.insert_many(&views[at..], &|n| n % 97 == 0);
+            let mut seen = 0;
+            let (consumed, r) =
+                run.insert_many(&views[at..], &|n| n % 97 == 0, &mut |_, so_far| {
+                    assert_eq!(so_far.len(), seen + 1, "called once after each face");
+                    seen += 1;
+                });
+            assert_eq!(seen, consumed);
             run_results.extend(r);
             at += consumed;
             runs += 1;

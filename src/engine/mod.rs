@@ -608,6 +608,8 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     rules: feedback::Constraints,
     /// Faces erased: no edges, no cluster, their id refused.
     erased: crate::index::Tombstones,
+    /// The thread of `insert_many`'s index halves, started by its first run.
+    index_thread: Option<many::IndexThread<I, P, S>>,
 }
 
 fn pair(a: u32, b: u32) -> (u32, u32) {

@@ -41,6 +41,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             pre_split: None,
             rules: feedback::Constraints::default(),
             erased: crate::index::Tombstones::default(),
+            index_thread: None,
         }
     }
 
