@@ -263,28 +263,50 @@ pub fn run(
                 }
                 let mut e = Engine::with_stages(p, HnswIndex::new(h), proxy, scorer);
                 e.set_tracking(false);
-                for (i, &row) in order.iter().enumerate() {
-                    let extra = s.variants.as_ref().map_or(&[][..], |v| v.row(row));
-                    let meta = crate::engine::FaceMeta {
-                        quality: quality[i],
+                // As the daemon: runs of faces (`Engine::insert_many`, the same result as one at
+                // a time), each ending where the stream threshold is read again as the stream
+                // doubles (not when `--threshold` pins it).
+                let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+                let metas: Vec<crate::engine::FaceMeta> = quality
+                    .iter()
+                    .map(|&q| crate::engine::FaceMeta {
+                        quality: q,
                         ..Default::default()
-                    };
-                    e.insert_face(crate::engine::FaceRef {
-                        face_id: &i.to_string(),
-                        vector: feats.row(i),
-                        variants: extra,
-                        meta: &meta,
                     })
-                    .map_err(|source| EvalError::Engine { row, source })?;
-                    // As the daemon: a stream threshold is read again as the stream doubles
-                    // (not when `--threshold` pins it).
+                    .collect();
+                let faces: Vec<crate::engine::FaceRef> = order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &row)| crate::engine::FaceRef {
+                        face_id: &ids[i],
+                        vector: feats.row(i),
+                        variants: s.variants.as_ref().map_or(&[][..], |v| v.row(row)),
+                        meta: &metas[i],
+                    })
+                    .collect();
+                let mut at = 0;
+                while at < n {
+                    let refits = s.threshold.is_none()
+                        && matches!(decision, crate::engine::calibrate::Decision::Stream { .. });
+                    let stop = |k: usize| refits && c.refits_at(k);
+                    let (consumed, results) =
+                        e.insert_many(&faces[at..], &stop, &mut |_, so_far| {
+                            let done = at + so_far.len();
+                            if done % 1000 == 0 || done == n {
+                                progress(done, n);
+                            }
+                        });
+                    for (j, r) in results.into_iter().enumerate() {
+                        r.map_err(|source| EvalError::Engine {
+                            row: order[at + j],
+                            source,
+                        })?;
+                    }
+                    at += consumed;
                     if s.threshold.is_none() {
-                        if let Some((new, _)) = e.refit_calibration(&c, &decision, i + 1) {
+                        if let Some((new, _)) = e.refit_calibration(&c, &decision, at) {
                             decision = new;
                         }
-                    }
-                    if (i + 1) % 1000 == 0 || i + 1 == n {
-                        progress(i + 1, n);
                     }
                 }
                 if let crate::engine::calibrate::Decision::Stream { t1, faces, .. } = decision {
