@@ -34,7 +34,17 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             return Err(EngineError::Full(self.faces.len()));
         }
         let seq = self.faces.len() as u32;
-        // From here on nothing can fail: the face enters the index now.
+        Ok(self.insert_checked(face, seq, identity))
+    }
+
+    /// Inserts a checked face (`check_face` gave `identity`; its id is new) as face `seq`, both
+    /// halves on this thread. From here on nothing can fail: the face enters the index now.
+    pub(super) fn insert_checked(
+        &mut self,
+        face: FaceRef<'_>,
+        seq: u32,
+        identity: Vec<f32>,
+    ) -> (Outcome, Vec<Event>) {
         let prep = prepare(
             self.index
                 .as_mut()
@@ -47,7 +57,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             identity,
             face.variants,
         );
-        Ok(self.finish(face, prep))
+        self.finish(face, prep)
     }
 
     /// The graph half of an insertion, after its index half (`prepare`): out-list and

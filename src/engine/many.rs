@@ -181,19 +181,7 @@ where
                     Plan::Done(r) => r,
                     Plan::Insert => {
                         let (_, seq, identity) = jobs.next().expect("one job per insert");
-                        let prep = prepare(
-                            self.index.as_mut().expect(
-                                "the index is in the engine outside insert_many's index stage",
-                            ),
-                            &mut self.proxies,
-                            &self.proxy_gen,
-                            &self.scorer,
-                            &self.params,
-                            seq,
-                            identity,
-                            faces[i].variants,
-                        );
-                        Ok(self.finish(faces[i], prep))
+                        Ok(self.insert_checked(faces[i], seq, identity))
                     }
                 });
                 between(self, &results);
