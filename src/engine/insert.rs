@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::many::{prepare, score_edges, Prepared};
+use super::many::{prepare, score_edges, Admit, Prepared, INDEX_AWAY};
 use super::*;
 
 impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
@@ -26,15 +26,34 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// join the proxy's candidates. On error nothing changed. The events this insertion caused
     /// are returned (and recorded in the change set).
     pub fn insert_face(&mut self, face: FaceRef<'_>) -> Result<(Outcome, Vec<Event>), EngineError> {
+        let seq = self.faces.len();
+        match self.admit(face, seq, |_| None)? {
+            Admit::Repeat(of) => Ok((Outcome::Duplicate { seq: of }, Vec::new())),
+            Admit::Insert(identity) => Ok(self.insert_checked(face, seq as u32, identity)),
+        }
+    }
+
+    /// Whether `face`, offered as face number `next`, is inserted (its normalized vector) or
+    /// repeats an applied face, or why it is refused: the vector's checks, then the id (held by
+    /// the engine, or by `earlier`: ids a run took before it), then room for one more face.
+    pub(super) fn admit(
+        &self,
+        face: FaceRef<'_>,
+        next: usize,
+        earlier: impl Fn(&str) -> Option<u32>,
+    ) -> Result<Admit, EngineError> {
         let identity = check_face(face.face_id, face.vector, face.variants, self.params.dim)?;
-        if let Some(seq) = self.face_ids.get(face.face_id) {
-            return Ok((Outcome::Duplicate { seq }, Vec::new()));
+        if let Some(seq) = self
+            .face_ids
+            .get(face.face_id)
+            .or_else(|| earlier(face.face_id))
+        {
+            return Ok(Admit::Repeat(seq));
         }
-        if self.faces.len() >= u32::MAX as usize - 1 {
-            return Err(EngineError::Full(self.faces.len()));
+        if next >= u32::MAX as usize - 1 {
+            return Err(EngineError::Full(next));
         }
-        let seq = self.faces.len() as u32;
-        Ok(self.insert_checked(face, seq, identity))
+        Ok(Admit::Insert(identity))
     }
 
     /// Inserts a checked face (`check_face` gave `identity`; its id is new) as face `seq`, both
@@ -46,9 +65,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         identity: Vec<f32>,
     ) -> (Outcome, Vec<Event>) {
         let prep = prepare(
-            self.index
-                .as_mut()
-                .expect("the index is in the engine outside insert_many's index stage"),
+            self.index.as_mut().expect(INDEX_AWAY),
             &mut self.proxies,
             &self.proxy_gen,
             &self.scorer,

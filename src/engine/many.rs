@@ -22,6 +22,17 @@ const PIPELINE_MIN: usize = 8;
 /// graph half per chunk, not per face (a wake-up is a system call on each side).
 const CHUNK: usize = 16;
 
+/// Why the engine's index is missing: only `insert_many`'s index thread holds it, during a run.
+pub(super) const INDEX_AWAY: &str = "the index is in the engine outside insert_many's index stage";
+
+/// What becomes of a face offered for insertion (`Engine::admit`), unless it is refused.
+pub(super) enum Admit {
+    /// Inserted, with its normalized identity vector.
+    Insert(Vec<f32>),
+    /// Its id is that of face `seq`, applied before: nothing changes.
+    Repeat(u32),
+}
+
 /// What the index half found for one face; the graph half needs nothing else of the index side.
 pub(super) struct Prepared {
     pub(super) seq: u32,
@@ -144,25 +155,17 @@ where
         let mut consumed = 0;
         for (i, f) in faces.iter().enumerate() {
             consumed = i + 1;
-            let identity = match check_face(f.face_id, f.vector, f.variants, self.params.dim) {
-                Ok(v) => v,
+            let identity = match self.admit(*f, next, |id| in_run.get(id).copied()) {
+                Ok(Admit::Insert(v)) => v,
+                Ok(Admit::Repeat(seq)) => {
+                    plan.push(Plan::Done(Ok((Outcome::Duplicate { seq }, Vec::new()))));
+                    continue;
+                }
                 Err(e) => {
                     plan.push(Plan::Done(Err(e)));
                     continue;
                 }
             };
-            let seen = self
-                .face_ids
-                .get(f.face_id)
-                .or_else(|| in_run.get(f.face_id).copied());
-            if let Some(seq) = seen {
-                plan.push(Plan::Done(Ok((Outcome::Duplicate { seq }, Vec::new()))));
-                continue;
-            }
-            if next >= u32::MAX as usize - 1 {
-                plan.push(Plan::Done(Err(EngineError::Full(next))));
-                continue;
-            }
             in_run.insert(f.face_id, next as u32);
             jobs.push((i, next as u32, identity));
             plan.push(Plan::Insert);
@@ -190,10 +193,7 @@ where
         }
 
         let side = Side {
-            index: self
-                .index
-                .take()
-                .expect("the index is in the engine outside insert_many's index stage"),
+            index: self.index.take().expect(INDEX_AWAY),
             proxies: std::mem::take(&mut self.proxies),
             proxy_gen: self.proxy_gen.clone(),
             scorer: self.scorer.clone(),

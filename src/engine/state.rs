@@ -140,15 +140,11 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     pub(super) fn idx(&self) -> &I {
-        self.index
-            .as_ref()
-            .expect("the index is in the engine outside insert_many's index stage")
+        self.index.as_ref().expect(many::INDEX_AWAY)
     }
 
     pub(super) fn idx_mut(&mut self) -> &mut I {
-        self.index
-            .as_mut()
-            .expect("the index is in the engine outside insert_many's index stage")
+        self.index.as_mut().expect(many::INDEX_AWAY)
     }
 
     pub fn n_faces(&self) -> usize {
