@@ -147,7 +147,7 @@ impl Clusterer {
                         }
                         if unwritten >= WRITE_EVERY && failed.is_none() {
                             unwritten = 0;
-                            let changes = engine.take_changes();
+                            let changes = super::take_changes(engine, store);
                             let w = std::mem::take(&mut extras);
                             match store.commit_with(&changes, &w, &[]) {
                                 Ok(()) => remember(recent, changes.events),

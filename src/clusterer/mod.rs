@@ -452,7 +452,7 @@ impl Clusterer {
         extras: &crate::store::Extras,
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), ClustererError> {
-        let changes = self.engine.take_changes();
+        let changes = take_changes(&mut self.engine, &self.store);
         self.store.commit_with(&changes, extras, positions)?;
         remember(&mut self.recent, changes.events);
         Ok(())
@@ -473,6 +473,19 @@ impl Clusterer {
 }
 
 /// Keeps committed events for `Clusterer::events_since`, the last `RECENT_EVENTS`.
+/// Takes the engine's changes with the records the store's sweep asks for next
+/// (`store::records`): every commit of a state goes through here.
+fn take_changes<I, P, S>(engine: &mut Engine<I, P, S>, store: &Store) -> crate::engine::ChangeSet
+where
+    I: NeighborIndex,
+    P: crate::engine::ProxyGenerator,
+    S: crate::engine::EdgeScorer,
+{
+    let c = engine.counters();
+    let plan = store.sweep_plan(engine.pending_faces(), c.n_faces, c.next_comp);
+    engine.take_changes_swept(&plan)
+}
+
 fn remember(recent: &mut std::collections::VecDeque<(u64, Event)>, events: Vec<(u64, u32, Event)>) {
     for (seq, _, e) in events {
         if recent.len() == RECENT_EVENTS {

@@ -186,7 +186,7 @@ pub fn recluster(from: &Path, cfg: &Config) -> Result<ReclusterReport, Recluster
 
     // One commit: faces, clusters, names, commands, tombstones, events, decision, positions.
     let store = Store::open(&to, &want, cfg.store.cache_bytes)?;
-    let changes = engine.take_changes();
+    let changes = super::take_changes(&mut engine, &store);
     let events = changes.events.len() as u64;
     let extras = crate::store::Extras {
         decision: calibration.needs_warmup().then_some(decision),

@@ -459,6 +459,14 @@ pub struct FaceRecord {
     pub out: Vec<(u32, f32)>,
 }
 
+/// Which records a change set carries beside its own changes: the faces and component labels
+/// in these ranges (the store's sweep, `store::records`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sweep {
+    pub faces: std::ops::Range<u32>,
+    pub comps: std::ops::Range<u32>,
+}
+
 /// A face the engine applied, as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewFace {
@@ -504,6 +512,10 @@ pub struct ChangeSet {
     pub commands: Vec<feedback::CommandRecord>,
     /// Faces erased: their records go, a tombstone stays.
     pub erased: Vec<ErasedFace>,
+    /// The current records of the faces and components a sweep asked for
+    /// (`Engine::take_changes_swept`), whether or not they changed.
+    pub swept_faces: Vec<(u32, FaceRecord)>,
+    pub swept_comps: Vec<(u32, Option<CompRecord>)>,
     /// Ids an earlier state erased, held as tombstones from the start (`recluster`): (seq, id).
     pub tombstones: Vec<(u32, String)>,
     pub counters: Counters,

@@ -260,35 +260,52 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         }
     }
 
+    /// How many faces the changes not yet taken apply.
+    pub fn pending_faces(&self) -> usize {
+        self.changes.new_faces.len()
+    }
+
     /// Takes the changes recorded since the last call.
     pub fn take_changes(&mut self) -> ChangeSet {
+        self.take_changes_swept(&Sweep::default())
+    }
+
+    /// As `take_changes`, with the current records of the faces and components `sweep` names
+    /// (clamped to those that exist), which the store rewrites in place (`store::records`).
+    pub fn take_changes_swept(&mut self, sweep: &Sweep) -> ChangeSet {
         let mut cs = std::mem::take(&mut self.changes);
         let mut faces: Vec<u32> = self.dirty_faces.drain().collect();
         faces.sort_unstable();
-        cs.faces = faces
-            .into_iter()
-            .map(|s| {
-                let f = &self.faces[s as usize];
-                (
-                    s,
-                    FaceRecord {
-                        comp: f.comp,
-                        out: f.out.iter().map(|e| (e.to(), e.score)).collect(),
-                    },
-                )
-            })
-            .collect();
+        cs.faces = faces.into_iter().map(|s| (s, self.record(s))).collect();
         let mut comps: Vec<u32> = self.dirty_comps.drain().collect();
         comps.sort_unstable();
         cs.comps = comps
             .into_iter()
-            .map(|l| {
-                let c = self.comps[l as usize];
-                (l, (c.size > 0).then_some(c))
-            })
+            .map(|l| (l, self.comp_record(l)))
+            .collect();
+        let n = self.faces.len() as u32;
+        let nc = self.comps.len() as u32;
+        cs.swept_faces = (sweep.faces.start.min(n)..sweep.faces.end.min(n))
+            .map(|s| (s, self.record(s)))
+            .collect();
+        cs.swept_comps = (sweep.comps.start.min(nc)..sweep.comps.end.min(nc))
+            .map(|l| (l, self.comp_record(l)))
             .collect();
         cs.counters = self.counters();
         cs
+    }
+
+    fn record(&self, s: u32) -> FaceRecord {
+        let f = &self.faces[s as usize];
+        FaceRecord {
+            comp: f.comp,
+            out: f.out.iter().map(|e| (e.to(), e.score)).collect(),
+        }
+    }
+
+    fn comp_record(&self, l: u32) -> Option<CompRecord> {
+        let c = self.comps[l as usize];
+        (c.size > 0).then_some(c)
     }
 
     pub(super) fn emit(&mut self, cause: u32, event: Event) -> Event {

@@ -125,49 +125,64 @@ impl Store {
                 .collect();
             out.variants.push((seq, vals));
         }
-        for (i, kv) in self.db.scan_prefix(b"r:").enumerate() {
+        // The records in place, then the log's entries in order (`records`): the last wins.
+        let mut faces: Vec<Option<FaceRecord>> = vec![None; n];
+        for kv in self.db.scan_prefix(b"r:") {
             let (k, v) = kv.map_err(iter_err)?;
-            let kname = format!("r:{}", seq_from_key(&k).unwrap_or(u32::MAX));
-            if seq_from_key(&k) != Some(i as u32) {
-                return Err(self.corrupt(&kname, &format!("expected face {i} here")));
-            }
-            let mut r = Reader { b: &v, at: 0 };
-            let parsed = (|| {
-                let comp = r.u32()?;
-                let len = r.u32()? as usize;
-                let mut edges = Vec::with_capacity(len);
-                for _ in 0..len {
-                    let to = r.u32()?;
-                    let s = f32::from_le_bytes(r.take(4)?.try_into().ok()?);
-                    if to as usize >= n {
-                        return None;
-                    }
-                    edges.push((to, s));
-                }
-                (r.done() && comp < counters.next_comp).then_some(FaceRecord { comp, out: edges })
-            })();
-            out.faces
-                .push(parsed.ok_or_else(|| self.corrupt(&kname, "bad encoding"))?);
+            let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("r:", "short key"))?;
+            let kname = format!("r:{seq}");
+            let slot = faces
+                .get_mut(seq as usize)
+                .ok_or_else(|| self.corrupt(&kname, &format!("beyond the {n} faces stored")))?;
+            *slot = Some(
+                records::decode_record(&v).ok_or_else(|| self.corrupt(&kname, "bad encoding"))?,
+            );
         }
-        if out.faces.len() != n {
-            return Err(self.corrupt(
-                "r:",
-                &format!("{} records stored, counters say {n}", out.faces.len()),
-            ));
-        }
+        let mut comps: std::collections::BTreeMap<u32, Option<CompRecord>> = Default::default();
         for kv in self.db.scan_prefix(b"c:") {
             let (k, v) = kv.map_err(iter_err)?;
             let label = seq_from_key(&k).ok_or_else(|| self.corrupt("c:", "short key"))?;
-            let mut r = Reader { b: &v, at: 0 };
-            let c = (|| {
-                Some(CompRecord {
-                    cluster_id: r.u64()?,
-                    size: r.u32()?,
-                })
-            })()
-            .filter(|_| label < counters.next_comp)
-            .ok_or_else(|| self.corrupt(&format!("c:{label}"), "bad encoding"))?;
-            out.comps.push((label, c));
+            let c = records::decode_comp(&v)
+                .ok_or_else(|| self.corrupt(&format!("c:{label}"), "bad encoding"))?;
+            comps.insert(label, Some(c));
+        }
+        for kv in self.db.scan_prefix(b"l:") {
+            let (k, v) = kv.map_err(iter_err)?;
+            let kname = format!(
+                "l:{}",
+                k.get(2..10)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(u64::MAX, u64::from_be_bytes)
+            );
+            let (fs, cs) =
+                records::decode_entry(&v).ok_or_else(|| self.corrupt(&kname, "bad encoding"))?;
+            for (seq, r) in fs {
+                let slot = faces.get_mut(seq as usize).ok_or_else(|| {
+                    self.corrupt(&kname, &format!("face {seq} beyond the {n} stored"))
+                })?;
+                *slot = Some(r);
+            }
+            for (label, c) in cs {
+                comps.insert(label, c);
+            }
+        }
+        for (seq, r) in faces.into_iter().enumerate() {
+            let kname = format!("r:{seq}");
+            let r = r.ok_or_else(|| {
+                self.corrupt(&kname, "no record of this face, in place or in the log")
+            })?;
+            if r.comp >= counters.next_comp || r.out.iter().any(|&(to, _)| to as usize >= n) {
+                return Err(self.corrupt(&kname, "bad encoding"));
+            }
+            out.faces.push(r);
+        }
+        for (label, c) in comps {
+            if label >= counters.next_comp {
+                return Err(self.corrupt(&format!("c:{label}"), "bad encoding"));
+            }
+            if let Some(c) = c {
+                out.comps.push((label, c));
+            }
         }
         for kv in self.db.scan_prefix(b"a:") {
             let (k, v) = kv.map_err(iter_err)?;

@@ -16,8 +16,9 @@
 //!   the message told any (the faces of one photo share its image id)
 //! - `q:<n>` -> a face of a new state waiting for the calibration decision (JSON); `m:calibration`
 //!   -> the decision (JSON), written with the batch that applies the waiting faces
-//! - `r:<seq>` -> component label and out-list (rewritten when either changes)
-//! - `c:<label>` -> cluster id and size
+//! - `r:<seq>` -> component label and out-list, `c:<label>` -> cluster id and size: as of the
+//!   sweep's last pass; `l:<n u64>` -> the records changed since, a log entry per commit;
+//!   `m:records` -> the sweep's progress (`records`)
 //! - `o:<event seq>` -> outbox entry (JSON), removed once delivered downstream
 //! - `n:<cluster id u64>` -> the cluster's name (UTF-8), removed when cleared or merged away
 //! - `k:<command seq u64>` -> an operator command resolved to its face pairs
@@ -34,6 +35,7 @@ pub use carry::{Position, RebuildRecord};
 mod codec;
 mod load;
 mod outbox;
+mod records;
 
 use codec::*;
 
@@ -64,8 +66,9 @@ const MARKER: &str = "clip-cluster-state.json";
 /// process or another, e.g. the previous owner of a domain handing it over).
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Bumped whenever the key layout or a value encoding changes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped whenever the key layout or a value encoding changes. 2: the record log (`records`);
+/// a state of version 1 (every record in place, no log) is read as it is and marked 2 at open.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -163,6 +166,8 @@ pub struct Store {
     db: sled::Db,
     path: PathBuf,
     dim: usize,
+    /// The record log's progress as of the last commit (`m:records`), shared by the clones.
+    records: std::sync::Arc<std::sync::Mutex<records::RecordLog>>,
 }
 
 /// Whether `path` is itself a state directory (a sled database or our marker), as opposed to a
@@ -244,6 +249,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             dim: fingerprint.dim,
+            records: Default::default(),
         };
         let schema = store.get(b"m:schema")?;
         let marker = path.join(MARKER);
@@ -279,7 +285,18 @@ impl Store {
                     .try_into()
                     .map(u32::from_le_bytes)
                     .map_err(|_| store.corrupt("m:schema", "not a u32"))?;
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    // Version 1 held every record in place and no log: valid as version 2.
+                    let werr = |e: sled::Error| StoreError::Write {
+                        path: path.to_path_buf(),
+                        reason: e.to_string(),
+                    };
+                    store
+                        .db
+                        .insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..])
+                        .map_err(werr)?;
+                    store.db.flush().map_err(werr)?;
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         path: path.to_path_buf(),
                         found,
@@ -329,7 +346,36 @@ impl Store {
                 }
             }
         }
+        if let Some(v) = store.get(b"m:records")? {
+            let log = records::RecordLog::decode(&v)
+                .ok_or_else(|| store.corrupt("m:records", "bad encoding"))?;
+            *store.records.lock().unwrap_or_else(|p| p.into_inner()) = log;
+        }
         Ok(store)
+    }
+
+    /// The records the next commit's change set should carry for the sweep (`records`), given
+    /// how many faces it applies and how many faces and component labels the engine holds then.
+    pub fn sweep_plan(&self, new_faces: usize, n_faces: u32, n_comps: u32) -> crate::engine::Sweep {
+        let log = *self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records::plan(&log, new_faces, n_faces, n_comps)
+    }
+
+    /// The record log (`records`): how many entries the state holds (about two sweep rounds'
+    /// worth) and how many it has written.
+    pub fn record_log(&self) -> Result<(usize, u64), StoreError> {
+        let mut held = 0;
+        for k in self.db.scan_prefix(b"l:").keys() {
+            k.map_err(|e| self.iter_err(e))?;
+            held += 1;
+        }
+        Ok((
+            held,
+            self.records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .next(),
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -461,24 +507,11 @@ impl Store {
             b.insert(key(b'f', face_id.as_bytes()), &seq.to_le_bytes()[..]);
             b.insert(key(b'e', &seq.to_be_bytes()), face_id.as_bytes());
         }
-        for (seq, r) in &cs.faces {
-            b.insert(key(b'r', &seq.to_be_bytes()), encode_record(r));
-        }
+        let mut log = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let next_log = records::write_records(&log, cs, &mut b);
         for (seq, proxy) in &cs.refreshed {
             let v: Vec<u8> = proxy.iter().flat_map(|x| x.to_le_bytes()).collect();
             b.insert(key(b'p', &seq.to_be_bytes()), v);
-        }
-        for (label, c) in &cs.comps {
-            let k = key(b'c', &label.to_be_bytes());
-            match c {
-                Some(c) => {
-                    let mut v = Vec::with_capacity(12);
-                    v.extend_from_slice(&c.cluster_id.to_le_bytes());
-                    v.extend_from_slice(&c.size.to_le_bytes());
-                    b.insert(k, v);
-                }
-                None => b.remove(k),
-            }
         }
         for (event_seq, face_seq, event) in &cs.events {
             let entry = OutboxEntry {
@@ -509,7 +542,9 @@ impl Store {
             b.insert(key(b'x', name), value.as_slice());
         }
         b.insert(&b"m:counters"[..], encode_counters(&cs.counters));
-        self.write(b)
+        self.write(b)?;
+        *log = next_log;
+        Ok(())
     }
 
     /// Writes the caller's positions alone (`x:<name>`), then flushes.

@@ -99,6 +99,42 @@ fn restart_anywhere_equals_an_uninterrupted_run() {
     }
 }
 
+/// The out-lists and clusters read back after every batch equal the running engine's while the
+/// record log's sweep goes round several times (`store::records`: records in place, in the log,
+/// or both), and the log keeps only its last rounds.
+#[test]
+fn records_read_back_after_every_batch_equal_the_running_engine() {
+    let dim = 32;
+    let n = 900;
+    let (ids, vs) = faces(n, dim);
+    let d = tempfile::tempdir().unwrap();
+    let mut c = Clusterer::open(&config(d.path(), dim)).unwrap();
+    let sizes = [1, 5, 130, 2, 64, 300, 7, 191];
+    let (mut i, mut batches) = (0, 0);
+    while i < n {
+        let j = (i + sizes[batches % sizes.len()]).min(n);
+        apply(&mut c, &ids, &vs, i..j, j - i);
+        batches += 1;
+        let lists: Vec<_> = (0..j as u32).map(|s| c.engine().out_list(s)).collect();
+        let clusters = c.engine().assignments();
+        drop(c);
+        c = Clusterer::open(&config(d.path(), dim)).unwrap();
+        let back: Vec<_> = (0..j as u32).map(|s| c.engine().out_list(s)).collect();
+        assert_eq!(back, lists, "out-lists after {j} faces");
+        assert_eq!(
+            c.engine().assignments(),
+            clusters,
+            "clusters after {j} faces"
+        );
+        i = j;
+    }
+    let (held, written) = c.store().record_log().unwrap();
+    assert!(
+        held > 0 && held < written as usize,
+        "{held} of {written} log entries held"
+    );
+}
+
 /// A new state's first faces wait for the calibration decision (stored, no events), are applied
 /// all at once when the warm-up is full, and a restart anywhere, during the warm-up, after it, or
 /// after the threshold was read again at twice the warm-up, continues exactly as an
