@@ -472,7 +472,6 @@ impl Clusterer {
     }
 }
 
-/// Keeps committed events for `Clusterer::events_since`, the last `RECENT_EVENTS`.
 /// Takes the engine's changes with the records the store's sweep asks for next
 /// (`store::records`): every commit of a state goes through here.
 fn take_changes<I, P, S>(engine: &mut Engine<I, P, S>, store: &Store) -> crate::engine::ChangeSet
@@ -486,6 +485,7 @@ where
     engine.take_changes_swept(&plan)
 }
 
+/// Keeps committed events for `Clusterer::events_since`, the last `RECENT_EVENTS`.
 fn remember(recent: &mut std::collections::VecDeque<(u64, Event)>, events: Vec<(u64, u32, Event)>) {
     for (seq, _, e) in events {
         if recent.len() == RECENT_EVENTS {
