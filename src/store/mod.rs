@@ -287,15 +287,9 @@ impl Store {
                     .map_err(|_| store.corrupt("m:schema", "not a u32"))?;
                 if found == 1 {
                     // Version 1 held every record in place and no log: valid as version 2.
-                    let werr = |e: sled::Error| StoreError::Write {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    };
-                    store
-                        .db
-                        .insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..])
-                        .map_err(werr)?;
-                    store.db.flush().map_err(werr)?;
+                    let mut b = sled::Batch::default();
+                    b.insert(&b"m:schema"[..], &SCHEMA_VERSION.to_le_bytes()[..]);
+                    store.write(b)?;
                 } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         path: path.to_path_buf(),
@@ -331,12 +325,9 @@ impl Store {
                     );
                     let fp = serde_json::to_vec(fingerprint)
                         .map_err(|e| store.corrupt("m:fingerprint", &e.to_string()))?;
-                    let werr = |e: sled::Error| StoreError::Write {
-                        path: path.to_path_buf(),
-                        reason: e.to_string(),
-                    };
-                    store.db.insert(&b"m:fingerprint"[..], fp).map_err(werr)?;
-                    store.db.flush().map_err(werr)?;
+                    let mut b = sled::Batch::default();
+                    b.insert(&b"m:fingerprint"[..], fp);
+                    store.write(b)?;
                 } else if !compatible {
                     return Err(StoreError::Fingerprint {
                         path: path.to_path_buf(),
@@ -349,7 +340,7 @@ impl Store {
         if let Some(v) = store.get(b"m:records")? {
             let log = records::RecordLog::decode(&v)
                 .ok_or_else(|| store.corrupt("m:records", "bad encoding"))?;
-            *store.records.lock().unwrap_or_else(|p| p.into_inner()) = log;
+            *store.record_log_state() = log;
         }
         Ok(store)
     }
@@ -357,7 +348,7 @@ impl Store {
     /// The records the next commit's change set should carry for the sweep (`records`), given
     /// how many faces it applies and how many faces and component labels the engine holds then.
     pub fn sweep_plan(&self, new_faces: usize, n_faces: u32, n_comps: u32) -> crate::engine::Sweep {
-        let log = *self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let log = *self.record_log_state();
         records::plan(&log, new_faces, n_faces, n_comps)
     }
 
@@ -369,13 +360,12 @@ impl Store {
             k.map_err(|e| self.iter_err(e))?;
             held += 1;
         }
-        Ok((
-            held,
-            self.records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .next(),
-        ))
+        Ok((held, self.record_log_state().next()))
+    }
+
+    /// The record log's progress; a commit that panicked left it as before its write.
+    fn record_log_state(&self) -> std::sync::MutexGuard<'_, records::RecordLog> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn path(&self) -> &Path {
@@ -507,7 +497,7 @@ impl Store {
             b.insert(key(b'f', face_id.as_bytes()), &seq.to_le_bytes()[..]);
             b.insert(key(b'e', &seq.to_be_bytes()), face_id.as_bytes());
         }
-        let mut log = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.record_log_state();
         let next_log = records::write_records(&log, cs, &mut b);
         for (seq, proxy) in &cs.refreshed {
             let v: Vec<u8> = proxy.iter().flat_map(|x| x.to_le_bytes()).collect();

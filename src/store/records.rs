@@ -85,11 +85,15 @@ fn encode_comp(c: &CompRecord) -> Vec<u8> {
 
 pub(super) fn decode_comp(v: &[u8]) -> Option<CompRecord> {
     let mut r = Reader { b: v, at: 0 };
-    let c = CompRecord {
+    let c = read_comp(&mut r)?;
+    r.done().then_some(c)
+}
+
+fn read_comp(r: &mut Reader<'_>) -> Option<CompRecord> {
+    Some(CompRecord {
         cluster_id: r.u64()?,
         size: r.u32()?,
-    };
-    r.done().then_some(c)
+    })
 }
 
 pub(super) fn decode_record(v: &[u8]) -> Option<FaceRecord> {
@@ -149,10 +153,7 @@ pub(super) fn decode_entry(v: &[u8]) -> Option<Entry> {
         let label = r.u32()?;
         let c = match r.take(1)?[0] {
             0 => None,
-            1 => Some(CompRecord {
-                cluster_id: r.u64()?,
-                size: r.u32()?,
-            }),
+            1 => Some(read_comp(&mut r)?),
             _ => return None,
         };
         comps.push((label, c));
