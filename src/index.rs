@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use hnsw_rs::api::AnnT;
+use hnsw_rs::hnsw::PointId;
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
@@ -37,6 +38,25 @@ pub trait NeighborIndex {
         let hits = self.search(v, k);
         self.insert(seq, v);
         hits
+    }
+    /// A search and the insertion that follows from it: the up-to-`k_query` hits of `query` (as
+    /// `search`), then face `seq` inserted with the vector `derive` makes of them, and that
+    /// vector's up-to-`k` hits among the faces before it (as `insert_and_search`). Returns the
+    /// vector and its hits. An index may insert from the query's candidates instead of a traversal
+    /// of its own (HNSW does, see there); the structure is then a function of `query` as well, so
+    /// a replay of the insertion must call this with the same query.
+    fn search_then_insert(
+        &mut self,
+        seq: u32,
+        query: &[f32],
+        k_query: usize,
+        derive: &mut dyn FnMut(&[Neighbor]) -> Vec<f32>,
+        k: usize,
+    ) -> (Vec<f32>, Vec<Neighbor>) {
+        let around = self.search(query, k_query);
+        let v = derive(&around);
+        let hits = self.insert_and_search(seq, &v, k);
+        (v, hits)
     }
     /// Erases face `seq` from every later result (a tombstone: the point stays in the structure
     /// until the index is rebuilt without it, `Clusterer::compact`). Idempotent.
@@ -319,6 +339,55 @@ impl NeighborIndex for HnswIndex {
         hits
     }
 
+    /// One traversal: the query's search keeps its whole candidate list (`ef_search`, at least
+    /// `k_query`, tombstones included, so that the list is a function of the structure alone),
+    /// the query's hits are its first `k_query` live faces, and a new point of layer 0 takes the
+    /// list as its layer-0 candidates (patch 0012) instead of a search of its own: the derived
+    /// vector is near the query (the neighbour proxy: BENCHMARKS.md, section 18). Its hits are
+    /// the candidates ranked by the derived vector.
+    fn search_then_insert(
+        &mut self,
+        seq: u32,
+        query: &[f32],
+        k_query: usize,
+        derive: &mut dyn FnMut(&[Neighbor]) -> Vec<f32>,
+        k: usize,
+    ) -> (Vec<f32>, Vec<Neighbor>) {
+        let pool = if self.n == 0 {
+            Vec::new()
+        } else {
+            let ef = self.params.ef_search.max(k_query);
+            self.hnsw.search(query, ef, ef)
+        };
+        let mut around: Vec<Neighbor> = pool
+            .iter()
+            .map(|n| Neighbor {
+                seq: n.d_id as u32,
+                similarity: 1.0 - n.distance,
+            })
+            .filter(|n| !self.removed.contains(n.seq))
+            .take(k_query)
+            .collect();
+        around.sort_by(rank);
+        let v = derive(&around);
+        let seeds: Vec<PointId> = pool.iter().map(|n| n.p_id).collect();
+        let extra = self.removed.len().min(seeds.len());
+        let mut hits: Vec<Neighbor> = self
+            .hnsw
+            .insert_slice_seeded((&v, seq as usize), &seeds, k + extra)
+            .into_iter()
+            .map(|n| Neighbor {
+                seq: n.d_id as u32,
+                similarity: 1.0 - n.distance,
+            })
+            .filter(|n| !self.removed.contains(n.seq))
+            .collect();
+        self.n += 1;
+        hits.sort_by(rank);
+        hits.truncate(k);
+        (v, hits)
+    }
+
     fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
         if self.n == 0 || k == 0 {
             return Vec::new();
@@ -419,5 +488,139 @@ mod tests {
         assert!((a_found[599][0].similarity - exact[0].similarity).abs() < 1e-5);
         assert!(HnswIndex::load(dir.path(), "a", params, 299).is_err());
         assert!(HnswIndex::load(dir.path(), "missing", params, 300).is_err());
+    }
+
+    /// A vector derived from a query and its hits, as the neighbour proxy is: near the query.
+    fn derived(q: &[f32], around: &[Neighbor], vs: &[Vec<f32>]) -> Vec<f32> {
+        let mut v = q.to_vec();
+        if let Some(n) = around.first() {
+            v.iter_mut()
+                .zip(&vs[n.seq as usize])
+                .for_each(|(x, y)| *x += 0.3 * y);
+        }
+        let norm = dot(&v, &v).sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    }
+
+    #[test]
+    fn an_insertion_seeded_by_its_search_replays_exactly_after_a_restart() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let dim = 16;
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 32,
+            ef_search: 24,
+            capacity_hint: 1000,
+        };
+        let queries: Vec<Vec<f32>> = (0..700).map(|_| unit(&mut rng, dim)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Uninterrupted: each face searched by its query, inserted with the derived vector.
+        let mut a = HnswIndex::new(params);
+        let mut indexed: Vec<Vec<f32>> = Vec::new();
+        let mut a_hits = Vec::new();
+        for (i, q) in queries.iter().enumerate() {
+            let plain = a.search(q, 8);
+            let mut seen = Vec::new();
+            let (v, hits) = a.search_then_insert(
+                i as u32,
+                q,
+                8,
+                &mut |around| {
+                    seen = around.to_vec();
+                    derived(q, around, &indexed)
+                },
+                5,
+            );
+            // The derivation saw what a plain search returns; the hits are the derived
+            // vector's true similarities, nearest first, among the faces before it.
+            assert_eq!(seen, plain);
+            assert!(hits.len() == 5.min(i));
+            for h in &hits {
+                assert!(h.seq < i as u32);
+                assert!((h.similarity - dot(&v, &indexed[h.seq as usize])).abs() < 1e-5);
+            }
+            assert!(hits.windows(2).all(|w| rank(&w[0], &w[1]).is_lt()));
+            indexed.push(v);
+            a_hits.push(hits);
+            if i + 1 == 300 {
+                a.dump(dir.path(), "a").unwrap();
+            }
+        }
+        // A second process: the dump, faces 300..500 replayed from their stored vectors and
+        // queries, then 500.. live: every result as the uninterrupted index gave it.
+        let mut b = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
+        for i in 300..500 {
+            let v = indexed[i].clone();
+            b.search_then_insert(i as u32, &queries[i], 8, &mut |_| v.clone(), 0);
+        }
+        for i in 500..700 {
+            let (v, hits) = b.search_then_insert(
+                i as u32,
+                &queries[i],
+                8,
+                &mut |around| derived(&queries[i], around, &indexed),
+                5,
+            );
+            assert_eq!(v, indexed[i]);
+            assert_eq!(hits, a_hits[i]);
+        }
+        for q in queries.iter().take(50) {
+            assert_eq!(a.search(q, 10), b.search(q, 10));
+        }
+        // A replay with the indexed vector as its query (a plain insertion's replay) would not
+        // be the same structure: the test can fail.
+        let mut c = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
+        for i in 300..700 {
+            c.insert(i as u32, &indexed[i]);
+        }
+        assert!(
+            (0..200).any(|j| a.search(&queries[j], 10) != c.search(&queries[j], 10)),
+            "a plain replay gives the same structure"
+        );
+    }
+
+    /// The layer sizes of an index (patch 0013's test: a loaded index draws levels as the
+    /// dumped one did).
+    fn layer_sizes(i: &HnswIndex) -> Vec<usize> {
+        let ix = i.hnsw.get_point_indexation();
+        (0..8).map(|l| ix.get_layer_nb_point(l)).collect()
+    }
+
+    #[test]
+    fn a_loaded_index_draws_the_layers_the_dumped_one_draws() {
+        // Before hnsw_rs patch 0013 a loaded structure drew its new points' layers with the
+        // scale squared: here, after the 400 new points, 38 points above layer 0 against the
+        // uninterrupted index's 88 (layer sizes 662/33/5/0 against 612/75/12/1), and the
+        // insertions' results parted at face 624, the first new point of layer 3.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let dim = 16;
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 32,
+            ef_search: 24,
+            capacity_hint: 1000,
+        };
+        let vs: Vec<Vec<f32>> = (0..700).map(|_| unit(&mut rng, dim)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = HnswIndex::new(params);
+        for (i, v) in vs[..300].iter().enumerate() {
+            a.insert(i as u32, v);
+        }
+        a.dump(dir.path(), "a").unwrap();
+        let mut b = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
+        for (i, v) in vs.iter().enumerate().skip(300) {
+            let i = i as u32;
+            assert_eq!(
+                a.insert_and_search(i, v, 5),
+                b.insert_and_search(i, v, 5),
+                "face {i}"
+            );
+        }
+        assert_eq!(layer_sizes(&a), layer_sizes(&b));
+        assert!(
+            layer_sizes(&a)[3] > 0,
+            "the test reaches a layer the dump did not have"
+        );
     }
 }

@@ -166,9 +166,10 @@ impl Clusterer {
         if n >= swap_at {
             self.finish_rebuild()?;
             // Faces after the swap went into the new index as they came.
+            let replay = self.engine.replay_search_k();
             for later in swap_at..n {
-                let v = self.store.indexed_vector(later)?;
-                self.engine.index_mut().insert(later, &v);
+                let (v, query) = self.store.replay_vectors(later)?;
+                replay_insert(self.engine.index_mut(), replay, later, &v, &query);
                 if self.engine.is_erased(later) {
                     self.engine.index_mut().remove(later);
                 }

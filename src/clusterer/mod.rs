@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::edge::EdgeModel;
 use crate::engine::feedback::{Command, FeedbackError, FeedbackReport};
-use crate::engine::{Engine, EngineError, Event, Outcome};
+use crate::engine::{Engine, EngineError, Event, Outcome, ProxyGenerator};
 use crate::index::{HnswIndex, NeighborIndex};
 use crate::proxy::ProxyModel;
 use crate::store::{Fingerprint, SnapshotInfo, Store, StoreError};
@@ -385,17 +385,18 @@ impl Clusterer {
         // Erased faces the index still holds: their tombstones' vectors (the rest were compacted
         // away, so an index built from the store skips them as the compacted one did).
         let tombstoned = store.tombstoned()?;
+        let replay = proxy.needs_neighbors().then_some(params.search_k);
         for seq in from..n {
             if restored.erased.binary_search(&seq).is_err() {
-                index.insert(
-                    seq,
-                    &restored.proxies[seq as usize * d..(seq as usize + 1) * d],
-                );
+                let row = seq as usize * d..(seq as usize + 1) * d;
+                let (indexed, query) = (&restored.proxies[row.clone()], &restored.identities[row]);
+                replay_insert(&mut index, replay, seq, indexed, query);
             } else if let Ok(i) = tombstoned.binary_search_by_key(&seq, |t| t.0) {
-                index.insert(seq, &tombstoned[i].1);
+                let (_, indexed, query) = &tombstoned[i];
+                replay_insert(&mut index, replay, seq, indexed, query);
             }
         }
-        for (seq, _) in &tombstoned {
+        for (seq, _, _) in &tombstoned {
             index.remove(*seq);
         }
         if n - from >= snapshot_every {
@@ -573,6 +574,26 @@ fn snapshot(
     dropped: &[u32],
 ) -> Result<(), ClustererError> {
     snapshot_of(store, dir, index, covers, dropped, false)
+}
+
+/// Face `seq`'s insertion done again into an index being rebuilt (a restart's replay, the
+/// faces after a compaction's swap) as the stream did it: `indexed` is its indexed vector and
+/// `query` its identity vector; with `search_k` (the proxy generator looks at neighbours) the
+/// insertion starts from the identity vector's search (`NeighborIndex::search_then_insert`),
+/// else it is a plain insertion. The same structure as the stream's, point for point.
+pub(super) fn replay_insert<I: NeighborIndex>(
+    index: &mut I,
+    search_k: Option<usize>,
+    seq: u32,
+    indexed: &[f32],
+    query: &[f32],
+) {
+    match search_k {
+        Some(k) => {
+            index.search_then_insert(seq, query, k, &mut |_| indexed.to_vec(), 0);
+        }
+        None => index.insert(seq, indexed),
+    }
 }
 
 /// As `snapshot`; with `compaction`, the dump of a compaction, which ends any rebuild under way.

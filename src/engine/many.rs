@@ -63,18 +63,29 @@ pub(super) fn prepare<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer>(
 ) -> Prepared {
     // A generator that looks at the neighbourhood sees the identity vector's neighbours; the
     // proxy is then inserted, and its own neighbours come from the insertion's traversal.
-    let generated = if proxy_gen.needs_neighbors() {
-        let around = index.search(&identity, p.search_k);
+    // Its insertion then starts from that search's candidates (one traversal,
+    // `NeighborIndex::search_then_insert`); a restart's replay does the same (`insert_indexed`).
+    let (generated, proxy, cands) = if proxy_gen.needs_neighbors() {
         let dim = p.dim;
         let stored: &[f32] = proxies;
         let proxy_of = |s: u32| stored[s as usize * dim..(s as usize + 1) * dim].to_vec();
-        proxy_gen.proxy(&identity, extra, &around, &proxy_of)
+        let mut generated = false;
+        let mut derive =
+            |around: &[Neighbor]| match proxy_gen.proxy(&identity, extra, around, &proxy_of) {
+                Some(v) => {
+                    generated = true;
+                    v
+                }
+                None => identity.clone(),
+            };
+        let (proxy, cands) =
+            index.search_then_insert(seq, &identity, p.search_k, &mut derive, p.search_k);
+        (generated, proxy, cands)
     } else {
-        None
+        let cands = index.insert_and_search(seq, &identity, p.search_k);
+        (false, identity.clone(), cands)
     };
-    let is_generated = generated.is_some();
-    let proxy = generated.unwrap_or_else(|| identity.clone());
-    let cands = index.insert_and_search(seq, &proxy, p.search_k);
+    let is_generated = generated;
     let scored = score_edges(proxies, scorer, p, &proxy, cands.iter());
     proxies.extend_from_slice(&proxy);
     Prepared {

@@ -134,6 +134,14 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         self.idx()
     }
 
+    /// How a replay inserts a face as this engine did (`clusterer::replay_insert`): from its
+    /// identity vector's search of `search_k` when the proxy generator looks at neighbours.
+    pub fn replay_search_k(&self) -> Option<usize> {
+        self.proxy_gen
+            .needs_neighbors()
+            .then_some(self.params.search_k)
+    }
+
     /// The index, for the caller's persistence (snapshots) between insertions.
     pub fn index_mut(&mut self) -> &mut I {
         self.idx_mut()

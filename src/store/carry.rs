@@ -99,18 +99,27 @@ impl Store {
     /// of the index, its `z:` vector. A face the index holds always has one: none is corrupt
     /// state.
     pub fn indexed_vector(&self, seq: u32) -> Result<Vec<f32>, StoreError> {
+        Ok(self.replay_vectors(seq)?.0)
+    }
+
+    /// What a replay of face `seq`'s insertion needs: the vector it is indexed with, and the
+    /// vector its insertion searched with first (`NeighborIndex::search_then_insert`: its
+    /// identity vector, which is the indexed one when no proxy was generated). From its `v:`
+    /// record, or, erased and still a tombstone of the index, its `z:` record.
+    pub fn replay_vectors(&self, seq: u32) -> Result<(Vec<f32>, Vec<f32>), StoreError> {
         let k = seq.to_be_bytes();
         if let Some(v) = self.get(&key(b'v', &k))? {
-            let (_, proxy, _) = decode_face_vectors(&v, self.dim)
+            let (_, proxy, identity) = decode_face_vectors(&v, self.dim)
                 .ok_or_else(|| self.corrupt(&format!("v:{seq}"), "bad encoding"))?;
-            return Ok(proxy);
+            let query = identity.unwrap_or_else(|| proxy.clone());
+            return Ok((proxy, query));
         }
         match self.get(&key(b'z', &k))? {
             None => Err(self.corrupt(
                 &format!("v:{seq}"),
                 "a face the index holds has neither a vector nor a tombstone vector",
             )),
-            Some(v) => decode_f32s(&v, self.dim)
+            Some(v) => decode_tombstone(&v, self.dim)
                 .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding")),
         }
     }

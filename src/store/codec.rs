@@ -82,6 +82,17 @@ pub(super) fn decode_f32s(v: &[u8], n: usize) -> Option<Vec<f32>> {
     r.f32s(n).filter(|_| r.done())
 }
 
+/// A tombstone (`z:`): the indexed vector, then the query its insertion searched with. A
+/// tombstone of schema 2 before 2026-12-08 holds the indexed vector alone; it stands for both.
+pub(super) fn decode_tombstone(v: &[u8], d: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+    if let Some(indexed) = decode_f32s(v, d) {
+        let query = indexed.clone();
+        return Some((indexed, query));
+    }
+    let both = decode_f32s(v, 2 * d)?;
+    Some((both[..d].to_vec(), both[d..].to_vec()))
+}
+
 pub(super) fn seq_from_key(k: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(k.get(2..6)?.try_into().ok()?))
 }

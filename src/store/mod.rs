@@ -27,8 +27,9 @@
 //! - `e:<seq>` -> the id of an erased face (its tombstone: `f:<face_id>` stays, so the id is
 //!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:`, `j:` records are gone)
 //! - `z:<seq>` -> the vector an erased face still has in the HNSW index as a tombstone (filtered
-//!   from every result), kept only until the index is compacted, so that an index rebuilt after
-//!   a crash is the same structure; removed with the snapshot of the compacted index
+//!   from every result), then the identity vector its insertion searched with (states before
+//!   2026-12-08: the first alone), kept only until the index is compacted, so that an index
+//!   rebuilt after a crash is the same structure; removed with the snapshot of the compacted index
 
 mod carry;
 pub use carry::{Position, RebuildRecord};
@@ -482,6 +483,12 @@ impl Store {
             b.insert(key(b'j', &seq.to_be_bytes()), jpeg.as_slice());
         }
         for f in &cs.erased {
+            // The tombstone keeps what a replay of its insertion needs (`replay_vectors`): the
+            // vector it is indexed with and the identity vector its insertion searched with.
+            let query = match cs.new_faces.iter().find(|n| n.seq == f.seq) {
+                Some(n) => n.identity.clone().unwrap_or_else(|| n.proxy.clone()),
+                None => self.replay_vectors(f.seq)?.1,
+            };
             let seq = f.seq.to_be_bytes();
             for prefix in [b'v', b'p', b'h', b'w', b'a', b'j', b'i'] {
                 b.remove(key(prefix, &seq));
@@ -490,7 +497,12 @@ impl Store {
                 b.remove(time_key(at, f.seq));
             }
             b.insert(key(b'e', &seq), f.face_id.as_bytes());
-            let z: Vec<u8> = f.indexed.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let z: Vec<u8> = f
+                .indexed
+                .iter()
+                .chain(&query)
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
             b.insert(key(b'z', &seq), z);
         }
         for (seq, face_id) in &cs.tombstones {
@@ -663,14 +675,16 @@ impl Store {
     }
 
     /// Erased faces whose vectors the index still holds as tombstones (`z:`), in order.
-    pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>)>, StoreError> {
+    /// Each with the vector it is indexed with and the query its insertion searched with
+    /// (`replay_vectors`).
+    pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>, Vec<f32>)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(b"z:") {
             let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("z:", "short key"))?;
-            let vals = decode_f32s(&v, self.dim)
+            let (indexed, query) = decode_tombstone(&v, self.dim)
                 .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding"))?;
-            out.push((seq, vals));
+            out.push((seq, indexed, query));
         }
         Ok(out)
     }

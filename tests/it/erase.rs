@@ -222,12 +222,22 @@ fn an_erased_face_leaves_every_search() {
 }
 
 /// `compact` is (`index.compact_fraction`, `index.compact_window`).
-fn config(dir: &std::path::Path, compact: (&str, &str)) -> clip_cluster::config::Config {
+/// `compact`: fraction and window; the proxy "identity", or "neighbor" (the neighbourhood
+/// blended in, no directions: its insertions start from the identity vector's search, and a
+/// replay must search again, from a tombstone's identity vector too).
+fn config(
+    dir: &std::path::Path,
+    compact: (&str, &str),
+    proxy: &str,
+) -> clip_cluster::config::Config {
     small_config(
         dir,
         &[
             ("INDEX__COMPACT_FRACTION", compact.0),
             ("INDEX__COMPACT_WINDOW", compact.1),
+            ("PROXY__MODE", proxy),
+            ("PROXY__DIRECTIONS_PATH", ""),
+            ("PROXY__WITH_CONTEXT", "true"),
         ],
     )
 }
@@ -314,8 +324,12 @@ fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
     // 0.2: compactions happen part-way, at once (window 0) or beside the stream (a window of
     // as many faces as the index holds live points, over several batches; one stop falls
     // after faces of a window were applied); 1.0: never (tombstones replayed from z: records).
-    for compact in [("0.2", "0"), ("0.2", "1"), ("1.0", "1")] {
+    let cases = [("0.2", "0"), ("0.2", "1"), ("1.0", "1")]
+        .into_iter()
+        .flat_map(|c| [(c, "identity"), (c, "neighbor")]);
+    for (compact, proxy) in cases {
         let fraction = compact.0;
+        let config = |dir: &std::path::Path, compact| config(dir, compact, proxy);
         let full = tempfile::tempdir().unwrap();
         let mut a = Clusterer::open(&config(full.path(), compact)).unwrap();
         let mut pending_at = Vec::new();
@@ -357,10 +371,15 @@ fn restart_with_erasures_and_compaction_equals_an_uninterrupted_run() {
             drop(b);
             let mut b = Clusterer::open(&config(d.path(), compact)).unwrap();
             run(&mut b, &vs, stop..10);
-            assert_eq!(state(&b), want, "{compact:?}, stopped at batch {stop}");
+            assert_eq!(
+                state(&b),
+                want,
+                "{compact:?}, {proxy} proxy, stopped at batch {stop}"
+            );
         }
     }
     // A compaction asked for at once leaves no tombstone.
+    let config = |dir: &std::path::Path, compact| config(dir, compact, "identity");
     let d = tempfile::tempdir().unwrap();
     let mut c = Clusterer::open(&config(d.path(), ("1.0", "1"))).unwrap();
     run(&mut c, &vs, 0..2);

@@ -498,6 +498,18 @@ impl LayerGenerator {
         }
     }
 
+    /// clip-cluster patch 0013: a generator with the scale a dump recorded (`get_level_scale`).
+    pub(crate) fn with_level_scale(scale: f64, maxlevel: usize) -> Self {
+        LayerGenerator {
+            rng: Arc::new(Mutex::new(StdRng::from_rng(
+                &mut Xoshiro256PlusPlus::seed_from_u64(397),
+            ))),
+            unif: Uniform::<f64>::new(0., 1.).unwrap(),
+            scale,
+            maxlevel,
+        }
+    }
+
     // new when we know scale used. Should replace the one without scale
     pub(crate) fn new_with_scale(
         max_nb_connection: usize,
@@ -1276,7 +1288,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     ///  The insertion method gives the point an internal id.  
     ///  The slice insertion makes integration with ndarray crate easier than the vector insertion
     pub fn insert_slice(&self, data_with_id: (&[T], usize)) {
-        self.insert_slice_capture(data_with_id, None)
+        self.insert_slice_capture(data_with_id, None, None)
     }
 
     /// clip-cluster patch: inserts like `insert_slice` and returns the up-to-`knbn` nearest points
@@ -1285,7 +1297,43 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     /// PATCHES.md).
     pub fn insert_slice_and_search(&self, data_with_id: (&[T], usize), knbn: usize) -> Vec<Neighbour> {
         let mut found = Vec::new();
-        self.insert_slice_capture(data_with_id, Some(&mut found));
+        self.insert_slice_capture(data_with_id, Some(&mut found), None);
+        Self::nearest_found(&mut found, knbn);
+        found
+    }
+
+    /// clip-cluster patch 0012: inserts like `insert_slice_and_search`, but a point of layer 0
+    /// takes `seeds` (points already present, e.g. the result of a search for a vector near
+    /// this one) as its layer-0 candidates instead of descending the layers and searching layer
+    /// 0 itself: one traversal for a search and the insertion that follows it. A point of a
+    /// higher layer, or an empty `seeds`, is inserted as `insert_slice_and_search` inserts it.
+    /// Returns the up-to-`knbn` nearest of the candidates, nearest first.
+    pub fn insert_slice_seeded(
+        &self,
+        data_with_id: (&[T], usize),
+        seeds: &[PointId],
+        knbn: usize,
+    ) -> Vec<Neighbour> {
+        let mut found = Vec::new();
+        self.insert_slice_capture(data_with_id, Some(&mut found), Some(seeds));
+        Self::nearest_found(&mut found, knbn);
+        found
+    }
+
+    /// The seeds as a search of layer 0 returns its points: a heap of the points with their
+    /// distances to `data`, the farthest on top.
+    fn seed_heap(&self, data: &[T], seeds: &[PointId]) -> BinaryHeap<Arc<PointWithOrder<'b, T>>> {
+        let layers = self.layer_indexed_points.points_by_layer.read();
+        let mut heap = BinaryHeap::with_capacity(seeds.len());
+        for p_id in seeds {
+            let point = &layers[p_id.0 as usize][p_id.1 as usize];
+            let dist = self.dist_f.eval(data, point.data.get_v());
+            heap.push(Arc::new(PointWithOrder::new(point, dist)));
+        }
+        heap
+    }
+
+    fn nearest_found(found: &mut Vec<Neighbour>, knbn: usize) {
         found.sort_unstable_by(|a, b| {
             a.distance
                 .partial_cmp(&b.distance)
@@ -1293,10 +1341,14 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 .then(a.d_id.cmp(&b.d_id))
         });
         found.truncate(knbn);
-        found
     }
 
-    fn insert_slice_capture(&self, data_with_id: (&[T], usize), mut capture: Option<&mut Vec<Neighbour>>) {
+    fn insert_slice_capture(
+        &self,
+        data_with_id: (&[T], usize),
+        mut capture: Option<&mut Vec<Neighbour>>,
+        seeds: Option<&[PointId]>,
+    ) {
         //
         let (data, origin_id) = data_with_id;
         let keep_pruned = self.keep_pruned;
@@ -1329,11 +1381,17 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             self.layer_indexed_points.check_entry_point(&new_point);
             return;
         }
-        let mut dist_to_entry = self
-            .dist_f
-            .eval(data, enter_point_copy.as_ref().unwrap().data.get_v());
+        // (patch 0012: a point of layer 0 with seeds needs no way down to layer 0)
+        let seeds = seeds.filter(|s| level == 0 && !s.is_empty());
+        let descend = if seeds.is_some() { 0 } else { max_level_observed };
+        let mut dist_to_entry = if seeds.is_some() {
+            0.
+        } else {
+            self.dist_f
+                .eval(data, enter_point_copy.as_ref().unwrap().data.get_v())
+        };
         // we go from self.max_level_observed to level+1 included
-        for l in ((level + 1)..(max_level_observed + 1)).rev() {
+        for l in ((level + 1)..(descend + 1)).rev() {
             // CAVEAT could bypass when layer empty, avoid  allocation..
             let mut sorted_points = self.search_layer(
                 data,
@@ -1377,13 +1435,16 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         for l in (0..level + 1).rev() {
             let ef = self.ef_construction;
             // when l == level, we cannot get new_point in sorted_points as it is seen only from declared neighbours
-            let mut sorted_points = self.search_layer(
-                data,
-                Arc::clone(enter_point_copy.as_ref().unwrap()),
-                ef,
-                l,
-                None,
-            );
+            let mut sorted_points = match seeds {
+                Some(seeds) => self.seed_heap(data, seeds),
+                None => self.search_layer(
+                    data,
+                    Arc::clone(enter_point_copy.as_ref().unwrap()),
+                    ef,
+                    l,
+                    None,
+                ),
+            };
             trace!(
                 "in insert :search_layer layer {:?}, returned {:?} points ",
                 l,
@@ -1769,26 +1830,32 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let mut new_pivot = None;
 
         //
+        // (patch 0012: in each layer above 0 the pivot moves to its nearest neighbour until none
+        // is nearer, the greedy walk an insertion makes, instead of one step per layer: layer 0
+        // is searched from near the point, and its candidates can seed an insertion)
         for layer in (1..=entry_point.p_id.0).rev() {
-            let mut has_changed = false;
-            // search in stored neighbours
-            {
-                // (patch 0010: the links name points by `PointId`; the layers resolve them)
-                let layers = self.layer_indexed_points.points_by_layer.read();
-                let pivot_lists = pivot.neighbours.read();
-                let neighbours = pivot_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
-                for n in neighbours {
-                    // get the lowest  distance point.
-                    let n_point = linked(&layers, n);
-                    let tmp_dist = self.dist_f.eval(data, n_point.data.get_v());
-                    if tmp_dist < dist_to_entry {
-                        new_pivot = Some(Arc::clone(n_point));
-                        has_changed = true;
-                        dist_to_entry = tmp_dist;
-                    }
-                } // end of for on neighbours
-            }
-            if has_changed {
+            loop {
+                let mut has_changed = false;
+                // search in stored neighbours
+                {
+                    // (patch 0010: the links name points by `PointId`; the layers resolve them)
+                    let layers = self.layer_indexed_points.points_by_layer.read();
+                    let pivot_lists = pivot.neighbours.read();
+                    let neighbours = pivot_lists.get(layer as usize).map_or(&[][..], |v| v.as_slice());
+                    for n in neighbours {
+                        // get the lowest  distance point.
+                        let n_point = linked(&layers, n);
+                        let tmp_dist = self.dist_f.eval(data, n_point.data.get_v());
+                        if tmp_dist < dist_to_entry {
+                            new_pivot = Some(Arc::clone(n_point));
+                            has_changed = true;
+                            dist_to_entry = tmp_dist;
+                        }
+                    } // end of for on neighbours
+                }
+                if !has_changed {
+                    break;
+                }
                 pivot = Arc::clone(new_pivot.as_ref().unwrap());
             }
         } // end on for on layers

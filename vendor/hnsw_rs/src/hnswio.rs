@@ -775,11 +775,20 @@ impl HnswIo {
             max_nb_connection: descr.max_nb_connection as usize,
             max_layer: NB_LAYER_MAX as usize,
             points_by_layer: Arc::new(RwLock::new(points_by_layer)),
-            layer_g: LayerGenerator::new_with_scale(
-                descr.max_nb_connection as usize,
-                descr.level_scale,
-                NB_LAYER_MAX as usize,
-            ),
+            // (patch 0013: a format-4 dump holds the generator's scale itself, 1/ln(m) times any
+            // modification (`dump` writes `get_level_scale()`), but `new_with_scale` takes the
+            // modification: passing the scale squared it, so a loaded structure drew its new
+            // points' layers with scale 1/ln(m)^2, far fewer above layer 0 than the structure
+            // that was dumped. The dumped scale is now taken as it is, bit for bit.)
+            layer_g: if descr.format_version == 4 {
+                LayerGenerator::with_level_scale(descr.level_scale, NB_LAYER_MAX as usize)
+            } else {
+                LayerGenerator::new_with_scale(
+                    descr.max_nb_connection as usize,
+                    descr.level_scale,
+                    NB_LAYER_MAX as usize,
+                )
+            },
             nb_point: Arc::new(RwLock::new(nb_points_loaded)), // CAVEAT , we should increase , the whole thing is to be able to increment graph ?
             entry_point: Arc::new(RwLock::new(Some(entry_point))),
         };
