@@ -298,9 +298,20 @@ fn state(
     Vec<u64>,
     BTreeMap<u64, serde_json::Value>,
     usize,
-    (usize, usize, Option<usize>, Vec<Vec<u32>>),
+    (usize, usize, Option<usize>, Vec<Vec<u32>>, u64),
 ) {
     let idx = c.engine().index();
+    // The structure itself: a hash of its dumped graph (layers and every neighbour list), which
+    // small exact searches alone would not tell apart.
+    let dump = tempfile::tempdir().unwrap();
+    let name = idx.dump(dump.path(), "probe").unwrap();
+    let graph = std::fs::read(dump.path().join(format!("{name}.hnsw.graph"))).unwrap();
+    let structure = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        graph.hash(&mut h);
+        h.finish()
+    };
     let probes = (0..5u32)
         .map(|i| {
             idx.search(c.engine().proxy(i * 7), 8)
@@ -313,7 +324,13 @@ fn state(
         c.engine().assignments(),
         crate::support::outbox_events(c),
         c.engine().n_erased(),
-        (idx.len(), idx.n_removed(), c.rebuild_pending(), probes),
+        (
+            idx.len(),
+            idx.n_removed(),
+            c.rebuild_pending(),
+            probes,
+            structure,
+        ),
     )
 }
 
