@@ -312,6 +312,23 @@ impl HnswIndex {
     }
 }
 
+impl HnswIndex {
+    /// hnsw_rs's results as the `k` first live faces in `rank` order.
+    fn live_hits(&self, found: &[hnsw_rs::hnsw::Neighbour], k: usize) -> Vec<Neighbor> {
+        let mut hits: Vec<Neighbor> = found
+            .iter()
+            .filter(|n| !self.removed.contains(n.d_id as u32))
+            .map(|n| Neighbor {
+                seq: n.d_id as u32,
+                similarity: 1.0 - n.distance,
+            })
+            .collect();
+        hits.sort_by(rank);
+        hits.truncate(k);
+        hits
+    }
+}
+
 impl NeighborIndex for HnswIndex {
     fn insert(&mut self, seq: u32, v: &[f32]) {
         self.hnsw.insert_slice((v, seq as usize));
@@ -323,20 +340,11 @@ impl NeighborIndex for HnswIndex {
         // vendor/hnsw_rs/PATCHES.md. Tombstones are dropped from its candidates, so it asks for
         // as many more as there can be among them.
         let extra = self.removed.len().min(self.params.ef_construction);
-        let mut hits: Vec<Neighbor> = self
+        let found = self
             .hnsw
-            .insert_slice_and_search((v, seq as usize), k + extra)
-            .into_iter()
-            .map(|n| Neighbor {
-                seq: n.d_id as u32,
-                similarity: 1.0 - n.distance,
-            })
-            .filter(|n| !self.removed.contains(n.seq))
-            .collect();
+            .insert_slice_and_search((v, seq as usize), k + extra);
         self.n += 1;
-        hits.sort_by(rank);
-        hits.truncate(k);
-        hits
+        self.live_hits(&found, k)
     }
 
     /// One traversal: the query's search keeps its whole candidate list (`ef_search`, at least
@@ -359,33 +367,14 @@ impl NeighborIndex for HnswIndex {
             let ef = self.params.ef_search.max(k_query);
             self.hnsw.search(query, ef, ef)
         };
-        let mut around: Vec<Neighbor> = pool
-            .iter()
-            .map(|n| Neighbor {
-                seq: n.d_id as u32,
-                similarity: 1.0 - n.distance,
-            })
-            .filter(|n| !self.removed.contains(n.seq))
-            .take(k_query)
-            .collect();
-        around.sort_by(rank);
-        let v = derive(&around);
+        let v = derive(&self.live_hits(&pool, k_query));
         let seeds: Vec<PointId> = pool.iter().map(|n| n.p_id).collect();
         let extra = self.removed.len().min(seeds.len());
-        let mut hits: Vec<Neighbor> = self
+        let found = self
             .hnsw
-            .insert_slice_seeded((&v, seq as usize), &seeds, k + extra)
-            .into_iter()
-            .map(|n| Neighbor {
-                seq: n.d_id as u32,
-                similarity: 1.0 - n.distance,
-            })
-            .filter(|n| !self.removed.contains(n.seq))
-            .collect();
+            .insert_slice_seeded((&v, seq as usize), &seeds, k + extra);
         self.n += 1;
-        hits.sort_by(rank);
-        hits.truncate(k);
-        (v, hits)
+        (v, self.live_hits(&found, k))
     }
 
     fn search(&self, v: &[f32], k: usize) -> Vec<Neighbor> {
@@ -400,15 +389,7 @@ impl NeighborIndex for HnswIndex {
             let keep = |id: &usize| !self.removed.contains(*id as u32);
             self.hnsw.search_filter(v, k, ef, Some(&keep))
         };
-        let mut hits: Vec<Neighbor> = found
-            .into_iter()
-            .map(|n| Neighbor {
-                seq: n.d_id as u32,
-                similarity: 1.0 - n.distance,
-            })
-            .collect();
-        hits.sort_by(rank);
-        hits
+        self.live_hits(&found, k)
     }
 
     fn remove(&mut self, seq: u32) {
@@ -436,6 +417,19 @@ mod tests {
         v
     }
 
+    /// Small HNSW settings (M 8, ef_construction 32, `ef_search`) and `n` random unit vectors
+    /// of dimension 16 drawn from `seed`.
+    fn fixture(seed: u64, n: usize, ef_search: usize) -> (HnswParams, Vec<Vec<f32>>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 32,
+            ef_search,
+            capacity_hint: 1000,
+        };
+        (params, (0..n).map(|_| unit(&mut rng, 16)).collect())
+    }
+
     #[test]
     fn exact_index_ranks_by_similarity_then_seq() {
         let mut idx = ExactIndex::new(2);
@@ -448,15 +442,8 @@ mod tests {
 
     #[test]
     fn hnsw_snapshot_round_trips_and_continues_like_an_uninterrupted_index() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let dim = 16;
-        let params = HnswParams {
-            m: 8,
-            ef_construction: 32,
-            ef_search: 32,
-            capacity_hint: 1000,
-        };
-        let vs: Vec<Vec<f32>> = (0..600).map(|_| unit(&mut rng, dim)).collect();
+        let (params, vs) = fixture(7, 600, 32);
+        let dim = vs[0].len();
         let dir = tempfile::tempdir().unwrap();
 
         // Uninterrupted, dumping at 300 on the way.
@@ -505,15 +492,7 @@ mod tests {
 
     #[test]
     fn an_insertion_seeded_by_its_search_replays_exactly_after_a_restart() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let dim = 16;
-        let params = HnswParams {
-            m: 8,
-            ef_construction: 32,
-            ef_search: 24,
-            capacity_hint: 1000,
-        };
-        let queries: Vec<Vec<f32>> = (0..700).map(|_| unit(&mut rng, dim)).collect();
+        let (params, queries) = fixture(11, 700, 24);
         let dir = tempfile::tempdir().unwrap();
         // Uninterrupted: each face searched by its query, inserted with the derived vector.
         let mut a = HnswIndex::new(params);
@@ -571,8 +550,8 @@ mod tests {
         // A replay with the indexed vector as its query (a plain insertion's replay) would not
         // be the same structure: the test can fail.
         let mut c = HnswIndex::load(dir.path(), "a", params, 300).unwrap();
-        for i in 300..700 {
-            c.insert(i as u32, &indexed[i]);
+        for (i, v) in indexed.iter().enumerate().skip(300) {
+            c.insert(i as u32, v);
         }
         assert!(
             (0..200).any(|j| a.search(&queries[j], 10) != c.search(&queries[j], 10)),
@@ -593,15 +572,7 @@ mod tests {
         // scale squared: here, after the 400 new points, 38 points above layer 0 against the
         // uninterrupted index's 88 (layer sizes 662/33/5/0 against 612/75/12/1), and the
         // insertions' results parted at face 624, the first new point of layer 3.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        let dim = 16;
-        let params = HnswParams {
-            m: 8,
-            ef_construction: 32,
-            ef_search: 24,
-            capacity_hint: 1000,
-        };
-        let vs: Vec<Vec<f32>> = (0..700).map(|_| unit(&mut rng, dim)).collect();
+        let (params, vs) = fixture(11, 700, 24);
         let dir = tempfile::tempdir().unwrap();
         let mut a = HnswIndex::new(params);
         for (i, v) in vs[..300].iter().enumerate() {

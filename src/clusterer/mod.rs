@@ -391,13 +391,13 @@ impl Clusterer {
                 let row = seq as usize * d..(seq as usize + 1) * d;
                 let (indexed, query) = (&restored.proxies[row.clone()], &restored.identities[row]);
                 replay_insert(&mut index, replay, seq, indexed, query);
-            } else if let Ok(i) = tombstoned.binary_search_by_key(&seq, |t| t.0) {
-                let (_, indexed, query) = &tombstoned[i];
-                replay_insert(&mut index, replay, seq, indexed, query);
+            } else if let Ok(i) = tombstoned.binary_search_by_key(&seq, |t| t.seq) {
+                let t = &tombstoned[i];
+                replay_insert(&mut index, replay, seq, &t.indexed, &t.query);
             }
         }
-        for (seq, _, _) in &tombstoned {
-            index.remove(*seq);
+        for t in &tombstoned {
+            index.remove(t.seq);
         }
         if n - from >= snapshot_every {
             // A long replay is not repeated at the next start.

@@ -33,6 +33,17 @@
 
 mod carry;
 pub use carry::{Position, RebuildRecord};
+
+/// An erased face the index still holds (`z:`): what a replay of its insertion needs
+/// (`Store::replay_vectors`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tombstone {
+    pub seq: u32,
+    /// The vector it is indexed with.
+    pub indexed: Vec<f32>,
+    /// The vector its insertion searched with first (its identity vector).
+    pub query: Vec<f32>,
+}
 mod codec;
 mod load;
 mod outbox;
@@ -675,16 +686,18 @@ impl Store {
     }
 
     /// Erased faces whose vectors the index still holds as tombstones (`z:`), in order.
-    /// Each with the vector it is indexed with and the query its insertion searched with
-    /// (`replay_vectors`).
-    pub fn tombstoned(&self) -> Result<Vec<(u32, Vec<f32>, Vec<f32>)>, StoreError> {
+    pub fn tombstoned(&self) -> Result<Vec<Tombstone>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(b"z:") {
             let (k, v) = kv.map_err(|e| self.iter_err(e))?;
             let seq = seq_from_key(&k).ok_or_else(|| self.corrupt("z:", "short key"))?;
             let (indexed, query) = decode_tombstone(&v, self.dim)
                 .ok_or_else(|| self.corrupt(&format!("z:{seq}"), "bad encoding"))?;
-            out.push((seq, indexed, query));
+            out.push(Tombstone {
+                seq,
+                indexed,
+                query,
+            });
         }
         Ok(out)
     }
