@@ -62,10 +62,11 @@ pub(super) fn prepare<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer>(
     extra: &[f32],
 ) -> Prepared {
     // A generator that looks at the neighbourhood sees the identity vector's neighbours; the
-    // proxy is then inserted, and its own neighbours come from the insertion's traversal.
-    // Its insertion then starts from that search's candidates (one traversal,
-    // `NeighborIndex::search_then_insert`); a restart's replay does the same (`insert_indexed`).
-    let (generated, proxy, cands) = if proxy_gen.needs_neighbors() {
+    // proxy's insertion then starts from that search's candidates, and its own neighbours come
+    // from them (one traversal, `NeighborIndex::search_then_insert`); a replay of the insertion
+    // searches again (`clusterer::replay_insert`). Otherwise the proxy is the identity vector
+    // and its neighbours come from the insertion's own traversal.
+    let (is_generated, proxy, cands) = if proxy_gen.needs_neighbors() {
         let dim = p.dim;
         let stored: &[f32] = proxies;
         let proxy_of = |s: u32| stored[s as usize * dim..(s as usize + 1) * dim].to_vec();
@@ -85,7 +86,6 @@ pub(super) fn prepare<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer>(
         let cands = index.insert_and_search(seq, &identity, p.search_k);
         (false, identity.clone(), cands)
     };
-    let is_generated = generated;
     let scored = score_edges(proxies, scorer, p, &proxy, cands.iter());
     proxies.extend_from_slice(&proxy);
     Prepared {

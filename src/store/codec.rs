@@ -82,8 +82,9 @@ pub(super) fn decode_f32s(v: &[u8], n: usize) -> Option<Vec<f32>> {
     r.f32s(n).filter(|_| r.done())
 }
 
-/// A tombstone (`z:`): the indexed vector, then the query its insertion searched with. A
-/// tombstone of schema 2 before 2026-12-08 holds the indexed vector alone; it stands for both.
+/// A tombstone (`z:`): the indexed vector, then the query its insertion searched with. One
+/// written before the one-traversal insertion (BENCHMARKS.md 18) holds the indexed vector
+/// alone; it stands for both.
 pub(super) fn decode_tombstone(v: &[u8], d: usize) -> Option<(Vec<f32>, Vec<f32>)> {
     if let Some(indexed) = decode_f32s(v, d) {
         let query = indexed.clone();

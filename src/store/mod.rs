@@ -27,23 +27,13 @@
 //! - `e:<seq>` -> the id of an erased face (its tombstone: `f:<face_id>` stays, so the id is
 //!   refused if it comes again; its `v:`, `p:`, `h:`, `w:`, `a:`, `j:` records are gone)
 //! - `z:<seq>` -> the vector an erased face still has in the HNSW index as a tombstone (filtered
-//!   from every result), then the identity vector its insertion searched with (states before
-//!   2026-12-08: the first alone), kept only until the index is compacted, so that an index
+//!   from every result), then the identity vector its insertion searched with (tombstones
+//!   written before the one-traversal insertion: the first alone), kept only until the index is compacted, so that an index
 //!   rebuilt after a crash is the same structure; removed with the snapshot of the compacted index
 
 mod carry;
 pub use carry::{Position, RebuildRecord};
 
-/// An erased face the index still holds (`z:`): what a replay of its insertion needs
-/// (`Store::replay_vectors`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tombstone {
-    pub seq: u32,
-    /// The vector it is indexed with.
-    pub indexed: Vec<f32>,
-    /// The vector its insertion searched with first (its identity vector).
-    pub query: Vec<f32>,
-}
 mod codec;
 mod load;
 mod outbox;
@@ -56,6 +46,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{ChangeSet, CompRecord, Counters, Event, Face, FaceRecord, Restored};
+
+/// An erased face the index still holds (`z:`): what a replay of its insertion needs
+/// (`Store::replay_vectors`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tombstone {
+    pub seq: u32,
+    /// The vector it is indexed with.
+    pub indexed: Vec<f32>,
+    /// The vector its insertion searched with first (its identity vector).
+    pub query: Vec<f32>,
+}
 
 /// What the clusterer adds to a commit beside the engine's changes (see `Store::commit_with`):
 /// the calibration warm-up and the applied faces' thumbnails.
