@@ -310,9 +310,7 @@ impl HnswIndex {
             removed: Tombstones::default(),
         })
     }
-}
 
-impl HnswIndex {
     /// hnsw_rs's results as the `k` first live faces in `rank` order.
     fn live_hits(&self, found: &[hnsw_rs::hnsw::Neighbour], k: usize) -> Vec<Neighbor> {
         let mut hits: Vec<Neighbor> = found
