@@ -86,26 +86,48 @@ impl EdgeHead {
 
     /// The logit of P(same identity) for unit vectors `a`, `b` with cosine `cosine`.
     pub fn logit(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
-        const LANES: usize = 64;
-        let (hidden, dim) = (self.hidden, self.dim);
-        if hidden > LANES {
-            return self.logit_by_unit(a, b, cosine);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            match self.hidden {
+                16 => return unsafe { self.logit_avx2::<16>(a, b, cosine) },
+                32 => return unsafe { self.logit_avx2::<32>(a, b, cosine) },
+                64 => return unsafe { self.logit_avx2::<64>(a, b, cosine) },
+                _ => {}
+            }
         }
+        match self.hidden {
+            16 => self.logit_across::<16>(a, b, cosine),
+            32 => self.logit_across::<32>(a, b, cosine),
+            64 => self.logit_across::<64>(a, b, cosine),
+            _ => self.logit_by_unit(a, b, cosine),
+        }
+    }
+
+    /// `logit_across` compiled for AVX2: eight units per instruction instead of four. The
+    /// operations and their order are the same (no fused multiply-add), so the result is too.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn logit_avx2<const H: usize>(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
+        self.logit_across::<H>(a, b, cosine)
+    }
+
+    /// The forward pass with all `H` (= `hidden`) units at once per input dimension.
+    #[inline(always)]
+    fn logit_across<const H: usize>(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
+        let dim = self.dim;
         let w = Self::input_width(dim);
-        let mut z = [0f32; LANES];
-        let z = &mut z[..hidden];
+        let mut z = [0f32; H];
         for (h, zh) in z.iter_mut().enumerate() {
             *zh = self.b1[h] + self.w1[h * w + 2 * dim] * cosine;
         }
         let (prod, diff) = &self.by_input;
-        for i in 0..dim {
-            let (ai, bi) = (a[i], b[i]);
+        let rows = prod.chunks_exact(H).zip(diff.chunks_exact(H));
+        for ((&ai, &bi), (p, q)) in a.iter().zip(b).zip(rows).take(dim) {
             let d = (ai - bi).abs();
-            let p = &prod[i * hidden..(i + 1) * hidden];
-            let q = &diff[i * hidden..(i + 1) * hidden];
-            for ((zh, ph), qh) in z.iter_mut().zip(p).zip(q) {
+            for h in 0..H {
                 // The same operations, in the same order, as `logit_by_unit` for this unit.
-                *zh += ph * ai * bi + qh * d;
+                z[h] += p[h] * ai * bi + q[h] * d;
             }
         }
         let mut out = self.b2;
@@ -117,7 +139,8 @@ impl EdgeHead {
         out
     }
 
-    /// The forward pass one hidden unit at a time (the reference `logit` equals bit for bit).
+    /// The forward pass one hidden unit at a time: the reference `logit` equals bit for bit, and
+    /// the path for a hidden width without its own.
     fn logit_by_unit(&self, a: &[f32], b: &[f32], cosine: f32) -> f32 {
         let w = Self::input_width(self.dim);
         let mut out = self.b2;
@@ -215,7 +238,7 @@ mod tests {
     #[test]
     fn the_forward_across_units_equals_the_unit_by_unit_formula_bit_for_bit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for (dim, hidden) in [(128, 16), (5, 3), (3, 70)] {
+        for (dim, hidden) in [(128, 16), (128, 32), (7, 64), (5, 3), (3, 70)] {
             let w = EdgeHead::input_width(dim);
             let mut r =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
@@ -223,10 +246,12 @@ mod tests {
             for _ in 0..50 {
                 let (a, b) = (r(dim), r(dim));
                 let cos = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>();
-                assert_eq!(
-                    head.logit(&a, &b, cos).to_bits(),
-                    head.logit_by_unit(&a, &b, cos).to_bits()
-                );
+                let reference = head.logit_by_unit(&a, &b, cos).to_bits();
+                assert_eq!(head.logit(&a, &b, cos).to_bits(), reference);
+                if hidden == 16 {
+                    // The path without AVX2 as well, whatever this CPU has.
+                    assert_eq!(head.logit_across::<16>(&a, &b, cos).to_bits(), reference);
+                }
             }
         }
     }
