@@ -466,6 +466,24 @@ fn prefetch_slice<T>(v: &[T]) {
     let _ = v;
 }
 
+/// Asks the CPU for `point`'s array of lists (patch 0014; a hint; nothing if a writer holds them).
+#[inline]
+fn prefetch_lists<T: Clone + Send + Sync>(point: &Point<'_, T>) {
+    if let Some(lists) = point.neighbours.try_read() {
+        prefetch_slice(&lists[..lists.len().min(1)]);
+    }
+}
+
+/// Asks the CPU for `point`'s links in `layer` (patch 0014; a hint; nothing if a writer holds them).
+#[inline]
+fn prefetch_links<T: Clone + Send + Sync>(point: &Point<'_, T>, layer: u8) {
+    if let Some(lists) = point.neighbours.try_read() {
+        if let Some(links) = lists.get(layer as usize) {
+            prefetch_slice(links.as_slice());
+        }
+    }
+}
+
 /// The point a link names (patch 0010).
 #[inline]
 fn linked<'a, 'b, T: Clone + Send + Sync>(
@@ -1176,6 +1194,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         while !candidate_points.is_empty() {
             // get nearest point in candidate_points
             let c = candidate_points.pop().unwrap();
+            // (patch 0014: the links of the candidate likely expanded next are asked for now)
+            if let Some(next) = candidate_points.peek() {
+                prefetch_links(&next.point_ref, layer);
+            }
             // f farthest point to
             let f = return_points.peek().unwrap();
             assert!(f.dist_to_ref >= 0.);
@@ -1267,6 +1289,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                             e_prime.point_ref.p_id
                         );
                         candidate_points.push(PointWithOrder::new(e_point, -e_dist_to_p));
+                        // (patch 0014: a candidate's lists are asked for when it becomes one)
+                        prefetch_lists(e_point);
                         //
                         if let Some(f) = filter {
                             let id: &usize = &e_prime.point_ref.get_origin_id();
