@@ -1,7 +1,6 @@
 //! One insertion: search, proxy, out-list and re-linking, node intimacy on the touched
 //! neighbourhood, weak faces, and the kept-edge difference handed to the cluster rule.
 
-use std::collections::HashMap;
 
 use super::many::{prepare, score_edges, Admit, Prepared, INDEX_AWAY};
 use super::*;
@@ -344,8 +343,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     }
 
     /// Undirected kept status of every pair an out-edge of a `sources` face touches.
-    pub(super) fn kept_pairs(&self, sources: &[u32]) -> HashMap<(u32, u32), bool> {
-        let mut before: HashMap<(u32, u32), bool> = HashMap::new();
+    pub(super) fn kept_pairs(&self, sources: &[u32]) -> FastMap<(u32, u32), bool> {
+        let mut before: FastMap<(u32, u32), bool> = FastMap::default();
         for &s in sources {
             for e in &self.faces[s as usize].out {
                 let pr = pair(s, e.to());
@@ -364,7 +363,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     /// eviction that would otherwise split and re-merge them.
     pub(super) fn apply_kept_diff(
         &mut self,
-        before: &HashMap<(u32, u32), bool>,
+        before: &FastMap<(u32, u32), bool>,
         sources_after: &[u32],
         rescored: &[u32],
         cause: u32,

@@ -22,11 +22,15 @@ pub mod calibrate;
 
 pub use many::InsertResult;
 
-use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::index::{dot, rank, Neighbor, NeighborIndex};
+
+/// The engine's own hash maps and sets: foldhash with a fixed seed instead of SipHash (their keys
+/// are the engine's numbers, never a client's bytes; no iteration order reaches a decision).
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 mod components;
 mod erase;
@@ -606,8 +610,8 @@ pub struct Engine<I: NeighborIndex, P: ProxyGenerator = IdentityProxy, S: EdgeSc
     stamp: u32,
     track: bool,
     changes: ChangeSet,
-    dirty_faces: HashSet<u32>,
-    dirty_comps: HashSet<u32>,
+    dirty_faces: FastSet<u32>,
+    dirty_comps: FastSet<u32>,
     /// Removed edges not yet applied to the component structure while one insertion is
     /// processed: walks still see them, so every walk sees the structure the labels describe.
     /// (Additions need no such care: walks that relabel follow labels, not just edges.)

@@ -1,6 +1,5 @@
 //! The engine's construction, restoration from the store, read accessors and change tracking.
 
-use std::collections::HashSet;
 
 use super::*;
 
@@ -35,8 +34,8 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
             stamp: 0,
             track: true,
             changes: ChangeSet::default(),
-            dirty_faces: HashSet::new(),
-            dirty_comps: HashSet::new(),
+            dirty_faces: FastSet::default(),
+            dirty_comps: FastSet::default(),
             visible: Vec::new(),
             pre_split: None,
             rules: feedback::Constraints::default(),

@@ -13,9 +13,8 @@
 //! it is heir to (the others merged into it), a part heir to none gets a new id (a split; or, for
 //! a new face alone, the id `insert` creates).
 
-use std::collections::HashMap;
 
-use super::{CompRecord, EdgeScorer, Engine, Event, ProxyGenerator, PENDING};
+use super::{CompRecord, EdgeScorer, Engine, Event, FastMap, ProxyGenerator, PENDING};
 use crate::index::NeighborIndex;
 
 /// Cluster label of each of `n` nodes (the smallest node of its cluster) for the undirected kept
@@ -42,8 +41,8 @@ impl Rules {
 
 /// The faces of `region` (sorted) grouped by their label in `part` (one per face), parts in
 /// order of their oldest face; and each label's part.
-pub(super) fn parts_of(region: &[u32], part: &[u32]) -> (HashMap<u32, usize>, Vec<Vec<u32>>) {
-    let mut part_index: HashMap<u32, usize> = HashMap::new();
+pub(super) fn parts_of(region: &[u32], part: &[u32]) -> (FastMap<u32, usize>, Vec<Vec<u32>>) {
+    let mut part_index: FastMap<u32, usize> = FastMap::default();
     let mut parts: Vec<Vec<u32>> = Vec::new();
     for (li, &x) in region.iter().enumerate() {
         let p = *part_index.entry(part[li]).or_insert_with(|| {
@@ -98,7 +97,7 @@ pub(crate) fn partition_with(
         };
         let mut size = vec![1u32; n];
         // Kept edges between clusters, by cluster root; merged small into large.
-        let mut between: Vec<HashMap<u32, u32>> = vec![HashMap::new(); n];
+        let mut between: Vec<FastMap<u32, u32>> = vec![FastMap::default(); n];
         for &(a, b, _) in &edges {
             *between[a as usize].entry(b).or_default() += 1;
             *between[b as usize].entry(a).or_default() += 1;
@@ -161,7 +160,7 @@ pub(crate) fn partition_with(
     }
     // Label = smallest member.
     let roots: Vec<u32> = (0..n as u32).map(|i| find(&mut parent, i)).collect();
-    let mut smallest: HashMap<u32, u32> = HashMap::new();
+    let mut smallest: FastMap<u32, u32> = FastMap::default();
     for (i, &r) in roots.iter().enumerate() {
         smallest.entry(r).or_insert(i as u32);
     }
@@ -228,7 +227,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let mut edges: Vec<(u32, u32, f32)> = Vec::new();
         let mut rules = Rules::default();
         let constrained = !self.rules.is_empty();
-        let mut names: HashMap<&str, u32> = HashMap::new();
+        let mut names: std::collections::HashMap<&str, u32> = Default::default();
         for (li, &x) in region.iter().enumerate() {
             let li = li as u32;
             for e in &self.faces[x as usize].out {
@@ -275,7 +274,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         let (_, parts) = parts_of(&region, &part);
         // Old labels (PENDING = the new face's own label) and each one's heir part.
         // label -> (part -> (count, oldest face))
-        let mut spread: HashMap<u32, HashMap<usize, (u32, u32)>> = HashMap::new();
+        let mut spread: FastMap<u32, FastMap<usize, (u32, u32)>> = FastMap::default();
         for (pi, faces) in parts.iter().enumerate() {
             for &x in faces {
                 let l = self.faces[x as usize].comp;
@@ -284,7 +283,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 ent.1 = ent.1.min(x);
             }
         }
-        let mut heir: HashMap<u32, usize> = HashMap::new();
+        let mut heir: FastMap<u32, usize> = FastMap::default();
         for (&l, by_part) in &spread {
             if self.comps[l as usize].cluster_id == PENDING {
                 continue;
