@@ -1,7 +1,6 @@
 //! One insertion: search, proxy, out-list and re-linking, node intimacy on the touched
 //! neighbourhood, weak faces, and the kept-edge difference handed to the cluster rule.
 
-
 use super::many::{prepare, score_edges, Admit, Prepared, INDEX_AWAY};
 use super::*;
 

@@ -22,7 +22,6 @@ pub mod calibrate;
 
 pub use many::InsertResult;
 
-
 use serde::{Deserialize, Serialize};
 
 use crate::index::{dot, rank, Neighbor, NeighborIndex};

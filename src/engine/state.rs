@@ -1,6 +1,5 @@
 //! The engine's construction, restoration from the store, read accessors and change tracking.
 
-
 use super::*;
 
 impl<I: NeighborIndex> Engine<I> {

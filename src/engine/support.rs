@@ -13,7 +13,6 @@
 //! it is heir to (the others merged into it), a part heir to none gets a new id (a split; or, for
 //! a new face alone, the id `insert` creates).
 
-
 use super::{CompRecord, EdgeScorer, Engine, Event, FastMap, ProxyGenerator, PENDING};
 use crate::index::NeighborIndex;
 
