@@ -45,6 +45,9 @@ pub struct BenchReport {
     pub faces_per_second: f64,
     pub windows: Vec<Window>,
     pub n_clusters: usize,
+    /// Inserts whose kept-graph component was over `engine.support_region`, so that the cluster
+    /// rule ran locally (the metric `clip_cluster_cluster_rule_local_total`).
+    pub cluster_rule_local: u64,
     /// Resident set growth over the run divided by faces.
     pub rss_bytes_per_face: f64,
     /// The same, less the two stored copies of each vector (engine and HNSW).
@@ -211,6 +214,7 @@ pub fn run(
         faces_per_second: n as f64 / seconds,
         windows,
         n_clusters: c.engine().n_clusters(),
+        cluster_rule_local: c.engine().bounded_regroups(),
         rss_bytes_per_face: rss,
         rss_bytes_per_face_beyond_vectors: beyond_vectors(rss),
         sled_bytes_on_disk: c.store().size_on_disk(),

@@ -13,7 +13,7 @@
 //! it is heir to (the others merged into it), a part heir to none gets a new id (a split; or, for
 //! a new face alone, the id `insert` creates).
 
-use super::{CompRecord, EdgeScorer, Engine, Event, FastMap, ProxyGenerator, PENDING};
+use super::{CompRecord, EdgeScorer, Engine, Event, FastMap, FastSet, ProxyGenerator, PENDING};
 use crate::index::NeighborIndex;
 
 /// Cluster label of each of `n` nodes (the smallest node of its cluster) for the undirected kept
@@ -59,11 +59,126 @@ pub(super) fn parts_of(region: &[u32], part: &[u32]) -> (FastMap<u32, usize>, Ve
 /// then), so that a refused merge leaves two clusters instead of a component.
 pub(crate) fn partition_with(
     n: usize,
-    mut edges: Vec<(u32, u32, f32)>,
+    edges: Vec<(u32, u32, f32)>,
     support: f32,
     rules: &Rules,
 ) -> Vec<u32> {
-    edges.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)).then(y.2.total_cmp(&x.2)));
+    partition_counted(n, edges, support, rules, n <= DENSE_MAX)
+}
+
+/// Up to this many nodes the rule counts the kept edges between clusters in an `n x n` table
+/// (at most 64 KiB of counts at 128 nodes, `engine.support_region`'s default): a stream's region
+/// costs no hash map per node. Beyond it, one map per cluster root, merged small into large.
+const DENSE_MAX: usize = 128;
+
+/// Kept edges between clusters, by cluster root.
+enum Links {
+    /// `n x n` counts, row by root.
+    Dense {
+        n: usize,
+        count: Vec<u32>,
+    },
+    Sparse(Vec<FastMap<u32, u32>>),
+}
+
+impl Links {
+    /// The counts of distinct edges (`a < b`, no duplicates) between single nodes.
+    fn new(n: usize, edges: &[(u32, u32, f32)], dense: bool) -> Self {
+        if dense {
+            let mut count = vec![0u32; n * n];
+            for &(a, b, _) in edges {
+                count[a as usize * n + b as usize] += 1;
+                count[b as usize * n + a as usize] += 1;
+            }
+            Links::Dense { n, count }
+        } else {
+            let mut between: Vec<FastMap<u32, u32>> = vec![FastMap::default(); n];
+            for &(a, b, _) in edges {
+                *between[a as usize].entry(b).or_default() += 1;
+                *between[b as usize].entry(a).or_default() += 1;
+            }
+            Links::Sparse(between)
+        }
+    }
+
+    fn between(&self, ra: u32, rb: u32) -> u32 {
+        match self {
+            Links::Dense { n, count } => count[ra as usize * n + rb as usize],
+            Links::Sparse(m) => m[ra as usize].get(&rb).copied().unwrap_or(0),
+        }
+    }
+
+    /// Which of two roots stays when their clusters merge: the one whose counts are cheaper to
+    /// fold into (the partition does not depend on it, only which node is the root).
+    fn keep_of(&self, ra: u32, rb: u32) -> (u32, u32) {
+        match self {
+            Links::Dense { .. } => (ra, rb),
+            Links::Sparse(m) => {
+                if m[ra as usize].len() >= m[rb as usize].len() {
+                    (ra, rb)
+                } else {
+                    (rb, ra)
+                }
+            }
+        }
+    }
+
+    /// Folds root `gone`'s counts into root `keep`'s.
+    fn merge(&mut self, keep: u32, gone: u32) {
+        match self {
+            Links::Dense { n, count } => {
+                let n = *n;
+                let (k, g) = (keep as usize, gone as usize);
+                for c in 0..n {
+                    let m = count[g * n + c];
+                    if m == 0 {
+                        continue;
+                    }
+                    count[g * n + c] = 0;
+                    count[c * n + g] = 0;
+                    if c != k {
+                        count[k * n + c] += m;
+                        count[c * n + k] += m;
+                    }
+                }
+                count[k * n + g] = 0;
+                count[g * n + k] = 0;
+            }
+            Links::Sparse(between) => {
+                let moved = std::mem::take(&mut between[gone as usize]);
+                for (c, m) in moved {
+                    if c == keep {
+                        continue;
+                    }
+                    *between[keep as usize].entry(c).or_default() += m;
+                    let other = &mut between[c as usize];
+                    other.remove(&gone);
+                    *other.entry(keep).or_default() += m;
+                }
+                between[keep as usize].remove(&gone);
+            }
+        }
+    }
+}
+
+/// A key that orders scores as `f32::total_cmp` does, reversed.
+fn descending(x: f32) -> u32 {
+    let b = x.to_bits();
+    !(if b >> 31 == 1 { !b } else { b | 1 << 31 })
+}
+
+/// `partition_with` with the link counts held dense or sparse (the same partition either way).
+fn partition_counted(
+    n: usize,
+    mut edges: Vec<(u32, u32, f32)>,
+    support: f32,
+    rules: &Rules,
+    dense: bool,
+) -> Vec<u32> {
+    // Integer keys (pair, then score descending as `f32::total_cmp` orders it); unstable sorts:
+    // elements equal under these orders are equal values.
+    let pair = |e: &(u32, u32, f32)| u64::from(e.0) << 32 | u64::from(e.1);
+    edges.sort_unstable_by_key(|e| (pair(e), descending(e.2)));
     edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
     let mut parent: Vec<u32> = (0..n as u32).collect();
     fn find(p: &mut [u32], mut x: u32) -> u32 {
@@ -95,13 +210,8 @@ pub(crate) fn partition_with(
             rules.tags.clone()
         };
         let mut size = vec![1u32; n];
-        // Kept edges between clusters, by cluster root; merged small into large.
-        let mut between: Vec<FastMap<u32, u32>> = vec![FastMap::default(); n];
-        for &(a, b, _) in &edges {
-            *between[a as usize].entry(b).or_default() += 1;
-            *between[b as usize].entry(a).or_default() += 1;
-        }
-        edges.sort_by(|x, y| y.2.total_cmp(&x.2).then((x.0, x.1).cmp(&(y.0, y.1))));
+        let mut links = Links::new(n, &edges, dense);
+        edges.sort_unstable_by_key(|e| (descending(e.2), pair(e)));
         for &(a, b, score) in &edges {
             let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
             if ra == rb {
@@ -125,18 +235,12 @@ pub(crate) fn partition_with(
                     continue;
                 }
             }
-            let links = between[ra as usize].get(&rb).copied().unwrap_or(0);
             let smaller = size[ra as usize].min(size[rb as usize]) as f32;
             let need = ((support * smaller).ceil() as u32).max(1);
-            if links < need && score != f32::INFINITY {
+            if links.between(ra, rb) < need && score != f32::INFINITY {
                 continue;
             }
-            // Keep the root with the larger map; fold the other's counts into it.
-            let (keep, gone) = if between[ra as usize].len() >= between[rb as usize].len() {
-                (ra, rb)
-            } else {
-                (rb, ra)
-            };
+            let (keep, gone) = links.keep_of(ra, rb);
             parent[gone as usize] = keep;
             size[keep as usize] += size[gone as usize];
             if constrained {
@@ -144,17 +248,7 @@ pub(crate) fn partition_with(
                 forbid[keep as usize].extend(moved);
                 tag[keep as usize] = tag[keep as usize].or(tag[gone as usize]);
             }
-            let moved = std::mem::take(&mut between[gone as usize]);
-            for (c, m) in moved {
-                if c == keep {
-                    continue;
-                }
-                *between[keep as usize].entry(c).or_default() += m;
-                let other = &mut between[c as usize];
-                other.remove(&gone);
-                *other.entry(keep).or_default() += m;
-            }
-            between[keep as usize].remove(&gone);
+            links.merge(keep, gone);
         }
     }
     // Label = smallest member.
@@ -179,13 +273,27 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
         };
         // The region: every face connected to a seed by kept edges. Each old cluster that has a
         // face in it lies wholly inside (its faces were connected, and every edge that vanished
-        // has both ends among the seeds).
+        // has both ends among the seeds), so the sizes of the clusters met so far bound the
+        // region from below: the walk gives up as soon as they pass `bound`, most often at the
+        // first seed in a stream whose people have many faces.
         let (stamp, _) = self.next_stamps();
         let mut region: Vec<u32> = Vec::new();
+        let mut met: FastSet<u32> = FastSet::default();
+        let mut lower = 0usize;
+        let mut meet = |this: &Self, x: u32| {
+            let l = this.faces[x as usize].comp;
+            if met.insert(l) {
+                lower += this.comps[l as usize].size as usize;
+            }
+            lower > bound
+        };
         for &s in seeds {
             if self.mark[s as usize] != stamp {
                 self.mark[s as usize] = stamp;
                 region.push(s);
+                if meet(self, s) {
+                    return false;
+                }
             }
         }
         let mut buf = Vec::new();
@@ -198,6 +306,9 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 if self.mark[y as usize] != stamp {
                     self.mark[y as usize] = stamp;
                     region.push(y);
+                    if meet(self, y) {
+                        return false;
+                    }
                 }
             }
             if region.len() > bound {
@@ -560,7 +671,70 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
 
 #[cfg(test)]
 mod tests {
-    use super::partition;
+    use super::{descending, partition, partition_counted, Rules};
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_descending_key_reverses_total_cmp() {
+        let xs = [
+            f32::NEG_INFINITY,
+            -1.5,
+            -0.0,
+            0.0,
+            1e-30,
+            0.5,
+            0.97,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for a in xs {
+            for b in xs {
+                assert_eq!(
+                    descending(a).cmp(&descending(b)),
+                    b.total_cmp(&a),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dense_and_sparse_link_counts_give_the_same_partition() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for round in 0..400 {
+            let n = rng.gen_range(1..60usize);
+            let m = rng.gen_range(0..n * 4);
+            // Few distinct scores, so that ties and duplicate pairs occur.
+            let edges: Vec<(u32, u32, f32)> = (0..m)
+                .filter_map(|_| {
+                    let (a, b) = (rng.gen_range(0..n as u32), rng.gen_range(0..n as u32));
+                    let score = if rng.gen_bool(0.03) {
+                        f32::INFINITY
+                    } else {
+                        rng.gen_range(0..8) as f32 / 8.0
+                    };
+                    (a != b).then(|| (a.min(b), a.max(b), score))
+                })
+                .collect();
+            let mut rules = Rules::default();
+            if round % 2 == 1 {
+                for _ in 0..rng.gen_range(0..4) {
+                    let (a, b) = (rng.gen_range(0..n as u32), rng.gen_range(0..n as u32));
+                    if a != b {
+                        rules.cannot.push((a, b));
+                    }
+                }
+                rules.tags = (0..n)
+                    .map(|_| rng.gen_bool(0.1).then(|| rng.gen_range(0..3)))
+                    .collect();
+            }
+            let support = [0.0, 0.2, 0.5, 1.0][round % 4];
+            let dense = partition_counted(n, edges.clone(), support, &rules, true);
+            let sparse = partition_counted(n, edges, support, &rules, false);
+            assert_eq!(dense, sparse, "round {round}");
+        }
+    }
 
     /// Two cliques of four (0..4, 4..8) and `bridges` weaker edges between them.
     fn two_cliques(bridges: u32) -> Vec<(u32, u32, f32)> {

@@ -216,9 +216,13 @@ struct Member {
 }
 
 fn start(rt: &tokio::runtime::Runtime, cfg: Config) -> Member {
-    // RUST_LOG=clip_cluster=info shows the rebalances and domain hand-overs.
+    // The rebalances and domain hand-overs at info (RUST_LOG overrides): captured, and printed
+    // with a failing test's output, so that a hand-over that stalls in CI leaves its story.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("clip_cluster=info")),
+        )
         .with_test_writer()
         .try_init();
     let metrics = Metrics::new();
@@ -370,11 +374,24 @@ fn a_member_leaving_mid_stream_hands_its_domains_over() {
         sa.applied
     );
     // The other takes over its partitions from the shared store.path.
-    wait_for("the survivor to finish", Duration::from_secs(180), || {
-        b.metrics.domains_open.get() == 4
-            && applied(&[&a_metrics, &b.metrics]) >= total
-            && b.metrics.outbox_depth.get() == 0
-    });
+    let t = Instant::now();
+    while !(b.metrics.domains_open.get() == 4
+        && applied(&[&a_metrics, &b.metrics]) >= total
+        && b.metrics.outbox_depth.get() == 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "timed out waiting for the survivor to finish: domains open {}, applied {} of {total} \
+             (first member {}), outbox depth {}, ready {}, blocked {}",
+            b.metrics.domains_open.get(),
+            applied(&[&a_metrics, &b.metrics]),
+            a_metrics.faces_applied.get(),
+            b.metrics.outbox_depth.get(),
+            b.metrics.ready.get(),
+            b.metrics.domains_blocked.get(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     feed.join().unwrap();
     let sb = stop(&rt, b);
     assert_eq!(
