@@ -6,8 +6,8 @@
 //! input topics' partition counts; a domain's series are removed when its partition moves away.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the daemon exports. Dashboards and alert rules may use only these (tested).
@@ -37,6 +37,8 @@ pub struct Metrics {
     pub faces_waiting: IntCounter,
     /// Changes the cluster-level rule applied locally (component over `engine.support_region`).
     pub cluster_rule_local: IntCounter,
+    /// Time spent writing the periodic HNSW snapshots, in seconds.
+    pub index_snapshot_seconds: Counter,
     /// Time to embed one batch's images (decode, chip, network), in seconds.
     pub embed_duration: Histogram,
     /// Messages rejected, by reason (each also goes to the dead-letter topic).
@@ -124,6 +126,14 @@ impl Metrics {
                 .expect("unique metric name");
             c
         };
+        let seconds = |name: &str, help: &str| {
+            let c = Counter::with_opts(Opts::new(name, help).namespace(ns))
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
+            c
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(ns))
                 .expect("static metric definition is valid");
@@ -189,6 +199,10 @@ impl Metrics {
             cluster_rule_local: counter(
                 "cluster_rule_local_total",
                 "Insertions whose connected part of the kept graph was over engine.support_region: the cluster-level rule applied to the clusters touched only.",
+            ),
+            index_snapshot_seconds: seconds(
+                "index_snapshot_seconds_total",
+                "Time spent writing the HNSW snapshot every index.snapshot_every_faces faces: the batch waits meanwhile, and a dump writes every point, so each takes longer as the index grows.",
             ),
             faces_waiting: counter(
                 "faces_calibration_waiting_total",

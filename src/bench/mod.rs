@@ -48,6 +48,9 @@ pub struct BenchReport {
     /// Inserts whose kept-graph component was over `engine.support_region`, so that the cluster
     /// rule ran locally (the metric `clip_cluster_cluster_rule_local_total`).
     pub cluster_rule_local: u64,
+    /// Seconds of the run spent writing the periodic HNSW snapshots
+    /// (`index.snapshot_every_faces`), included in `seconds`, never in a window.
+    pub snapshot_seconds: f64,
     /// Resident set growth over the run divided by faces.
     pub rss_bytes_per_face: f64,
     /// The same, less the two stored copies of each vector (engine and HNSW).
@@ -215,6 +218,7 @@ pub fn run(
         windows,
         n_clusters: c.engine().n_clusters(),
         cluster_rule_local: c.engine().bounded_regroups(),
+        snapshot_seconds: c.snapshot_seconds(),
         rss_bytes_per_face: rss,
         rss_bytes_per_face_beyond_vectors: beyond_vectors(rss),
         sled_bytes_on_disk: c.store().size_on_disk(),

@@ -212,6 +212,7 @@ impl Clusterer {
                     // The snapshot may only cover what is durable.
                     let w = std::mem::take(extras);
                     self.commit_engine(&w, &[])?;
+                    let t = std::time::Instant::now();
                     snapshot(
                         &self.store,
                         &self.index_dir,
@@ -219,6 +220,7 @@ impl Clusterer {
                         seq + 1,
                         &[],
                     )?;
+                    self.snapshot_seconds += t.elapsed().as_secs_f64();
                 }
             }
             Ok((Outcome::Duplicate { seq }, _)) if self.engine.is_erased(seq) => {

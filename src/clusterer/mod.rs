@@ -77,6 +77,9 @@ pub struct Clusterer {
     rebuild: Option<compact::Rebuild>,
     /// Compactions this process finished.
     compactions: u64,
+    /// Seconds this process spent writing the stream's periodic HNSW snapshots (the batch
+    /// waits meanwhile; a dump writes every point, so each costs more as the index grows).
+    snapshot_seconds: f64,
 }
 
 /// How many committed events `Clusterer::events_since` can hand out.
@@ -416,6 +419,7 @@ impl Clusterer {
             recent: std::collections::VecDeque::new(),
             rebuild: None,
             compactions: 0,
+            snapshot_seconds: 0.0,
         };
         // A compaction under way beside the stream, or one that an erasure called for and a
         // crash interrupted.
@@ -427,6 +431,11 @@ impl Clusterer {
     /// The calibration decision, once made.
     pub fn decision(&self) -> Option<&crate::engine::calibrate::Decision> {
         self.decision.as_ref()
+    }
+
+    /// Seconds spent writing the stream's periodic HNSW snapshots since this state opened.
+    pub fn snapshot_seconds(&self) -> f64 {
+        self.snapshot_seconds
     }
 
     /// Faces waiting for the calibration decision.

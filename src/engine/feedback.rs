@@ -1,5 +1,5 @@
 //! Operator feedback that sticks: merge, split, "not this person", assign, name and undo, kept as
-//! constraints that every later re-link honours (`support::partition_with`, `Engine::supported`).
+//! constraints that every later re-link honours (`rule::partition_with`, `Engine::supported`).
 //!
 //! - A must-link between two faces holds: they are one cluster whatever the edges say (it is an
 //!   edge that always merges and that the walks follow).
@@ -722,7 +722,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
     pub fn rule_partition(&self) -> Vec<u32> {
         let region: Vec<u32> = (0..self.faces.len() as u32).collect();
         let (edges, rules) = self.rule_inputs(&region);
-        support::partition_with(region.len(), edges, self.params.support, &rules)
+        rule::partition_with(region.len(), edges, self.params.support, &rules)
     }
 
     /// Rebuilds the constraints of a restored state.

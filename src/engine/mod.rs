@@ -40,6 +40,7 @@ mod many;
 pub mod recluster;
 mod refresh;
 mod retune;
+mod rule;
 mod state;
 mod support;
 
@@ -688,7 +689,7 @@ pub fn check_face(
 
 /// The same graph rules computed at once over a finished set of proxies: out-lists from the index
 /// (the face itself excluded), intimacy over the whole graph, then the cluster rule over the kept
-/// edges (`support::partition`: connected components, or cluster-level linkage). `weak[i]` marks the weak faces (see `EngineParams::min_quality`; empty = none).
+/// edges (`rule::partition`: connected components, or cluster-level linkage). `weak[i]` marks the weak faces (see `EngineParams::min_quality`; empty = none).
 /// Returns one component label per face (labels are the smallest member's sequence).
 pub fn batch<I: NeighborIndex>(
     params: &EngineParams,
@@ -759,5 +760,5 @@ pub fn batch<I: NeighborIndex>(
             }
         }
     }
-    support::partition(n, kept, params.support)
+    rule::partition(n, kept, params.support)
 }

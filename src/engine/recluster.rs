@@ -83,7 +83,7 @@ impl<I: NeighborIndex, P: ProxyGenerator, S: EdgeScorer> Engine<I, P, S> {
                 })
             })
             .collect();
-        let part = support::partition_with(region.len(), edges, self.params.support, &rules);
+        let part = rule::partition_with(region.len(), edges, self.params.support, &rules);
 
         // Parts in order of their oldest face.
         let (part_index, parts) = support::parts_of(&region, &part);

@@ -291,6 +291,11 @@ impl Daemon {
                     .cluster_rule_local
                     .inc_by(local.saturating_sub(dom.local_rule_seen));
                 dom.local_rule_seen = local;
+                let dumping = c.snapshot_seconds();
+                self.metrics
+                    .index_snapshot_seconds
+                    .inc_by((dumping - dom.snapshot_seen).max(0.0));
+                dom.snapshot_seen = dumping;
             }
             dom.notify.notify_one();
             if !result.rejected.is_empty() {

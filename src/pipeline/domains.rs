@@ -108,6 +108,7 @@ impl Daemon {
                 outbox,
                 threshold,
                 local_rule_seen: 0,
+                snapshot_seen: 0.0,
             },
         );
     }

@@ -129,6 +129,8 @@ struct Domain {
     threshold: prometheus::Gauge,
     /// The engine's `bounded_regroups` as last counted into the metric.
     local_rule_seen: u64,
+    /// The clusterer's `snapshot_seconds` as last counted into the metric.
+    snapshot_seen: f64,
 }
 
 /// Where an assigned partition stands (per-partition mode).
