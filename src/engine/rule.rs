@@ -288,6 +288,7 @@ mod tests {
             -f32::NAN,
         ];
         for a in xs {
+            assert_eq!(from_descending(descending(a)).to_bits(), a.to_bits());
             for b in xs {
                 assert_eq!(
                     descending(a).cmp(&descending(b)),
@@ -296,6 +297,21 @@ mod tests {
                 );
             }
         }
+        // Repeated pairs keep their highest score; sorted, the keys go by score, then by pair.
+        let mut keys = edge_keys(&[
+            (2, 5, 0.5),
+            (0, 1, 0.5),
+            (2, 5, 0.9),
+            (0, 3, 0.7),
+            (0, 1, 0.2),
+            (1, 4, 0.7),
+        ]);
+        keys.sort_unstable();
+        let order: Vec<(u32, u32, f32)> = keys.iter().map(|&k| edge_of(k)).collect();
+        assert_eq!(
+            order,
+            vec![(2, 5, 0.9), (0, 3, 0.7), (1, 4, 0.7), (0, 1, 0.5)]
+        );
     }
 
     #[test]
