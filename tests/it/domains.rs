@@ -97,10 +97,23 @@ fn publish(bootstrap: &str, faces: &BTreeMap<i32, Faces>) {
             send_to(&p, *part, &format!("tenant-{part}"), &payload);
         }
         if i % 50 == 49 {
-            p.flush(Duration::from_secs(30)).unwrap();
+            flush(&p);
         }
     }
-    p.flush(Duration::from_secs(30)).unwrap();
+    flush(&p);
+}
+
+/// Waits until every queued message is acknowledged: a loaded machine (CI runs two tests at
+/// once) may need longer than one flush's timeout, and a flush that times out leaves the rest
+/// queued, so it is asked again rather than failing the feed.
+fn flush(p: &rdkafka::producer::BaseProducer) {
+    let t = Instant::now();
+    while let Err(e) = p.flush(Duration::from_secs(10)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the feed's messages not acknowledged after 180 s: {e}"
+        );
+    }
 }
 
 /// A Kafka-free run of one domain's faces alone: assignments by face and events by sequence.
@@ -357,13 +370,22 @@ fn a_member_leaving_mid_stream_hands_its_domains_over() {
     let n = 300;
     let faces = all_faces(n);
     let total = n as u64 * PARTITIONS as u64;
-    let feed = {
+    let mut feed = Some({
         let bootstrap = bootstrap.clone();
         let faces = all_faces(n);
         std::thread::spawn(move || publish(&bootstrap, &faces))
+    });
+    // A feed that failed says so at once, instead of leaving the waits below to time out.
+    let mut feed_done = || {
+        if feed.as_ref().is_some_and(|f| f.is_finished()) {
+            let f = feed.take().expect("checked");
+            f.join().expect("the feed thread publishes every face");
+        }
+        feed.is_none()
     };
     // A third of the way in, one member stops gracefully (finish the batch, drain, leave).
     wait_for("a third of the stream", Duration::from_secs(120), || {
+        feed_done();
         applied(&[&a.metrics, &b.metrics]) >= total / 3
     });
     let a_metrics = a.metrics.clone();
@@ -375,14 +397,16 @@ fn a_member_leaving_mid_stream_hands_its_domains_over() {
     );
     // The other takes over its partitions from the shared store.path.
     let t = Instant::now();
-    while !(b.metrics.domains_open.get() == 4
+    while !(feed_done()
+        && b.metrics.domains_open.get() == 4
         && applied(&[&a_metrics, &b.metrics]) >= total
         && b.metrics.outbox_depth.get() == 0)
     {
         assert!(
             t.elapsed() < Duration::from_secs(180),
-            "timed out waiting for the survivor to finish: domains open {}, applied {} of {total} \
-             (first member {}), outbox depth {}, ready {}, blocked {}",
+            "timed out waiting for the survivor to finish: feed done {}, domains open {}, \
+             applied {} of {total} (first member {}), outbox depth {}, ready {}, blocked {}",
+            feed_done(),
             b.metrics.domains_open.get(),
             applied(&[&a_metrics, &b.metrics]),
             a_metrics.faces_applied.get(),
@@ -392,7 +416,7 @@ fn a_member_leaving_mid_stream_hands_its_domains_over() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    feed.join().unwrap();
+    assert!(feed_done(), "the feed finished");
     let sb = stop(&rt, b);
     assert_eq!(
         sa.applied + sb.applied,

@@ -146,12 +146,12 @@ pub fn send_to(p: &BaseProducer, partition: i32, key: &str, payload: &[u8]) {
     );
 }
 
-/// Queues `rec`, polling while librdkafka's local queue is full.
 /// Sends an operator command to the command topic.
 pub fn send_command(p: &BaseProducer, payload: &[u8]) {
     send_record(p, BaseRecord::to(COMMANDS).key("ops").payload(payload));
 }
 
+/// Queues `rec`, polling while librdkafka's local queue is full.
 fn send_record(p: &BaseProducer, mut rec: BaseRecord<'_, str, [u8]>) {
     loop {
         match p.send(rec) {
